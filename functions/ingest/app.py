@@ -1,0 +1,83 @@
+"""Ingest: accepts messages from the API and channel webhooks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.persistence.redis import RedisCachePersistenceLayer
+from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
+
+from chat4all import bootstrap
+from chat4all.api.app import create_resolver, json_response
+from chat4all.api.requests import authenticate, parse_body, raw_body
+from chat4all.api.schemas import SendMessageRequest
+from chat4all.api.views import accepted_view
+from chat4all.domain.models import Platform
+from chat4all.observability import logger, metrics, tracer
+from chat4all.services.auth import require_self_or_admin
+from chat4all.services.health import check_health
+from chat4all.services.messages import AcceptedMessage
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from chat4all.domain.commands import SendMessage
+    from chat4all.domain.models import Principal
+
+settings = bootstrap.settings()
+app = create_resolver()
+idempotency = IdempotencyConfig(
+    event_key_jmespath="message_id",
+    payload_validation_jmespath="[conversation_id, sender_id, content, file_id, channel_type]",
+    expires_after_seconds=settings.idempotency_ttl_seconds,
+)
+
+
+@idempotent_function(
+    data_keyword_argument="command",
+    persistence_store=RedisCachePersistenceLayer(client=bootstrap.redis_client()),
+    config=idempotency,
+    output_serializer=DataclassSerializer(AcceptedMessage),
+)
+def accept_message(command: SendMessage, principal: Principal) -> AcceptedMessage:
+    return bootstrap.message_service().accept(command, principal)
+
+
+@app.post("/v1/messages")
+def post_message() -> Response[str]:
+    principal = authenticate(app.current_event, bootstrap.authenticator())
+    command = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes).command()
+    require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
+    accepted = accept_message(command=command, principal=principal)
+    return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
+
+
+@app.get("/webhooks/whatsapp")
+def whatsapp_subscription() -> Response[str]:
+    params = app.current_event.query_string_parameters or {}
+    challenge = bootstrap.webhook_service().subscription_challenge(Platform.WHATSAPP, params)
+    return Response(status_code=200, content_type="text/plain", body=challenge)
+
+
+@app.post("/webhooks/whatsapp")
+def whatsapp_webhook() -> Response[str]:
+    body = raw_body(app.current_event, settings.max_body_bytes)
+    events = bootstrap.webhook_service().receive(Platform.WHATSAPP, app.current_event.headers, body)
+    return json_response(200, {"received": len(events)})
+
+
+@app.get("/health")
+def health() -> Response[str]:
+    report = check_health(bootstrap.dependency_checks())
+    status = "UP" if report.healthy else "DOWN"
+    return json_response(200 if report.healthy else 503, {"status": status, "dependencies": report.dependencies})
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    idempotency.register_lambda_context(context)
+    return app.resolve(event, context)

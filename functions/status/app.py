@@ -1,0 +1,84 @@
+"""Status: applies delivery status reported by the channels, and serves messages and their status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
+from pydantic import BaseModel, Field
+
+from chat4all import bootstrap
+from chat4all.api.app import create_resolver, json_response
+from chat4all.api.requests import authenticate, resource_id
+from chat4all.api.views import message_status_view, message_view
+from chat4all.consumers import consume_batch
+from chat4all.domain.errors import StatusTargetMissingError
+from chat4all.domain.models import MessageStatus, Platform, StatusReport
+from chat4all.observability import logger, metrics, tracer
+from chat4all.services.delivery import RetryLaterError
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+settings = bootstrap.settings()
+app = create_resolver()
+UNKNOWN_TARGET_RETRY_SECONDS = 5
+
+
+class StatusReportDetail(BaseModel):
+    platform: Platform
+    platform_message_id: str
+    status: MessageStatus
+    at: datetime
+    detail: str | None = None
+
+
+class ChannelStatusEvent(BaseModel):
+    """The EventBridge envelope the status queue receives from the ChannelStatusRule."""
+
+    detail_type: str = Field(alias="detail-type")
+    detail: StatusReportDetail
+
+
+@app.get("/v1/messages/<message_id>")
+def get_message(message_id: str) -> Response[str]:
+    principal = authenticate(app.current_event, bootstrap.authenticator())
+    message = bootstrap.message_service().get(resource_id(message_id, "message"), principal)
+    return json_response(200, message_view(message))
+
+
+@app.get("/v1/messages/<message_id>/status")
+def get_message_status(message_id: str) -> Response[str]:
+    principal = authenticate(app.current_event, bootstrap.authenticator())
+    message = bootstrap.message_service().get(resource_id(message_id, "message"), principal)
+    return json_response(200, message_status_view(message))
+
+
+def record_handler(record: SQSRecord) -> None:
+    report = ChannelStatusEvent.model_validate_json(record.body).detail
+    try:
+        moved = bootstrap.status_service().apply(StatusReport(**report.model_dump()))
+    except StatusTargetMissingError as exc:
+        # the report overtook the route function's write of the platform id; try again shortly
+        raise RetryLaterError(exc.detail, delay_seconds=UNKNOWN_TARGET_RETRY_SECONDS) from exc
+    logger.info("status applied", extra={"platform_message_id": report.platform_message_id, "moved": moved})
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    if "Records" in event:
+        return dict(
+            consume_batch(
+                event,
+                context,
+                record_handler,
+                fifo=False,
+                queue_url=settings.require("status_queue_url"),
+                visibility=bootstrap.sqs_visibility(),
+            )
+        )
+    return app.resolve(event, context)

@@ -1,0 +1,1 @@
+"""Adapters: the ports implemented over PostgreSQL, MongoDB, SQS, EventBridge, KMS and Redis."""

@@ -1,0 +1,140 @@
+"""AWS adapters: SQS, EventBridge and KMS, each over an injected boto3 client."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from chat4all.domain.errors import DependencyUnavailableError
+from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def _translated(service: str) -> Iterator[None]:
+    try:
+        yield
+    except (BotoCoreError, ClientError) as exc:
+        raise DependencyUnavailableError(f"{service} unavailable: {exc}") from exc
+
+
+class SqsOutboundQueue(OutboundQueue):
+    """The FIFO route queue: one message group per conversation, deduplicated by message id."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+
+    def enqueue(self, message_id: str, conversation_id: str) -> None:
+        with _translated("SQS"):
+            self.sqs.send_message(
+                QueueUrl=self.queue_url,
+                MessageBody=json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
+                MessageGroupId=conversation_id,
+                MessageDeduplicationId=message_id,
+            )
+
+
+class SqsDeadLetterQueue(DeadLetterQueue):
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+
+    def dead_letter(self, body: str, group_id: str, reason: str) -> None:
+        with _translated("SQS"):
+            self.sqs.send_message(
+                QueueUrl=self.queue_url,
+                MessageBody=body,
+                MessageGroupId=group_id,
+                MessageDeduplicationId=hashlib.sha256(body.encode()).hexdigest(),
+                MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]}},
+            )
+
+
+class SqsVisibility:
+    """Makes a received record visible again after a delay: the consumer's back-off between attempts."""
+
+    def __init__(self, sqs: Any) -> None:
+        self.sqs = sqs
+
+    def postpone(self, queue_url: str, receipt_handle: str, delay_seconds: int) -> None:
+        with _translated("SQS"):
+            self.sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay_seconds
+            )
+
+
+class EventBridgePublisher(EventPublisher):
+    def __init__(self, events: Any, bus_name: str) -> None:
+        self.events = events
+        self.bus_name = bus_name
+
+    def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
+        entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail), "EventBusName": self.bus_name}
+        with _translated("EventBridge"):
+            result = self.events.put_events(Entries=[entry])
+        if result.get("FailedEntryCount"):
+            failure = result["Entries"][0]
+            raise DependencyUnavailableError(f"EventBridge refused {detail_type}: {failure.get('ErrorMessage')}")
+
+
+class KmsCredentialCipher(CredentialCipher):
+    """Channel credentials as KMS ciphertext; plaintext is cached per container, keyed by ciphertext."""
+
+    def __init__(self, kms: Any, key_id: str) -> None:
+        self.kms = kms
+        self.key_id = key_id
+        self._decrypt_cached = functools.lru_cache(maxsize=256)(self._decrypt)
+
+    def encrypt(self, credentials: dict[str, str]) -> bytes:
+        with _translated("KMS"):
+            result = self.kms.encrypt(KeyId=self.key_id, Plaintext=json.dumps(credentials, sort_keys=True).encode())
+        return bytes(result["CiphertextBlob"])
+
+    def decrypt(self, ciphertext: bytes) -> dict[str, str]:
+        return dict(self._decrypt_cached(ciphertext))
+
+    def _decrypt(self, ciphertext: bytes) -> dict[str, str]:
+        with _translated("KMS"):
+            result = self.kms.decrypt(CiphertextBlob=ciphertext)
+        decoded: dict[str, str] = json.loads(result["Plaintext"])
+        return decoded
+
+
+class SqsCheck(DependencyCheck):
+    name = "sqs"
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+
+    def check(self) -> None:
+        self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+
+
+class EventBridgeCheck(DependencyCheck):
+    name = "eventbridge"
+
+    def __init__(self, events: Any, bus_name: str) -> None:
+        self.events = events
+        self.bus_name = bus_name
+
+    def check(self) -> None:
+        self.events.describe_event_bus(Name=self.bus_name)
+
+
+class RedisCheck(DependencyCheck):
+    name = "redis"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def check(self) -> None:
+        self.client.ping()

@@ -1,0 +1,1 @@
+"""HTTP edge shared by the functions: the resolver, RFC 9457 problems, request schemas and views."""

@@ -1,0 +1,20 @@
+"""The resolver every HTTP function uses: problem JSON for errors, JSON for everything else."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+
+from chat4all.api.problems import register_problem_handlers
+
+
+def create_resolver() -> APIGatewayHttpResolver:
+    app = APIGatewayHttpResolver(serializer=lambda body: json.dumps(body, separators=(",", ":")))
+    register_problem_handlers(app)
+    return app
+
+
+def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(status_code=status_code, content_type="application/json", body=json.dumps(body), headers=headers)

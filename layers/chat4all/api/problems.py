@@ -1,0 +1,86 @@
+"""Every error becomes an RFC 9457 problem here, and only here."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+    IdempotencyValidationError,
+)
+from pydantic import ValidationError
+
+from chat4all.domain.errors import (
+    Chat4AllError,
+    ConflictError,
+    DependencyUnavailableError,
+    FieldError,
+    NotFoundError,
+    ValidationFailedError,
+)
+from chat4all.observability import logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://chat4all.dev/problems/"
+
+
+def problem_response(error: Chat4AllError, headers: dict[str, str] | None = None) -> Response[str]:
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + error.slug,
+        "title": error.title,
+        "status": error.status,
+        "detail": error.detail,
+    }
+    if error.errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
+    return Response(status_code=error.status, content_type=PROBLEM_CONTENT_TYPE, body=json.dumps(body), headers=headers)
+
+
+def validation_problem(exc: ValidationError) -> ValidationFailedError:
+    errors = [
+        FieldError(".".join(str(part) for part in e["loc"]) or "body", e["msg"])
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+    return ValidationFailedError("the request body is not valid", errors=errors)
+
+
+def register_problem_handlers(app: ApiGatewayResolver) -> None:
+    """Map the error hierarchy, validation and anything unexpected to problem JSON."""
+
+    @app.exception_handler(Chat4AllError)
+    def _domain(exc: Chat4AllError) -> Response[str]:
+        if exc.status >= 500:
+            logger.warning("request failed", extra={"problem": exc.slug, "detail": exc.detail})
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return problem_response(exc, headers)
+
+    @app.exception_handler(ValidationError)
+    def _validation(exc: ValidationError) -> Response[str]:
+        return problem_response(validation_problem(exc))
+
+    @app.exception_handler(IdempotencyValidationError)
+    def _idempotency_mismatch(exc: IdempotencyValidationError) -> Response[str]:
+        return problem_response(ConflictError("this message_id was used before with a different body"))
+
+    @app.exception_handler(IdempotencyAlreadyInProgressError)
+    def _idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response[str]:
+        return problem_response(ConflictError("a request with this message_id is being processed; retry shortly"))
+
+    @app.exception_handler(IdempotencyPersistenceLayerError)
+    def _idempotency_store(exc: IdempotencyPersistenceLayerError) -> Response[str]:
+        return problem_response(DependencyUnavailableError("the idempotency store (Redis) is unavailable"))
+
+    @app.not_found
+    def _not_found(exc: Exception) -> Response[str]:
+        return problem_response(NotFoundError("no such resource or method"))
+
+    @app.exception_handler(Exception)
+    def _unexpected(exc: Exception) -> Response[str]:
+        logger.exception("unhandled error")
+        return problem_response(Chat4AllError("an unexpected error occurred; it has been logged"))

@@ -1,0 +1,124 @@
+"""Request bodies of the public API (pydantic v2, unknown fields refused)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from chat4all.api.problems import validation_problem
+from chat4all.channels import CONNECTOR_TYPES
+from chat4all.domain import commands
+from chat4all.domain.models import ConversationType, Platform, Role, UserType
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+[1-9][0-9]{6,14}$")]
+PlatformUserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+MAX_CONTENT_CHARS = 10_000
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateUserRequest(RequestModel):
+    display_name: Name
+    user_type: UserType
+    email: Email | None = None
+    phone: Phone | None = Field(default=None, description="E.164, e.g. +5511999990000")
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    def command(self) -> commands.CreateUser:
+        return commands.CreateUser(self.display_name, self.user_type, self.email, self.phone, self.metadata)
+
+
+class LinkIdentityRequest(RequestModel):
+    platform: Platform
+    platform_user_id: PlatformUserId
+    verified: bool = False
+
+    def command(self, user_id: str) -> commands.LinkIdentity:
+        return commands.LinkIdentity(user_id, self.platform, self.platform_user_id, self.verified)
+
+
+class CreateChannelRequest(RequestModel):
+    platform: Platform
+    name: Name
+    credentials: dict[str, Any]
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _credentials_match_platform(self) -> CreateChannelRequest:
+        connector = CONNECTOR_TYPES.get(self.platform)
+        if connector is None:
+            raise ValueError(f"{self.platform} channels are not available yet")
+        try:
+            connector.credentials_model.model_validate(self.credentials)
+        except ValidationError as exc:
+            fields = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['msg']})" for e in exc.errors())
+            raise ValueError(f"credentials for {self.platform}: {fields}") from None
+        return self
+
+    def command(self) -> commands.CreateChannel:
+        model = CONNECTOR_TYPES[self.platform].credentials_model.model_validate(self.credentials)
+        return commands.CreateChannel(self.platform, self.name, model.model_dump(), self.enabled)
+
+
+class CreateApiKeyRequest(RequestModel):
+    name: Name
+    role: Role
+    user_id: uuid.UUID | None = None
+
+    def command(self) -> commands.CreateApiKey:
+        return commands.CreateApiKey(self.name, self.role, str(self.user_id) if self.user_id else None)
+
+
+class CreateConversationRequest(RequestModel):
+    conversation_type: ConversationType
+    participants: list[uuid.UUID] = Field(min_length=1, max_length=100)
+    primary_channel: Platform
+
+    def command(self) -> commands.CreateConversation:
+        return commands.CreateConversation(
+            self.conversation_type, [str(p) for p in self.participants], self.primary_channel
+        )
+
+
+class SendMessageRequest(RequestModel):
+    message_id: uuid.UUID | None = None
+    conversation_id: uuid.UUID
+    sender_id: uuid.UUID
+    content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_CHARS)
+    file_id: uuid.UUID | None = None
+    channel_type: Platform | None = None
+
+    @model_validator(mode="after")
+    def _has_content_or_file(self) -> SendMessageRequest:
+        if self.content is None and self.file_id is None:
+            raise ValueError("a message needs content or file_id")
+        return self
+
+    def command(self) -> commands.SendMessage:
+        return commands.SendMessage(
+            message_id=str(self.message_id or uuid.uuid4()),
+            conversation_id=str(self.conversation_id),
+            sender_id=str(self.sender_id),
+            content=self.content,
+            file_id=str(self.file_id) if self.file_id else None,
+            channel_type=self.channel_type,
+        )
+
+
+class HistoryQuery(RequestModel):
+    limit: int = Field(default=50, ge=1, le=200)
+    before: str | None = Field(default=None, min_length=1, max_length=200)
+
+    @classmethod
+    def from_params(cls, params: dict[str, str]) -> HistoryQuery:
+        try:
+            return cls.model_validate(params)
+        except ValidationError as exc:
+            raise validation_problem(exc) from exc

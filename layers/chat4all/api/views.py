@@ -1,0 +1,131 @@
+"""Domain objects as the JSON the contract promises (RFC 3339 UTC times, no secrets)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chat4all.domain.models import (
+        ApiKey,
+        ChannelConfig,
+        Conversation,
+        ExternalIdentity,
+        Message,
+        StatusEntry,
+        User,
+    )
+    from chat4all.services.conversations import MessagePage
+    from chat4all.services.messages import AcceptedMessage
+
+
+def timestamp(value: datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def identity_view(identity: ExternalIdentity) -> dict[str, Any]:
+    return {
+        "identity_id": identity.identity_id,
+        "user_id": identity.user_id,
+        "platform": identity.platform.value,
+        "platform_user_id": identity.platform_user_id,
+        "verified": identity.verified,
+        "created_at": timestamp(identity.created_at),
+    }
+
+
+def user_view(user: User) -> dict[str, Any]:
+    return {
+        "user_id": user.user_id,
+        "display_name": user.display_name,
+        "user_type": user.user_type.value,
+        "email": user.email,
+        "phone": user.phone,
+        "metadata": user.metadata,
+        "active": user.active,
+        "created_at": timestamp(user.created_at),
+        "updated_at": timestamp(user.updated_at),
+        "external_identities": [identity_view(i) for i in user.external_identities],
+    }
+
+
+def channel_view(channel: ChannelConfig) -> dict[str, Any]:
+    return {
+        "channel_id": channel.channel_id,
+        "platform": channel.platform.value,
+        "name": channel.name,
+        "enabled": channel.enabled,
+        "created_at": timestamp(channel.created_at),
+        "updated_at": timestamp(channel.updated_at),
+    }
+
+
+def api_key_view(key: ApiKey, raw_key: str) -> dict[str, Any]:
+    return {
+        "key_id": key.key_id,
+        "api_key": raw_key,
+        "name": key.name,
+        "role": key.role.value,
+        "user_id": key.user_id,
+        "created_at": timestamp(key.created_at),
+    }
+
+
+def conversation_view(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation.conversation_id,
+        "conversation_type": conversation.conversation_type.value,
+        "participants": [{"user_id": p.user_id, "joined_at": timestamp(p.joined_at)} for p in conversation.participants],
+        "primary_channel": conversation.primary_channel.value,
+        "message_count": conversation.message_count,
+        "last_activity_at": timestamp(conversation.last_activity_at),
+        "created_at": timestamp(conversation.created_at),
+    }
+
+
+def status_entry_view(entry: StatusEntry) -> dict[str, Any]:
+    view: dict[str, Any] = {"status": entry.status.value, "at": timestamp(entry.at)}
+    if entry.detail:
+        view["detail"] = entry.detail
+    return view
+
+
+def message_view(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "sender_id": message.sender_id,
+        "content": message.content,
+        "file_id": message.file_id,
+        "direction": message.direction.value,
+        "channel": message.channel.value,
+        "sequence": message.sequence,
+        "status": message.status.value,
+        "platform_message_id": message.platform_message_id,
+        "error": message.error,
+        "created_at": timestamp(message.created_at),
+    }
+
+
+def message_status_view(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": message.message_id,
+        "status": message.status.value,
+        "history": [status_entry_view(e) for e in message.history],
+    }
+
+
+def page_view(page: MessagePage) -> dict[str, Any]:
+    return {"items": [message_view(m) for m in page.items], "next_cursor": page.next_cursor}
+
+
+def accepted_view(accepted: AcceptedMessage) -> dict[str, Any]:
+    return {
+        "message_id": accepted.message_id,
+        "conversation_id": accepted.conversation_id,
+        "sequence": accepted.sequence,
+        "status": str(accepted.status),
+        "status_url": accepted.status_url,
+    }

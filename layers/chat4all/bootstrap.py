@@ -1,0 +1,164 @@
+"""Composition root: builds adapters and services once per container and hands them to the handlers."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import redis
+from botocore.config import Config
+
+from chat4all.adapters.aws import (
+    EventBridgeCheck,
+    EventBridgePublisher,
+    KmsCredentialCipher,
+    RedisCheck,
+    SqsCheck,
+    SqsDeadLetterQueue,
+    SqsOutboundQueue,
+    SqsVisibility,
+)
+from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoMessageStore, connect
+from chat4all.adapters.postgres import (
+    PostgresApiKeyRepository,
+    PostgresChannelRepository,
+    PostgresCheck,
+    PostgresDatabase,
+    PostgresUserRepository,
+)
+from chat4all.channels import CONNECTOR_TYPES
+from chat4all.config import Settings
+from chat4all.domain.models import Platform
+from chat4all.services.auth import Authenticator
+from chat4all.services.conversations import ConversationService
+from chat4all.services.delivery import DeliveryService
+from chat4all.services.identity import IdentityService
+from chat4all.services.messages import MessageService
+from chat4all.services.statuses import StatusService
+from chat4all.services.webhooks import WebhookService
+
+if TYPE_CHECKING:
+    from pymongo.database import Database
+
+    from chat4all.channels.base import ChannelConnector
+    from chat4all.ports import DependencyCheck
+
+AWS_CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
+
+
+@lru_cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@lru_cache
+def aws_client(service: str) -> Any:
+    config = settings()
+    return boto3.client(
+        service, region_name=config.aws_region, endpoint_url=config.aws_endpoint_url, config=AWS_CLIENT_CONFIG
+    )
+
+
+@lru_cache
+def postgres() -> PostgresDatabase:
+    return PostgresDatabase(settings().database_url)
+
+
+@lru_cache
+def mongo() -> Database[dict[str, Any]]:
+    return connect(settings().mongodb_uri)
+
+
+@lru_cache
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings().redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+@lru_cache
+def connectors() -> dict[Platform, ChannelConnector]:
+    config = settings()
+    bases = {
+        Platform.WHATSAPP: config.whatsapp_api_base,
+        Platform.TELEGRAM: config.telegram_api_base,
+        Platform.INSTAGRAM: config.instagram_api_base,
+    }
+    return {platform: connector(bases[platform]) for platform, connector in CONNECTOR_TYPES.items()}
+
+
+@lru_cache
+def users() -> PostgresUserRepository:
+    return PostgresUserRepository(postgres())
+
+
+@lru_cache
+def channels() -> PostgresChannelRepository:
+    cipher = KmsCredentialCipher(aws_client("kms"), settings().require("credentials_key_id"))
+    return PostgresChannelRepository(postgres(), cipher)
+
+
+@lru_cache
+def authenticator() -> Authenticator:
+    return Authenticator(PostgresApiKeyRepository(postgres()))
+
+
+@lru_cache
+def event_publisher() -> EventBridgePublisher:
+    return EventBridgePublisher(aws_client("events"), settings().event_bus_name)
+
+
+@lru_cache
+def identity_service() -> IdentityService:
+    return IdentityService(users(), channels(), PostgresApiKeyRepository(postgres()))
+
+
+@lru_cache
+def conversation_service() -> ConversationService:
+    db = mongo()
+    return ConversationService(MongoConversationStore(db), MongoMessageStore(db), users())
+
+
+@lru_cache
+def message_service() -> MessageService:
+    db = mongo()
+    queue = SqsOutboundQueue(aws_client("sqs"), settings().require("route_queue_url"))
+    return MessageService(MongoMessageStore(db), MongoConversationStore(db), users(), queue, event_publisher())
+
+
+@lru_cache
+def delivery_service() -> DeliveryService:
+    db = mongo()
+    return DeliveryService(
+        MongoMessageStore(db), MongoConversationStore(db), users(), channels(), connectors(), event_publisher()
+    )
+
+
+@lru_cache
+def route_dead_letters() -> SqsDeadLetterQueue:
+    return SqsDeadLetterQueue(aws_client("sqs"), settings().require("route_dead_letter_queue_url"))
+
+
+@lru_cache
+def sqs_visibility() -> SqsVisibility:
+    return SqsVisibility(aws_client("sqs"))
+
+
+@lru_cache
+def status_service() -> StatusService:
+    return StatusService(MongoMessageStore(mongo()), event_publisher())
+
+
+@lru_cache
+def webhook_service() -> WebhookService:
+    return WebhookService(channels(), connectors(), event_publisher())
+
+
+def dependency_checks() -> list[DependencyCheck]:
+    config = settings()
+    return [
+        PostgresCheck(postgres()),
+        MongoCheck(mongo()),
+        RedisCheck(redis_client()),
+        SqsCheck(aws_client("sqs"), config.require("route_queue_url")),
+        EventBridgeCheck(aws_client("events"), config.event_bus_name),
+    ]

@@ -1,0 +1,13 @@
+"""Channel connectors, one module per platform, registered by platform."""
+
+from __future__ import annotations
+
+from chat4all.channels.base import ChannelConnector, ChannelCredentials
+from chat4all.channels.whatsapp import WhatsAppConnector
+from chat4all.domain.models import Platform
+
+CONNECTOR_TYPES: dict[Platform, type[ChannelConnector]] = {
+    Platform.WHATSAPP: WhatsAppConnector,
+}
+
+__all__ = ["CONNECTOR_TYPES", "ChannelConnector", "ChannelCredentials", "WhatsAppConnector"]

@@ -1,0 +1,87 @@
+"""What every channel connector implements, and the HTTP error policy they share."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from chat4all.domain.models import InboundMessage, OutboundMessage, Platform, ProviderReceipt, StatusReport
+
+DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+
+class ChannelCredentials(BaseModel):
+    """Base of each platform's credential model; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid", str_min_length=1, str_strip_whitespace=True)
+
+
+class ChannelConnector(ABC):
+    """One platform: webhook verification and parsing, and sending."""
+
+    platform: ClassVar[Platform]
+    credentials_model: ClassVar[type[ChannelCredentials]]
+
+    def __init__(self, api_base: str, http: httpx.Client | None = None) -> None:
+        self.api_base = api_base.rstrip("/")
+        self.http = http or httpx.Client(timeout=DEFAULT_TIMEOUT)
+
+    @abstractmethod
+    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
+        """True when the request was signed with this channel's secret."""
+
+    @abstractmethod
+    def parse_webhook(self, payload: dict[str, Any]) -> list[InboundMessage | StatusReport]:
+        """Normalise a verified webhook body into inbound messages and status reports."""
+
+    @abstractmethod
+    def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
+        """Put one message on the platform; raises ChannelRetryableError or ChannelRejectedError."""
+
+    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+        """The challenge to echo for a subscription check, or None when it is not for this channel."""
+        return None
+
+    def post_json(self, url: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """POST JSON and classify failures: 429/5xx/network are retryable, any other 4xx is final."""
+        try:
+            response = self.http.post(url, json=body, headers=dict(headers or {}))
+        except httpx.TimeoutException as exc:
+            raise ChannelRetryableError(f"{self.platform} timed out: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise ChannelRetryableError(f"{self.platform} unreachable: {exc}") from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise ChannelRetryableError(
+                f"{self.platform} answered {response.status_code}: {response.text[:500]}",
+                status_code=response.status_code,
+            )
+        if response.status_code >= 400:
+            raise ChannelRejectedError(
+                f"{self.platform} answered {response.status_code}: {response.text[:500]}",
+                status_code=response.status_code,
+            )
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise ChannelRetryableError(f"{self.platform} answered a body that is not JSON") from exc
+        if not isinstance(payload, dict):
+            raise ChannelRetryableError(f"{self.platform} answered JSON that is not an object")
+        return payload
+
+
+def hmac_sha256_matches(secret: str, raw_body: bytes, signature_header: str | None, prefix: str = "sha256=") -> bool:
+    """Constant-time check of a Meta-style `sha256=<hex>` signature over the raw body."""
+    if not signature_header or not signature_header.startswith(prefix):
+        return False
+    expected = hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, signature_header[len(prefix) :].strip().lower())

@@ -1,0 +1,163 @@
+"""WhatsApp Cloud API: text sending, signed webhooks with messages and statuses."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chat4all.channels.base import ChannelConnector, ChannelCredentials, hmac_sha256_matches
+from chat4all.domain.errors import BadRequestError, ChannelRetryableError
+from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from chat4all.domain.models import OutboundMessage
+
+STATUS_MAP = {
+    "sent": MessageStatus.SENT,
+    "delivered": MessageStatus.DELIVERED,
+    "read": MessageStatus.READ,
+    "failed": MessageStatus.FAILED,
+}
+
+
+class WhatsAppCredentials(ChannelCredentials):
+    access_token: str
+    phone_number_id: str
+    app_secret: str
+    verify_token: str
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Text(_Lenient):
+    body: str
+
+
+class _Contact(_Lenient):
+    wa_id: str
+    profile: dict[str, Any] = {}
+
+
+class _InboundMessage(_Lenient):
+    id: str
+    from_: str
+    timestamp: str
+    type: str
+    text: _Text | None = None
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=lambda f: f.rstrip("_"))
+
+
+class _StatusError(_Lenient):
+    code: int | None = None
+    title: str | None = None
+    message: str | None = None
+
+
+class _Status(_Lenient):
+    id: str
+    status: str
+    timestamp: str
+    recipient_id: str | None = None
+    errors: list[_StatusError] = []
+
+
+class _Value(_Lenient):
+    contacts: list[_Contact] = []
+    messages: list[_InboundMessage] = []
+    statuses: list[_Status] = []
+
+
+class _Change(_Lenient):
+    field: str | None = None
+    value: _Value
+
+
+class _Entry(_Lenient):
+    changes: list[_Change] = []
+
+
+class _Envelope(_Lenient):
+    object: str | None = None
+    entry: list[_Entry]
+
+
+def _timestamp(raw: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(int(raw), UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise BadRequestError(f"timestamp {raw!r} is not a UNIX time") from exc
+
+
+class WhatsAppConnector(ChannelConnector):
+    platform = Platform.WHATSAPP
+    credentials_model: ClassVar[type[ChannelCredentials]] = WhatsAppCredentials
+
+    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
+        return hmac_sha256_matches(credentials["app_secret"], raw_body, headers.get("x-hub-signature-256"))
+
+    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+        if params.get("hub.mode") != "subscribe":
+            return None
+        token = params.get("hub.verify_token", "")
+        if not hmac.compare_digest(token.encode(), credentials["verify_token"].encode()):
+            return None
+        return params.get("hub.challenge", "")
+
+    def parse_webhook(self, payload: dict[str, Any]) -> list[InboundMessage | StatusReport]:
+        try:
+            envelope = _Envelope.model_validate(payload)
+        except ValidationError as exc:
+            raise BadRequestError(f"not a WhatsApp webhook body: {exc.errors()[0]['msg']}") from exc
+        events: list[InboundMessage | StatusReport] = []
+        for entry in envelope.entry:
+            for change in entry.changes:
+                names = {c.wa_id: c.profile.get("name") for c in change.value.contacts}
+                events.extend(self._inbound(m, names) for m in change.value.messages if m.text is not None)
+                events.extend(self._status(s) for s in change.value.statuses if s.status in STATUS_MAP)
+        return events
+
+    def _inbound(self, message: _InboundMessage, names: dict[str, Any]) -> InboundMessage:
+        assert message.text is not None
+        name = names.get(message.from_)
+        return InboundMessage(
+            platform=Platform.WHATSAPP,
+            platform_message_id=message.id,
+            sender_platform_id=message.from_,
+            sender_name=name if isinstance(name, str) else None,
+            text=message.text.body,
+            at=_timestamp(message.timestamp),
+        )
+
+    def _status(self, status: _Status) -> StatusReport:
+        detail = "; ".join(f"{e.code}: {e.title or e.message}" for e in status.errors) or None
+        return StatusReport(
+            platform=Platform.WHATSAPP,
+            platform_message_id=status.id,
+            status=STATUS_MAP[status.status],
+            at=_timestamp(status.timestamp),
+            detail=detail,
+        )
+
+    def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
+        reply = self.post_json(
+            f"{self.api_base}/{credentials['phone_number_id']}/messages",
+            {
+                "messaging_product": "whatsapp",
+                "to": message.recipient.lstrip("+"),
+                "type": "text",
+                "text": {"body": message.text},
+            },
+            headers={"Authorization": f"Bearer {credentials['access_token']}"},
+        )
+        try:
+            return ProviderReceipt(platform_message_id=str(reply["messages"][0]["id"]))
+        except (KeyError, IndexError, TypeError) as exc:
+            raise ChannelRetryableError(f"WhatsApp reply has no messages[0].id: {str(reply)[:300]}") from exc

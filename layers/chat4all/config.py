@@ -1,0 +1,50 @@
+"""The one configuration object, read from the environment once per container."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigurationError(RuntimeError):
+    """The environment lacks or misstates a setting; the function cannot start."""
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    database_url: str
+    mongodb_uri: str
+    redis_url: str
+    event_bus_name: str = "chat4all"
+    route_queue_url: str | None = None
+    route_dead_letter_queue_url: str | None = None
+    status_queue_url: str | None = None
+    credentials_key_id: str | None = None
+    aws_endpoint_url: str | None = None
+    aws_region: str = "us-east-1"
+    whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
+    telegram_api_base: str = "https://api.telegram.org"
+    instagram_api_base: str = "https://graph.instagram.com/v21.0"
+    idempotency_ttl_seconds: int = Field(default=86_400, gt=0)
+    max_body_bytes: int = Field(default=256 * 1024, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        values = {name: env[name.upper()] for name in cls.model_fields if env.get(name.upper())}
+        if "aws_region" not in values and env.get("AWS_DEFAULT_REGION"):
+            values["aws_region"] = env["AWS_DEFAULT_REGION"]
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            missing = ", ".join(str(e["loc"][0]).upper() for e in exc.errors())
+            raise ConfigurationError(f"invalid or missing environment: {missing}") from exc
+
+    def require(self, name: str) -> str:
+        value = getattr(self, name)
+        if not value:
+            raise ConfigurationError(f"{name.upper()} is not set")
+        return str(value)

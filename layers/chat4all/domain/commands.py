@@ -1,0 +1,66 @@
+"""Commands the services accept: validated intent, independent of transport."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from chat4all.domain.models import ConversationType, Platform, Role, UserType
+
+
+@dataclass(frozen=True)
+class CreateUser:
+    display_name: str
+    user_type: UserType
+    email: str | None = None
+    phone: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LinkIdentity:
+    user_id: str
+    platform: Platform
+    platform_user_id: str
+    verified: bool = False
+
+
+@dataclass(frozen=True)
+class CreateChannel:
+    platform: Platform
+    name: str
+    credentials: dict[str, str]
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class CreateApiKey:
+    name: str
+    role: Role
+    user_id: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateConversation:
+    conversation_type: ConversationType
+    participants: list[str]
+    primary_channel: Platform
+
+
+@dataclass(frozen=True)
+class SendMessage:
+    message_id: str
+    conversation_id: str
+    sender_id: str
+    content: str | None
+    file_id: str | None = None
+    channel_type: Platform | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of everything but the id: a retry with the same id must carry the same body."""
+        body = asdict(self)
+        body.pop("message_id")
+        return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

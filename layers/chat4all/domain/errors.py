@@ -1,0 +1,102 @@
+"""One error hierarchy for the whole platform; the HTTP layer maps it to RFC 9457 problems in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class Chat4AllError(Exception):
+    """Base of every error the platform raises on purpose."""
+
+    status = 500
+    title = "Internal error"
+    slug = "internal-error"
+
+    def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors or []
+
+
+class BadRequestError(Chat4AllError):
+    status = 400
+    title = "Bad request"
+    slug = "bad-request"
+
+
+class ValidationFailedError(Chat4AllError):
+    status = 422
+    title = "Validation failed"
+    slug = "validation-failed"
+
+
+class PayloadTooLargeError(Chat4AllError):
+    status = 413
+    title = "Payload too large"
+    slug = "payload-too-large"
+
+
+class UnauthorizedError(Chat4AllError):
+    status = 401
+    title = "Unauthorized"
+    slug = "unauthorized"
+
+
+class ForbiddenError(Chat4AllError):
+    status = 403
+    title = "Forbidden"
+    slug = "forbidden"
+
+
+class NotFoundError(Chat4AllError):
+    status = 404
+    title = "Not found"
+    slug = "not-found"
+
+
+class ConflictError(Chat4AllError):
+    status = 409
+    title = "Conflict"
+    slug = "conflict"
+
+
+class DependencyUnavailableError(Chat4AllError):
+    """A database, cache or AWS service did not answer; the caller may retry."""
+
+    status = 503
+    title = "Service unavailable"
+    slug = "dependency-unavailable"
+
+
+class ChannelError(Chat4AllError):
+    """A channel platform refused or failed a call."""
+
+    status = 502
+    title = "Channel error"
+    slug = "channel-error"
+
+    def __init__(self, detail: str, *, status_code: int | None = None) -> None:
+        super().__init__(detail)
+        self.status_code = status_code
+
+
+class ChannelRetryableError(ChannelError):
+    """429, 5xx, timeout or connection failure: worth another attempt later."""
+
+
+class ChannelRejectedError(ChannelError):
+    """A 4xx other than 429: the platform will never accept this request."""
+
+
+class StatusTargetMissingError(Chat4AllError):
+    """A status report names a platform message we have not recorded (yet)."""
+
+    status = 404
+    title = "Unknown platform message"
+    slug = "unknown-platform-message"

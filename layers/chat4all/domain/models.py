@@ -1,0 +1,217 @@
+"""Domain vocabulary shared by services, adapters and the API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Platform(StrEnum):
+    WHATSAPP = "WHATSAPP"
+    TELEGRAM = "TELEGRAM"
+    INSTAGRAM = "INSTAGRAM"
+
+
+class UserType(StrEnum):
+    AGENT = "AGENT"
+    CUSTOMER = "CUSTOMER"
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    AGENT = "agent"
+
+
+class ConversationType(StrEnum):
+    ONE_TO_ONE = "ONE_TO_ONE"
+    GROUP = "GROUP"
+
+
+class Direction(StrEnum):
+    OUTBOUND = "OUTBOUND"
+    INBOUND = "INBOUND"
+
+
+class MessageStatus(StrEnum):
+    """Delivery status. Moves forward only; FAILED is reachable from any state before READ."""
+
+    PENDING = "PENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    FAILED = "FAILED"
+
+    @property
+    def rank(self) -> int:
+        return _STATUS_RANK[self]
+
+    def can_move_to(self, new: MessageStatus) -> bool:
+        if self in (MessageStatus.READ, MessageStatus.FAILED):
+            return False
+        return new.rank > self.rank
+
+    @classmethod
+    def predecessors_of(cls, new: MessageStatus) -> list[MessageStatus]:
+        """Every status from which `new` is a forward move."""
+        return [status for status in cls if status.can_move_to(new)]
+
+
+_STATUS_RANK = {
+    MessageStatus.PENDING: 0,
+    MessageStatus.SENT: 1,
+    MessageStatus.DELIVERED: 2,
+    MessageStatus.READ: 3,
+    MessageStatus.FAILED: 4,
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the API key's id, role and (for agents) the user it is bound to."""
+
+    key_id: str
+    role: Role
+    user_id: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+
+@dataclass(frozen=True)
+class ExternalIdentity:
+    identity_id: str
+    user_id: str
+    platform: Platform
+    platform_user_id: str
+    verified: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    display_name: str
+    user_type: UserType
+    email: str | None
+    phone: str | None
+    metadata: dict[str, Any]
+    active: bool
+    created_at: datetime
+    updated_at: datetime
+    external_identities: list[ExternalIdentity] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """An installed channel: a platform account with its (decrypted) credentials."""
+
+    channel_id: str
+    platform: Platform
+    name: str
+    credentials: dict[str, str]
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key_id: str
+    name: str
+    role: Role
+    user_id: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Participant:
+    user_id: str
+    joined_at: datetime
+
+
+@dataclass(frozen=True)
+class Conversation:
+    conversation_id: str
+    conversation_type: ConversationType
+    participants: list[Participant]
+    primary_channel: Platform
+    message_count: int
+    last_activity_at: datetime
+    created_at: datetime
+    channel_id: str | None = None
+
+    def participant(self, user_id: str) -> Participant | None:
+        return next((p for p in self.participants if p.user_id == user_id), None)
+
+
+@dataclass(frozen=True)
+class StatusEntry:
+    status: MessageStatus
+    at: datetime
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    conversation_id: str
+    sender_id: str
+    content: str | None
+    file_id: str | None
+    channel: Platform
+    direction: Direction
+    sequence: int
+    status: MessageStatus
+    history: list[StatusEntry]
+    created_at: datetime
+    request_fingerprint: str
+    platform_message_id: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """What a connector needs to put one message on a platform."""
+
+    message_id: str
+    recipient: str
+    text: str
+
+
+@dataclass(frozen=True)
+class ProviderReceipt:
+    platform_message_id: str
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """A delivery status a platform reported for one of our messages."""
+
+    platform: Platform
+    platform_message_id: str
+    status: MessageStatus
+    at: datetime
+    detail: str | None = None
+
+    @property
+    def dedupe_key(self) -> str:
+        return f"{self.platform}:{self.platform_message_id}:{self.status}:{self.at.isoformat()}"
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """A message a person sent us on a platform."""
+
+    platform: Platform
+    platform_message_id: str
+    sender_platform_id: str
+    sender_name: str | None
+    text: str
+    at: datetime

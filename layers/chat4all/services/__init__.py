@@ -1,0 +1,1 @@
+"""Use cases. They speak only to ports, never to drivers, AWS or Powertools."""

@@ -1,0 +1,102 @@
+"""Conversations, who is in them, and their history."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chat4all.domain.errors import FieldError, ForbiddenError, NotFoundError, ValidationFailedError
+from chat4all.domain.models import Conversation, ConversationType, Participant, utcnow
+
+if TYPE_CHECKING:
+    from chat4all.domain.commands import CreateConversation
+    from chat4all.domain.models import Message, Principal
+    from chat4all.ports import ConversationStore, MessageStore, UserRepository
+
+PARTICIPANT_LIMITS = {ConversationType.ONE_TO_ONE: (2, 2), ConversationType.GROUP: (3, 100)}
+MAX_PAGE = 200
+
+
+@dataclass(frozen=True)
+class MessagePage:
+    items: list[Message]
+    next_cursor: str | None
+
+
+def encode_cursor(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = raw.partition(":")
+        if prefix != "seq":
+            raise ValueError(raw)
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationFailedError("invalid cursor", errors=[FieldError("before", "not a cursor this API issued")]) from exc
+
+
+class ConversationService:
+    def __init__(self, conversations: ConversationStore, messages: MessageStore, users: UserRepository) -> None:
+        self.conversations = conversations
+        self.messages = messages
+        self.users = users
+
+    def create(self, command: CreateConversation, principal: Principal) -> Conversation:
+        participants = list(dict.fromkeys(command.participants))
+        low, high = PARTICIPANT_LIMITS[command.conversation_type]
+        if not low <= len(participants) <= high:
+            span = f"exactly {low}" if low == high else f"{low} to {high}"
+            raise ValidationFailedError(
+                f"a {command.conversation_type} conversation has {span} distinct participants",
+                errors=[FieldError("participants", f"{len(participants)} distinct participants given")],
+            )
+        errors = []
+        for index, user_id in enumerate(participants):
+            user = self.users.get_user(user_id)
+            if user is None or not user.active:
+                errors.append(FieldError(f"participants[{index}]", f"no active user {user_id}"))
+        if errors:
+            raise ValidationFailedError("unknown participants", errors=errors)
+        if not principal.is_admin and principal.user_id not in participants:
+            raise ForbiddenError("an agent can only create conversations it takes part in")
+        now = utcnow()
+        conversation = Conversation(
+            conversation_id=str(uuid.uuid4()),
+            conversation_type=command.conversation_type,
+            participants=[Participant(user_id, now) for user_id in participants],
+            primary_channel=command.primary_channel,
+            message_count=0,
+            last_activity_at=now,
+            created_at=now,
+        )
+        self.conversations.add_conversation(conversation)
+        return conversation
+
+    def get(self, conversation_id: str, principal: Principal) -> Conversation:
+        conversation = self.conversations.get_conversation(conversation_id)
+        if conversation is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        if not principal.is_admin and (principal.user_id is None or conversation.participant(principal.user_id) is None):
+            raise ForbiddenError("only participants can read this conversation")
+        return conversation
+
+    def history(self, conversation_id: str, principal: Principal, *, limit: int, before: str | None) -> MessagePage:
+        conversation = self.get(conversation_id, principal)
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationFailedError("limit out of range", errors=[FieldError("limit", f"must be 1 to {MAX_PAGE}")])
+        since = None
+        if not principal.is_admin and principal.user_id is not None:
+            member = conversation.participant(principal.user_id)
+            since = member.joined_at if member else None
+        newest_first = self.messages.conversation_page(
+            conversation_id, limit=limit + 1, before_sequence=decode_cursor(before) if before else None, since=since
+        )
+        page = newest_first[:limit]
+        next_cursor = encode_cursor(page[-1].sequence) if len(newest_first) > limit else None
+        return MessagePage(items=list(reversed(page)), next_cursor=next_cursor)

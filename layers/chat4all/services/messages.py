@@ -1,0 +1,132 @@
+"""Accepting outbound messages and reading them back."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from chat4all.domain.errors import ConflictError, FieldError, ForbiddenError, NotFoundError, ValidationFailedError
+from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
+from chat4all.services.auth import require_self_or_admin
+
+if TYPE_CHECKING:
+    from chat4all.domain.commands import SendMessage
+    from chat4all.domain.models import Principal
+    from chat4all.ports import ConversationStore, EventPublisher, MessageStore, OutboundQueue, UserRepository
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AcceptedMessage:
+    message_id: str
+    conversation_id: str
+    sequence: int
+    status: MessageStatus
+    status_url: str
+
+
+def event_detail(message: Message, status: MessageStatus | None = None) -> dict[str, str]:
+    return {
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "status": (status or message.status).value,
+        "channel": message.channel.value,
+        "at": utcnow().isoformat(),
+    }
+
+
+class MessageService:
+    def __init__(
+        self,
+        messages: MessageStore,
+        conversations: ConversationStore,
+        users: UserRepository,
+        queue: OutboundQueue,
+        events: EventPublisher,
+    ) -> None:
+        self.messages = messages
+        self.conversations = conversations
+        self.users = users
+        self.queue = queue
+        self.events = events
+
+    def accept(self, command: SendMessage, principal: Principal) -> AcceptedMessage:
+        """Validate, store PENDING with the conversation's next sequence, and enqueue for delivery."""
+        require_self_or_admin(principal, command.sender_id)
+        existing = self.messages.get_message(command.message_id)
+        if existing is not None:
+            return self._replay(existing, command)
+        if command.file_id is not None:
+            raise ValidationFailedError("file messages are not available yet", errors=[FieldError("file_id", "not supported yet")])
+        conversation = self.conversations.get_conversation(command.conversation_id)
+        if conversation is None:
+            raise ValidationFailedError(
+                "unknown conversation", errors=[FieldError("conversation_id", f"no conversation {command.conversation_id}")]
+            )
+        sender = self.users.get_user(command.sender_id)
+        if sender is None or not sender.active:
+            raise ValidationFailedError("unknown sender", errors=[FieldError("sender_id", f"no active user {command.sender_id}")])
+        if conversation.participant(command.sender_id) is None:
+            raise ForbiddenError("the sender is not a participant of this conversation")
+        now = utcnow()
+        message = Message(
+            message_id=command.message_id,
+            conversation_id=conversation.conversation_id,
+            sender_id=command.sender_id,
+            content=command.content,
+            file_id=command.file_id,
+            channel=command.channel_type or conversation.primary_channel,
+            direction=Direction.OUTBOUND,
+            sequence=self.conversations.next_sequence(conversation.conversation_id, now),
+            status=MessageStatus.PENDING,
+            history=[StatusEntry(MessageStatus.PENDING, now)],
+            created_at=now,
+            request_fingerprint=command.fingerprint,
+        )
+        if not self.messages.add_message(message):
+            # a concurrent request with the same id won the insert
+            stored = self.messages.get_message(command.message_id)
+            if stored is None:
+                raise ConflictError(f"message {command.message_id} is being accepted concurrently")
+            return self._replay(stored, command)
+        self.queue.enqueue(message.message_id, message.conversation_id)
+        self._publish("MessageAccepted", message)
+        return _accepted(message)
+
+    def _replay(self, existing: Message, command: SendMessage) -> AcceptedMessage:
+        if existing.request_fingerprint != command.fingerprint or existing.sender_id != command.sender_id:
+            raise ConflictError(f"message {command.message_id} was accepted before with a different body")
+        if existing.status is MessageStatus.PENDING and existing.platform_message_id is None:
+            # the first attempt may have stored the message and then failed to enqueue it; the route
+            # function never sends a message twice, so enqueueing again is safe
+            self.queue.enqueue(existing.message_id, existing.conversation_id)
+        return _accepted(existing)
+
+    def get(self, message_id: str, principal: Principal) -> Message:
+        message = self.messages.get_message(message_id)
+        if message is None:
+            raise NotFoundError(f"message {message_id} not found")
+        if not principal.is_admin:
+            conversation = self.conversations.get_conversation(message.conversation_id)
+            member = conversation.participant(principal.user_id) if conversation and principal.user_id else None
+            if member is None:
+                raise ForbiddenError("only participants can read this message")
+        return message
+
+    def _publish(self, detail_type: str, message: Message) -> None:
+        try:
+            self.events.publish(detail_type, event_detail(message))
+        except Exception:  # events are notifications; the stored message and the queue are the record
+            logger.exception("could not publish %s for %s", detail_type, message.message_id)
+
+
+def _accepted(message: Message) -> AcceptedMessage:
+    return AcceptedMessage(
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        sequence=message.sequence,
+        status=MessageStatus.PENDING,
+        status_url=f"/v1/messages/{message.message_id}/status",
+    )
