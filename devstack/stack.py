@@ -1,0 +1,240 @@
+"""The whole platform on 127.0.0.1: servers, AWS resources from template.yaml, databases, functions."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+import psycopg
+from psycopg import sql
+
+from devstack.processes import STATE_DIR, ManagedProcess, free_port
+from devstack.runner import HttpApi, SqsPoller, load_functions, serve_http
+from devstack.template import function_environment, http_routes, load_template, queue_subscriptions
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from http.server import ThreadingHTTPServer
+
+    from devstack.localstack import StackInfo
+    from devstack.runner import LocalFunction
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE_PATH = REPO_ROOT / "template.yaml"
+LOCAL_AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "test",
+    "AWS_SECRET_ACCESS_KEY": "test",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    # no X-Ray daemon or CloudWatch agent locally: traces off, metrics still printed as EMF logs
+    "POWERTOOLS_TRACE_DISABLED": "true",
+    "POWERTOOLS_DEV": "false",
+}
+CHANNEL_ENV = ("WHATSAPP_API_BASE", "TELEGRAM_API_BASE", "INSTAGRAM_API_BASE")
+
+
+@dataclass
+class PlatformOptions:
+    port: int = 3000
+    state_dir: Path = STATE_DIR
+    stack_name: str = "chat4all"
+    admin_api_key: str | None = None
+    database_name: str = "chat4all"
+    create_fresh_database: bool = False
+    channel_api_bases: dict[str, str] = field(default_factory=dict)
+    environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+
+
+def with_database(url: str, name: str) -> str:
+    """The same server URL naming another database (works for postgresql:// and mongodb:// URLs)."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def ensure_postgres_database(server_url: str, name: str, *, fresh: bool) -> None:
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists and fresh:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+            exists = None
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_postgres_database(server_url: str, name: str) -> None:
+    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+class LocalPlatform:
+    """Starts what is not given by URL, provisions, migrates and runs the functions; stops it all again."""
+
+    def __init__(self, options: PlatformOptions) -> None:
+        self.options = options
+        self.processes: list[ManagedProcess] = []
+        self.urls: dict[str, str] = {}
+        self.stack: StackInfo | None = None
+        self.functions: dict[str, LocalFunction] = {}
+        self.pollers: list[SqsPoller] = []
+        self.http: ThreadingHTTPServer | None = None
+        self.api_url = ""
+        self.admin_api_key = ""
+        self._lock = threading.Lock()
+
+    # -------------------------------------------------------------------- servers
+    def start_servers(self) -> None:
+        env = self.options.environ
+        state = self.options.state_dir
+        state.mkdir(parents=True, exist_ok=True)
+        starters: dict[str, Callable[[], tuple[str, ManagedProcess]]] = {}
+        if env.get("AWS_ENDPOINT_URL"):
+            self.urls["aws"] = env["AWS_ENDPOINT_URL"]
+        else:
+            from devstack.localstack import ensure_localstack_venv, start_localstack
+
+            ensure_localstack_venv(REPO_ROOT)
+            starters["aws"] = lambda: start_localstack(state)
+        if env.get("DATABASE_URL"):
+            self.urls["postgres_server"] = env["DATABASE_URL"]
+        else:
+            from devstack.postgres import start_postgres
+
+            starters["postgres_server"] = lambda: start_postgres(state)
+        if env.get("MONGODB_URI"):
+            self.urls["mongo_server"] = env["MONGODB_URI"]
+        else:
+            from devstack.mongo import start_mongo
+
+            starters["mongo_server"] = lambda: start_mongo(state)
+        if env.get("REDIS_URL"):
+            self.urls["redis"] = env["REDIS_URL"]
+        else:
+            from devstack.redis import start_redis
+
+            starters["redis"] = lambda: start_redis(state)
+        for name in starters:
+            self.options.log(f"starting {name.removesuffix('_server')} ...")
+        with ThreadPoolExecutor(max_workers=len(starters) or 1) as pool:
+            futures = {name: pool.submit(start) for name, start in starters.items()}
+            errors = []
+            for name, future in futures.items():
+                try:
+                    url, process = future.result()
+                except Exception as exc:
+                    errors.append(f"{name}: {exc}")
+                    continue
+                self.processes.append(process)
+                self.urls[name] = url
+        if errors:
+            self.stop()
+            raise RuntimeError("could not start the local servers:\n" + "\n".join(errors))
+
+    # -------------------------------------------------------------------- provisioning
+    def provision(self) -> None:
+        from devstack.localstack import deploy_stack
+
+        opts = self.options
+        given_db = bool(opts.environ.get("DATABASE_URL"))
+        if given_db and not opts.create_fresh_database:
+            self.urls["postgres"] = self.urls["postgres_server"]
+        else:
+            ensure_postgres_database(self.urls["postgres_server"], opts.database_name, fresh=opts.create_fresh_database)
+            self.urls["postgres"] = with_database(self.urls["postgres_server"], opts.database_name)
+        given_mongo = bool(opts.environ.get("MONGODB_URI"))
+        if given_mongo and not opts.create_fresh_database:
+            self.urls["mongo"] = self.urls["mongo_server"]
+        else:
+            self.urls["mongo"] = with_database(self.urls["mongo_server"], opts.database_name)
+        parameters = {
+            "DatabaseUrl": self.urls["postgres"],
+            "MongoDbUri": self.urls["mongo"],
+            "RedisUrl": self.urls["redis"],
+        }
+        for name, key in zip(CHANNEL_ENV, ("WhatsAppApiBase", "TelegramApiBase", "InstagramApiBase"), strict=True):
+            value = opts.channel_api_bases.get(name) or opts.environ.get(name)
+            if value:
+                parameters[key] = value
+        opts.log(f"deploying the AWS resources of template.yaml to {self.urls['aws']} ...")
+        self.stack = deploy_stack(self.urls["aws"], TEMPLATE_PATH, opts.stack_name, parameters)
+
+    def function_env(self) -> dict[str, str]:
+        assert self.stack is not None
+        template = load_template(TEMPLATE_PATH)
+        env: dict[str, str] = {}
+        for logical_id, resource in template["Resources"].items():
+            if resource.get("Type") == "AWS::Serverless::Function":
+                env.update(function_environment(template, logical_id, self.stack.resolve))
+        env.update(LOCAL_AWS_ENV)
+        env["AWS_ENDPOINT_URL"] = self.urls["aws"]
+        return env
+
+    def prepare_databases(self) -> None:
+        from chat4all import bootstrap
+        from chat4all.adapters.mongo import ensure_indexes
+        from chat4all.adapters.postgres import migrate
+
+        applied = migrate(bootstrap.postgres())
+        if applied:
+            self.options.log(f"PostgreSQL migrations applied: {', '.join(applied)}")
+        ensure_indexes(bootstrap.mongo())
+        key = self.options.admin_api_key or self.options.environ.get("CHAT4ALL_ADMIN_API_KEY") or ""
+        self.admin_api_key = key or "c4a_admin_" + secrets.token_urlsafe(24)
+        bootstrap.identity_service().ensure_admin_key(self.admin_api_key)
+
+    # -------------------------------------------------------------------- functions
+    def start_functions(self) -> None:
+        assert self.stack is not None
+        os.environ.update(self.function_env())
+        layers = str(REPO_ROOT / "layers")
+        if layers not in sys.path:
+            sys.path.insert(0, layers)
+        self.prepare_databases()
+        template = load_template(TEMPLATE_PATH)
+        self.functions = load_functions(template, REPO_ROOT)
+        self.http = serve_http(HttpApi(http_routes(template), self.functions), free_port(self.options.port))
+        self.api_url = f"http://127.0.0.1:{self.http.server_address[1]}"
+        sqs = boto3.client("sqs", endpoint_url=self.urls["aws"], region_name="us-east-1")
+        for subscription in queue_subscriptions(template):
+            queue_url = self.stack.resolve({"Ref": subscription.queue_logical_id})
+            queue_arn = self.stack.resolve({"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]})
+            poller = SqsPoller(sqs, subscription, queue_url, queue_arn, self.functions[subscription.function])
+            poller.start()
+            self.pollers.append(poller)
+
+    def start(self) -> LocalPlatform:
+        try:
+            self.start_servers()
+            self.provision()
+            self.start_functions()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        with self._lock:
+            for poller in self.pollers:
+                poller.stop()
+            self.pollers.clear()
+            if self.http is not None:
+                self.http.shutdown()
+                self.http.server_close()
+                self.http = None
+            for process in reversed(self.processes):
+                process.stop()
+            self.processes.clear()
+
+    def __enter__(self) -> LocalPlatform:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

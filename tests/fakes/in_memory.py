@@ -1,0 +1,185 @@
+"""In-memory implementations of the ports, for unit tests of the services."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+from chat4all.domain.errors import ConflictError
+from chat4all.domain.models import Conversation, Message, MessageStatus
+from chat4all.ports import (
+    ApiKeyRepository,
+    ChannelRepository,
+    ConversationStore,
+    EventPublisher,
+    MessageStore,
+    OutboundQueue,
+    UserRepository,
+)
+
+if TYPE_CHECKING:
+    from datetime import datetime
+
+    from chat4all.domain.models import ApiKey, ChannelConfig, ExternalIdentity, Platform, StatusEntry, User
+    from chat4all.ports import AuditEntry
+
+
+class InMemoryUserRepository(UserRepository):
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+        self.identities: list[ExternalIdentity] = []
+        self.audit: list[AuditEntry] = []
+
+    def add_user(self, user: User, audit: AuditEntry) -> None:
+        self.users[user.user_id] = user
+        self.audit.append(audit)
+
+    def get_user(self, user_id: str) -> User | None:
+        user = self.users.get(user_id)
+        if user is None:
+            return None
+        return dataclasses.replace(user, external_identities=[i for i in self.identities if i.user_id == user_id])
+
+    def add_identity(self, identity: ExternalIdentity, audit: AuditEntry) -> None:
+        if any((i.platform, i.platform_user_id) == (identity.platform, identity.platform_user_id) for i in self.identities):
+            raise ConflictError("linked already")
+        self.identities.append(identity)
+        self.audit.append(audit)
+
+    def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None:
+        return next((i for i in self.identities if i.user_id == user_id and i.platform == platform), None)
+
+    def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
+        found = next((i for i in self.identities if (i.platform, i.platform_user_id) == (platform, platform_user_id)), None)
+        return found.user_id if found else None
+
+
+class InMemoryChannelRepository(ChannelRepository):
+    def __init__(self) -> None:
+        self.channels: dict[str, ChannelConfig] = {}
+
+    def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
+        self.channels[channel.channel_id] = channel
+
+    def get_channel(self, channel_id: str) -> ChannelConfig | None:
+        return self.channels.get(channel_id)
+
+    def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
+        return [c for c in self.channels.values() if c.platform == platform and c.enabled]
+
+
+class InMemoryApiKeyRepository(ApiKeyRepository):
+    def __init__(self) -> None:
+        self.keys: dict[str, tuple[ApiKey, bool]] = {}
+
+    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry | None) -> None:
+        self.keys.setdefault(key_hash, (key, True))
+
+    def find_active(self, key_hash: str) -> ApiKey | None:
+        key, active = self.keys.get(key_hash, (None, False))
+        return key if active else None
+
+    def revoke(self, key_id: str, audit: AuditEntry) -> bool:
+        for key_hash, (key, active) in self.keys.items():
+            if key.key_id == key_id and active:
+                self.keys[key_hash] = (key, False)
+                return True
+        return False
+
+
+class InMemoryConversationStore(ConversationStore):
+    def __init__(self) -> None:
+        self.conversations: dict[str, Conversation] = {}
+        self.sequences: dict[str, int] = {}
+
+    def add_conversation(self, conversation: Conversation) -> None:
+        self.conversations[conversation.conversation_id] = conversation
+
+    def get_conversation(self, conversation_id: str) -> Conversation | None:
+        return self.conversations.get(conversation_id)
+
+    def next_sequence(self, conversation_id: str, at: datetime) -> int:
+        self.sequences[conversation_id] = self.sequences.get(conversation_id, 0) + 1
+        conversation = self.conversations[conversation_id]
+        self.conversations[conversation_id] = dataclasses.replace(
+            conversation, message_count=conversation.message_count + 1, last_activity_at=at
+        )
+        return self.sequences[conversation_id]
+
+
+class InMemoryMessageStore(MessageStore):
+    def __init__(self) -> None:
+        self.messages: dict[str, Message] = {}
+        self.attempts: dict[str, int] = {}
+        self.applied: set[str] = set()
+
+    def add_message(self, message: Message) -> bool:
+        if message.message_id in self.messages:
+            return False
+        self.messages[message.message_id] = message
+        return True
+
+    def get_message(self, message_id: str) -> Message | None:
+        return self.messages.get(message_id)
+
+    def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
+        return next(
+            (m for m in self.messages.values() if m.channel == platform and m.platform_message_id == platform_message_id),
+            None,
+        )
+
+    def conversation_page(
+        self, conversation_id: str, *, limit: int, before_sequence: int | None, since: datetime | None
+    ) -> list[Message]:
+        found = [
+            m
+            for m in self.messages.values()
+            if m.conversation_id == conversation_id
+            and (before_sequence is None or m.sequence < before_sequence)
+            and (since is None or m.created_at >= since)
+        ]
+        return sorted(found, key=lambda m: m.sequence, reverse=True)[:limit]
+
+    def begin_attempt(self, message_id: str) -> int:
+        self.attempts[message_id] = self.attempts.get(message_id, 0) + 1
+        return self.attempts[message_id]
+
+    def append_status(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        platform_message_id: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> bool:
+        if dedupe_key is not None and dedupe_key in self.applied:
+            return False
+        if dedupe_key is not None:
+            self.applied.add(dedupe_key)
+        message = self.messages[message_id]
+        moved = message.status.can_move_to(entry.status)
+        changes: dict[str, Any] = {"history": [*message.history, entry]}
+        if platform_message_id is not None:
+            changes["platform_message_id"] = platform_message_id
+        if moved:
+            changes["status"] = entry.status
+            if entry.status is MessageStatus.FAILED:
+                changes["error"] = entry.detail
+        self.messages[message_id] = dataclasses.replace(message, **changes)
+        return moved
+
+
+class InMemoryOutboundQueue(OutboundQueue):
+    def __init__(self) -> None:
+        self.enqueued: list[tuple[str, str]] = []
+
+    def enqueue(self, message_id: str, conversation_id: str) -> None:
+        self.enqueued.append((message_id, conversation_id))
+
+
+class InMemoryEventPublisher(EventPublisher):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
+        self.events.append((source, detail_type, detail))

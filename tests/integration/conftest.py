@@ -1,0 +1,121 @@
+"""The platform under test: real PostgreSQL, Redis, MongoDB-wire server and LocalStack, started once.
+
+Servers given by URL (DATABASE_URL, MONGODB_URI, REDIS_URL, AWS_ENDPOINT_URL) are used as they are;
+the tests still create a database of their own in them and drop it afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from devstack.stack import LocalPlatform, PlatformOptions, drop_postgres_database
+from tests.support.fake_whatsapp import FakeWhatsApp
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def fake_whatsapp() -> Iterator[FakeWhatsApp]:
+    server = FakeWhatsApp()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def platform(fake_whatsapp: FakeWhatsApp) -> Iterator[LocalPlatform]:
+    run_id = uuid.uuid4().hex[:8]
+    options = PlatformOptions(
+        port=0,
+        state_dir=REPO_ROOT / ".devstack" / f"test-{run_id}",
+        stack_name=f"chat4all-test-{run_id}",
+        admin_api_key=f"c4a_test_admin_{uuid.uuid4().hex}",
+        database_name=f"chat4all_test_{run_id}",
+        create_fresh_database=True,
+        channel_api_bases={"WHATSAPP_API_BASE": fake_whatsapp.url},
+        environ=dict(os.environ),
+    )
+    stack = LocalPlatform(options).start()
+    yield stack
+    try:
+        from chat4all import bootstrap
+
+        bootstrap.postgres().close()
+        bootstrap.mongo().client.drop_database(bootstrap.mongo().name)
+        drop_postgres_database(stack.urls["postgres_server"], options.database_name)
+    finally:
+        stack.stop()
+
+
+@dataclass
+class Api:
+    """An HTTP client for the platform with the admin key, plus helpers for the common setup."""
+
+    client: httpx.Client
+    admin_key: str
+
+    def call(self, method: str, path: str, *, key: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        headers.setdefault("Authorization", f"Bearer {key or self.admin_key}")
+        return self.client.request(method, path, headers=headers, **kwargs)
+
+    def created(self, path: str, body: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        response = self.call("POST", path, json=body, key=key)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+
+@pytest.fixture(scope="session")
+def api(platform: LocalPlatform) -> Iterator[Api]:
+    with httpx.Client(base_url=platform.api_url, timeout=30) as client:
+        yield Api(client, platform.admin_api_key)
+
+
+@dataclass
+class WhatsAppSetup:
+    agent_id: str
+    customer_id: str
+    customer_phone: str
+    conversation_id: str
+    channel: dict[str, Any]
+    credentials: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def whatsapp_channel(api: Api) -> tuple[dict[str, Any], dict[str, str]]:
+    credentials = {
+        "access_token": f"EAAG-{uuid.uuid4().hex}",
+        "phone_number_id": "106540352242922",
+        "app_secret": uuid.uuid4().hex,
+        "verify_token": uuid.uuid4().hex,
+    }
+    channel = api.created("/v1/channels", {"platform": "WHATSAPP", "name": "Support line", "credentials": credentials})
+    return channel, credentials
+
+
+@pytest.fixture
+def whatsapp_conversation(api: Api, whatsapp_channel: tuple[dict[str, Any], dict[str, str]]) -> WhatsAppSetup:
+    """A fresh agent, a fresh customer with a WhatsApp number, and their one-to-one conversation."""
+    phone = "55119" + str(uuid.uuid4().int)[:8]
+    agent = api.created("/v1/users", {"display_name": "Ana Agent", "user_type": "AGENT"})
+    customer = api.created("/v1/users", {"display_name": "Carlos Customer", "user_type": "CUSTOMER", "phone": f"+{phone}"})
+    api.created(f"/v1/users/{customer['user_id']}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})
+    conversation = api.created(
+        "/v1/conversations",
+        {
+            "conversation_type": "ONE_TO_ONE",
+            "participants": [agent["user_id"], customer["user_id"]],
+            "primary_channel": "WHATSAPP",
+        },
+    )
+    channel, credentials = whatsapp_channel
+    return WhatsAppSetup(agent["user_id"], customer["user_id"], phone, conversation["conversation_id"], channel, credentials)

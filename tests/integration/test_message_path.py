@@ -1,0 +1,212 @@
+"""The WhatsApp message path end to end, over HTTP, against the real servers and a WhatsApp-format server."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from tests.support.fake_whatsapp import status_webhook, sign
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import Api, WhatsAppSetup
+    from tests.support.fake_whatsapp import FakeWhatsApp
+
+
+def send(api: Api, setup: WhatsAppSetup, content: str, message_id: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": content}
+    if message_id:
+        body["message_id"] = message_id
+    response = api.call("POST", "/v1/messages", json=body)
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def wait_for_status(api: Api, message_id: str, status: str, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = api.call("GET", f"/v1/messages/{message_id}/status").json()
+        if body.get("status") == status:
+            return body
+        time.sleep(0.1)
+    raise AssertionError(f"message {message_id} stayed {body.get('status')}, expected {status}: {body}")
+
+
+def post_webhook(api: Api, body: bytes, signature: str) -> int:
+    response = api.client.post(
+        "/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
+    )
+    return response.status_code
+
+
+def test_twenty_messages_arrive_in_order_and_reach_read(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN an agent and a customer in a WhatsApp conversation
+    setup = whatsapp_conversation
+    # WHEN the agent sends 20 messages
+    accepted = [send(api, setup, f"message number {n}") for n in range(1, 21)]
+    # THEN they were accepted PENDING with increasing sequences
+    assert [a["sequence"] for a in accepted] == list(range(1, 21))
+    assert {a["status"] for a in accepted} == {"PENDING"}
+    assert all(a["status_url"] == f"/v1/messages/{a['message_id']}/status" for a in accepted)
+    # AND the WhatsApp server received all 20, in order, with the body and token the contract names
+    requests = fake_whatsapp.wait_for(setup.customer_phone, 20)
+    assert [r.body["text"]["body"] for r in requests] == [f"message number {n}" for n in range(1, 21)]
+    token = setup.credentials["access_token"]
+    for request in requests:
+        assert request.path == f"/v21.0/{setup.credentials['phone_number_id']}/messages"
+        assert request.headers["authorization"] == f"Bearer {token}"
+        assert request.body == {
+            "messaging_product": "whatsapp",
+            "to": setup.customer_phone,
+            "type": "text",
+            "text": {"body": request.body["text"]["body"]},
+        }
+    # AND each message is SENT with the platform's id
+    last = accepted[-1]
+    wait_for_status(api, last["message_id"], "SENT")
+    message = api.call("GET", f"/v1/messages/{last['message_id']}").json()
+    assert message["platform_message_id"] == requests[-1].platform_message_id
+    assert message["channel"] == "WHATSAPP"
+    assert message["sequence"] == 20
+
+    # WHEN WhatsApp reports delivered, then read, with signed webhooks
+    wamid = requests[-1].platform_message_id
+    assert wamid is not None
+    secret = setup.credentials["app_secret"]
+    now = int(time.time())
+    for offset, state in enumerate(("delivered", "read")):
+        body = status_webhook(setup.credentials["phone_number_id"], wamid, state, setup.customer_phone, now + offset)
+        assert post_webhook(api, body, sign(secret, body)) == 200
+    # THEN the status is READ with the full history
+    status = wait_for_status(api, last["message_id"], "READ")
+    assert [h["status"] for h in status["history"]] == ["PENDING", "SENT", "DELIVERED", "READ"]
+    assert all(h["at"].endswith("Z") for h in status["history"])
+
+    # AND the conversation's history returns all 20 in order
+    history = api.call("GET", f"/v1/conversations/{setup.conversation_id}/messages").json()
+    assert [m["content"] for m in history["items"]] == [f"message number {n}" for n in range(1, 21)]
+    assert [m["sequence"] for m in history["items"]] == list(range(1, 21))
+    assert history["next_cursor"] is None
+    conversation = api.call("GET", f"/v1/conversations/{setup.conversation_id}").json()
+    assert conversation["message_count"] == 20
+
+
+def test_history_pages_backwards_with_a_cursor(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
+    setup = whatsapp_conversation
+    for n in range(1, 6):
+        send(api, setup, f"m{n}")
+    first = api.call("GET", f"/v1/conversations/{setup.conversation_id}/messages", params={"limit": 2}).json()
+    assert [m["content"] for m in first["items"]] == ["m4", "m5"]
+    second = api.call(
+        "GET", f"/v1/conversations/{setup.conversation_id}/messages", params={"limit": 2, "before": first["next_cursor"]}
+    ).json()
+    assert [m["content"] for m in second["items"]] == ["m2", "m3"]
+    third = api.call(
+        "GET", f"/v1/conversations/{setup.conversation_id}/messages", params={"limit": 2, "before": second["next_cursor"]}
+    ).json()
+    assert [m["content"] for m in third["items"]] == ["m1"]
+    assert third["next_cursor"] is None
+
+
+def test_same_message_id_twice_is_one_platform_call(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    message_id = str(uuid.uuid4())
+    first = send(api, setup, "only once", message_id)
+    second = send(api, setup, "only once", message_id)
+    assert first == second
+    wait_for_status(api, message_id, "SENT")
+    time.sleep(1.5)  # give a duplicate delivery the chance to happen, if it were going to
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+    third = send(api, setup, "only once", message_id)  # after delivery too
+    assert third == first
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+
+
+def test_same_message_id_with_another_body_is_409(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
+    setup = whatsapp_conversation
+    message_id = str(uuid.uuid4())
+    send(api, setup, "the original", message_id)
+    response = api.call(
+        "POST",
+        "/v1/messages",
+        json={"message_id": message_id, "conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": "changed"},
+    )
+    assert response.status_code == 409
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 409
+    stored = api.call("GET", f"/v1/messages/{message_id}").json()
+    assert stored["content"] == "the original"
+
+
+def test_wrong_signature_is_401_and_changes_nothing(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    accepted = send(api, setup, "watch my status")
+    wait_for_status(api, accepted["message_id"], "SENT")
+    wamid = fake_whatsapp.wait_for(setup.customer_phone, 1)[0].platform_message_id
+    assert wamid is not None
+    body = status_webhook(setup.credentials["phone_number_id"], wamid, "read", setup.customer_phone)
+    forged = sign("not-the-app-secret", body)
+    assert post_webhook(api, body, forged) == 401
+    assert post_webhook(api, body, "") == 401
+    tampered = body.replace(b'"read"', b'"failed"')
+    assert post_webhook(api, tampered, sign(setup.credentials["app_secret"], body)) == 401
+    time.sleep(1.5)
+    status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
+    assert status["status"] == "SENT"
+    assert [h["status"] for h in status["history"]] == ["PENDING", "SENT"]
+
+
+def test_replayed_and_late_webhooks(api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp) -> None:
+    setup = whatsapp_conversation
+    accepted = send(api, setup, "read me")
+    wait_for_status(api, accepted["message_id"], "SENT")
+    wamid = fake_whatsapp.wait_for(setup.customer_phone, 1)[0].platform_message_id
+    assert wamid is not None
+    secret = setup.credentials["app_secret"]
+    now = int(time.time())
+    read = status_webhook(setup.credentials["phone_number_id"], wamid, "read", setup.customer_phone, now + 5)
+    assert post_webhook(api, read, sign(secret, read)) == 200
+    wait_for_status(api, accepted["message_id"], "READ")
+    # a replay of the same webhook changes nothing; a late "delivered" is kept in history only
+    assert post_webhook(api, read, sign(secret, read)) == 200
+    late = status_webhook(setup.credentials["phone_number_id"], wamid, "delivered", setup.customer_phone, now + 1)
+    assert post_webhook(api, late, sign(secret, late)) == 200
+    deadline = time.monotonic() + 15
+    status: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
+        if len(status["history"]) == 4:
+            break
+        time.sleep(0.1)
+    assert status["status"] == "READ"
+    assert [h["status"] for h in status["history"]] == ["PENDING", "SENT", "READ", "DELIVERED"]
+    time.sleep(1)
+    again = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
+    assert again["history"] == status["history"]
+
+
+def test_subscription_check(api: Api, whatsapp_channel: tuple[dict[str, Any], dict[str, str]]) -> None:
+    _, credentials = whatsapp_channel
+    params = {"hub.mode": "subscribe", "hub.verify_token": credentials["verify_token"], "hub.challenge": "1158201444"}
+    ok = api.client.get("/webhooks/whatsapp", params=params)
+    assert ok.status_code == 200
+    assert ok.text == "1158201444"
+    bad = api.client.get("/webhooks/whatsapp", params={**params, "hub.verify_token": "guess"})
+    assert bad.status_code == 403
+    assert bad.headers["content-type"] == "application/problem+json"
+
+
+def test_health_reports_every_dependency(api: Api) -> None:
+    response = api.client.get("/health")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "UP"
+    assert set(body["dependencies"]) == {"postgresql", "mongodb", "redis", "sqs", "eventbridge"}
+    assert set(body["dependencies"].values()) == {"UP"}

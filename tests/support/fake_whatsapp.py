@@ -1,0 +1,144 @@
+"""A local server speaking the WhatsApp Cloud API's send format, and a signer for its webhooks."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+    answered: int
+    platform_message_id: str | None
+
+
+@dataclass(frozen=True)
+class ScriptedFailure:
+    status: int
+    body: dict[str, Any]
+
+
+class FakeWhatsApp:
+    """Records every send, answers like graph.facebook.com, and can be told to fail the next calls."""
+
+    def __init__(self) -> None:
+        self.requests: list[RecordedRequest] = []
+        self._failures: dict[str, list[ScriptedFailure]] = {}
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = {}
+                status, reply, wamid = fake._answer(self.path, body)
+                with fake._lock:
+                    fake.requests.append(
+                        RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, wamid)
+                    )
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fail_next(self, recipient: str, *failures: ScriptedFailure) -> None:
+        """The next sends to `recipient` answer with these failures, in order."""
+        with self._lock:
+            self._failures.setdefault(recipient, []).extend(failures)
+
+    def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+        recipient = str(body.get("to", ""))
+        with self._lock:
+            queue = self._failures.get(recipient)
+            if queue:
+                failure = queue.pop(0)
+                return failure.status, failure.body, None
+        if not path.endswith("/messages") or body.get("messaging_product") != "whatsapp":
+            return 400, {"error": {"message": "Unsupported post request", "type": "GraphMethodException", "code": 100}}, None
+        wamid = f"wamid.{uuid.uuid4().hex}"
+        reply = {"messaging_product": "whatsapp", "contacts": [{"input": recipient, "wa_id": recipient}], "messages": [{"id": wamid}]}
+        return 200, reply, wamid
+
+    def sent_to(self, recipient: str) -> list[RecordedRequest]:
+        with self._lock:
+            return [r for r in self.requests if r.body.get("to") == recipient]
+
+    def wait_for(self, recipient: str, count: int, timeout: float = 30.0) -> list[RecordedRequest]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            answered = [r for r in self.sent_to(recipient) if r.answered == 200]
+            if len(answered) >= count:
+                return answered
+            time.sleep(0.05)
+        raise AssertionError(f"{recipient} got {len(self.sent_to(recipient))} requests, expected {count} delivered")
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+RATE_LIMITED = ScriptedFailure(429, {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429}})
+UNAVAILABLE = ScriptedFailure(503, {"error": {"message": "Service temporarily unavailable", "code": 2}})
+INVALID_RECIPIENT = ScriptedFailure(
+    400, {"error": {"message": "(#131030) Recipient phone number not in allowed list", "type": "OAuthException", "code": 131030}}
+)
+
+
+def status_webhook(phone_number_id: str, wamid: str, status: str, recipient: str, timestamp: int | None = None) -> bytes:
+    """A WhatsApp Cloud API status webhook body (entry[].changes[].value.statuses)."""
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
+                            "statuses": [
+                                {
+                                    "id": wamid,
+                                    "status": status,
+                                    "timestamp": str(timestamp or int(time.time())),
+                                    "recipient_id": recipient,
+                                    "conversation": {"id": "CONVERSATION_ID", "origin": {"type": "service"}},
+                                    "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"},
+                                }
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+    return json.dumps(payload).encode()
+
+
+def sign(app_secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()

@@ -1,0 +1,138 @@
+"""WhatsAppConnector: webhook signatures and parsing, the send request, and error classification."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from chat4all.channels.whatsapp import WhatsAppConnector
+from chat4all.domain.errors import BadRequestError, ChannelRejectedError, ChannelRetryableError
+from chat4all.domain.models import InboundMessage, MessageStatus, OutboundMessage, Platform, StatusReport
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsapp"
+CREDENTIALS = {"access_token": "EAAG-token", "phone_number_id": "106540352242922", "app_secret": "s3cret", "verify_token": "vt"}
+
+
+def connector(handler: Any = None) -> WhatsAppConnector:
+    transport = httpx.MockTransport(handler or (lambda request: httpx.Response(500)))
+    return WhatsAppConnector("https://graph.example/v21.0", httpx.Client(transport=transport))
+
+
+def signature(body: bytes, secret: str = "s3cret") -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_signature_over_the_raw_body() -> None:
+    body = (FIXTURES / "status_delivered.json").read_bytes()
+    wa = connector()
+    assert wa.verify_webhook(CREDENTIALS, {"x-hub-signature-256": signature(body)}, body)
+    assert not wa.verify_webhook(CREDENTIALS, {"x-hub-signature-256": signature(body, "other")}, body)
+    assert not wa.verify_webhook(CREDENTIALS, {"x-hub-signature-256": signature(body)}, body + b" ")
+    assert not wa.verify_webhook(CREDENTIALS, {}, body)
+    assert not wa.verify_webhook(CREDENTIALS, {"x-hub-signature-256": signature(body).removeprefix("sha256=")}, body)
+
+
+def test_parses_statuses_with_errors() -> None:
+    payload = json.loads((FIXTURES / "status_delivered.json").read_text())
+    events = connector().parse_webhook(payload)
+    assert events == [
+        StatusReport(
+            Platform.WHATSAPP,
+            "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA",
+            MessageStatus.DELIVERED,
+            datetime.fromtimestamp(1750263773, UTC),
+        ),
+        StatusReport(
+            Platform.WHATSAPP,
+            "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUB",
+            MessageStatus.FAILED,
+            datetime.fromtimestamp(1750263774, UTC),
+            "131047: Re-engagement message",
+        ),
+    ]
+
+
+def test_parses_inbound_text() -> None:
+    payload = json.loads((FIXTURES / "message_text.json").read_text())
+    assert connector().parse_webhook(payload) == [
+        InboundMessage(
+            Platform.WHATSAPP,
+            "wamid.HBgLMTY1MDM4Nzk0MzkVAgASGBQzQTRBNjU5OUFFRTAzODEwMTQ0RgA=",
+            "16505551234",
+            "Sheena Nelson",
+            "Does it come in another color?",
+            datetime.fromtimestamp(1749416383, UTC),
+        )
+    ]
+
+
+@pytest.mark.parametrize("payload", [{}, {"entry": "nope"}, {"entry": [{"changes": [{"value": {"statuses": [{"id": 1}]}}]}]}])
+def test_malformed_payload_is_bad_request(payload: dict[str, Any]) -> None:
+    with pytest.raises(BadRequestError):
+        connector().parse_webhook(payload)
+
+
+def test_bad_timestamp_is_bad_request() -> None:
+    payload = json.loads((FIXTURES / "status_delivered.json").read_text())
+    payload["entry"][0]["changes"][0]["value"]["statuses"][0]["timestamp"] = "yesterday"
+    with pytest.raises(BadRequestError):
+        connector().parse_webhook(payload)
+
+
+def test_subscription_challenge() -> None:
+    wa = connector()
+    params = {"hub.mode": "subscribe", "hub.verify_token": "vt", "hub.challenge": "42"}
+    assert wa.subscription_challenge(CREDENTIALS, params) == "42"
+    assert wa.subscription_challenge(CREDENTIALS, {**params, "hub.verify_token": "no"}) is None
+    assert wa.subscription_challenge(CREDENTIALS, {**params, "hub.mode": "unsubscribe"}) is None
+
+
+def test_send_request_and_receipt() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"messaging_product": "whatsapp", "messages": [{"id": "wamid.X"}]})
+
+    receipt = connector(handler).send(CREDENTIALS, OutboundMessage("m1", "+5511999990000", "hello"))
+    assert receipt.platform_message_id == "wamid.X"
+    assert str(seen[0].url) == "https://graph.example/v21.0/106540352242922/messages"
+    assert seen[0].headers["authorization"] == "Bearer EAAG-token"
+    assert json.loads(seen[0].content) == {
+        "messaging_product": "whatsapp",
+        "to": "5511999990000",
+        "type": "text",
+        "text": {"body": "hello"},
+    }
+
+
+@pytest.mark.parametrize(("status", "error"), [(429, ChannelRetryableError), (500, ChannelRetryableError), (503, ChannelRetryableError), (400, ChannelRejectedError), (401, ChannelRejectedError), (404, ChannelRejectedError)])
+def test_error_classification(status: int, error: type[Exception]) -> None:
+    wa = connector(lambda request: httpx.Response(status, json={"error": {"message": "x"}}))
+    with pytest.raises(error):
+        wa.send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
+
+
+def test_timeouts_and_connection_errors_are_retryable() -> None:
+    def timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    for handler in (timeout, refused):
+        with pytest.raises(ChannelRetryableError):
+            connector(handler).send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
+
+
+def test_reply_without_message_id_is_retryable() -> None:
+    wa = connector(lambda request: httpx.Response(200, json={"messages": []}))
+    with pytest.raises(ChannelRetryableError):
+        wa.send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
