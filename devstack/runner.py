@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import sys
 import threading
 import time
 import traceback
@@ -84,6 +85,7 @@ def load_functions(template: dict[str, Any], repo_root: Path) -> dict[str, Local
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot load {path}")
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # as a normal import does; pydantic resolves annotations through it
         spec.loader.exec_module(module)
         functions[logical_id] = LocalFunction(
             logical_id,
@@ -340,7 +342,7 @@ class SqsPoller:
             try:
                 self.poll_once()
             except Exception:
-                    traceback.print_exc()
+                traceback.print_exc()
                 self._stop.wait(1)
 
     def poll_once(self) -> int:

@@ -93,7 +93,7 @@ class LocalPlatform:
     # -------------------------------------------------------------------- servers
     def start_servers(self) -> None:
         env = self.options.environ
-        state = self.options.state_dir
+        state = self.options.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
         starters: dict[str, Callable[[], tuple[str, ManagedProcess]]] = {}
         if env.get("AWS_ENDPOINT_URL"):

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-from aws_lambda_powertools.utilities.idempotency.persistence.redis import RedisCachePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
 
 from chat4all import bootstrap
@@ -37,7 +36,7 @@ idempotency = IdempotencyConfig(
 
 @idempotent_function(
     data_keyword_argument="command",
-    persistence_store=RedisCachePersistenceLayer(client=bootstrap.redis_client()),
+    persistence_store=bootstrap.idempotency_store(),
     config=idempotency,
     output_serializer=DataclassSerializer(AcceptedMessage),
 )

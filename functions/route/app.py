@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-from aws_lambda_powertools.utilities.idempotency.persistence.redis import RedisCachePersistenceLayer
 from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
 from pydantic import BaseModel
 
@@ -29,7 +28,7 @@ class RouteJob(BaseModel):
 
 @idempotent_function(
     data_keyword_argument="job",
-    persistence_store=RedisCachePersistenceLayer(client=bootstrap.redis_client()),
+    persistence_store=bootstrap.idempotency_store(),
     config=idempotency,
     output_serializer=DataclassSerializer(DeliveryOutcome),
 )

@@ -19,6 +19,7 @@ from chat4all.adapters.aws import (
     SqsOutboundQueue,
     SqsVisibility,
 )
+from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoMessageStore, connect
 from chat4all.adapters.postgres import (
     PostgresApiKeyRepository,
@@ -73,6 +74,12 @@ def mongo() -> Database[dict[str, Any]]:
 @lru_cache
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings().redis_url, socket_timeout=2, socket_connect_timeout=2)
+
+
+def idempotency_store() -> RedisIdempotencyStore:
+    """A store for one idempotent function: Powertools configures a store for the function it decorates,
+    so stores are never shared; the Redis connection is."""
+    return RedisIdempotencyStore(client=redis_client())
 
 
 @lru_cache

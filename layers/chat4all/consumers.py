@@ -51,6 +51,9 @@ def consume_batch(
             raise
 
     processor = SqsFifoPartialProcessor(skip_group_on_error=True) if fifo else BatchProcessor(EventType.SQS)
+    # report an all-failed batch as failures (with back-off) rather than failing the invocation, which
+    # would hold every record for the queue's full visibility timeout
+    processor.raise_on_entire_batch_failure = False
     result = process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
     failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
     for record in event.get("Records", []):

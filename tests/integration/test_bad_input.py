@@ -95,7 +95,7 @@ def test_sender_not_a_participant_is_403(
     assert fake_whatsapp.sent_to(setup.customer_phone) == []
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer c4a_not-a-real-key", "Basic YWRtaW46YWRtaW4=", "Bearer "])
+@pytest.mark.parametrize("authorization", [None, "Bearer c4a_not-a-real-key", "Basic YWRtaW46YWRtaW4=", "Bearer", "c4a_no_scheme"])
 def test_bad_key_is_401(api: Api, whatsapp_conversation: WhatsAppSetup, authorization: str | None) -> None:
     setup = whatsapp_conversation
     headers = {"Authorization": authorization} if authorization is not None else {}

@@ -1,0 +1,64 @@
+"""A local MongoDB-wire server for the stack: SecantusDB, run from this interpreter's environment."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from devstack.processes import ManagedProcess, ProcessFailedError, free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PREFERRED_PORT = 57017
+
+
+def start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
+    """Start SecantusDB on 127.0.0.1 with its data in state_dir/mongo; return its URI and process."""
+    data_dir = state_dir / "mongo"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # an explicit (empty) config file turns off the daemon's search of ./, ~/.secantus and /etc/secantus
+    config = state_dir / "secantusd.toml"
+    if not config.exists():
+        config.write_text("# settings come from the command line (devstack/mongo.py)\n")
+    port = free_port(PREFERRED_PORT)
+    argv = [
+        sys.executable, "-m", "secantus",
+        "--config", str(config),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--storage-path", str(data_dir),
+        "--log-level", "INFO",
+    ]  # fmt: skip
+    process = ManagedProcess("mongo", argv, cwd=state_dir, log_path=state_dir / "logs" / "mongo.log")
+    process.start()
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    try:
+        _wait_until_ready(uri, process)
+    except BaseException:
+        process.stop()
+        raise
+    return uri, process
+
+
+def _wait_until_ready(uri: str, process: ManagedProcess, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not process.is_running():
+            raise ProcessFailedError(f"mongo exited during start-up:\n{process.log_tail()}")
+        client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+        try:
+            client.admin.command("ping")
+        except PyMongoError as exc:
+            last_error = exc
+        else:
+            return
+        finally:
+            client.close()
+        time.sleep(0.1)
+    raise ProcessFailedError(f"mongo did not answer ping after {timeout:.0f}s: {last_error}\n{process.log_tail()}")

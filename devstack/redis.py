@@ -1,0 +1,63 @@
+"""A throwaway redis-server for the local stack."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from devstack.processes import ManagedProcess, ProcessFailedError, free_port
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+PREFERRED_PORT = 56379
+
+
+def start_redis(state_dir: Path) -> tuple[str, ManagedProcess]:
+    """Start redis-server on 127.0.0.1 with persistence off; return its URL and process."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ProcessFailedError("redis-server is not on PATH; install it or pass a Redis URL")
+    data_dir = state_dir / "redis"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port(PREFERRED_PORT)
+    argv = [
+        binary,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--dir", str(data_dir),
+    ]  # fmt: skip
+    process = ManagedProcess("redis", argv, cwd=data_dir, log_path=state_dir / "logs" / "redis.log")
+    process.start()
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait_until_ready(url, process)
+    except BaseException:
+        process.stop()
+        raise
+    return url, process
+
+
+def _wait_until_ready(url: str, process: ManagedProcess, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if not process.is_running():
+            raise ProcessFailedError(f"redis exited during start-up:\n{process.log_tail()}")
+        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+        try:
+            client.ping()
+        except redis.exceptions.RedisError as exc:
+            last_error = exc
+        else:
+            return
+        finally:
+            client.close()
+        time.sleep(0.1)
+    raise ProcessFailedError(f"redis did not answer PING after {timeout:.0f}s: {last_error}\n{process.log_tail()}")
