@@ -6,6 +6,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -26,6 +27,8 @@ def start_postgres(state_dir: Path) -> tuple[str, ManagedProcess]:
     data_dir = state_dir / "postgres"
     socket_dir = state_dir / "postgres-run"
     owner = _server_owner()
+    if owner is not None:
+        _ensure_reachable(state_dir, owner)
     for directory in (data_dir, socket_dir):
         directory.mkdir(parents=True, exist_ok=True)
         if owner is not None:
@@ -100,6 +103,29 @@ def _server_owner() -> pwd.struct_passwd | None:
         return pwd.getpwnam(SUPERUSER)
     except KeyError:
         raise ProcessFailedError("running as root needs a 'postgres' OS user to run the server as") from None
+
+
+def _ensure_reachable(state_dir: Path, owner: pwd.struct_passwd) -> None:
+    """Let the server's account traverse down to state_dir: open state_dir itself for search, name any other blocker."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir = state_dir.resolve()
+    groups = set(os.getgrouplist(owner.pw_name, owner.pw_gid))
+    for directory in (state_dir, *state_dir.parents):
+        info = directory.stat()
+        if info.st_uid == owner.pw_uid:
+            bit = stat.S_IXUSR
+        elif info.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if info.st_mode & bit:
+            continue
+        if directory != state_dir:
+            raise ProcessFailedError(
+                f"the {owner.pw_name} OS user cannot enter {directory}, so it cannot reach {state_dir}; "
+                "use a state dir below world-searchable directories (CHAT4ALL_STATE_DIR)"
+            )
+        directory.chmod(info.st_mode | stat.S_IXOTH)
 
 
 def _as_owner(argv: list[str], owner: pwd.struct_passwd | None) -> list[str]:

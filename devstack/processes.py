@@ -42,7 +42,7 @@ class ManagedProcess:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
-        self._popen = subprocess.Popen(  # noqa: S603 - argv is built by the launchers, never from input
+        self._popen = subprocess.Popen(
             self.argv,
             env=self.env,
             cwd=self.cwd,

@@ -79,7 +79,9 @@ def load_functions(template: dict[str, Any], repo_root: Path) -> dict[str, Local
         if resource.get("Type") != "AWS::Serverless::Function":
             continue
         props = resource.get("Properties", {})
-        module_name, _, handler_name = str(props.get("Handler", globals_fn.get("Handler", "app.lambda_handler"))).rpartition(".")
+        module_name, _, handler_name = str(
+            props.get("Handler", globals_fn.get("Handler", "app.lambda_handler"))
+        ).rpartition(".")
         path = repo_root / function_code_uri(template, logical_id) / f"{module_name.replace('.', '/')}.py"
         spec = importlib.util.spec_from_file_location(f"functions_{logical_id}", path)
         if spec is None or spec.loader is None:
@@ -139,7 +141,9 @@ class HttpApi:
                 return compiled.route, {k: unquote(v) for k, v in found.groupdict().items()}
         return None
 
-    def handle(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    def handle(
+        self, method: str, target: str, headers: list[tuple[str, str]], body: bytes, source_ip: str
+    ) -> tuple[int, list[tuple[str, str]], bytes]:
         url = urlsplit(target)
         matched = self.match(method, url.path)
         if matched is None:
@@ -268,7 +272,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

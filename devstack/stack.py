@@ -16,7 +16,7 @@ import boto3
 import psycopg
 from psycopg import sql
 
-from devstack.processes import STATE_DIR, ManagedProcess, free_port
+from devstack.processes import STATE_DIR, ManagedProcess, ProcessFailedError, free_port
 from devstack.runner import HttpApi, SqsPoller, load_functions, serve_http
 from devstack.template import function_environment, http_routes, load_template, queue_subscriptions
 
@@ -75,6 +75,17 @@ def drop_postgres_database(server_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _with_retries(start: Callable[[], tuple[str, ManagedProcess]], attempts: int = 3) -> tuple[str, ManagedProcess]:
+    """Start a server, again on a fresh port if another process took the one it picked before binding."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return start()
+        except ProcessFailedError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")
+
+
 class LocalPlatform:
     """Starts what is not given by URL, provisions, migrates and runs the functions; stops it all again."""
 
@@ -124,7 +135,7 @@ class LocalPlatform:
         for name in starters:
             self.options.log(f"starting {name.removesuffix('_server')} ...")
         with ThreadPoolExecutor(max_workers=len(starters) or 1) as pool:
-            futures = {name: pool.submit(start) for name, start in starters.items()}
+            futures = {name: pool.submit(_with_retries, start) for name, start in starters.items()}
             errors = []
             for name, future in futures.items():
                 try:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.event_handler import Response
-
 from chat4all import bootstrap
 from chat4all.api.app import create_resolver, json_response
 from chat4all.api.requests import authenticate, parse_body, resource_id
@@ -14,6 +12,7 @@ from chat4all.api.views import conversation_view, page_view
 from chat4all.observability import logger, metrics, tracer
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import Response
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = bootstrap.settings()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.event_handler import Response
 from pydantic import BaseModel, Field
 
 from chat4all import bootstrap
@@ -19,6 +18,7 @@ from chat4all.observability import logger, metrics, tracer
 from chat4all.services.delivery import RetryLaterError
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import Response
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import boto3
 import redis
@@ -40,6 +40,7 @@ from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.idempotency.persistence.redis import RedisClientProtocol
     from pymongo.database import Database
 
     from chat4all.channels.base import ChannelConnector
@@ -54,7 +55,7 @@ def settings() -> Settings:
 
 
 @lru_cache
-def aws_client(service: str) -> Any:
+def aws_client(service: Literal["sqs", "events", "kms"]) -> Any:
     config = settings()
     return boto3.client(
         service, region_name=config.aws_region, endpoint_url=config.aws_endpoint_url, config=AWS_CLIENT_CONFIG
@@ -79,7 +80,7 @@ def redis_client() -> redis.Redis:
 def idempotency_store() -> RedisIdempotencyStore:
     """A store for one idempotent function: Powertools configures a store for the function it decorates,
     so stores are never shared; the Redis connection is."""
-    return RedisIdempotencyStore(client=redis_client())
+    return RedisIdempotencyStore(client=cast("RedisClientProtocol", redis_client()))
 
 
 @lru_cache

@@ -41,7 +41,9 @@ class InMemoryUserRepository(UserRepository):
         return dataclasses.replace(user, external_identities=[i for i in self.identities if i.user_id == user_id])
 
     def add_identity(self, identity: ExternalIdentity, audit: AuditEntry) -> None:
-        if any((i.platform, i.platform_user_id) == (identity.platform, identity.platform_user_id) for i in self.identities):
+        if any(
+            (i.platform, i.platform_user_id) == (identity.platform, identity.platform_user_id) for i in self.identities
+        ):
             raise ConflictError("linked already")
         self.identities.append(identity)
         self.audit.append(audit)
@@ -50,7 +52,9 @@ class InMemoryUserRepository(UserRepository):
         return next((i for i in self.identities if i.user_id == user_id and i.platform == platform), None)
 
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
-        found = next((i for i in self.identities if (i.platform, i.platform_user_id) == (platform, platform_user_id)), None)
+        found = next(
+            (i for i in self.identities if (i.platform, i.platform_user_id) == (platform, platform_user_id)), None
+        )
         return found.user_id if found else None
 
 
@@ -124,7 +128,11 @@ class InMemoryMessageStore(MessageStore):
 
     def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
         return next(
-            (m for m in self.messages.values() if m.channel == platform and m.platform_message_id == platform_message_id),
+            (
+                m
+                for m in self.messages.values()
+                if m.channel == platform and m.platform_message_id == platform_message_id
+            ),
             None,
         )
 

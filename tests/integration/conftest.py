@@ -107,7 +107,9 @@ def whatsapp_conversation(api: Api, whatsapp_channel: tuple[dict[str, Any], dict
     """A fresh agent, a fresh customer with a WhatsApp number, and their one-to-one conversation."""
     phone = "55119" + str(uuid.uuid4().int)[:8]
     agent = api.created("/v1/users", {"display_name": "Ana Agent", "user_type": "AGENT"})
-    customer = api.created("/v1/users", {"display_name": "Carlos Customer", "user_type": "CUSTOMER", "phone": f"+{phone}"})
+    customer = api.created(
+        "/v1/users", {"display_name": "Carlos Customer", "user_type": "CUSTOMER", "phone": f"+{phone}"}
+    )
     api.created(f"/v1/users/{customer['user_id']}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})
     conversation = api.created(
         "/v1/conversations",
@@ -118,4 +120,6 @@ def whatsapp_conversation(api: Api, whatsapp_channel: tuple[dict[str, Any], dict
         },
     )
     channel, credentials = whatsapp_channel
-    return WhatsAppSetup(agent["user_id"], customer["user_id"], phone, conversation["conversation_id"], channel, credentials)
+    return WhatsAppSetup(
+        agent["user_id"], customer["user_id"], phone, conversation["conversation_id"], channel, credentials
+    )

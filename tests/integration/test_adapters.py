@@ -48,7 +48,9 @@ def test_audit_log_is_append_only(platform: LocalPlatform) -> None:
         assert after == count
 
 
-def test_every_change_is_audited_in_its_transaction(platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup) -> None:
+def test_every_change_is_audited_in_its_transaction(
+    platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup
+) -> None:
     with psycopg.connect(platform.urls["postgres"], autocommit=True) as conn:
         users = conn.execute("SELECT user_id::text FROM users").fetchall()
         audited = {row[0] for row in conn.execute("SELECT entity_id FROM audit_log WHERE action = 'user.created'")}

@@ -95,7 +95,9 @@ def test_sender_not_a_participant_is_403(
     assert fake_whatsapp.sent_to(setup.customer_phone) == []
 
 
-@pytest.mark.parametrize("authorization", [None, "Bearer c4a_not-a-real-key", "Basic YWRtaW46YWRtaW4=", "Bearer", "c4a_no_scheme"])
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer c4a_not-a-real-key", "Basic YWRtaW46YWRtaW4=", "Bearer", "c4a_no_scheme"]
+)
 def test_bad_key_is_401(api: Api, whatsapp_conversation: WhatsAppSetup, authorization: str | None) -> None:
     setup = whatsapp_conversation
     headers = {"Authorization": authorization} if authorization is not None else {}
@@ -140,7 +142,9 @@ def test_user_lookups(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
     assert_problem(api.call("GET", f"/v1/users/{uuid.uuid4()}"), 404)
     assert_problem(api.call("GET", "/v1/users/not-a-uuid"), 404)
     assert_problem(api.call("POST", "/v1/users", json={"display_name": "x", "user_type": "ROBOT"}), 422)
-    assert_problem(api.call("POST", "/v1/users", json={"display_name": "x", "user_type": "CUSTOMER", "phone": "12"}), 422)
+    assert_problem(
+        api.call("POST", "/v1/users", json={"display_name": "x", "user_type": "CUSTOMER", "phone": "12"}), 422
+    )
 
 
 def test_channel_credentials_are_validated_and_never_returned(api: Api) -> None:

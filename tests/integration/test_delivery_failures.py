@@ -27,7 +27,9 @@ def dead_letters(platform: LocalPlatform) -> list[dict[str, Any]]:
     url = platform.stack.resolve({"Ref": "RouteDeadLetterQueue"})
     found: list[dict[str, Any]] = []
     for _ in range(3):
-        reply = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"])
+        reply = sqs.receive_message(
+            QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1, MessageAttributeNames=["All"]
+        )
         found.extend(reply.get("Messages", []))
     return found
 
@@ -71,7 +73,9 @@ def test_a_4xx_fails_at_once(api: Api, whatsapp_conversation: WhatsAppSetup, fak
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
 
 
-def test_order_holds_across_a_retry(api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp) -> None:
+def test_order_holds_across_a_retry(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
     setup = whatsapp_conversation
     fake_whatsapp.fail_next(setup.customer_phone, UNAVAILABLE)
     accepted = [send(api, setup, f"ordered {n}") for n in range(1, 6)]

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from tests.support.fake_whatsapp import status_webhook, sign
+from tests.support.fake_whatsapp import sign, status_webhook
 
 if TYPE_CHECKING:
     from tests.integration.conftest import Api, WhatsAppSetup
@@ -35,7 +35,9 @@ def wait_for_status(api: Api, message_id: str, status: str, timeout: float = 30.
 
 def post_webhook(api: Api, body: bytes, signature: str) -> int:
     response = api.client.post(
-        "/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": signature, "Content-Type": "application/json"}
+        "/webhooks/whatsapp",
+        content=body,
+        headers={"X-Hub-Signature-256": signature, "Content-Type": "application/json"},
     )
     return response.status_code
 
@@ -101,11 +103,15 @@ def test_history_pages_backwards_with_a_cursor(api: Api, whatsapp_conversation: 
     first = api.call("GET", f"/v1/conversations/{setup.conversation_id}/messages", params={"limit": 2}).json()
     assert [m["content"] for m in first["items"]] == ["m4", "m5"]
     second = api.call(
-        "GET", f"/v1/conversations/{setup.conversation_id}/messages", params={"limit": 2, "before": first["next_cursor"]}
+        "GET",
+        f"/v1/conversations/{setup.conversation_id}/messages",
+        params={"limit": 2, "before": first["next_cursor"]},
     ).json()
     assert [m["content"] for m in second["items"]] == ["m2", "m3"]
     third = api.call(
-        "GET", f"/v1/conversations/{setup.conversation_id}/messages", params={"limit": 2, "before": second["next_cursor"]}
+        "GET",
+        f"/v1/conversations/{setup.conversation_id}/messages",
+        params={"limit": 2, "before": second["next_cursor"]},
     ).json()
     assert [m["content"] for m in third["items"]] == ["m1"]
     assert third["next_cursor"] is None
@@ -134,7 +140,12 @@ def test_same_message_id_with_another_body_is_409(api: Api, whatsapp_conversatio
     response = api.call(
         "POST",
         "/v1/messages",
-        json={"message_id": message_id, "conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": "changed"},
+        json={
+            "message_id": message_id,
+            "conversation_id": setup.conversation_id,
+            "sender_id": setup.agent_id,
+            "content": "changed",
+        },
     )
     assert response.status_code == 409
     assert response.headers["content-type"] == "application/problem+json"
@@ -163,7 +174,9 @@ def test_wrong_signature_is_401_and_changes_nothing(
     assert [h["status"] for h in status["history"]] == ["PENDING", "SENT"]
 
 
-def test_replayed_and_late_webhooks(api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp) -> None:
+def test_replayed_and_late_webhooks(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
     setup = whatsapp_conversation
     accepted = send(api, setup, "read me")
     wait_for_status(api, accepted["message_id"], "SENT")

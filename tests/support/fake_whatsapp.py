@@ -57,7 +57,7 @@ class FakeWhatsApp:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -78,9 +78,17 @@ class FakeWhatsApp:
                 failure = queue.pop(0)
                 return failure.status, failure.body, None
         if not path.endswith("/messages") or body.get("messaging_product") != "whatsapp":
-            return 400, {"error": {"message": "Unsupported post request", "type": "GraphMethodException", "code": 100}}, None
+            return (
+                400,
+                {"error": {"message": "Unsupported post request", "type": "GraphMethodException", "code": 100}},
+                None,
+            )
         wamid = f"wamid.{uuid.uuid4().hex}"
-        reply = {"messaging_product": "whatsapp", "contacts": [{"input": recipient, "wa_id": recipient}], "messages": [{"id": wamid}]}
+        reply = {
+            "messaging_product": "whatsapp",
+            "contacts": [{"input": recipient, "wa_id": recipient}],
+            "messages": [{"id": wamid}],
+        }
         return 200, reply, wamid
 
     def sent_to(self, recipient: str) -> list[RecordedRequest]:
@@ -101,14 +109,25 @@ class FakeWhatsApp:
         self.server.server_close()
 
 
-RATE_LIMITED = ScriptedFailure(429, {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429}})
+RATE_LIMITED = ScriptedFailure(
+    429, {"error": {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429}}
+)
 UNAVAILABLE = ScriptedFailure(503, {"error": {"message": "Service temporarily unavailable", "code": 2}})
 INVALID_RECIPIENT = ScriptedFailure(
-    400, {"error": {"message": "(#131030) Recipient phone number not in allowed list", "type": "OAuthException", "code": 131030}}
+    400,
+    {
+        "error": {
+            "message": "(#131030) Recipient phone number not in allowed list",
+            "type": "OAuthException",
+            "code": 131030,
+        }
+    },
 )
 
 
-def status_webhook(phone_number_id: str, wamid: str, status: str, recipient: str, timestamp: int | None = None) -> bytes:
+def status_webhook(
+    phone_number_id: str, wamid: str, status: str, recipient: str, timestamp: int | None = None
+) -> bytes:
     """A WhatsApp Cloud API status webhook body (entry[].changes[].value.statuses)."""
     payload = {
         "object": "whatsapp_business_account",

@@ -19,5 +19,7 @@ def test_domain_and_services_import_no_infrastructure() -> None:
         "import chat4all.ports\n"
         f"print(sorted(n for n in sys.modules if n.split('.')[0] in {FORBIDDEN!r}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(LAYERS)}, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={"PYTHONPATH": str(LAYERS)}, capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]", result.stdout

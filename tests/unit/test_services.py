@@ -84,19 +84,29 @@ class World:
         self.identity.link_identity(LinkIdentity(self.customer.user_id, Platform.WHATSAPP, "5511999990000"), ADMIN)
         now = datetime.now(UTC)
         self.channels.add_channel(
-            ChannelConfig("ch-1", Platform.WHATSAPP, "line", {"access_token": "t"}, True, now, now), None  # type: ignore[arg-type]
+            ChannelConfig("ch-1", Platform.WHATSAPP, "line", {"access_token": "t"}, True, now, now),
+            None,  # type: ignore[arg-type]
         )
         self.conversation = ConversationService(self.conversations, self.messages, self.users).create(
-            CreateConversation(ConversationType.ONE_TO_ONE, [self.agent.user_id, self.customer.user_id], Platform.WHATSAPP),
+            CreateConversation(
+                ConversationType.ONE_TO_ONE, [self.agent.user_id, self.customer.user_id], Platform.WHATSAPP
+            ),
             ADMIN,
         )
         self.message_service = MessageService(self.messages, self.conversations, self.users, self.queue, self.events)
         self.delivery = DeliveryService(
-            self.messages, self.conversations, self.users, self.channels, {Platform.WHATSAPP: self.connector}, self.events  # type: ignore[dict-item]
+            self.messages,
+            self.conversations,
+            self.users,
+            self.channels,
+            {Platform.WHATSAPP: self.connector},
+            self.events,  # type: ignore[dict-item]
         )
 
     def send(self, content: str = "hello", message_id: str | None = None, sender: str | None = None) -> SendMessage:
-        return SendMessage(message_id or str(uuid.uuid4()), self.conversation.conversation_id, sender or self.agent.user_id, content)
+        return SendMessage(
+            message_id or str(uuid.uuid4()), self.conversation.conversation_id, sender or self.agent.user_id, content
+        )
 
 
 @pytest.fixture
@@ -109,7 +119,10 @@ def test_accept_stores_pending_with_next_sequence_and_enqueues(world: World) -> 
     second = world.message_service.accept(world.send("two"), ADMIN)
     assert (first.sequence, second.sequence) == (1, 2)
     assert world.messages.get_message(first.message_id).status is MessageStatus.PENDING  # type: ignore[union-attr]
-    assert world.queue.enqueued == [(first.message_id, world.conversation.conversation_id), (second.message_id, world.conversation.conversation_id)]
+    assert world.queue.enqueued == [
+        (first.message_id, world.conversation.conversation_id),
+        (second.message_id, world.conversation.conversation_id),
+    ]
     assert [e[1] for e in world.events.events] == ["MessageAccepted", "MessageAccepted"]
 
 
@@ -118,7 +131,9 @@ def test_replay_is_the_same_answer_and_another_body_is_conflict(world: World) ->
     assert world.message_service.accept(command, ADMIN) == world.message_service.accept(command, ADMIN)
     assert len(world.messages.messages) == 1
     with pytest.raises(ConflictError):
-        world.message_service.accept(SendMessage(command.message_id, command.conversation_id, command.sender_id, "other"), ADMIN)
+        world.message_service.accept(
+            SendMessage(command.message_id, command.conversation_id, command.sender_id, "other"), ADMIN
+        )
 
 
 def test_non_participant_and_unknown_conversation_store_nothing(world: World) -> None:
@@ -204,7 +219,12 @@ def test_status_reports_move_forward_only_and_replays_change_nothing(world: Worl
     stored = world.messages.get_message(accepted.message_id)
     assert stored is not None
     assert stored.status is MessageStatus.READ
-    assert [h.status for h in stored.history] == [MessageStatus.PENDING, MessageStatus.SENT, MessageStatus.READ, MessageStatus.DELIVERED]
+    assert [h.status for h in stored.history] == [
+        MessageStatus.PENDING,
+        MessageStatus.SENT,
+        MessageStatus.READ,
+        MessageStatus.DELIVERED,
+    ]
     with pytest.raises(StatusTargetMissingError):
         statuses.apply(StatusReport(Platform.WHATSAPP, "wamid.unknown", MessageStatus.READ, at))
 
@@ -215,10 +235,18 @@ def test_conversation_participant_rules(world: World) -> None:
         service.create(CreateConversation(ConversationType.ONE_TO_ONE, [world.agent.user_id], Platform.WHATSAPP), ADMIN)
     with pytest.raises(ValidationFailedError):
         service.create(
-            CreateConversation(ConversationType.ONE_TO_ONE, [world.agent.user_id, world.agent.user_id], Platform.WHATSAPP), ADMIN
+            CreateConversation(
+                ConversationType.ONE_TO_ONE, [world.agent.user_id, world.agent.user_id], Platform.WHATSAPP
+            ),
+            ADMIN,
         )
     with pytest.raises(ValidationFailedError):
-        service.create(CreateConversation(ConversationType.ONE_TO_ONE, [world.agent.user_id, str(uuid.uuid4())], Platform.WHATSAPP), ADMIN)
+        service.create(
+            CreateConversation(
+                ConversationType.ONE_TO_ONE, [world.agent.user_id, str(uuid.uuid4())], Platform.WHATSAPP
+            ),
+            ADMIN,
+        )
     outsider = Principal("k", Role.AGENT, str(uuid.uuid4()))
     with pytest.raises(ForbiddenError):
         service.get(world.conversation.conversation_id, outsider)

@@ -17,7 +17,12 @@ from chat4all.domain.errors import BadRequestError, ChannelRejectedError, Channe
 from chat4all.domain.models import InboundMessage, MessageStatus, OutboundMessage, Platform, StatusReport
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsapp"
-CREDENTIALS = {"access_token": "EAAG-token", "phone_number_id": "106540352242922", "app_secret": "s3cret", "verify_token": "vt"}
+CREDENTIALS = {
+    "access_token": "EAAG-token",
+    "phone_number_id": "106540352242922",
+    "app_secret": "s3cret",
+    "verify_token": "vt",
+}
 
 
 def connector(handler: Any = None) -> WhatsAppConnector:
@@ -73,7 +78,9 @@ def test_parses_inbound_text() -> None:
     ]
 
 
-@pytest.mark.parametrize("payload", [{}, {"entry": "nope"}, {"entry": [{"changes": [{"value": {"statuses": [{"id": 1}]}}]}]}])
+@pytest.mark.parametrize(
+    "payload", [{}, {"entry": "nope"}, {"entry": [{"changes": [{"value": {"statuses": [{"id": 1}]}}]}]}]
+)
 def test_malformed_payload_is_bad_request(payload: dict[str, Any]) -> None:
     with pytest.raises(BadRequestError):
         connector().parse_webhook(payload)
@@ -113,7 +120,17 @@ def test_send_request_and_receipt() -> None:
     }
 
 
-@pytest.mark.parametrize(("status", "error"), [(429, ChannelRetryableError), (500, ChannelRetryableError), (503, ChannelRetryableError), (400, ChannelRejectedError), (401, ChannelRejectedError), (404, ChannelRejectedError)])
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [
+        (429, ChannelRetryableError),
+        (500, ChannelRetryableError),
+        (503, ChannelRetryableError),
+        (400, ChannelRejectedError),
+        (401, ChannelRejectedError),
+        (404, ChannelRejectedError),
+    ],
+)
 def test_error_classification(status: int, error: type[Exception]) -> None:
     wa = connector(lambda request: httpx.Response(status, json={"error": {"message": "x"}}))
     with pytest.raises(error):

@@ -77,7 +77,12 @@ class EventBridgePublisher(EventPublisher):
         self.bus_name = bus_name
 
     def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
-        entry = {"Source": source, "DetailType": detail_type, "Detail": json.dumps(detail), "EventBusName": self.bus_name}
+        entry = {
+            "Source": source,
+            "DetailType": detail_type,
+            "Detail": json.dumps(detail),
+            "EventBusName": self.bus_name,
+        }
         with _translated("EventBridge"):
             result = self.events.put_events(Entries=[entry])
         if result.get("FailedEntryCount"):

@@ -174,9 +174,7 @@ class MongoMessageStore(MessageStore):
             forward_set["platform_message_id"] = platform_message_id
         predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
         with _translated():
-            moved = self.collection.update_one(
-                {**base, "status": {"$in": predecessors}}, {**push, "$set": forward_set}
-            )
+            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, {**push, "$set": forward_set})
             if moved.modified_count:
                 return True
             # not a forward move (late or repeated): keep it in the history only, unless it is a replay
@@ -197,7 +195,9 @@ class MongoConversationStore(ConversationStore):
                 {
                     "_id": conversation.conversation_id,
                     "conversation_type": conversation.conversation_type.value,
-                    "participants": [{"user_id": p.user_id, "joined_at": p.joined_at} for p in conversation.participants],
+                    "participants": [
+                        {"user_id": p.user_id, "joined_at": p.joined_at} for p in conversation.participants
+                    ],
                     "primary_channel": conversation.primary_channel.value,
                     "channel_id": conversation.channel_id,
                     "message_count": conversation.message_count,

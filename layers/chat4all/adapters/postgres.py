@@ -85,7 +85,8 @@ def migrate(database: PostgresDatabase) -> list[str]:
     applied: list[str] = []
     with database.transaction() as cur:
         cur.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
         )
     for file in files:
         version = file.name.removesuffix(".sql")
@@ -125,7 +126,8 @@ class PostgresUserRepository(UserRepository):
     def add_user(self, user: User, audit: AuditEntry) -> None:
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT INTO users (user_id, display_name, user_type, email, phone, metadata, active, created_at, updated_at)"
+                "INSERT INTO users"
+                " (user_id, display_name, user_type, email, phone, metadata, active, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (
                     user.user_id,
@@ -166,7 +168,8 @@ class PostgresUserRepository(UserRepository):
         try:
             with self.db.transaction() as cur:
                 cur.execute(
-                    "INSERT INTO external_identities (identity_id, user_id, platform, platform_user_id, verified, created_at)"
+                    "INSERT INTO external_identities"
+                    " (identity_id, user_id, platform, platform_user_id, verified, created_at)"
                     " VALUES (%s, %s, %s, %s, %s, %s)",
                     (
                         identity.identity_id,
@@ -186,7 +189,8 @@ class PostgresUserRepository(UserRepository):
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None:
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT * FROM external_identities WHERE user_id = %s AND platform = %s ORDER BY verified DESC, created_at"
+                "SELECT * FROM external_identities WHERE user_id = %s AND platform = %s"
+                " ORDER BY verified DESC, created_at"
                 " LIMIT 1",
                 (user_id, platform.value),
             )
@@ -223,7 +227,8 @@ class PostgresChannelRepository(ChannelRepository):
         ciphertext = self.cipher.encrypt(channel.credentials)
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT INTO channels (channel_id, platform, name, credentials_ciphertext, enabled, created_at, updated_at)"
+                "INSERT INTO channels"
+                " (channel_id, platform, name, credentials_ciphertext, enabled, created_at, updated_at)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (
                     channel.channel_id,
@@ -246,7 +251,8 @@ class PostgresChannelRepository(ChannelRepository):
     def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT * FROM channels WHERE platform = %s AND enabled ORDER BY created_at, channel_id", (platform.value,)
+                "SELECT * FROM channels WHERE platform = %s AND enabled ORDER BY created_at, channel_id",
+                (platform.value,),
             )
             rows = cur.fetchall()
         return [self._channel(row) for row in rows]
@@ -259,7 +265,8 @@ class PostgresApiKeyRepository(ApiKeyRepository):
     def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry | None) -> None:
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT INTO api_keys (key_id, name, role, user_id, key_hash, created_at) VALUES (%s, %s, %s, %s, %s, %s)"
+                "INSERT INTO api_keys (key_id, name, role, user_id, key_hash, created_at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (key_hash) DO NOTHING",
                 (key.key_id, key.name, key.role.value, key.user_id, key_hash, key.created_at),
             )
@@ -269,7 +276,8 @@ class PostgresApiKeyRepository(ApiKeyRepository):
     def find_active(self, key_hash: str) -> ApiKey | None:
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT key_id, name, role, user_id, created_at FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL",
+                "SELECT key_id, name, role, user_id, created_at FROM api_keys"
+                " WHERE key_hash = %s AND revoked_at IS NULL",
                 (key_hash,),
             )
             row = cur.fetchone()

@@ -24,6 +24,8 @@ from chat4all.domain.errors import (
 from chat4all.observability import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -50,37 +52,50 @@ def validation_problem(exc: ValidationError) -> ValidationFailedError:
     return ValidationFailedError("the request body is not valid", errors=errors)
 
 
+def _domain(exc: Chat4AllError) -> Response[str]:
+    if exc.status >= 500:
+        logger.warning("request failed", extra={"problem": exc.slug, "detail": exc.detail})
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return problem_response(exc, headers)
+
+
+def _validation(exc: ValidationError) -> Response[str]:
+    return problem_response(validation_problem(exc))
+
+
+def _idempotency_mismatch(exc: IdempotencyValidationError) -> Response[str]:
+    return problem_response(ConflictError("this message_id was used before with a different body"))
+
+
+def _idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response[str]:
+    return problem_response(ConflictError("a request with this message_id is being processed; retry shortly"))
+
+
+def _idempotency_store(exc: IdempotencyPersistenceLayerError) -> Response[str]:
+    return problem_response(DependencyUnavailableError("the idempotency store (Redis) is unavailable"))
+
+
+def _not_found(exc: Exception) -> Response[str]:
+    return problem_response(NotFoundError("no such resource or method"))
+
+
+def _unexpected(exc: Exception) -> Response[str]:
+    logger.exception("unhandled error")
+    return problem_response(Chat4AllError("an unexpected error occurred; it has been logged"))
+
+
+PROBLEM_HANDLERS: dict[type[Exception], Callable[[Any], Response[str]]] = {
+    Chat4AllError: _domain,
+    ValidationError: _validation,
+    IdempotencyValidationError: _idempotency_mismatch,
+    IdempotencyAlreadyInProgressError: _idempotency_in_progress,
+    IdempotencyPersistenceLayerError: _idempotency_store,
+    Exception: _unexpected,
+}
+
+
 def register_problem_handlers(app: ApiGatewayResolver) -> None:
     """Map the error hierarchy, validation and anything unexpected to problem JSON."""
-
-    @app.exception_handler(Chat4AllError)
-    def _domain(exc: Chat4AllError) -> Response[str]:
-        if exc.status >= 500:
-            logger.warning("request failed", extra={"problem": exc.slug, "detail": exc.detail})
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return problem_response(exc, headers)
-
-    @app.exception_handler(ValidationError)
-    def _validation(exc: ValidationError) -> Response[str]:
-        return problem_response(validation_problem(exc))
-
-    @app.exception_handler(IdempotencyValidationError)
-    def _idempotency_mismatch(exc: IdempotencyValidationError) -> Response[str]:
-        return problem_response(ConflictError("this message_id was used before with a different body"))
-
-    @app.exception_handler(IdempotencyAlreadyInProgressError)
-    def _idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response[str]:
-        return problem_response(ConflictError("a request with this message_id is being processed; retry shortly"))
-
-    @app.exception_handler(IdempotencyPersistenceLayerError)
-    def _idempotency_store(exc: IdempotencyPersistenceLayerError) -> Response[str]:
-        return problem_response(DependencyUnavailableError("the idempotency store (Redis) is unavailable"))
-
-    @app.not_found
-    def _not_found(exc: Exception) -> Response[str]:
-        return problem_response(NotFoundError("no such resource or method"))
-
-    @app.exception_handler(Exception)
-    def _unexpected(exc: Exception) -> Response[str]:
-        logger.exception("unhandled error")
-        return problem_response(Chat4AllError("an unexpected error occurred; it has been logged"))
+    for exc_type, handler in PROBLEM_HANDLERS.items():
+        app.exception_handler(exc_type)(handler)
+    app.not_found(_not_found)

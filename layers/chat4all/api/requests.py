@@ -46,7 +46,7 @@ def parse_json(data: bytes) -> Any:
         raise BadRequestError(f"body is not valid JSON: {exc}") from exc
 
 
-def parse_body(event: APIGatewayProxyEventV2, model: type[ModelT], max_bytes: int) -> ModelT:
+def parse_body[ModelT: BaseModel](event: APIGatewayProxyEventV2, model: type[ModelT], max_bytes: int) -> ModelT:
     payload = parse_json(raw_body(event, max_bytes))
     if not isinstance(payload, dict):
         raise BadRequestError("body must be a JSON object")

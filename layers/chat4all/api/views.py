@@ -77,7 +77,9 @@ def conversation_view(conversation: Conversation) -> dict[str, Any]:
     return {
         "conversation_id": conversation.conversation_id,
         "conversation_type": conversation.conversation_type.value,
-        "participants": [{"user_id": p.user_id, "joined_at": timestamp(p.joined_at)} for p in conversation.participants],
+        "participants": [
+            {"user_id": p.user_id, "joined_at": timestamp(p.joined_at)} for p in conversation.participants
+        ],
         "primary_channel": conversation.primary_channel.value,
         "message_count": conversation.message_count,
         "last_activity_at": timestamp(conversation.last_activity_at),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chat4all.domain.models import ConversationType, Platform, Role, UserType
+if TYPE_CHECKING:
+    from chat4all.domain.models import ConversationType, Platform, Role, UserType
 
 
 @dataclass(frozen=True)

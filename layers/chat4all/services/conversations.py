@@ -38,7 +38,9 @@ def decode_cursor(cursor: str) -> int:
             raise ValueError(raw)
         return int(number)
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
-        raise ValidationFailedError("invalid cursor", errors=[FieldError("before", "not a cursor this API issued")]) from exc
+        raise ValidationFailedError(
+            "invalid cursor", errors=[FieldError("before", "not a cursor this API issued")]
+        ) from exc
 
 
 class ConversationService:
@@ -82,7 +84,9 @@ class ConversationService:
         conversation = self.conversations.get_conversation(conversation_id)
         if conversation is None:
             raise NotFoundError(f"conversation {conversation_id} not found")
-        if not principal.is_admin and (principal.user_id is None or conversation.participant(principal.user_id) is None):
+        if not principal.is_admin and (
+            principal.user_id is None or conversation.participant(principal.user_id) is None
+        ):
             raise ForbiddenError("only participants can read this conversation")
         return conversation
 

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chat4all.domain.errors import Chat4AllError, ChannelRejectedError, ChannelRetryableError
+from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError, Chat4AllError
 from chat4all.domain.models import Direction, MessageStatus, OutboundMessage, StatusEntry, utcnow
 from chat4all.services.messages import event_detail
 

@@ -85,7 +85,9 @@ class IdentityService:
         )
         # credentials stay out of the audit trail: it is readable by admins and can never be erased
         audit_data = {"platform": channel.platform.value, "name": channel.name, "enabled": channel.enabled}
-        self.channels.add_channel(channel, AuditEntry(principal.key_id, "channel.created", "channel", channel.channel_id, audit_data))
+        self.channels.add_channel(
+            channel, AuditEntry(principal.key_id, "channel.created", "channel", channel.channel_id, audit_data)
+        )
         return channel
 
     def create_api_key(self, command: CreateApiKey, principal: Principal) -> tuple[ApiKey, str]:
@@ -93,15 +95,27 @@ class IdentityService:
         require_admin(principal)
         if command.role is Role.AGENT:
             if command.user_id is None:
-                raise ValidationFailedError("an agent key is bound to a user", errors=[_field("user_id", "required for role agent")])
+                raise ValidationFailedError(
+                    "an agent key is bound to a user", errors=[_field("user_id", "required for role agent")]
+                )
             user = self.users.get_user(command.user_id)
             if user is None or not user.active:
                 raise ValidationFailedError("no such active user", errors=[_field("user_id", "no such active user")])
             if user.user_type is not UserType.AGENT:
-                raise ValidationFailedError("agent keys belong to AGENT users", errors=[_field("user_id", "not an AGENT user")])
+                raise ValidationFailedError(
+                    "agent keys belong to AGENT users", errors=[_field("user_id", "not an AGENT user")]
+                )
         raw_key = new_api_key()
-        key = ApiKey(key_id=str(uuid.uuid4()), name=command.name, role=command.role, user_id=command.user_id, created_at=utcnow())
-        audit = AuditEntry(principal.key_id, "api_key.created", "api_key", key.key_id, {"name": key.name, "role": key.role.value, "user_id": key.user_id})
+        key = ApiKey(
+            key_id=str(uuid.uuid4()), name=command.name, role=command.role, user_id=command.user_id, created_at=utcnow()
+        )
+        audit = AuditEntry(
+            principal.key_id,
+            "api_key.created",
+            "api_key",
+            key.key_id,
+            {"name": key.name, "role": key.role.value, "user_id": key.user_id},
+        )
         self.keys.add_key(key, hash_api_key(raw_key), audit)
         return key, raw_key
 
@@ -114,8 +128,12 @@ class IdentityService:
         """Seed the configured admin key (stored hashed); a no-op when it exists."""
         key_hash = hash_api_key(raw_key)
         if self.keys.find_active(key_hash) is None:
-            key = ApiKey(key_id=str(uuid.uuid4()), name="bootstrap admin", role=Role.ADMIN, user_id=None, created_at=utcnow())
-            self.keys.add_key(key, key_hash, AuditEntry("system", "api_key.seeded", "api_key", key.key_id, {"role": "admin"}))
+            key = ApiKey(
+                key_id=str(uuid.uuid4()), name="bootstrap admin", role=Role.ADMIN, user_id=None, created_at=utcnow()
+            )
+            self.keys.add_key(
+                key, key_hash, AuditEntry("system", "api_key.seeded", "api_key", key.key_id, {"role": "admin"})
+            )
 
 
 def _field(name: str, message: str) -> FieldError:

@@ -59,15 +59,20 @@ class MessageService:
         if existing is not None:
             return self._replay(existing, command)
         if command.file_id is not None:
-            raise ValidationFailedError("file messages are not available yet", errors=[FieldError("file_id", "not supported yet")])
+            raise ValidationFailedError(
+                "file messages are not available yet", errors=[FieldError("file_id", "not supported yet")]
+            )
         conversation = self.conversations.get_conversation(command.conversation_id)
         if conversation is None:
             raise ValidationFailedError(
-                "unknown conversation", errors=[FieldError("conversation_id", f"no conversation {command.conversation_id}")]
+                "unknown conversation",
+                errors=[FieldError("conversation_id", f"no conversation {command.conversation_id}")],
             )
         sender = self.users.get_user(command.sender_id)
         if sender is None or not sender.active:
-            raise ValidationFailedError("unknown sender", errors=[FieldError("sender_id", f"no active user {command.sender_id}")])
+            raise ValidationFailedError(
+                "unknown sender", errors=[FieldError("sender_id", f"no active user {command.sender_id}")]
+            )
         if conversation.participant(command.sender_id) is None:
             raise ForbiddenError("the sender is not a participant of this conversation")
         now = utcnow()

@@ -47,7 +47,9 @@ class WebhookService:
                 return challenge
         raise ForbiddenError("verify token does not match any channel")
 
-    def receive(self, platform: Platform, headers: Mapping[str, str], raw_body: bytes) -> list[InboundMessage | StatusReport]:
+    def receive(
+        self, platform: Platform, headers: Mapping[str, str], raw_body: bytes
+    ) -> list[InboundMessage | StatusReport]:
         """Verify and dispatch; returns what the body carried. Unsigned or forged bodies change nothing."""
         connector = self.connectors[platform]
         channel = self._signing_channel(connector, platform, headers, raw_body)
