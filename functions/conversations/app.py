@@ -9,7 +9,7 @@ from chat4all.api.app import create_resolver, json_response
 from chat4all.api.requests import authenticate, parse_body, resource_id
 from chat4all.api.schemas import CreateConversationRequest, HistoryQuery
 from chat4all.api.views import conversation_view, page_view
-from chat4all.observability import logger, metrics, tracer
+from chat4all.observability import logger, tracer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import Response
@@ -47,6 +47,5 @@ def list_messages(conversation_id: str) -> Response[str]:
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

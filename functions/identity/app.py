@@ -11,7 +11,7 @@ from chat4all.api.app import create_resolver, json_response
 from chat4all.api.requests import authenticate, parse_body, resource_id
 from chat4all.api.schemas import CreateApiKeyRequest, CreateChannelRequest, CreateUserRequest, LinkIdentityRequest
 from chat4all.api.views import api_key_view, channel_view, identity_view, user_view
-from chat4all.observability import logger, metrics, tracer
+from chat4all.observability import logger, tracer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -68,6 +68,5 @@ def revoke_api_key(key_id: str) -> Response[str]:
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     return app.resolve(event, context)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import Response
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
 
@@ -50,6 +51,7 @@ def post_message() -> Response[str]:
     command = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes).command()
     require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
     accepted = accept_message(command=command, principal=principal)
+    metrics.add_metric(name="MessagesAccepted", unit=MetricUnit.Count, value=1)
     return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
 
 
@@ -64,6 +66,7 @@ def whatsapp_subscription() -> Response[str]:
 def whatsapp_webhook() -> Response[str]:
     body = raw_body(app.current_event, settings.max_body_bytes)
     events = bootstrap.webhook_service().receive(Platform.WHATSAPP, app.current_event.headers, body)
+    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
     return json_response(200, {"received": len(events)})
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
 from pydantic import BaseModel
@@ -41,6 +42,7 @@ def record_handler(record: SQSRecord) -> None:
     outcome = deliver(job=job)
     if outcome.dead_letter:
         bootstrap.route_dead_letters().dead_letter(record.body, job.conversation_id, outcome.reason or "failed")
+    metrics.add_metric(name=f"Messages{str(outcome.status).title()}", unit=MetricUnit.Count, value=1)
     logger.info("routed", extra={"message_id": job.message_id, "status": str(outcome.status)})
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
 
 from chat4all import bootstrap
@@ -63,6 +64,9 @@ def record_handler(record: SQSRecord) -> None:
     except StatusTargetMissingError as exc:
         # the report overtook the route function's write of the platform id; try again shortly
         raise RetryLaterError(exc.detail, delay_seconds=UNKNOWN_TARGET_RETRY_SECONDS) from exc
+    metrics.add_metric(
+        name="StatusReportsApplied" if moved else "StatusReportsKeptInHistory", unit=MetricUnit.Count, value=1
+    )
     logger.info("status applied", extra={"platform_message_id": report.platform_message_id, "moved": moved})
 
 
