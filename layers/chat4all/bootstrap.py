@@ -35,6 +35,7 @@ from chat4all.services.auth import Authenticator
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
 from chat4all.services.identity import IdentityService
+from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
 from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
@@ -158,7 +159,9 @@ def status_service() -> StatusService:
 
 @lru_cache
 def webhook_service() -> WebhookService:
-    return WebhookService(channels(), connectors(), event_publisher())
+    db = mongo()
+    inbound = InboundService(users(), MongoConversationStore(db), MongoMessageStore(db), event_publisher())
+    return WebhookService(channels(), connectors(), event_publisher(), inbound)
 
 
 def dependency_checks() -> list[DependencyCheck]:

@@ -47,6 +47,13 @@ class UserRepository(ABC):
         """Raises ConflictError when (platform, platform_user_id) is linked already."""
 
     @abstractmethod
+    def add_user_with_identity(self, user: User, identity: ExternalIdentity, audit: AuditEntry) -> None:
+        """Create a user already linked to a platform account, in one transaction.
+
+        Raises ConflictError (and creates nothing) when the account is linked already.
+        """
+
+    @abstractmethod
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None: ...
 
     @abstractmethod
@@ -90,6 +97,10 @@ class ConversationStore(ABC):
 
     @abstractmethod
     def get_conversation(self, conversation_id: str) -> Conversation | None: ...
+
+    @abstractmethod
+    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
+        """The conversation with the newest activity that `user_id` takes part in on `platform`."""
 
     @abstractmethod
     def next_sequence(self, conversation_id: str, at: datetime) -> int:

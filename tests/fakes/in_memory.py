@@ -48,6 +48,13 @@ class InMemoryUserRepository(UserRepository):
         self.identities.append(identity)
         self.audit.append(audit)
 
+    def add_user_with_identity(self, user: User, identity: ExternalIdentity, audit: AuditEntry) -> None:
+        if self.user_id_for(identity.platform, identity.platform_user_id) is not None:
+            raise ConflictError("linked already")
+        self.users[user.user_id] = user
+        self.identities.append(identity)
+        self.audit.append(audit)
+
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None:
         return next((i for i in self.identities if i.user_id == user_id and i.platform == platform), None)
 
@@ -101,6 +108,14 @@ class InMemoryConversationStore(ConversationStore):
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         return self.conversations.get(conversation_id)
+
+    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
+        mine = [
+            c
+            for c in self.conversations.values()
+            if c.primary_channel == platform and c.participant(user_id) is not None
+        ]
+        return max(mine, key=lambda c: c.last_activity_at, default=None)
 
     def next_sequence(self, conversation_id: str, at: datetime) -> int:
         self.sequences[conversation_id] = self.sequences.get(conversation_id, 0) + 1

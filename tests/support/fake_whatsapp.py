@@ -159,5 +159,30 @@ def status_webhook(
     return json.dumps(payload).encode()
 
 
+def message_webhook(
+    phone_number_id: str, wamid: str, sender: str, name: str, text: str, timestamp: int | None = None
+) -> bytes:
+    """A WhatsApp Cloud API inbound text message webhook body (entry[].changes[].value.messages)."""
+    value = {
+        "messaging_product": "whatsapp",
+        "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
+        "contacts": [{"profile": {"name": name}, "wa_id": sender}],
+        "messages": [
+            {
+                "from": sender,
+                "id": wamid,
+                "timestamp": str(timestamp or int(time.time())),
+                "type": "text",
+                "text": {"body": text},
+            }
+        ],
+    }
+    payload = {
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": value}]}],
+    }
+    return json.dumps(payload).encode()
+
+
 def sign(app_secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()

@@ -21,6 +21,8 @@ from chat4all.domain.errors import (
 from chat4all.domain.models import (
     ChannelConfig,
     ConversationType,
+    Direction,
+    InboundMessage,
     MessageStatus,
     Platform,
     Principal,
@@ -32,6 +34,7 @@ from chat4all.domain.models import (
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService, RetryLaterError
 from chat4all.services.identity import IdentityService
+from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
 from chat4all.services.statuses import StatusService
 from tests.fakes.in_memory import (
@@ -250,3 +253,41 @@ def test_conversation_participant_rules(world: World) -> None:
     outsider = Principal("k", Role.AGENT, str(uuid.uuid4()))
     with pytest.raises(ForbiddenError):
         service.get(world.conversation.conversation_id, outsider)
+
+
+def inbound(world: World, platform_id: str, sender: str, text: str = "hi there") -> InboundMessage:
+    return InboundMessage(Platform.WHATSAPP, platform_id, sender, "Sheena", text, datetime.now(UTC))
+
+
+def test_inbound_from_a_known_person_lands_in_their_conversation(world: World) -> None:
+    service = InboundService(world.users, world.conversations, world.messages, world.events)
+    channel = world.channels.get_channel("ch-1")
+    assert channel is not None
+    stored = service.receive(channel, inbound(world, "wamid.in1", "5511999990000"))
+    assert stored is not None
+    assert stored.conversation_id == world.conversation.conversation_id
+    assert stored.sender_id == world.customer.user_id
+    assert (stored.direction, stored.status, stored.sequence) == (Direction.INBOUND, MessageStatus.DELIVERED, 1)
+    assert world.events.events[-1][1] == "MessageReceived"
+    # a replay changes nothing
+    assert service.receive(channel, inbound(world, "wamid.in1", "5511999990000")) is None
+    assert len(world.messages.messages) == 1
+
+
+def test_inbound_from_a_stranger_creates_a_customer_and_a_conversation(world: World) -> None:
+    service = InboundService(world.users, world.conversations, world.messages, world.events)
+    channel = world.channels.get_channel("ch-1")
+    assert channel is not None
+    first = service.receive(channel, inbound(world, "wamid.s1", "4915112345678", "hallo"))
+    second = service.receive(channel, inbound(world, "wamid.s2", "4915112345678", "noch da?"))
+    assert first is not None and second is not None
+    assert first.conversation_id == second.conversation_id != world.conversation.conversation_id
+    assert (first.sequence, second.sequence) == (1, 2)
+    user = world.users.get_user(first.sender_id)
+    assert user is not None
+    assert (user.user_type, user.display_name, user.phone) == (UserType.CUSTOMER, "Sheena", "+4915112345678")
+    assert [(i.platform, i.platform_user_id) for i in user.external_identities] == [
+        (Platform.WHATSAPP, "4915112345678")
+    ]
+    conversation = world.conversations.get_conversation(first.conversation_id)
+    assert conversation is not None and conversation.channel_id == "ch-1"

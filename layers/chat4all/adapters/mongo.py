@@ -58,6 +58,9 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
             name="platform_message_id_unique",
         )
         db.conversations.create_index([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)])
+        db.conversations.create_index(
+            [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
+        )
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -104,6 +107,19 @@ def _message(doc: dict[str, Any]) -> Message:
         request_fingerprint=doc.get("request_fingerprint", ""),
         platform_message_id=doc.get("platform_message_id"),
         error=failure,
+    )
+
+
+def _conversation(doc: dict[str, Any]) -> Conversation:
+    return Conversation(
+        conversation_id=doc["_id"],
+        conversation_type=ConversationType(doc["conversation_type"]),
+        participants=[Participant(p["user_id"], p["joined_at"]) for p in doc["participants"]],
+        primary_channel=Platform(doc["primary_channel"]),
+        message_count=doc.get("message_count", 0),
+        last_activity_at=doc["last_activity_at"],
+        created_at=doc["created_at"],
+        channel_id=doc.get("channel_id"),
     )
 
 
@@ -210,18 +226,15 @@ class MongoConversationStore(ConversationStore):
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         with _translated():
             doc = self.collection.find_one({"_id": conversation_id})
-        if doc is None:
-            return None
-        return Conversation(
-            conversation_id=doc["_id"],
-            conversation_type=ConversationType(doc["conversation_type"]),
-            participants=[Participant(p["user_id"], p["joined_at"]) for p in doc["participants"]],
-            primary_channel=Platform(doc["primary_channel"]),
-            message_count=doc.get("message_count", 0),
-            last_activity_at=doc["last_activity_at"],
-            created_at=doc["created_at"],
-            channel_id=doc.get("channel_id"),
-        )
+        return _conversation(doc) if doc else None
+
+    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
+        with _translated():
+            doc = self.collection.find_one(
+                {"participants.user_id": user_id, "primary_channel": platform.value},
+                sort=[("last_activity_at", DESCENDING)],
+            )
+        return _conversation(doc) if doc else None
 
     def next_sequence(self, conversation_id: str, at: datetime) -> int:
         with _translated():

@@ -108,6 +108,44 @@ def _write_audit(cur: psycopg.Cursor[dict[str, Any]], audit: AuditEntry) -> None
     )
 
 
+def _insert_user(cur: psycopg.Cursor[dict[str, Any]], user: User) -> None:
+    cur.execute(
+        "INSERT INTO users"
+        " (user_id, display_name, user_type, email, phone, metadata, active, created_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            user.user_id,
+            user.display_name,
+            user.user_type.value,
+            user.email,
+            user.phone,
+            Jsonb(user.metadata),
+            user.active,
+            user.created_at,
+            user.updated_at,
+        ),
+    )
+
+
+def _insert_identity(cur: psycopg.Cursor[dict[str, Any]], identity: ExternalIdentity) -> None:
+    cur.execute(
+        "INSERT INTO external_identities (identity_id, user_id, platform, platform_user_id, verified, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (
+            identity.identity_id,
+            identity.user_id,
+            identity.platform.value,
+            identity.platform_user_id,
+            identity.verified,
+            identity.created_at,
+        ),
+    )
+
+
+def _already_linked(identity: ExternalIdentity) -> ConflictError:
+    return ConflictError(f"{identity.platform} account {identity.platform_user_id} is already linked to a user")
+
+
 def _identity(row: dict[str, Any]) -> ExternalIdentity:
     return ExternalIdentity(
         identity_id=str(row["identity_id"]),
@@ -125,22 +163,7 @@ class PostgresUserRepository(UserRepository):
 
     def add_user(self, user: User, audit: AuditEntry) -> None:
         with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO users"
-                " (user_id, display_name, user_type, email, phone, metadata, active, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    user.user_id,
-                    user.display_name,
-                    user.user_type.value,
-                    user.email,
-                    user.phone,
-                    Jsonb(user.metadata),
-                    user.active,
-                    user.created_at,
-                    user.updated_at,
-                ),
-            )
+            _insert_user(cur, user)
             _write_audit(cur, audit)
 
     def get_user(self, user_id: str) -> User | None:
@@ -167,24 +190,19 @@ class PostgresUserRepository(UserRepository):
     def add_identity(self, identity: ExternalIdentity, audit: AuditEntry) -> None:
         try:
             with self.db.transaction() as cur:
-                cur.execute(
-                    "INSERT INTO external_identities"
-                    " (identity_id, user_id, platform, platform_user_id, verified, created_at)"
-                    " VALUES (%s, %s, %s, %s, %s, %s)",
-                    (
-                        identity.identity_id,
-                        identity.user_id,
-                        identity.platform.value,
-                        identity.platform_user_id,
-                        identity.verified,
-                        identity.created_at,
-                    ),
-                )
+                _insert_identity(cur, identity)
                 _write_audit(cur, audit)
         except pg_errors.UniqueViolation as exc:
-            raise ConflictError(
-                f"{identity.platform} account {identity.platform_user_id} is already linked to a user"
-            ) from exc
+            raise _already_linked(identity) from exc
+
+    def add_user_with_identity(self, user: User, identity: ExternalIdentity, audit: AuditEntry) -> None:
+        try:
+            with self.db.transaction() as cur:
+                _insert_user(cur, user)
+                _insert_identity(cur, identity)
+                _write_audit(cur, audit)
+        except pg_errors.UniqueViolation as exc:
+            raise _already_linked(identity) from exc
 
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None:
         with self.db.transaction() as cur:

@@ -130,7 +130,7 @@ class WhatsAppConnector(ChannelConnector):
         return InboundMessage(
             platform=Platform.WHATSAPP,
             platform_message_id=message.id,
-            sender_platform_id=message.from_,
+            platform_user_id=message.from_,
             sender_name=name if isinstance(name, str) else None,
             text=message.text.body,
             at=_timestamp(message.timestamp),

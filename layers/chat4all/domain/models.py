@@ -211,7 +211,7 @@ class InboundMessage:
 
     platform: Platform
     platform_message_id: str
-    sender_platform_id: str
+    platform_user_id: str
     sender_name: str | None
     text: str
     at: datetime

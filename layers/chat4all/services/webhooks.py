@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
@@ -16,8 +15,7 @@ if TYPE_CHECKING:
     from chat4all.channels.base import ChannelConnector
     from chat4all.domain.models import ChannelConfig, Platform
     from chat4all.ports import ChannelRepository, EventPublisher
-
-logger = logging.getLogger(__name__)
+    from chat4all.services.inbound import InboundService
 
 STATUS_EVENT_SOURCE = "chat4all.channels"
 STATUS_EVENT_TYPE = "ChannelStatusReported"
@@ -33,11 +31,16 @@ class WebhookService:
     """Verifies a platform's webhook against the installed channels and hands its events on."""
 
     def __init__(
-        self, channels: ChannelRepository, connectors: Mapping[Platform, ChannelConnector], events: EventPublisher
+        self,
+        channels: ChannelRepository,
+        connectors: Mapping[Platform, ChannelConnector],
+        events: EventPublisher,
+        inbound: InboundService,
     ) -> None:
         self.channels = channels
         self.connectors = connectors
         self.events = events
+        self.inbound = inbound
 
     def subscription_challenge(self, platform: Platform, params: Mapping[str, str]) -> str:
         connector = self.connectors[platform]
@@ -64,12 +67,7 @@ class WebhookService:
             if isinstance(event, StatusReport):
                 self.events.publish(STATUS_EVENT_TYPE, status_report_detail(event), source=STATUS_EVENT_SOURCE)
             else:
-                logger.warning(
-                    "inbound %s message %s on channel %s is not handled yet",
-                    event.platform,
-                    event.platform_message_id,
-                    channel.channel_id,
-                )
+                self.inbound.receive(channel, event)
         return events
 
     def _signing_channel(

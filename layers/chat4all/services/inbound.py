@@ -1,0 +1,137 @@
+"""Messages people send us on a platform: who sent them, which conversation, stored once."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from typing import TYPE_CHECKING
+
+from chat4all.domain.errors import ConflictError, DependencyUnavailableError
+from chat4all.domain.models import (
+    Conversation,
+    ConversationType,
+    Direction,
+    ExternalIdentity,
+    Message,
+    MessageStatus,
+    Participant,
+    Platform,
+    StatusEntry,
+    User,
+    UserType,
+    utcnow,
+)
+from chat4all.ports import AuditEntry
+from chat4all.services.messages import event_detail
+
+if TYPE_CHECKING:
+    from chat4all.domain.models import ChannelConfig, InboundMessage
+    from chat4all.ports import ConversationStore, EventPublisher, MessageStore, UserRepository
+
+logger = logging.getLogger(__name__)
+
+# message ids of inbound messages derive from the platform's id, so a replayed webhook maps to the same message
+INBOUND_NAMESPACE = uuid.UUID("5d0b3c1e-9a47-4c43-8c2b-3f1f6c1d2a10")
+
+
+def inbound_message_id(platform: Platform, platform_message_id: str) -> str:
+    return str(uuid.uuid5(INBOUND_NAMESPACE, f"{platform}:{platform_message_id}"))
+
+
+class InboundService:
+    """Matches the sender to a user (creating a CUSTOMER when unknown) and the message to a conversation."""
+
+    def __init__(
+        self,
+        users: UserRepository,
+        conversations: ConversationStore,
+        messages: MessageStore,
+        events: EventPublisher,
+    ) -> None:
+        self.users = users
+        self.conversations = conversations
+        self.messages = messages
+        self.events = events
+
+    def receive(self, channel: ChannelConfig, inbound: InboundMessage) -> Message | None:
+        """Store the message; None when it was stored before (a replayed webhook changes nothing)."""
+        message_id = inbound_message_id(inbound.platform, inbound.platform_message_id)
+        if self.messages.get_message(message_id) is not None:
+            return None
+        sender_id = self._sender(channel, inbound)
+        conversation = self.conversations.latest_for(sender_id, inbound.platform) or self._open(channel, sender_id)
+        message = Message(
+            message_id=message_id,
+            conversation_id=conversation.conversation_id,
+            sender_id=sender_id,
+            content=inbound.text,
+            file_id=None,
+            channel=inbound.platform,
+            direction=Direction.INBOUND,
+            sequence=self.conversations.next_sequence(conversation.conversation_id, utcnow()),
+            status=MessageStatus.DELIVERED,
+            history=[StatusEntry(MessageStatus.DELIVERED, inbound.at)],
+            created_at=utcnow(),
+            request_fingerprint=hashlib.sha256(inbound.text.encode()).hexdigest(),
+            platform_message_id=inbound.platform_message_id,
+        )
+        if not self.messages.add_message(message):
+            return None
+        try:
+            self.events.publish("MessageReceived", event_detail(message))
+        except Exception:  # the stored message is the record
+            logger.exception("could not publish MessageReceived for %s", message_id)
+        return message
+
+    def _sender(self, channel: ChannelConfig, inbound: InboundMessage) -> str:
+        known = self.users.user_id_for(inbound.platform, inbound.platform_user_id)
+        if known is not None:
+            return known
+        now = utcnow()
+        user = User(
+            user_id=str(uuid.uuid4()),
+            display_name=(inbound.sender_name or inbound.platform_user_id)[:200],
+            user_type=UserType.CUSTOMER,
+            email=None,
+            phone=f"+{inbound.platform_user_id}" if inbound.platform is Platform.WHATSAPP else None,
+            metadata={},
+            active=True,
+            created_at=now,
+            updated_at=now,
+        )
+        identity = ExternalIdentity(
+            str(uuid.uuid4()), user.user_id, inbound.platform, inbound.platform_user_id, True, now
+        )
+        audit = AuditEntry(
+            f"channel:{channel.channel_id}",
+            "user.created_from_inbound",
+            "user",
+            user.user_id,
+            {"platform": inbound.platform.value, "platform_user_id": inbound.platform_user_id},
+        )
+        try:
+            self.users.add_user_with_identity(user, identity, audit)
+        except ConflictError:
+            # another webhook created this person first
+            winner = self.users.user_id_for(inbound.platform, inbound.platform_user_id)
+            if winner is None:
+                raise DependencyUnavailableError("identity vanished while being created") from None
+            return winner
+        return user.user_id
+
+    def _open(self, channel: ChannelConfig, customer_id: str) -> Conversation:
+        """A new conversation on the channel; an agent joins it to answer."""
+        now = utcnow()
+        conversation = Conversation(
+            conversation_id=str(uuid.uuid4()),
+            conversation_type=ConversationType.ONE_TO_ONE,
+            participants=[Participant(customer_id, now)],
+            primary_channel=channel.platform,
+            message_count=0,
+            last_activity_at=now,
+            created_at=now,
+            channel_id=channel.channel_id,
+        )
+        self.conversations.add_conversation(conversation)
+        return conversation
