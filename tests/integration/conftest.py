@@ -50,7 +50,9 @@ def platform(fake_whatsapp: FakeWhatsApp) -> Iterator[LocalPlatform]:
         from chat4all import bootstrap
 
         bootstrap.postgres().close()
-        bootstrap.mongo().client.drop_database(bootstrap.mongo().name)
+        mongo = bootstrap.mongo()
+        mongo.client.drop_database(mongo.name)
+        mongo.client.close()  # before its server stops: closing afterwards waits for a server that is gone
         drop_postgres_database(stack.urls["postgres_server"], options.database_name)
     finally:
         stack.stop()

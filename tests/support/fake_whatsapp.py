@@ -31,7 +31,7 @@ class ScriptedFailure:
 class FakeWhatsApp:
     """Records every send, answers like graph.facebook.com, and can be told to fail the next calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.requests: list[RecordedRequest] = []
         self._failures: dict[str, list[ScriptedFailure]] = {}
         self._lock = threading.Lock()
@@ -60,7 +60,7 @@ class FakeWhatsApp:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -186,3 +186,22 @@ def message_webhook(
 
 def sign(app_secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+if __name__ == "__main__":
+    # `python -m tests.support.fake_whatsapp [port]`: a WhatsApp-format server for trying the platform by hand
+    import sys
+
+    fake = FakeWhatsApp(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    print(f"WHATSAPP_API_BASE={fake.url}", flush=True)
+    shown = 0
+    try:
+        while True:
+            time.sleep(0.5)
+            new = fake.requests[shown:]
+            shown += len(new)
+            for request in new:
+                auth = request.headers.get("authorization")
+                print(json.dumps({"path": request.path, "authorization": auth, "body": request.body}), flush=True)
+    except KeyboardInterrupt:
+        fake.close()
