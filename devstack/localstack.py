@@ -19,7 +19,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port
+from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
 from devstack.template import (
     SERVERLESS_FUNCTION,
     SUB_VARIABLE,
@@ -152,35 +152,22 @@ def start_localstack(state_dir: Path) -> tuple[str, ManagedProcess]:
         cwd=home,  # never the repo root: its localstack/ folder would shadow the package
         log_path=state_dir / "logs" / "localstack.log",
     )
-    process.start()
     url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_healthy(url, process)
-    except BaseException:
-        process.stop()
-        raise
+    start_until_ready(process, lambda: _check_ready(url), timeout=120.0, interval=0.25)
     return url, process
 
 
-def _wait_until_healthy(url: str, process: ManagedProcess, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    status: dict[str, str] = {}
+def _check_ready(url: str) -> None:
+    """Raise until every service is available and LocalStack's READY stage has completed."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-    while time.monotonic() < deadline:
-        if not process.is_running():
-            raise ProcessFailedError(f"localstack exited during start-up:\n{process.log_tail()}")
-        try:
-            with opener.open(f"{url}/_localstack/health", timeout=2) as response:
-                status = json.load(response).get("services", {})
-            # the READY stage ("Ready." in the log): services listed as available may still be loading before it
-            with opener.open(f"{url}/_localstack/init/ready", timeout=2) as response:
-                ready = bool(json.load(response).get("completed"))
-        except (OSError, ValueError):
-            status, ready = {}, False
-        if ready and all(status.get(name) in ("available", "running") for name in SERVICES):
-            return
-        time.sleep(0.25)
-    raise ProcessFailedError(f"localstack was not healthy after {timeout:.0f}s ({status})\n{process.log_tail()}")
+    with opener.open(f"{url}/_localstack/health", timeout=2) as response:
+        status = json.load(response).get("services", {})
+    # the READY stage ("Ready." in the log): services listed as available may still be loading before it
+    with opener.open(f"{url}/_localstack/init/ready", timeout=2) as response:
+        ready = bool(json.load(response).get("completed"))
+    missing = [name for name in SERVICES if status.get(name) not in ("available", "running")]
+    if not ready or missing:
+        raise ProcessFailedError(f"not ready yet (init completed: {ready}; services not available: {missing})")
 
 
 # ------------------------------------------------------------------------------------------ stack

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-import time
 from typing import TYPE_CHECKING
 
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port
+from devstack.processes import ManagedProcess, free_port, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -35,30 +33,14 @@ def start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
         "--log-level", "INFO",
     ]  # fmt: skip
     process = ManagedProcess("mongo", argv, cwd=state_dir, log_path=state_dir / "logs" / "mongo.log")
-    process.start()
     uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    try:
-        _wait_until_ready(uri, process)
-    except BaseException:
-        process.stop()
-        raise
+    start_until_ready(process, lambda: _ping(uri), timeout=60.0)
     return uri, process
 
 
-def _wait_until_ready(uri: str, process: ManagedProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if not process.is_running():
-            raise ProcessFailedError(f"mongo exited during start-up:\n{process.log_tail()}")
-        client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
-        try:
-            client.admin.command("ping")
-        except PyMongoError as exc:
-            last_error = exc
-        else:
-            return
-        finally:
-            client.close()
-        time.sleep(0.1)
-    raise ProcessFailedError(f"mongo did not answer ping after {timeout:.0f}s: {last_error}\n{process.log_tail()}")
+def _ping(uri: str) -> None:
+    client: MongoClient[dict[str, object]] = MongoClient(uri, serverSelectionTimeoutMS=500, connectTimeoutMS=500)
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()

@@ -8,12 +8,11 @@ import shutil
 import signal
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import psycopg
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port
+from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
 
 PREFERRED_PORT = 55432
 SUPERUSER = "postgres"
@@ -54,13 +53,8 @@ def start_postgres(state_dir: Path) -> tuple[str, ManagedProcess]:
     process = _PostgresProcess(
         "postgres", _as_owner(argv, owner), cwd=data_dir, log_path=state_dir / "logs" / "postgres.log"
     )
-    process.start()
     url = f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"
-    try:
-        _wait_until_ready(url, process)
-    except BaseException:
-        process.stop()
-        raise
+    start_until_ready(process, lambda: _select_one(url), timeout=60.0, interval=0.2)
     return url, process
 
 
@@ -150,20 +144,6 @@ def _initdb(bindir: Path, data_dir: Path, owner: pwd.struct_passwd | None) -> No
         raise ProcessFailedError(f"initdb failed ({result.returncode}):\n{result.stdout}{result.stderr}")
 
 
-def _wait_until_ready(url: str, process: ManagedProcess, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if not process.is_running():
-            raise ProcessFailedError(f"postgres exited during start-up:\n{process.log_tail()}")
-        try:
-            with psycopg.connect(url, connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-        except psycopg.OperationalError as exc:
-            last_error = exc
-        else:
-            return
-        time.sleep(0.2)
-    raise ProcessFailedError(
-        f"postgres did not accept connections after {timeout:.0f}s: {last_error}\n{process.log_tail()}"
-    )
+def _select_one(url: str) -> None:
+    with psycopg.connect(url, connect_timeout=2) as conn:
+        conn.execute("SELECT 1")

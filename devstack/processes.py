@@ -8,6 +8,10 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 STATE_DIR = Path(os.environ.get("CHAT4ALL_STATE_DIR", Path(__file__).resolve().parent.parent / ".devstack"))
 
@@ -94,14 +98,31 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return sock.connect_ex((host, port)) == 0
 
 
-def wait_for_port(port: int, *, process: ManagedProcess | None = None, timeout: float = 60.0) -> None:
-    """Block until something accepts connections on 127.0.0.1:port, or fail with the server's log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if port_in_use(port):
-            return
-        if process is not None and not process.is_running():
-            raise ProcessFailedError(f"{process.name} exited during start-up:\n{process.log_tail()}")
-        time.sleep(0.1)
-    tail = process.log_tail() if process else ""
-    raise ProcessFailedError(f"nothing listened on port {port} after {timeout:.0f}s\n{tail}")
+def start_until_ready(
+    process: ManagedProcess, probe: Callable[[], None], *, timeout: float, interval: float = 0.1
+) -> None:
+    """Start `process` and return once `probe()` returns without raising.
+
+    If the process exits or `probe` keeps raising past `timeout`, the process is stopped and
+    ProcessFailedError carries the last probe error and the tail of the process's log.
+    """
+    process.start()
+    try:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not process.is_running():
+                raise ProcessFailedError(f"{process.name} exited during start-up:\n{process.log_tail()}")
+            try:
+                probe()
+            except Exception as exc:  # any failure of the probe means "not ready yet"
+                last_error = exc
+            else:
+                return
+            time.sleep(interval)
+        raise ProcessFailedError(
+            f"{process.name} was not ready after {timeout:.0f}s: {last_error}\n{process.log_tail()}"
+        )
+    except BaseException:
+        process.stop()
+        raise

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import time
 from typing import TYPE_CHECKING
 
 import redis
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port
+from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -34,30 +33,14 @@ def start_redis(state_dir: Path) -> tuple[str, ManagedProcess]:
         "--dir", str(data_dir),
     ]  # fmt: skip
     process = ManagedProcess("redis", argv, cwd=data_dir, log_path=state_dir / "logs" / "redis.log")
-    process.start()
     url = f"redis://127.0.0.1:{port}/0"
-    try:
-        _wait_until_ready(url, process)
-    except BaseException:
-        process.stop()
-        raise
+    start_until_ready(process, lambda: _ping(url), timeout=30.0)
     return url, process
 
 
-def _wait_until_ready(url: str, process: ManagedProcess, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if not process.is_running():
-            raise ProcessFailedError(f"redis exited during start-up:\n{process.log_tail()}")
-        client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
-        try:
-            client.ping()
-        except redis.exceptions.RedisError as exc:
-            last_error = exc
-        else:
-            return
-        finally:
-            client.close()
-        time.sleep(0.1)
-    raise ProcessFailedError(f"redis did not answer PING after {timeout:.0f}s: {last_error}\n{process.log_tail()}")
+def _ping(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
+    try:
+        client.ping()
+    finally:
+        client.close()

@@ -1,0 +1,52 @@
+"""Starting a server: it must become ready, or be stopped with its log in the error."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pytest
+
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+def test_a_server_that_exits_fails_with_its_log(tmp_path: Path) -> None:
+    process = ManagedProcess("broken", ["sh", "-c", "echo cannot bind; exit 3"], log_path=tmp_path / "broken.log")
+
+    def probe() -> None:
+        raise ConnectionRefusedError("nothing listens")
+
+    with pytest.raises(ProcessFailedError, match="cannot bind"):
+        start_until_ready(process, probe, timeout=5)
+    assert not process.is_running()
+
+
+def test_a_server_that_never_answers_is_stopped(tmp_path: Path) -> None:
+    process = ManagedProcess("silent", ["sleep", "30"], log_path=tmp_path / "silent.log")
+
+    def probe() -> None:
+        raise ConnectionRefusedError("nothing listens")
+
+    with pytest.raises(ProcessFailedError, match="nothing listens"):
+        start_until_ready(process, probe, timeout=0.5)
+    assert not process.is_running()
+
+
+def test_a_ready_server_keeps_running(tmp_path: Path) -> None:
+    process = ManagedProcess("fine", ["sleep", "30"], log_path=tmp_path / "fine.log")
+    attempts: list[int] = []
+
+    def probe() -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionRefusedError("starting")
+
+    try:
+        start_until_ready(process, probe, timeout=5, interval=0.01)
+        assert process.is_running()
+        assert len(attempts) == 3
+    finally:
+        process.stop()
+    assert not process.is_running()
