@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -14,6 +14,7 @@ from chat4all.domain.errors import (
     ChannelRejectedError,
     ChannelRetryableError,
     ConflictError,
+    DependencyUnavailableError,
     ForbiddenError,
     StatusTargetMissingError,
     ValidationFailedError,
@@ -291,3 +292,17 @@ def test_inbound_from_a_stranger_creates_a_customer_and_a_conversation(world: Wo
     ]
     conversation = world.conversations.get_conversation(first.conversation_id)
     assert conversation is not None and conversation.channel_id == "ch-1"
+
+
+class BrokenEventBus(InMemoryEventPublisher):
+    def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
+        raise DependencyUnavailableError("EventBridge unavailable")
+
+
+def test_a_failing_event_bus_neither_fails_nor_repeats_a_send(world: World) -> None:
+    world.message_service.events = BrokenEventBus()
+    world.delivery.events = BrokenEventBus()
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
+    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
+    assert len(world.connector.sent) == 1

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError, Chat4AllError
 from chat4all.domain.models import Direction, MessageStatus, OutboundMessage, StatusEntry, utcnow
-from chat4all.services.messages import event_detail
+from chat4all.services.notifications import notify
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -107,7 +107,7 @@ class DeliveryService:
         self.messages.append_status(
             message_id, StatusEntry(MessageStatus.SENT, utcnow()), platform_message_id=receipt.platform_message_id
         )
-        self._publish("MessageSent", message, MessageStatus.SENT, receipt.platform_message_id)
+        notify(self.events, "MessageSent", message, MessageStatus.SENT, platform_message_id=receipt.platform_message_id)
         return DeliveryOutcome(message_id, MessageStatus.SENT, receipt.platform_message_id)
 
     def _prepare(self, message: Message) -> tuple[ChannelConfig, OutboundMessage]:
@@ -140,16 +140,5 @@ class DeliveryService:
     def _fail(self, message: Message, reason: str, *, dead_letter: bool = False) -> DeliveryOutcome:
         logger.warning("message %s failed: %s", message.message_id, reason)
         self.messages.append_status(message.message_id, StatusEntry(MessageStatus.FAILED, utcnow(), reason))
-        self._publish("MessageFailed", message, MessageStatus.FAILED)
+        notify(self.events, "MessageFailed", message, MessageStatus.FAILED)
         return DeliveryOutcome(message.message_id, MessageStatus.FAILED, dead_letter=dead_letter, reason=reason)
-
-    def _publish(
-        self, detail_type: str, message: Message, status: MessageStatus, platform_message_id: str | None = None
-    ) -> None:
-        detail = event_detail(message, status)
-        if platform_message_id:
-            detail["platform_message_id"] = platform_message_id
-        try:
-            self.events.publish(detail_type, detail)
-        except Exception:  # the message store is the record; a lost notification must not resend a message
-            logger.exception("could not publish %s for %s", detail_type, message.message_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import uuid
 from typing import TYPE_CHECKING
 
@@ -23,13 +22,11 @@ from chat4all.domain.models import (
     utcnow,
 )
 from chat4all.ports import AuditEntry
-from chat4all.services.messages import event_detail
+from chat4all.services.notifications import notify
 
 if TYPE_CHECKING:
     from chat4all.domain.models import ChannelConfig, InboundMessage
     from chat4all.ports import ConversationStore, EventPublisher, MessageStore, UserRepository
-
-logger = logging.getLogger(__name__)
 
 # message ids of inbound messages derive from the platform's id, so a replayed webhook maps to the same message
 INBOUND_NAMESPACE = uuid.UUID("5d0b3c1e-9a47-4c43-8c2b-3f1f6c1d2a10")
@@ -78,10 +75,7 @@ class InboundService:
         )
         if not self.messages.add_message(message):
             return None
-        try:
-            self.events.publish("MessageReceived", event_detail(message))
-        except Exception:  # the stored message is the record
-            logger.exception("could not publish MessageReceived for %s", message_id)
+        notify(self.events, "MessageReceived", message)
         return message
 
     def _sender(self, channel: ChannelConfig, inbound: InboundMessage) -> str:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import ConflictError, FieldError, ForbiddenError, NotFoundError, ValidationFailedError
 from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
 from chat4all.services.auth import require_self_or_admin
+from chat4all.services.notifications import notify
 
 if TYPE_CHECKING:
     from chat4all.domain.commands import SendMessage
     from chat4all.domain.models import Principal
     from chat4all.ports import ConversationStore, EventPublisher, MessageStore, OutboundQueue, UserRepository
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -25,16 +23,6 @@ class AcceptedMessage:
     sequence: int
     status: MessageStatus
     status_url: str
-
-
-def event_detail(message: Message, status: MessageStatus | None = None) -> dict[str, str]:
-    return {
-        "message_id": message.message_id,
-        "conversation_id": message.conversation_id,
-        "status": (status or message.status).value,
-        "channel": message.channel.value,
-        "at": utcnow().isoformat(),
-    }
 
 
 class MessageService:
@@ -97,7 +85,7 @@ class MessageService:
                 raise ConflictError(f"message {command.message_id} is being accepted concurrently")
             return self._replay(stored, command)
         self.queue.enqueue(message.message_id, message.conversation_id)
-        self._publish("MessageAccepted", message)
+        notify(self.events, "MessageAccepted", message)
         return _accepted(message)
 
     def _replay(self, existing: Message, command: SendMessage) -> AcceptedMessage:
@@ -119,12 +107,6 @@ class MessageService:
             if member is None:
                 raise ForbiddenError("only participants can read this message")
         return message
-
-    def _publish(self, detail_type: str, message: Message) -> None:
-        try:
-            self.events.publish(detail_type, event_detail(message))
-        except Exception:  # events are notifications; the stored message and the queue are the record
-            logger.exception("could not publish %s for %s", detail_type, message.message_id)
 
 
 def _accepted(message: Message) -> AcceptedMessage:

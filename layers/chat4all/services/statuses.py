@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
 from chat4all.domain.models import StatusEntry
-from chat4all.services.messages import event_detail
+from chat4all.services.notifications import notify
 
 if TYPE_CHECKING:
     from chat4all.domain.models import StatusReport
     from chat4all.ports import EventPublisher, MessageStore
-
-logger = logging.getLogger(__name__)
 
 
 class StatusService:
@@ -34,8 +31,5 @@ class StatusService:
             message.message_id, StatusEntry(report.status, report.at, report.detail), dedupe_key=report.dedupe_key
         )
         if moved:
-            try:
-                self.events.publish("MessageStatusChanged", event_detail(message, report.status))
-            except Exception:
-                logger.exception("could not publish MessageStatusChanged for %s", message.message_id)
+            notify(self.events, "MessageStatusChanged", message, report.status)
         return moved
