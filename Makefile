@@ -19,7 +19,7 @@ system-packages:
 dev: $(STAMP) system-packages
 	$(PY) -m devstack
 
-test: $(STAMP) system-packages
+test: $(STAMP) system-packages lint
 	$(PY) -m pytest
 
 unit: $(STAMP)
@@ -29,6 +29,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
+	@# each function is a module named `app`; Powertools' idempotent_function decorator is untyped
+	@for f in functions/*/app.py; do MYPYPATH=layers $(PY) -m mypy --strict --follow-imports=silent \
+		--disable-error-code untyped-decorator $$f || exit 1; done
 
 format: $(STAMP)
 	$(PY) -m ruff format .
