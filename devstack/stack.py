@@ -189,17 +189,13 @@ class LocalPlatform:
         return env
 
     def prepare_databases(self) -> None:
-        from chat4all import bootstrap
-        from chat4all.adapters.mongo import ensure_indexes
-        from chat4all.adapters.postgres import migrate
+        from chat4all.prepare_databases import prepare_databases
 
-        applied = migrate(bootstrap.postgres())
-        if applied:
-            self.options.log(f"PostgreSQL migrations applied: {', '.join(applied)}")
-        ensure_indexes(bootstrap.mongo())
         key = self.options.admin_api_key or self.options.environ.get("CHAT4ALL_ADMIN_API_KEY") or ""
         self.admin_api_key = key or "c4a_admin_" + secrets.token_urlsafe(24)
-        bootstrap.identity_service().ensure_admin_key(self.admin_api_key)
+        report = prepare_databases(self.admin_api_key)
+        if report.migrations_applied:
+            self.options.log(f"PostgreSQL migrations applied: {', '.join(report.migrations_applied)}")
 
     # -------------------------------------------------------------------- functions
     def start_functions(self) -> None:
