@@ -33,6 +33,17 @@ def wait_for_status(api: Api, message_id: str, status: str, timeout: float = 30.
     raise AssertionError(f"message {message_id} stayed {body.get('status')}, expected {status}: {body}")
 
 
+def send_until_sent(
+    api: Api, setup: WhatsAppSetup, fake_whatsapp: FakeWhatsApp, content: str
+) -> tuple[dict[str, Any], str]:
+    """Send one message and wait until it is SENT; returns the 202 body and the platform's message id."""
+    accepted = send(api, setup, content)
+    wait_for_status(api, accepted["message_id"], "SENT")
+    wamid = fake_whatsapp.wait_for(setup.customer_phone, 1)[0].platform_message_id
+    assert wamid is not None
+    return accepted, wamid
+
+
 def post_webhook(api: Api, body: bytes, signature: str) -> int:
     response = api.client.post(
         "/webhooks/whatsapp",
@@ -158,10 +169,7 @@ def test_wrong_signature_is_401_and_changes_nothing(
     api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
-    accepted = send(api, setup, "watch my status")
-    wait_for_status(api, accepted["message_id"], "SENT")
-    wamid = fake_whatsapp.wait_for(setup.customer_phone, 1)[0].platform_message_id
-    assert wamid is not None
+    accepted, wamid = send_until_sent(api, setup, fake_whatsapp, "watch my status")
     body = status_webhook(setup.credentials["phone_number_id"], wamid, "read", setup.customer_phone)
     forged = sign("not-the-app-secret", body)
     assert post_webhook(api, body, forged) == 401
@@ -178,10 +186,7 @@ def test_replayed_and_late_webhooks(
     api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
-    accepted = send(api, setup, "read me")
-    wait_for_status(api, accepted["message_id"], "SENT")
-    wamid = fake_whatsapp.wait_for(setup.customer_phone, 1)[0].platform_message_id
-    assert wamid is not None
+    accepted, wamid = send_until_sent(api, setup, fake_whatsapp, "read me")
     secret = setup.credentials["app_secret"]
     now = int(time.time())
     read = status_webhook(setup.credentials["phone_number_id"], wamid, "read", setup.customer_phone, now + 5)
