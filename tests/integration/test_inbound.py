@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -18,9 +17,7 @@ if TYPE_CHECKING:
 def receive(api: Api, setup: WhatsAppSetup, sender: str, text: str, name: str = "Sheena Nelson") -> str:
     wamid = f"wamid.{uuid.uuid4().hex}"
     body = message_webhook(setup.credentials["phone_number_id"], wamid, sender, name, text)
-    started = time.monotonic()
     assert post_webhook(api, body, sign(setup.credentials["app_secret"], body)) == 200
-    assert time.monotonic() - started < 1.0  # the contract: answered within a second
     return wamid
 
 
