@@ -306,3 +306,31 @@ def test_a_failing_event_bus_neither_fails_nor_repeats_a_send(world: World) -> N
     assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
     assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
     assert len(world.connector.sent) == 1
+
+
+class FailingOnceQueue(InMemoryOutboundQueue):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def enqueue(self, message_id: str, conversation_id: str) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise DependencyUnavailableError("SQS unavailable")
+        super().enqueue(message_id, conversation_id)
+
+
+def test_a_queue_failure_after_storing_is_recovered_by_the_retry(world: World) -> None:
+    # GIVEN the queue fails once, after the message is stored
+    world.message_service.queue = queue = FailingOnceQueue()
+    command = world.send("stored first")
+    with pytest.raises(DependencyUnavailableError):
+        world.message_service.accept(command, ADMIN)
+    assert world.messages.get_message(command.message_id) is not None
+    assert queue.enqueued == []
+    # WHEN the client retries with the same message_id
+    accepted = world.message_service.accept(command, ADMIN)
+    # THEN it is enqueued once, with the sequence it got the first time, and no second message exists
+    assert queue.enqueued == [(command.message_id, world.conversation.conversation_id)]
+    assert accepted.sequence == 1
+    assert len(world.messages.messages) == 1
