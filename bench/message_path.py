@@ -15,14 +15,11 @@ import argparse
 import statistics
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 
-from devstack.stack import LocalPlatform, PlatformOptions, drop_postgres_database
+from devstack.stack import throwaway_platform
 from tests.support.fake_whatsapp import FakeWhatsApp, message_webhook, sign, status_webhook
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def percentiles(samples: list[float]) -> str:
@@ -34,17 +31,7 @@ def percentiles(samples: list[float]) -> str:
 def run(messages: int) -> None:
     fake = FakeWhatsApp()
     run_id = uuid.uuid4().hex[:8]
-    options = PlatformOptions(
-        port=0,
-        state_dir=REPO_ROOT / ".devstack" / f"bench-{run_id}",
-        stack_name=f"chat4all-bench-{run_id}",
-        admin_api_key=f"c4a_bench_{uuid.uuid4().hex}",
-        database_name=f"chat4all_bench_{run_id}",
-        create_fresh_database=True,
-        channel_api_bases={"WHATSAPP_API_BASE": fake.url},
-    )
-    platform = LocalPlatform(options).start()
-    try:
+    with throwaway_platform("bench", {"WHATSAPP_API_BASE": fake.url}) as platform:
         headers = {"Authorization": f"Bearer {platform.admin_api_key}"}
         with httpx.Client(base_url=platform.api_url, headers=headers, timeout=30) as api:
             secret = uuid.uuid4().hex
@@ -96,14 +83,7 @@ def run(messages: int) -> None:
         print(f"| accept -> received by the WhatsApp-format server | {percentiles(end_to_end)} |")
         print(f"| POST /webhooks/whatsapp, inbound message -> 200 | {percentiles(inbound)} |")
         print(f"| POST /webhooks/whatsapp, status -> 200 | {percentiles(status)} |")
-    finally:
-        from chat4all import bootstrap
-
-        bootstrap.postgres().close()
-        bootstrap.mongo().client.close()
-        drop_postgres_database(platform.urls["postgres_server"], options.database_name)
-        platform.stop()
-        fake.close()
+    fake.close()
 
 
 if __name__ == "__main__":

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 import sys
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ from devstack.runner import HttpApi, SqsPoller, load_functions, serve_http
 from devstack.template import function_environment, http_routes, load_template, queue_subscriptions
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
     from http.server import ThreadingHTTPServer
 
     from devstack.localstack import StackInfo
@@ -245,3 +248,36 @@ class LocalPlatform:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterator[LocalPlatform]:
+    """A whole platform with its own state dir, stack and databases, all removed again on exit.
+
+    Servers given by URL are used as they are, but still get databases of their own, dropped on exit.
+    """
+    run_id = uuid.uuid4().hex[:8]
+    options = PlatformOptions(
+        port=0,
+        state_dir=REPO_ROOT / ".devstack" / f"{label}-{run_id}",
+        stack_name=f"chat4all-{label}-{run_id}",
+        admin_api_key=f"c4a_{label}_admin_{uuid.uuid4().hex}",
+        database_name=f"chat4all_{label}_{run_id}",
+        create_fresh_database=True,
+        channel_api_bases=channel_api_bases,
+    )
+    platform = LocalPlatform(options).start()
+    try:
+        yield platform
+    finally:
+        try:
+            from chat4all import bootstrap
+
+            bootstrap.postgres().close()
+            mongo = bootstrap.mongo()
+            mongo.client.drop_database(mongo.name)
+            mongo.client.close()  # before its server stops: closing afterwards waits for a server that is gone
+            drop_postgres_database(platform.urls["postgres_server"], options.database_name)
+        finally:
+            platform.stop()
+            shutil.rmtree(options.state_dir, ignore_errors=True)

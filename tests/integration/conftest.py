@@ -6,22 +6,18 @@ the tests still create a database of their own in them and drop it afterwards.
 
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
-from devstack.stack import LocalPlatform, PlatformOptions, drop_postgres_database
+from devstack.stack import LocalPlatform, throwaway_platform
 from tests.support.fake_whatsapp import FakeWhatsApp
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -33,29 +29,8 @@ def fake_whatsapp() -> Iterator[FakeWhatsApp]:
 
 @pytest.fixture(scope="session")
 def platform(fake_whatsapp: FakeWhatsApp) -> Iterator[LocalPlatform]:
-    run_id = uuid.uuid4().hex[:8]
-    options = PlatformOptions(
-        port=0,
-        state_dir=REPO_ROOT / ".devstack" / f"test-{run_id}",
-        stack_name=f"chat4all-test-{run_id}",
-        admin_api_key=f"c4a_test_admin_{uuid.uuid4().hex}",
-        database_name=f"chat4all_test_{run_id}",
-        create_fresh_database=True,
-        channel_api_bases={"WHATSAPP_API_BASE": fake_whatsapp.url},
-        environ=dict(os.environ),
-    )
-    stack = LocalPlatform(options).start()
-    yield stack
-    try:
-        from chat4all import bootstrap
-
-        bootstrap.postgres().close()
-        mongo = bootstrap.mongo()
-        mongo.client.drop_database(mongo.name)
-        mongo.client.close()  # before its server stops: closing afterwards waits for a server that is gone
-        drop_postgres_database(stack.urls["postgres_server"], options.database_name)
-    finally:
-        stack.stop()
+    with throwaway_platform("test", {"WHATSAPP_API_BASE": fake_whatsapp.url}) as stack:
+        yield stack
 
 
 @dataclass
