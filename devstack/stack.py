@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import shutil
@@ -78,6 +79,40 @@ def drop_postgres_database(server_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+def _start_localstack(state_dir: Path) -> tuple[str, ManagedProcess]:
+    from devstack.localstack import ensure_localstack_venv, start_localstack
+
+    ensure_localstack_venv(REPO_ROOT)
+    return start_localstack(state_dir)
+
+
+def _start_postgres(state_dir: Path) -> tuple[str, ManagedProcess]:
+    from devstack.postgres import start_postgres
+
+    return start_postgres(state_dir)
+
+
+def _start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
+    from devstack.mongo import start_mongo
+
+    return start_mongo(state_dir)
+
+
+def _start_redis(state_dir: Path) -> tuple[str, ManagedProcess]:
+    from devstack.redis import start_redis
+
+    return start_redis(state_dir)
+
+
+# (name in LocalPlatform.urls, the variable that points at the user's own server, what starts a local one)
+_SERVERS: tuple[tuple[str, str, Callable[[Path], tuple[str, ManagedProcess]]], ...] = (
+    ("aws", "AWS_ENDPOINT_URL", _start_localstack),
+    ("postgres_server", "DATABASE_URL", _start_postgres),
+    ("mongo_server", "MONGODB_URI", _start_mongo),
+    ("redis", "REDIS_URL", _start_redis),
+)
+
+
 def _with_retries(start: Callable[[], tuple[str, ManagedProcess]], attempts: int = 3) -> tuple[str, ManagedProcess]:
     """Start a server, again on a fresh port if another process took the one it picked before binding."""
     for attempt in range(1, attempts + 1):
@@ -94,6 +129,7 @@ class LocalPlatform:
 
     def __init__(self, options: PlatformOptions) -> None:
         self.options = options
+        self.template = load_template(TEMPLATE_PATH)
         self.processes: list[ManagedProcess] = []
         self.urls: dict[str, str] = {}
         self.stack: StackInfo | None = None
@@ -110,31 +146,11 @@ class LocalPlatform:
         state = self.options.state_dir.resolve()
         state.mkdir(parents=True, exist_ok=True)
         starters: dict[str, Callable[[], tuple[str, ManagedProcess]]] = {}
-        if env.get("AWS_ENDPOINT_URL"):
-            self.urls["aws"] = env["AWS_ENDPOINT_URL"]
-        else:
-            from devstack.localstack import ensure_localstack_venv, start_localstack
-
-            ensure_localstack_venv(REPO_ROOT)
-            starters["aws"] = lambda: start_localstack(state)
-        if env.get("DATABASE_URL"):
-            self.urls["postgres_server"] = env["DATABASE_URL"]
-        else:
-            from devstack.postgres import start_postgres
-
-            starters["postgres_server"] = lambda: start_postgres(state)
-        if env.get("MONGODB_URI"):
-            self.urls["mongo_server"] = env["MONGODB_URI"]
-        else:
-            from devstack.mongo import start_mongo
-
-            starters["mongo_server"] = lambda: start_mongo(state)
-        if env.get("REDIS_URL"):
-            self.urls["redis"] = env["REDIS_URL"]
-        else:
-            from devstack.redis import start_redis
-
-            starters["redis"] = lambda: start_redis(state)
+        for name, variable, launcher in _SERVERS:
+            if env.get(variable):
+                self.urls[name] = env[variable]
+            else:
+                starters[name] = functools.partial(launcher, state)
         for name in starters:
             self.options.log(f"starting {name.removesuffix('_server')} ...")
         with ThreadPoolExecutor(max_workers=len(starters) or 1) as pool:
@@ -182,7 +198,7 @@ class LocalPlatform:
 
     def function_env(self) -> dict[str, str]:
         assert self.stack is not None
-        template = load_template(TEMPLATE_PATH)
+        template = self.template
         env: dict[str, str] = {}
         for logical_id, resource in template["Resources"].items():
             if resource.get("Type") == "AWS::Serverless::Function":
@@ -208,7 +224,7 @@ class LocalPlatform:
         if layers not in sys.path:
             sys.path.insert(0, layers)
         self.prepare_databases()
-        template = load_template(TEMPLATE_PATH)
+        template = self.template
         self.functions = load_functions(template, REPO_ROOT)
         self.http = serve_http(HttpApi(http_routes(template), self.functions), free_port(self.options.port))
         self.api_url = f"http://127.0.0.1:{self.http.server_address[1]}"
