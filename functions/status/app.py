@@ -13,10 +13,9 @@ from chat4all.api.app import create_resolver, json_response
 from chat4all.api.requests import authenticate, resource_id
 from chat4all.api.views import message_status_view, message_view
 from chat4all.consumers import consume_batch
-from chat4all.domain.errors import StatusTargetMissingError
+from chat4all.domain.errors import RetryLaterError, StatusTargetMissingError
 from chat4all.domain.models import MessageStatus, Platform, StatusReport
 from chat4all.observability import logger, metrics, tracer
-from chat4all.services.delivery import RetryLaterError
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import Response

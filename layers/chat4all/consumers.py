@@ -16,8 +16,8 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 
+from chat4all.domain.errors import RetryLaterError
 from chat4all.observability import logger
-from chat4all.services.delivery import RetryLaterError
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -79,7 +79,8 @@ class ApiKeyRepository(ABC):
     """API keys, stored as hashes only (PostgreSQL)."""
 
     @abstractmethod
-    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry | None) -> None: ...
+    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry) -> None:
+        """Store a key by its hash; a no-op (and no audit entry) when that hash exists already."""
 
     @abstractmethod
     def find_active(self, key_hash: str) -> ApiKey | None: ...

@@ -83,7 +83,7 @@ class InMemoryApiKeyRepository(ApiKeyRepository):
     def __init__(self) -> None:
         self.keys: dict[str, tuple[ApiKey, bool]] = {}
 
-    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry | None) -> None:
+    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry) -> None:
         self.keys.setdefault(key_hash, (key, True))
 
     def find_active(self, key_hash: str) -> ApiKey | None:

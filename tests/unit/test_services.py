@@ -16,6 +16,7 @@ from chat4all.domain.errors import (
     ConflictError,
     DependencyUnavailableError,
     ForbiddenError,
+    RetryLaterError,
     StatusTargetMissingError,
     ValidationFailedError,
 )
@@ -33,7 +34,7 @@ from chat4all.domain.models import (
     UserType,
 )
 from chat4all.services.conversations import ConversationService
-from chat4all.services.delivery import DeliveryService, RetryLaterError
+from chat4all.services.delivery import DeliveryService
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService

@@ -280,7 +280,7 @@ class PostgresApiKeyRepository(ApiKeyRepository):
     def __init__(self, database: PostgresDatabase) -> None:
         self.db = database
 
-    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry | None) -> None:
+    def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry) -> None:
         with self.db.transaction() as cur:
             cur.execute(
                 "INSERT INTO api_keys (key_id, name, role, user_id, key_hash, created_at)"
@@ -288,7 +288,7 @@ class PostgresApiKeyRepository(ApiKeyRepository):
                 " ON CONFLICT (key_hash) DO NOTHING",
                 (key.key_id, key.name, key.role.value, key.user_id, key_hash, key.created_at),
             )
-            if audit is not None and cur.rowcount:
+            if cur.rowcount:
                 _write_audit(cur, audit)
 
     def find_active(self, key_hash: str) -> ApiKey | None:

@@ -94,6 +94,18 @@ class ChannelRejectedError(ChannelError):
     """A 4xx other than 429: the platform will never accept this request."""
 
 
+class RetryLaterError(Chat4AllError):
+    """Work that failed in a way worth retrying: the consumer makes the record visible again after `delay_seconds`."""
+
+    status = 503
+    title = "Retry later"
+    slug = "retry-later"
+
+    def __init__(self, detail: str, *, delay_seconds: int) -> None:
+        super().__init__(detail)
+        self.delay_seconds = delay_seconds
+
+
 class StatusTargetMissingError(Chat4AllError):
     """A status report names a platform message we have not recorded (yet)."""
 

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError, Chat4AllError
+from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError, Chat4AllError, RetryLaterError
 from chat4all.domain.models import Direction, MessageStatus, OutboundMessage, StatusEntry, utcnow
 from chat4all.services.notifications import notify
 
@@ -21,18 +21,6 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 BACKOFF_BASE_SECONDS = 2
-
-
-class RetryLaterError(Chat4AllError):
-    """Delivery failed in a way worth retrying; the consumer should try again after `delay_seconds`."""
-
-    status = 503
-    title = "Retry later"
-    slug = "retry-later"
-
-    def __init__(self, detail: str, *, delay_seconds: int) -> None:
-        super().__init__(detail)
-        self.delay_seconds = delay_seconds
 
 
 class UndeliverableError(Chat4AllError):
