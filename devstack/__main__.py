@@ -26,6 +26,8 @@ def main() -> int:
     except Exception as exc:
         print(f"make dev: {exc}", file=sys.stderr)
         return 1
+    runtime = platform.runtime
+    assert runtime is not None
     try:
         print(
             "\nChat4All is running\n"
@@ -35,7 +37,9 @@ def main() -> int:
             f"  MongoDB:        {platform.urls['mongo']}\n"
             f"  Redis:          {platform.urls['redis']}\n"
             f"  AWS endpoint:   {platform.urls['aws']}\n"
-            f"  consumers:      {', '.join(p.subscription.function for p in platform.pollers)}\n"
+            f"  consumers:      {', '.join(source.function for source in runtime.sqs_sources)}\n"
+            f"  schedules:      {', '.join(f'{s.function} {s.subscription.expression}' for s in runtime.schedules)}\n"
+            f"  function logs:  {runtime.log_dir}\n"
             "Ctrl-C stops everything.",
             flush=True,
         )

@@ -16,20 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-import boto3
 import psycopg
 from psycopg import sql
 
 from devstack.processes import STATE_DIR, ManagedProcess, ProcessFailedError, free_port
-from devstack.runner import HttpApi, SqsPoller, load_functions, serve_http
-from devstack.template import function_environment, http_routes, load_template, queue_subscriptions
+from devstack.runtime import LocalRuntime, RuntimeOptions
+from devstack.template import function_environment, load_template
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from http.server import ThreadingHTTPServer
 
+    from devstack.lambda_service import InvocationResult
     from devstack.localstack import StackInfo
-    from devstack.runner import LocalFunction
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE_PATH = REPO_ROOT / "template.yaml"
@@ -55,6 +53,7 @@ class PlatformOptions:
     create_fresh_database: bool = False
     channel_api_bases: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
+    runtime: RuntimeOptions | None = None  # None: RuntimeOptions.from_env(environ)
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
 
@@ -133,9 +132,7 @@ class LocalPlatform:
         self.processes: list[ManagedProcess] = []
         self.urls: dict[str, str] = {}
         self.stack: StackInfo | None = None
-        self.functions: dict[str, LocalFunction] = {}
-        self.pollers: list[SqsPoller] = []
-        self.http: ThreadingHTTPServer | None = None
+        self.runtime: LocalRuntime | None = None
         self.api_url = ""
         self.admin_api_key = ""
         self._lock = threading.Lock()
@@ -197,12 +194,17 @@ class LocalPlatform:
         self.stack = deploy_stack(self.urls["aws"], TEMPLATE_PATH, opts.stack_name, parameters)
 
     def function_env(self) -> dict[str, str]:
-        assert self.stack is not None
-        template = self.template
+        """Every function's variables together: what this process needs to prepare and read the databases."""
         env: dict[str, str] = {}
-        for logical_id, resource in template["Resources"].items():
+        for logical_id, resource in self.template["Resources"].items():
             if resource.get("Type") == "AWS::Serverless::Function":
-                env.update(function_environment(template, logical_id, self.stack.resolve))
+                env.update(self.function_environment(logical_id))
+        return env
+
+    def function_environment(self, logical_id: str) -> dict[str, str]:
+        """One function's own variables (Globals and its own, resolved), and where AWS is locally."""
+        assert self.stack is not None
+        env = function_environment(self.template, logical_id, self.stack.resolve)
         env.update(LOCAL_AWS_ENV)
         env["AWS_ENDPOINT_URL"] = self.urls["aws"]
         return env
@@ -224,17 +226,24 @@ class LocalPlatform:
         if layers not in sys.path:
             sys.path.insert(0, layers)
         self.prepare_databases()
-        template = self.template
-        self.functions = load_functions(template, REPO_ROOT)
-        self.http = serve_http(HttpApi(http_routes(template), self.functions), free_port(self.options.port))
-        self.api_url = f"http://127.0.0.1:{self.http.server_address[1]}"
-        sqs = boto3.client("sqs", endpoint_url=self.urls["aws"], region_name="us-east-1")
-        for subscription in queue_subscriptions(template):
-            queue_url = self.stack.resolve({"Ref": subscription.queue_logical_id})
-            queue_arn = self.stack.resolve({"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]})
-            poller = SqsPoller(sqs, subscription, queue_url, queue_arn, self.functions[subscription.function])
-            poller.start()
-            self.pollers.append(poller)
+        self.runtime = LocalRuntime(
+            self.template,
+            TEMPLATE_PATH.parent,
+            function_environment=self.function_environment,
+            log_dir=self.options.state_dir.resolve() / "logs" / "functions",
+            resolve=self.stack.resolve,
+            aws_endpoint_url=self.urls["aws"],
+            options=self.options.runtime or RuntimeOptions.from_env(self.options.environ),
+            log=self.options.log,
+        )
+        self.runtime.start(http_port=free_port(self.options.port))
+        self.api_url = self.runtime.api_url
+
+    def invoke(self, logical_id: str, event: Any) -> InvocationResult:
+        """Invoke a function of the template (by logical id) as Lambda's Invoke does, and wait for its answer."""
+        if self.runtime is None:
+            raise RuntimeError("the functions are not running")
+        return self.runtime.invoke(logical_id, event)
 
     def start(self) -> LocalPlatform:
         try:
@@ -248,13 +257,9 @@ class LocalPlatform:
 
     def stop(self) -> None:
         with self._lock:
-            for poller in self.pollers:
-                poller.stop()
-            self.pollers.clear()
-            if self.http is not None:
-                self.http.shutdown()
-                self.http.server_close()
-                self.http = None
+            if self.runtime is not None:
+                self.runtime.stop()
+                self.runtime = None
             for process in reversed(self.processes):
                 process.stop()
             self.processes.clear()

@@ -184,6 +184,20 @@ class HttpRoute:
     function: str
     method: str
     path: str
+    authorizer: str | None = None  # the name of the API's Lambda authorizer that guards it, if any
+
+
+@dataclass(frozen=True)
+class LambdaAuthorizer:
+    """A Lambda authorizer of an HTTP API (SAM `Auth.Authorizers.<name>` with a FunctionArn)."""
+
+    name: str
+    function: str
+    payload_format_version: str = "2.0"
+    simple_responses: bool = False
+    identity_headers: tuple[str, ...] = ()
+    identity_query_strings: tuple[str, ...] = ()
+    reauthorize_every_seconds: int = 300  # API Gateway's default when a TTL is not given
 
 
 @dataclass(frozen=True)
@@ -192,6 +206,34 @@ class QueueSubscription:
     queue_logical_id: str
     batch_size: int = 10
     report_batch_item_failures: bool = False
+    batching_window_seconds: int = 0
+    maximum_concurrency: int | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleSubscription:
+    """An EventBridge rule schedule (`Schedule`) or an EventBridge Scheduler schedule (`ScheduleV2`)."""
+
+    function: str
+    name: str
+    kind: str
+    expression: str
+    input: str | None = None
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class FunctionConfig:
+    """What Lambda needs to run one AWS::Serverless::Function, Globals applied; paths relative to the template."""
+
+    logical_id: str
+    code_uri: str
+    handler: str
+    runtime: str
+    timeout_seconds: int
+    memory_mb: int
+    reserved_concurrency: int | None
+    layer_paths: tuple[str, ...]
 
 
 def _functions(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -200,38 +242,128 @@ def _functions(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]
             yield logical_id, resource.get("Properties") or {}
 
 
-def _events(template: dict[str, Any], types: tuple[str, ...]) -> Iterator[tuple[str, dict[str, Any]]]:
+def _events(template: dict[str, Any], types: tuple[str, ...]) -> Iterator[tuple[str, str, dict[str, Any]]]:
     for logical_id, props in _functions(template):
-        for event in (props.get("Events") or {}).values():
+        for event_name, event in (props.get("Events") or {}).items():
             if event.get("Type") in types:
-                yield logical_id, event.get("Properties") or {}
+                yield logical_id, event_name, event.get("Properties") or {}
+
+
+def function_names(template: dict[str, Any]) -> list[str]:
+    return [logical_id for logical_id, _ in _functions(template)]
+
+
+def _get_att_target(value: Any, attribute: str) -> str | None:
+    target = value.get("Fn::GetAtt") if isinstance(value, dict) else None
+    if isinstance(target, list) and len(target) == 2 and target[1] == attribute and isinstance(target[0], str):
+        return target[0]
+    return None
+
+
+def _api_auth(template: dict[str, Any], api_logical_id: str) -> dict[str, Any]:
+    resource = template["Resources"].get(api_logical_id) or {}
+    auth: dict[str, Any] = (resource.get("Properties") or {}).get("Auth") or {}
+    return auth
 
 
 def http_routes(template: dict[str, Any]) -> list[HttpRoute]:
-    """Every HttpApi/Api event of every function; an HttpApi event without a route catches everything."""
-    return [
-        HttpRoute(logical_id, str(props.get("Method", "ANY")).upper(), str(props.get("Path", "/{proxy+}")))
-        for logical_id, props in _events(template, HTTP_EVENT_TYPES)
-    ]
+    """Every HttpApi/Api event of every function; an HttpApi event without a route catches everything.
+
+    A route is guarded by its own `Auth.Authorizer`, else by its API's `Auth.DefaultAuthorizer`;
+    `Authorizer: NONE` opts it out.
+    """
+    routes = []
+    for logical_id, _, props in _events(template, HTTP_EVENT_TYPES):
+        api_ref = props.get("ApiId") or props.get("RestApiId")
+        api_id = api_ref.get("Ref") if isinstance(api_ref, dict) else None
+        default = _api_auth(template, api_id).get("DefaultAuthorizer") if isinstance(api_id, str) else None
+        authorizer = (props.get("Auth") or {}).get("Authorizer", default)
+        routes.append(
+            HttpRoute(
+                logical_id,
+                str(props.get("Method", "ANY")).upper(),
+                str(props.get("Path", "/{proxy+}")),
+                None if authorizer in (None, "NONE") else str(authorizer),
+            )
+        )
+    return routes
+
+
+def http_authorizers(template: dict[str, Any]) -> dict[str, LambdaAuthorizer]:
+    """The Lambda authorizers of every AWS::Serverless::HttpApi, by name; other kinds cannot run locally."""
+    found: dict[str, LambdaAuthorizer] = {}
+    for api_id, resource in template["Resources"].items():
+        if resource.get("Type") != "AWS::Serverless::HttpApi":
+            continue
+        for name, spec in (_api_auth(template, api_id).get("Authorizers") or {}).items():
+            function = _get_att_target(spec.get("FunctionArn"), "Arn")
+            if function is None:
+                raise ValueError(f"{api_id} authorizer {name}: only Lambda authorizers (FunctionArn: !GetAtt X.Arn)")
+            version = str(spec.get("AuthorizerPayloadFormatVersion", ""))
+            if version != "2.0":
+                raise ValueError(f"{api_id} authorizer {name}: payload format {version!r}; the local runtime has 2.0")
+            identity = spec.get("Identity") or {}
+            if identity.get("Context") or identity.get("StageVariables"):
+                raise ValueError(f"{api_id} authorizer {name}: only header and query string identity sources")
+            found[name] = LambdaAuthorizer(
+                name=name,
+                function=function,
+                payload_format_version=version,
+                simple_responses=bool(spec.get("EnableSimpleResponses", False)),
+                identity_headers=tuple(str(h) for h in identity.get("Headers") or ()),
+                identity_query_strings=tuple(str(q) for q in identity.get("QueryStrings") or ()),
+                reauthorize_every_seconds=int(identity.get("ReauthorizeEvery", 300)),
+            )
+    return found
 
 
 def queue_subscriptions(template: dict[str, Any]) -> list[QueueSubscription]:
-    """Every SQS event of every function; the queue must be a resource of the template (Fn::GetAtt X.Arn)."""
+    """Every enabled SQS event of every function; the queue must be a resource of the template (!GetAtt X.Arn)."""
     subscriptions = []
-    for logical_id, props in _events(template, ("SQS",)):
-        queue = props.get("Queue")
-        target = queue.get("Fn::GetAtt") if isinstance(queue, dict) else None
-        if not (isinstance(target, list) and len(target) == 2 and target[1] == "Arn"):
-            raise ValueError(f"{logical_id}: SQS event Queue must be !GetAtt <queue>.Arn, got {queue!r}")
+    for logical_id, _, props in _events(template, ("SQS",)):
+        queue = _get_att_target(props.get("Queue"), "Arn")
+        if queue is None:
+            raise ValueError(f"{logical_id}: SQS event Queue must be !GetAtt <queue>.Arn, got {props.get('Queue')!r}")
+        if props.get("Enabled", True) is False:
+            continue
+        scaling = props.get("ScalingConfig") or {}
         subscriptions.append(
             QueueSubscription(
                 function=logical_id,
-                queue_logical_id=str(target[0]),
+                queue_logical_id=queue,
                 batch_size=int(props.get("BatchSize", 10)),
                 report_batch_item_failures="ReportBatchItemFailures" in (props.get("FunctionResponseTypes") or []),
+                batching_window_seconds=int(props.get("MaximumBatchingWindowInSeconds", 0)),
+                maximum_concurrency=int(scaling["MaximumConcurrency"]) if "MaximumConcurrency" in scaling else None,
             )
         )
     return subscriptions
+
+
+def schedule_subscriptions(template: dict[str, Any]) -> list[ScheduleSubscription]:
+    """Every enabled Schedule (EventBridge rule) and ScheduleV2 (EventBridge Scheduler) event of every function."""
+    schedules = []
+    for logical_id, event_name, props in _events(template, ("Schedule", "ScheduleV2")):
+        kind = "Schedule"
+        expression = props.get("Schedule")
+        if "ScheduleExpression" in props:
+            kind, expression = "ScheduleV2", props["ScheduleExpression"]
+        if not isinstance(expression, str):
+            raise ValueError(f"{logical_id}.{event_name}: the schedule expression must be a plain string")
+        if props.get("Enabled", True) is False or str(props.get("State", "ENABLED")).upper() == "DISABLED":
+            continue
+        raw_input = props.get("Input")
+        schedules.append(
+            ScheduleSubscription(
+                function=logical_id,
+                name=str(props.get("Name") or event_name),
+                kind=kind,
+                expression=expression,
+                input=None if raw_input is None else str(raw_input),
+                timezone=str(props.get("ScheduleExpressionTimezone") or "UTC"),
+            )
+        )
+    return schedules
 
 
 def _function_properties(template: dict[str, Any], logical_id: str) -> dict[str, Any]:
@@ -264,3 +396,36 @@ def function_environment(template: dict[str, Any], logical_id: str, resolve: Cal
     own_vars = (props.get("Environment") or {}).get("Variables") or {}
     merged = {**global_vars, **own_vars}
     return {name: resolve(value) if isinstance(value, dict) else _plain(value) for name, value in merged.items()}
+
+
+def _global_function_property(template: dict[str, Any], props: dict[str, Any], name: str, default: Any) -> Any:
+    return props.get(name, template.get("Globals", {}).get("Function", {}).get(name, default))
+
+
+def _layer_path(template: dict[str, Any], logical_id: str, layer: Any) -> str:
+    """Where a layer's Python packages are, as Lambda mounts them at /opt/python."""
+    ref = layer.get("Ref") if isinstance(layer, dict) else None
+    resource = template["Resources"].get(ref) if isinstance(ref, str) else None
+    content_uri = (resource or {}).get("Properties", {}).get("ContentUri")
+    if not resource or resource.get("Type") != "AWS::Serverless::LayerVersion" or not isinstance(content_uri, str):
+        raise ValueError(f"{logical_id}: layer {layer!r} is not a local AWS::Serverless::LayerVersion of the template")
+    build_method = str((resource.get("Metadata") or {}).get("BuildMethod", ""))
+    # `sam build` puts a python BuildMethod layer's ContentUri under python/; otherwise ContentUri is /opt itself
+    return content_uri if build_method.startswith("python") else f"{content_uri.rstrip('/')}/python"
+
+
+def function_config(template: dict[str, Any], logical_id: str) -> FunctionConfig:
+    props = _function_properties(template, logical_id)
+    global_layers = template.get("Globals", {}).get("Function", {}).get("Layers") or []
+    layers = [*global_layers, *(props.get("Layers") or [])]  # SAM puts the Globals' layers first
+    reserved = _global_function_property(template, props, "ReservedConcurrentExecutions", None)
+    return FunctionConfig(
+        logical_id=logical_id,
+        code_uri=function_code_uri(template, logical_id),
+        handler=str(_global_function_property(template, props, "Handler", "app.lambda_handler")),
+        runtime=str(_global_function_property(template, props, "Runtime", "python3.13")),
+        timeout_seconds=int(_global_function_property(template, props, "Timeout", 3)),
+        memory_mb=int(_global_function_property(template, props, "MemorySize", 128)),
+        reserved_concurrency=None if reserved is None else int(reserved),
+        layer_paths=tuple(_layer_path(template, logical_id, layer) for layer in layers),
+    )

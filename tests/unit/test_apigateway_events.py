@@ -1,11 +1,13 @@
-"""The local runner builds the events API Gateway and SQS would, and reads responses as API Gateway does."""
+"""The local runtime builds the events API Gateway and SQS would, and reads responses as API Gateway does."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 
-from devstack.runner import HttpApi, api_gateway_event, lambda_http_result, sqs_record
+from devstack.apigateway import HttpApi, Problem, api_gateway_event, lambda_http_result
+from devstack.sqs_source import sqs_record
 from devstack.template import HttpRoute
 
 ROUTES = [
@@ -16,7 +18,7 @@ ROUTES = [
 
 
 def test_routes_match_by_method_and_the_most_specific_path() -> None:
-    api = HttpApi(ROUTES, {})
+    api = HttpApi(ROUTES)
     assert api.match("GET", "/v1/messages/abc/status") == (ROUTES[1], {"message_id": "abc"})
     assert api.match("GET", "/v1/messages/a%20b") == (ROUTES[0], {"message_id": "a b"})
     assert api.match("POST", "/v1/messages") == (ROUTES[2], {})
@@ -25,10 +27,18 @@ def test_routes_match_by_method_and_the_most_specific_path() -> None:
 
 
 def test_unknown_route_is_a_problem_404() -> None:
-    status, headers, body = HttpApi(ROUTES, {}).handle("GET", "/nope", [], b"", "127.0.0.1")
+    status, headers, body = asyncio.run(HttpApi(ROUTES).handle("GET", "/nope", "", [], b"", "127.0.0.1"))
     assert status == 404
     assert ("content-type", "application/problem+json") in headers
     assert json.loads(body)["status"] == 404
+
+
+def test_a_known_path_with_another_method_is_a_problem_405_naming_the_allowed_ones() -> None:
+    resolved = HttpApi(ROUTES).resolve("DELETE", "/v1/messages/abc")
+    assert resolved == Problem(405, "DELETE is not allowed here", (("allow", "GET"),))
+    status, headers, body = resolved.response()
+    assert (status, json.loads(body)["title"]) == (405, "Method Not Allowed")
+    assert ("allow", "GET") in headers
 
 
 def test_http_api_v2_event() -> None:

@@ -1,0 +1,254 @@
+"""The local stand-in for AWS Lambda and what invokes it, driven by a SAM template.
+
+Lambda itself (lambda_service: the Runtime API and one awslambdaric process per container), and around it
+one module per event source: API Gateway HTTP API with its Lambda authorizers (apigateway, authorizers),
+SQS event source mappings (sqs_source) and EventBridge schedules (schedules). They share one asyncio loop
+on a thread of their own; `invoke` may be called from any other thread, as Lambda's Invoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+from devstack.apigateway import HttpApi, HttpApiServer
+from devstack.lambda_service import LOCAL_DEFAULT_CONCURRENCY, REGION, FunctionSpec, InvocationResult, LambdaService
+from devstack.schedules import ScheduleSource
+from devstack.sqs_source import SqsEventSource
+from devstack.template import (
+    function_config,
+    function_names,
+    http_authorizers,
+    http_routes,
+    queue_subscriptions,
+    schedule_subscriptions,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine, Mapping
+    from pathlib import Path
+
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class RuntimeOptions:
+    # how many containers a function without ReservedConcurrentExecutions may run at once on this machine
+    default_concurrency: int = LOCAL_DEFAULT_CONCURRENCY
+    idle_timeout_seconds: float = 300.0
+    # Lambda allows 10 s; a loaded 2-core machine importing a function's dependencies may need more
+    init_timeout_seconds: float = 20.0
+    # SQS long polling while a queue is quiet (Lambda waits 20 s; shorter lets a stop return sooner)
+    sqs_wait_seconds: int = 2
+    python: str = sys.executable
+    schedule_clock: Callable[[], float] = field(default=time.time)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> RuntimeOptions:
+        """CHAT4ALL_FUNCTION_CONCURRENCY and CHAT4ALL_FUNCTION_IDLE_SECONDS override the defaults."""
+        options = cls()
+        if environ.get("CHAT4ALL_FUNCTION_CONCURRENCY"):
+            options.default_concurrency = int(environ["CHAT4ALL_FUNCTION_CONCURRENCY"])
+        if environ.get("CHAT4ALL_FUNCTION_IDLE_SECONDS"):
+            options.idle_timeout_seconds = float(environ["CHAT4ALL_FUNCTION_IDLE_SECONDS"])
+        return options
+
+
+class LocalRuntime:
+    def __init__(
+        self,
+        template: dict[str, Any],
+        template_dir: Path,
+        *,
+        function_environment: Callable[[str], dict[str, str]],
+        log_dir: Path,
+        resolve: Callable[[Any], str] | None = None,
+        aws_endpoint_url: str | None = None,
+        options: RuntimeOptions | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.template = template
+        self.template_dir = template_dir
+        self.function_environment = function_environment
+        self.log_dir = log_dir
+        self.resolve = resolve
+        self.aws_endpoint_url = aws_endpoint_url
+        self.options = options or RuntimeOptions()
+        self.log = log
+        self.lambda_service: LambdaService | None = None
+        self.http: HttpApiServer | None = None
+        self.sqs_sources: list[SqsEventSource] = []
+        self.schedules: list[ScheduleSource] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------------- lifecycle
+
+    def function_specs(self) -> list[FunctionSpec]:
+        specs = []
+        for logical_id in function_names(self.template):
+            config = function_config(self.template, logical_id)
+            concurrency = config.reserved_concurrency
+            specs.append(
+                FunctionSpec(
+                    name=logical_id,
+                    handler=config.handler,
+                    code_dir=(self.template_dir / config.code_uri).resolve(),
+                    layer_dirs=tuple((self.template_dir / p).resolve() for p in config.layer_paths),
+                    environment=self.function_environment(logical_id),
+                    timeout_seconds=float(config.timeout_seconds),
+                    memory_mb=config.memory_mb,
+                    concurrency=self.options.default_concurrency if concurrency is None else concurrency,
+                    runtime=config.runtime,
+                )
+            )
+        return specs
+
+    def start(self, http_port: int | None = None) -> LocalRuntime:
+        """Start Lambda, and the HTTP API on 127.0.0.1:http_port (0: any free port; None: no HTTP API)."""
+        specs = self.function_specs()  # template errors surface here, before anything runs
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            self._loop = loop
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="local-runtime", daemon=True)
+        self._thread.start()
+        ready.wait()
+        try:
+            self._call(self._start(specs, http_port), START_TIMEOUT_SECONDS)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        try:
+            if loop.is_running():
+                self._call(self._stop(), STOP_TIMEOUT_SECONDS)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(STOP_TIMEOUT_SECONDS)
+            self._loop = self._thread = None
+
+    def __enter__(self) -> LocalRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start(self, specs: list[FunctionSpec], http_port: int | None) -> None:
+        service = LambdaService(
+            specs,
+            log_dir=self.log_dir,
+            python=self.options.python,
+            idle_timeout_seconds=self.options.idle_timeout_seconds,
+            init_timeout_seconds=self.options.init_timeout_seconds,
+            log=self.log,
+        )
+        self.lambda_service = service
+        await service.start()
+        routes = http_routes(self.template)
+        if http_port is not None:
+            api = HttpApi(routes, service.invoke, http_authorizers(self.template))
+            self.http = HttpApiServer(api, http_port)
+            await self.http.start()
+        concurrency = {spec.name: spec.concurrency for spec in specs}
+        for subscription in queue_subscriptions(self.template):
+            if self.resolve is None or self.aws_endpoint_url is None:
+                raise ValueError("SQS event sources need the stack's values (resolve) and an AWS endpoint")
+            limit = concurrency[subscription.function]
+            if subscription.maximum_concurrency is not None:
+                limit = min(limit, subscription.maximum_concurrency)
+            client = boto3.client(
+                "sqs",
+                endpoint_url=self.aws_endpoint_url,
+                region_name=REGION,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",  # noqa: S106 - LocalStack's
+                config=Config(max_pool_connections=limit + 2, retries={"max_attempts": 3, "mode": "standard"}),
+            )
+            source = SqsEventSource(
+                subscription=subscription,
+                queue_url=self.resolve({"Ref": subscription.queue_logical_id}),
+                queue_arn=self.resolve({"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]}),
+                sqs=client,
+                invoke=service.invoke,
+                max_pollers=limit,
+                wait_seconds=self.options.sqs_wait_seconds,
+                log=self.log,
+            )
+            source.start()
+            self.sqs_sources.append(source)
+        for schedule in schedule_subscriptions(self.template):
+            source_ = ScheduleSource(schedule, service.invoke, clock=self.options.schedule_clock, log=self.log)
+            source_.start()
+            self.schedules.append(source_)
+
+    async def _stop(self) -> None:
+        for source in self.sqs_sources:
+            await source.stop()
+        for schedule in self.schedules:
+            await schedule.stop()
+        if self.http is not None:
+            await self.http.stop()
+        if self.lambda_service is not None:
+            await self.lambda_service.stop()
+        self.sqs_sources.clear()
+        self.schedules.clear()
+
+    # -------------------------------------------------------------------- use
+
+    @property
+    def api_url(self) -> str:
+        if self.http is None:
+            raise RuntimeError("the HTTP API is not served")
+        return f"http://127.0.0.1:{self.http.port}"
+
+    def invoke(self, function: str, event: Any, timeout: float | None = None) -> InvocationResult:
+        """Lambda's Invoke (RequestResponse) of a function by its logical id, from any thread but the runtime's."""
+        if self._loop is not None and threading.current_thread() is self._thread:
+            raise RuntimeError("invoke() blocks; on the runtime's own loop await invoke_async()")
+        return self._call(self.invoke_async(function, json.dumps(event).encode()), timeout)
+
+    async def invoke_async(self, function: str, payload: bytes) -> InvocationResult:
+        if self.lambda_service is None:
+            raise RuntimeError("the runtime is not started")
+        return await self.lambda_service.invoke(function, payload)
+
+    def container_pids(self) -> dict[str, list[int]]:
+        """The live container processes of each function."""
+        if self.lambda_service is None or self._loop is None:
+            return {}
+        service = self.lambda_service
+
+        async def pids() -> dict[str, list[int]]:
+            return service.container_pids()
+
+        return self._call(pids(), 10)
+
+    def _call[T](self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
+        if self._loop is None:
+            coroutine.close()
+            raise RuntimeError("the runtime is not running")
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        result: T = future.result(timeout)
+        return result

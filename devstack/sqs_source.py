@@ -1,0 +1,216 @@
+"""SQS event source mappings, as Lambda runs them: long-polling pollers, batches invoked concurrently.
+
+One poller long-polls while the queue is quiet; each poller that receives messages starts another, up to the
+function's concurrency (or the mapping's MaximumConcurrency), and a poller that finds nothing stops while
+others run. A FIFO queue needs nothing more: SQS hands out no message of a group while another of that group
+is in flight, so concurrent pollers run one batch per message group at a time and many groups at once.
+Successes are deleted in one DeleteMessageBatch call per ten; a failed invocation, or the records the
+function reports in `batchItemFailures`, stay and come back after the visibility timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from devstack.lambda_service import REGION
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from devstack.lambda_service import InvocationResult
+    from devstack.template import QueueSubscription
+
+MAX_RECEIVE = 10  # ReceiveMessage's own limit per call
+RETRY_PAUSE_SECONDS = 1.0
+
+
+def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
+    """An SQS message as the Lambda event source mapping delivers it."""
+    attributes = {k: str(v) for k, v in message.get("Attributes", {}).items()}
+    message_attributes = {}
+    for name, attr in message.get("MessageAttributes", {}).items():
+        message_attributes[name] = {
+            "stringValue": attr.get("StringValue"),
+            "binaryValue": base64.b64encode(attr["BinaryValue"]).decode() if "BinaryValue" in attr else None,
+            "stringListValues": attr.get("StringListValues", []),
+            "binaryListValues": attr.get("BinaryListValues", []),
+            "dataType": attr.get("DataType", "String"),
+        }
+    return {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": attributes,
+        "messageAttributes": message_attributes,
+        "md5OfBody": message.get("MD5OfBody") or hashlib.md5(message["Body"].encode()).hexdigest(),  # noqa: S324
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": REGION,
+    }
+
+
+class InvalidBatchResponseError(ValueError):
+    """A batchItemFailures answer Lambda would reject: the whole batch then counts as failed."""
+
+
+def failed_message_ids(response: Any, batch_ids: set[str]) -> set[str]:
+    """The message ids a ReportBatchItemFailures response names, validated as Lambda validates them."""
+    if response is None or response in ({}, []):
+        return set()
+    if not isinstance(response, dict):
+        raise InvalidBatchResponseError("the response is not an object")
+    items = response.get("batchItemFailures")
+    if items is None or items == []:
+        return set()
+    if not isinstance(items, list):
+        raise InvalidBatchResponseError("batchItemFailures is not a list")
+    failed = set()
+    for item in items:
+        identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
+        if not isinstance(identifier, str) or identifier not in batch_ids:
+            raise InvalidBatchResponseError(f"itemIdentifier {identifier!r} is not a message of the batch")
+        failed.add(identifier)
+    return failed
+
+
+class SqsEventSource:
+    """One SQS event source mapping of the template."""
+
+    def __init__(
+        self,
+        *,
+        subscription: QueueSubscription,
+        queue_url: str,
+        queue_arn: str,
+        sqs: Any,
+        invoke: Callable[[str, bytes], Awaitable[InvocationResult]],
+        max_pollers: int,
+        wait_seconds: int = 2,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.subscription = subscription
+        self.queue_url = queue_url
+        self.queue_arn = queue_arn
+        self.sqs = sqs
+        self.invoke = invoke
+        self.max_pollers = max(1, max_pollers)
+        self.wait_seconds = wait_seconds
+        self.log = log
+        self.batches = 0
+        self._stopping = threading.Event()
+        self._pollers: set[asyncio.Task[None]] = set()
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_pollers + 1, thread_name_prefix=f"sqs-{subscription.queue_logical_id}"
+        )
+
+    @property
+    def function(self) -> str:
+        return self.subscription.function
+
+    def start(self) -> None:
+        self._spawn()
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in list(self._pollers):
+            task.cancel()
+        await asyncio.gather(*self._pollers, return_exceptions=True)
+        # a receive still in flight gives its messages straight back (see _receive_blocking)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def _spawn(self) -> None:
+        task = asyncio.create_task(self._poll(), name=f"sqs-poller-{self.subscription.queue_logical_id}")
+        self._pollers.add(task)
+        task.add_done_callback(self._pollers.discard)
+
+    async def _poll(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                messages = await self._collect()
+                if not messages:
+                    if len(self._pollers) > 1:
+                        return  # the queue is quiet: one poller keeps watching
+                    continue
+                if len(self._pollers) < self.max_pollers:
+                    self._spawn()  # there may be more waiting: poll concurrently while this batch runs
+                await self._process(messages)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log(f"{self.function} poller of {self.subscription.queue_logical_id}: {traceback.format_exc()}")
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+
+    async def _collect(self) -> list[dict[str, Any]]:
+        """One batch: what one receive brings, or up to BatchSize within MaximumBatchingWindowInSeconds."""
+        batch_size = self.subscription.batch_size
+        window = self.subscription.batching_window_seconds
+        deadline = time.monotonic() + window
+        messages = await self._receive(min(batch_size, MAX_RECEIVE), self.wait_seconds)
+        while messages and window > 0 and len(messages) < batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            more = await self._receive(min(batch_size - len(messages), MAX_RECEIVE), min(20, max(1, int(remaining))))
+            if not more and time.monotonic() >= deadline:
+                break
+            messages += more
+        return messages
+
+    async def _receive(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._receive_blocking, count, wait_seconds)
+
+    def _receive_blocking(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
+        reply = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=count,
+            WaitTimeSeconds=wait_seconds,
+            MessageSystemAttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        messages: list[dict[str, Any]] = reply.get("Messages", [])
+        if messages and self._stopping.is_set():
+            self.sqs.change_message_visibility_batch(
+                QueueUrl=self.queue_url,
+                Entries=[
+                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for i, m in enumerate(messages)
+                ],
+            )
+            return []
+        return messages
+
+    async def _process(self, messages: list[dict[str, Any]]) -> None:
+        records = [sqs_record(m, self.queue_arn) for m in messages]
+        self.batches += 1
+        result = await self.invoke(self.function, json.dumps({"Records": records}).encode())
+        if not result.ok:
+            self.log(f"{self.function}: a batch of {len(records)} failed ({result.error_type}); back to the queue")
+            return
+        failed: set[str] = set()
+        if self.subscription.report_batch_item_failures:
+            try:
+                failed = failed_message_ids(result.json(), {r["messageId"] for r in records})
+            except (InvalidBatchResponseError, ValueError) as exc:
+                self.log(f"{self.function}: invalid batchItemFailures ({exc}); the whole batch returns to the queue")
+                return
+        done = [r for r in records if r["messageId"] not in failed]
+        if done:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self._delete_blocking, done)
+
+    def _delete_blocking(self, records: list[dict[str, Any]]) -> None:
+        for start in range(0, len(records), MAX_RECEIVE):
+            chunk = records[start : start + MAX_RECEIVE]
+            self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)],
+            )
