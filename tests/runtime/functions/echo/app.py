@@ -1,0 +1,33 @@
+"""Answers with what it got, who it is and what it has seen: the event, its process, its module state."""
+
+import json
+import os
+import time
+
+import testlayer
+
+STATE = {"invocations": 0}  # module state: one container's, never another's
+
+
+def lambda_handler(event, context):
+    STATE["invocations"] += 1
+    if event.get("raise"):
+        raise ValueError(event["raise"])
+    if event.get("sleep"):
+        time.sleep(float(event["sleep"]))
+    report = {
+        "function": context.function_name,
+        "pid": os.getpid(),
+        "invocations": STATE["invocations"],
+        "request_id": context.aws_request_id,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "memory_mb": context.memory_limit_in_mb,
+        "layer": testlayer.GREETING,
+        "env": {k: v for k, v in os.environ.items() if k in ("WHO_AM_I", "ONLY_OTHER", "SHARED_SETTING", "RECORD_DIR")}
+        | {k: v for k, v in os.environ.items() if k.startswith(("AWS_LAMBDA_", "_HANDLER", "AWS_REGION"))},
+        "cwd": os.getcwd(),
+        "event": event,
+    }
+    if "version" in event and "routeKey" in event:  # an API Gateway event: answer over HTTP
+        return {"statusCode": 200, "headers": {"content-type": "application/json"}, "body": json.dumps(report)}
+    return report

@@ -1,0 +1,180 @@
+"""Lambda as the local runtime runs it: containers, their environments, concurrency, timeouts, crashes."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+from tests.runtime.conftest import start_runtime
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from devstack.runtime import LocalRuntime
+
+
+def wait_until(condition: Any, timeout: float = 30.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_each_function_runs_with_its_own_environment_code_and_layer(runtime: LocalRuntime) -> None:
+    echo = runtime.invoke("EchoFunction", {"n": 1})
+    other = runtime.invoke("OtherFunction", {"n": 2})
+    assert echo.ok and other.ok, (echo, other)
+    echo_report, other_report = echo.json(), other.json()
+    assert echo_report["env"]["WHO_AM_I"] == "echo"
+    assert other_report["env"]["WHO_AM_I"] == "other"
+    assert "ONLY_OTHER" not in echo_report["env"]  # not one environment merged for all functions
+    assert other_report["env"]["ONLY_OTHER"] == "yes"
+    assert echo_report["env"]["SHARED_SETTING"] == other_report["env"]["SHARED_SETTING"] == "from-globals"
+    assert echo_report["env"]["AWS_LAMBDA_FUNCTION_NAME"] == "EchoFunction"
+    assert echo_report["env"]["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "512"
+    assert other_report["env"]["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] == "256"  # the Globals' value
+    assert echo_report["env"]["_HANDLER"] == "app.lambda_handler"
+    assert echo_report["memory_mb"] == "512"  # a string, as in Lambda
+    assert echo_report["layer"] == "hello from the layer"
+    assert echo_report["cwd"].endswith("functions/echo")
+    assert 0 < echo_report["remaining_ms"] <= 10_000
+    assert echo_report["event"] == {"n": 1}
+    assert echo_report["pid"] != other_report["pid"]
+
+
+def test_a_warm_container_is_reused_and_keeps_its_module_state_to_itself(runtime: LocalRuntime) -> None:
+    # GIVEN many invocations of one function, several at a time
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reports = [
+            r.json() for r in pool.map(lambda n: runtime.invoke("EchoFunction", {"n": n, "sleep": 0.05}), range(40))
+        ]
+    # THEN each container counted only its own invocations: 1, 2, 3 ... with no gaps or repeats
+    counts: dict[int, list[int]] = defaultdict(list)
+    for report in reports:
+        counts[report["pid"]].append(report["invocations"])
+    assert len(counts) > 1  # more than one container ran
+    assert len(counts) <= 4  # the local default concurrency
+    for seen in counts.values():
+        ordered = sorted(seen)
+        assert ordered == list(range(ordered[0], ordered[0] + len(ordered))), counts
+    assert len({r["request_id"] for r in reports}) == 40
+
+
+def test_reserved_concurrency_is_never_exceeded(runtime: LocalRuntime, tmp_path: Path) -> None:
+    # GIVEN a function with ReservedConcurrentExecutions: 2 whose invocations wait for a release
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        futures = [pool.submit(runtime.invoke, "LimitedFunction", {"folder": str(tmp_path)}) for _ in range(6)]
+        # WHEN six are started at once, two run
+        wait_until(lambda: len(list(tmp_path.glob("*.entered"))) >= 2, what="two invocations starting")
+        time.sleep(1.0)  # room for a third to start, if the limit did not hold
+        assert len(list(tmp_path.glob("*.entered"))) == 2
+        assert len(runtime.container_pids()["LimitedFunction"]) == 2
+        (tmp_path / "release").write_text("go")
+        results = [f.result(timeout=60) for f in futures]
+    # THEN all six ran, on those two containers only
+    assert all(r.ok for r in results), results
+    assert len(list(tmp_path.glob("*.entered"))) == 6
+    assert len({r.json()["pid"] for r in results}) <= 2
+
+
+def test_an_invocation_past_its_timeout_is_killed_and_the_next_one_works(runtime: LocalRuntime) -> None:
+    warm = runtime.invoke("SleepyFunction", {"sleep": 0})
+    assert warm.ok
+    first_pid = warm.json()["pid"]
+    timed_out = runtime.invoke("SleepyFunction", {"sleep": 30})
+    assert timed_out.error_type == "Sandbox.Timedout"
+    assert "Task timed out after 1.00 seconds" in timed_out.json()["errorMessage"]
+    wait_until(lambda: not alive(first_pid), what="the timed-out container dying")
+    after = runtime.invoke("SleepyFunction", {"sleep": 0})
+    assert after.ok
+    assert after.json()["pid"] != first_pid
+
+
+def test_a_container_that_exits_mid_invocation_is_an_error_and_is_replaced(runtime: LocalRuntime) -> None:
+    before = runtime.invoke("CrashFunction", {})
+    assert before.ok
+    crashed = runtime.invoke("CrashFunction", {"crash": True})
+    assert crashed.error_type == "Runtime.ExitError"
+    assert "exit status 7" in crashed.json()["errorMessage"]
+    after = runtime.invoke("CrashFunction", {})
+    assert after.ok
+    assert after.json()["pid"] != before.json()["pid"]
+    assert not alive(before.json()["pid"])
+
+
+def test_an_init_error_is_reported_through_the_runtime_api(runtime: LocalRuntime) -> None:
+    for _ in range(2):  # and a new container tries again next time, as Lambda does
+        result = runtime.invoke("BrokenFunction", {})
+        assert not result.ok
+        error = result.json()
+        assert error["errorType"] == "RuntimeError"
+        assert error["errorMessage"] == "the configuration is missing"
+    assert runtime.container_pids()["BrokenFunction"] == []
+
+
+def test_an_unhandled_exception_is_a_function_error_and_the_container_lives_on(runtime: LocalRuntime) -> None:
+    failed = runtime.invoke("OtherFunction", {"raise": "boom"})
+    assert failed.error_type == "ValueError"
+    assert failed.json()["errorMessage"] == "boom"
+    assert any("app.py" in line for line in failed.json()["stackTrace"])
+    pids = runtime.container_pids()["OtherFunction"]
+    assert runtime.invoke("OtherFunction", {}).json()["pid"] in pids
+
+
+def test_an_unknown_function_is_not_found(runtime: LocalRuntime) -> None:
+    result = runtime.invoke("NoSuchFunction", {})
+    assert result.error_type == "ResourceNotFoundException"
+
+
+def test_stop_leaves_no_container_running(tmp_path: Path) -> None:
+    runtime = start_runtime(tmp_path)
+    try:
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda name: runtime.invoke(name, {"sleep": 0.2}), ["EchoFunction", "OtherFunction"] * 3))
+        runtime.invoke("SleepyFunction", {"sleep": 0})
+        # one invocation still running when the stop comes
+        running = threading.Thread(target=runtime.invoke, args=("EchoFunction", {"sleep": 5}), daemon=True)
+        running.start()
+        wait_until(lambda: len(runtime.container_pids()["EchoFunction"]) >= 1)
+        pids = [pid for pids in runtime.container_pids().values() for pid in pids]
+        assert len(pids) >= 3
+    finally:
+        runtime.stop()
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_idle_containers_are_reaped(tmp_path: Path) -> None:
+    runtime = start_runtime(tmp_path, idle_timeout_seconds=0.5)
+    try:
+        pid = runtime.invoke("EchoFunction", {}).json()["pid"]
+        wait_until(lambda: not alive(pid), what="the idle container being reaped")
+        assert runtime.container_pids()["EchoFunction"] == []
+        assert runtime.invoke("EchoFunction", {}).json()["invocations"] == 1  # a cold start again
+    finally:
+        runtime.stop()
+
+
+def test_every_scheduled_event_reaches_its_function(runtime: LocalRuntime, record_dir: Path) -> None:
+    # the runtime's schedule clock starts just before a minute: `cron(* * * * ? *)` fires a moment later
+    wait_until(lambda: list(record_dir.glob("scheduled-*.json")), timeout=30, what="the schedule firing")
+    event = json.loads(next(record_dir.glob("scheduled-*.json")).read_text())
+    assert event["detail-type"] == "Scheduled Event"
+    assert event["source"] == "aws.events"
+    assert event["resources"] == ["arn:aws:events:us-east-1:000000000000:rule/ScheduledFunctionEveryMinute"]
+    assert event["time"].endswith(":00Z")  # on the minute
+    assert event["detail"] == {}
