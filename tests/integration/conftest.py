@@ -15,6 +15,7 @@ import pytest
 
 from devstack.stack import LocalPlatform, throwaway_platform
 from tests.support.fake_whatsapp import FakeWhatsApp
+from tests.support.waiting import alive
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -31,6 +32,10 @@ def fake_whatsapp() -> Iterator[FakeWhatsApp]:
 def platform(fake_whatsapp: FakeWhatsApp) -> Iterator[LocalPlatform]:
     with throwaway_platform("test", {"WHATSAPP_API_BASE": fake_whatsapp.url}) as stack:
         yield stack
+        assert stack.runtime is not None
+        containers = [pid for pids in stack.runtime.container_pids().values() for pid in pids]
+    # stopping the platform leaves no function container behind
+    assert [pid for pid in containers if alive(pid)] == []
 
 
 @dataclass

@@ -3,36 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tests.runtime.conftest import start_runtime
+from tests.support.waiting import alive, wait_until
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from devstack.runtime import LocalRuntime
-
-
-def wait_until(condition: Any, timeout: float = 30.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_each_function_runs_with_its_own_environment_code_and_layer(runtime: LocalRuntime) -> None:
