@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from chat4all.domain.models import (
         ApiKey,
         ChannelConfig,
+        ChannelRef,
         Conversation,
         ExternalIdentity,
         Message,
@@ -73,6 +74,14 @@ class ChannelRepository(ABC):
     @abstractmethod
     def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
         """Enabled channels of a platform, oldest first."""
+
+    @abstractmethod
+    def channel_ref(self, channel_id: str) -> ChannelRef | None:
+        """The channel without its credentials (nothing is decrypted), or None."""
+
+    @abstractmethod
+    def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
+        """Enabled channels of a platform without their credentials, oldest first."""
 
 
 class ApiKeyRepository(ABC):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, process_tree_owns_port, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,3 +53,35 @@ def test_a_ready_server_keeps_running(tmp_path: Path) -> None:
     finally:
         process.stop()
     assert not process.is_running()
+
+
+def test_a_port_counts_as_ours_only_when_our_process_listens_on_it(tmp_path: Path) -> None:
+    with socket.socket() as someone_else:
+        someone_else.bind(("127.0.0.1", 0))
+        someone_else.listen()
+        taken = someone_else.getsockname()[1]
+        listener = ManagedProcess(
+            "listener",
+            [sys.executable, "-c", LISTEN_AND_WAIT],
+            log_path=tmp_path / "listener.log",
+        )
+        listener.start()
+        try:
+            deadline = time.monotonic() + 10
+            while not (tmp_path / "listener.log").read_text().strip():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            own = int((tmp_path / "listener.log").read_text().split()[0])
+            assert listener.pid is not None
+            assert process_tree_owns_port(listener.pid, own)
+            assert not process_tree_owns_port(listener.pid, taken)
+        finally:
+            listener.stop()
+
+
+LISTEN_AND_WAIT = """
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(30)
+"""

@@ -10,11 +10,23 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chat4all.domain.errors import DependencyUnavailableError
+from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+# KMS answers that will not change on a retry: the key is gone, disabled, or not the one that encrypted
+PERMANENT_KMS_ERRORS = frozenset(
+    {
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+    }
+)
 
 
 @contextlib.contextmanager
@@ -107,8 +119,15 @@ class KmsCredentialCipher(CredentialCipher):
         return dict(self._decrypt_cached(ciphertext))
 
     def _decrypt(self, ciphertext: bytes) -> dict[str, str]:
-        with _translated("KMS"):
+        try:
             result = self.kms.decrypt(CiphertextBlob=ciphertext)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in PERMANENT_KMS_ERRORS:
+                raise CredentialsUnreadableError(f"credentials cannot be decrypted (KMS {code})") from exc
+            raise DependencyUnavailableError(f"KMS unavailable: {exc}") from exc
+        except BotoCoreError as exc:
+            raise DependencyUnavailableError(f"KMS unavailable: {exc}") from exc
         decoded: dict[str, str] = json.loads(result["Plaintext"])
         return decoded
 

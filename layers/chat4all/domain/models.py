@@ -122,6 +122,15 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True)
+class ChannelRef:
+    """What routing needs of an installed channel: which one, which platform, whether it is on; no credentials."""
+
+    channel_id: str
+    platform: Platform
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class ApiKey:
     key_id: str
     name: str
