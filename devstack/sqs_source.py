@@ -107,6 +107,7 @@ class SqsEventSource:
         self.batches = 0
         self._stopping = threading.Event()
         self._pollers: set[asyncio.Task[None]] = set()
+        self._polling = 0  # pollers that have not decided to stop: counted at once, unlike finished tasks
         self._executor = ThreadPoolExecutor(
             max_workers=self.max_pollers + 1, thread_name_prefix=f"sqs-{subscription.queue_logical_id}"
         )
@@ -127,6 +128,7 @@ class SqsEventSource:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _spawn(self) -> None:
+        self._polling += 1
         task = asyncio.create_task(self._poll(), name=f"sqs-poller-{self.subscription.queue_logical_id}")
         self._pollers.add(task)
         task.add_done_callback(self._pollers.discard)
@@ -136,10 +138,11 @@ class SqsEventSource:
             try:
                 messages = await self._collect()
                 if not messages:
-                    if len(self._pollers) > 1:
+                    if self._polling > 1:
+                        self._polling -= 1
                         return  # the queue is quiet: one poller keeps watching
                     continue
-                if len(self._pollers) < self.max_pollers:
+                if self._polling < self.max_pollers:
                     self._spawn()  # there may be more waiting: poll concurrently while this batch runs
                 await self._process(messages)
             except asyncio.CancelledError:
