@@ -17,6 +17,7 @@ Markdown for docs/BENCHMARKS.md. All traffic goes to 127.0.0.1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 LOCALSTACK_CALL = re.compile(r"localstack\.request\.aws\s*: AWS (\w+)\.(\w+) =>")
+RUNTIME_THREAD_PREFIXES = ("local-runtime", "sqs-")
 EXPECTED = {"send": "202", "history": "200", "health": "200", "webhook": "200"}
 DRAIN_TIMEOUT_SECONDS = 300.0
 
@@ -70,17 +72,28 @@ def cpu_by_group() -> dict[int, float]:
     return totals
 
 
+def runtime_threads_cpu() -> dict[int, float]:
+    """CPU seconds of the runtime's threads in this process: its event loop (HTTP API, Runtime API, event
+    sources) and the SQS pollers' boto3 threads, apart from this benchmark's own threads."""
+    found = {}
+    for thread in threading.enumerate():
+        if thread.native_id is not None and thread.name.startswith(RUNTIME_THREAD_PREFIXES):
+            with contextlib.suppress(OSError):
+                raw = Path(f"/proc/self/task/{thread.native_id}/stat").read_text()
+                fields = raw[raw.rindex(")") + 2 :].split()
+                found[thread.native_id] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
 @dataclass
 class CpuSample:
     groups: dict[int, float]
-    runtime: float  # this process alone: the HTTP API, the Runtime API, the SQS pollers (no reaped children)
+    runtime: dict[int, float]
     at: float = field(default_factory=time.monotonic)
 
     @classmethod
     def take(cls) -> CpuSample:
-        stat = _stat(os.getpid())
-        assert stat is not None
-        return cls(cpu_by_group(), stat[1])
+        return cls(cpu_by_group(), runtime_threads_cpu())
 
 
 def stack_processes(platform: LocalPlatform) -> dict[str, list[int]]:
@@ -97,7 +110,8 @@ def cpu_between(before: CpuSample, after: CpuSample, groups: dict[str, list[int]
         name: sum(after.groups.get(pid, 0.0) - before.groups.get(pid, 0.0) for pid in pids)
         for name, pids in groups.items()
     }
-    used["runtime (HTTP API, Runtime API, SQS pollers)"] = after.runtime - before.runtime
+    runtime = sum(seconds - before.runtime.get(thread, 0.0) for thread, seconds in after.runtime.items())
+    used["runtime (HTTP API, Runtime API, SQS pollers)"] = runtime
     return used
 
 
@@ -325,29 +339,38 @@ def errors(statuses: dict[str, dict[str, int]]) -> dict[str, int]:
     return dict(found)
 
 
-def run(rate: float, duration: float, vus: int, conversations: int, prefill: int, hot_seconds: float) -> None:
+def run(arguments: argparse.Namespace) -> None:
+    phases = set(arguments.phases.split(","))
     whatsapp = WhatsAppServer()
     try:
         with throwaway_platform("bench", {"WHATSAPP_API_BASE": whatsapp.url}) as platform:
-            plan = set_up(platform, conversations, prefill, whatsapp)
-            keep, _ = run_client({**plan, "mode": "keepalive", "requests": 300})
-            mix = measured_phase(
-                platform, whatsapp, {**plan, "mode": "mix", "rate": rate, "duration": duration, "vus": vus}
-            )
-            hot = measured_phase(platform, whatsapp, {**plan, "mode": "hot", "clients": 16, "duration": hot_seconds})
-            report(rate, duration, vus, keep, mix, hot)
+            plan = set_up(platform, arguments.conversations, arguments.prefill, whatsapp)
+            if "keepalive" in phases:
+                keep, _ = run_client({**plan, "mode": "keepalive", "requests": 300})
+                report_keepalive(keep)
+            if "mix" in phases:
+                mix_plan = {**plan, "mode": "mix", "rate": arguments.rate, "duration": arguments.duration}
+                mix = measured_phase(platform, whatsapp, {**mix_plan, "vus": arguments.vus})
+                report_mix(arguments.rate, arguments.duration, arguments.vus, mix)
+            if "hot" in phases:
+                hot_plan = {**plan, "mode": "hot", "clients": 16, "duration": arguments.hot_seconds}
+                report_hot(measured_phase(platform, whatsapp, hot_plan))
     finally:
         whatsapp.close()
 
 
-def report(rate: float, duration: float, vus: int, keep: dict[str, Any], mix: Phase, hot: Phase) -> None:
+def report_keepalive(keep: dict[str, Any]) -> None:
     health, history = keep["latencies"]["health"], keep["latencies"]["history"]
     print(
         "\n### Keep-alive connection (sequential, one connection each)\n\n"
         f"GET /health median {percentile(health, 0.5):.1f} ms (p95 {percentile(health, 0.95):.1f}); "
         f"history page of 50 median {percentile(history, 0.5):.1f} ms (p95 {percentile(history, 0.95):.1f}), "
-        f"{len(health)} requests each"
+        f"{len(health)} requests each",
+        flush=True,
     )
+
+
+def report_mix(rate: float, duration: float, vus: int, mix: Phase) -> None:
     result = mix.result
     completed = sum(len(v) for v in result["latencies"].values())
     print(
@@ -363,7 +386,10 @@ def report(rate: float, duration: float, vus: int, keep: dict[str, Any], mix: Ph
         f"p99 {percentile(all_samples, 0.99):.1f} ms"
     )
     print(f"\ndelivery: {mix.delivery}\n")
-    print(cpu_table(mix))
+    print(cpu_table(mix), flush=True)
+
+
+def report_hot(hot: Phase) -> None:
     hot_result = hot.result
     sequences = sorted(a["sequence"] for a in hot_result["accepted"])
     gaps = len(set(range(sequences[0], sequences[-1] + 1)) - set(sequences)) if sequences else 0

@@ -12,7 +12,6 @@ import base64
 import json
 import re
 import socket
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -24,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from devstack.authorizers import AuthorizerDenied, HttpAuthorizer
-from devstack.lambda_service import ACCOUNT_ID, REGION, TIMED_OUT
+from devstack.lambda_service import ACCOUNT_ID, REGION, TIMED_OUT, random_hex, request_id
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -207,7 +206,7 @@ def api_gateway_event(
                 "sourceIp": source_ip,
                 "userAgent": merged.get("user-agent", ""),
             },
-            "requestId": str(uuid.uuid4()),
+            "requestId": request_id(),
             "routeKey": route_key,
             "stage": STAGE,
             "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
@@ -253,7 +252,7 @@ def _response(status: int, headers: list[tuple[str, str]], body: bytes) -> web.R
     for name, value in headers:
         if name.lower() not in SERVER_HEADERS:
             out.add(name, value)
-    out["apigw-requestid"] = uuid.uuid4().hex[:16]
+    out["apigw-requestid"] = random_hex(16)
     return web.Response(status=status, headers=out, body=body)
 
 
