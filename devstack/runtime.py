@@ -16,12 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-
 from devstack.apigateway import HttpApi, HttpApiServer
 from devstack.lambda_service import LOCAL_DEFAULT_CONCURRENCY, REGION, FunctionSpec, InvocationResult, LambdaService
 from devstack.schedules import ScheduleSource
+from devstack.sqs_client import AsyncSqsClient
 from devstack.sqs_source import SqsEventSource
 from devstack.template import (
     function_config,
@@ -88,6 +86,7 @@ class LocalRuntime:
         self.http: HttpApiServer | None = None
         self.sqs_sources: list[SqsEventSource] = []
         self.schedules: list[ScheduleSource] = []
+        self._sqs_clients: list[AsyncSqsClient] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -178,14 +177,8 @@ class LocalRuntime:
             limit = concurrency[subscription.function]
             if subscription.maximum_concurrency is not None:
                 limit = min(limit, subscription.maximum_concurrency)
-            client = boto3.client(
-                "sqs",
-                endpoint_url=self.aws_endpoint_url,
-                region_name=REGION,
-                aws_access_key_id="test",
-                aws_secret_access_key="test",  # noqa: S106 - LocalStack's
-                config=Config(max_pool_connections=limit + 2, retries={"max_attempts": 3, "mode": "standard"}),
-            )
+            client = AsyncSqsClient(self.aws_endpoint_url, REGION, "test", "test", connections=limit + 2)
+            self._sqs_clients.append(client)
             source = SqsEventSource(
                 subscription=subscription,
                 queue_url=self.resolve({"Ref": subscription.queue_logical_id}),
@@ -204,8 +197,9 @@ class LocalRuntime:
             self.schedules.append(source_)
 
     async def _stop(self) -> None:
-        for source in self.sqs_sources:
-            await source.stop()
+        await asyncio.gather(*(source.stop() for source in self.sqs_sources))
+        for client in self._sqs_clients:
+            await client.close()
         for schedule in self.schedules:
             await schedule.stop()
         if self.http is not None:

@@ -14,11 +14,9 @@ import asyncio
 import base64
 import hashlib
 import json
-import threading
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from devstack.lambda_service import REGION
 
@@ -32,6 +30,15 @@ MAX_RECEIVE = 10  # ReceiveMessage's own limit per call
 RETRY_PAUSE_SECONDS = 1.0
 
 
+class SqsCalls(Protocol):
+    async def call(self, operation: str, params: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]: ...
+
+
+def _base64(value: bytes | str) -> str:
+    """SQS's JSON protocol gives binary attributes base64-encoded already; boto3 gives bytes."""
+    return value if isinstance(value, str) else base64.b64encode(value).decode()
+
+
 def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
     """An SQS message as the Lambda event source mapping delivers it."""
     attributes = {k: str(v) for k, v in message.get("Attributes", {}).items()}
@@ -39,7 +46,7 @@ def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
     for name, attr in message.get("MessageAttributes", {}).items():
         message_attributes[name] = {
             "stringValue": attr.get("StringValue"),
-            "binaryValue": base64.b64encode(attr["BinaryValue"]).decode() if "BinaryValue" in attr else None,
+            "binaryValue": _base64(attr["BinaryValue"]) if "BinaryValue" in attr else None,
             "stringListValues": attr.get("StringListValues", []),
             "binaryListValues": attr.get("BinaryListValues", []),
             "dataType": attr.get("DataType", "String"),
@@ -90,7 +97,7 @@ class SqsEventSource:
         subscription: QueueSubscription,
         queue_url: str,
         queue_arn: str,
-        sqs: Any,
+        sqs: SqsCalls,
         invoke: Callable[[str, bytes], Awaitable[InvocationResult]],
         max_pollers: int,
         wait_seconds: int = 2,
@@ -105,12 +112,9 @@ class SqsEventSource:
         self.wait_seconds = wait_seconds
         self.log = log
         self.batches = 0
-        self._stopping = threading.Event()
-        self._pollers: set[asyncio.Task[None]] = set()
+        self._stopping = False
+        self._pollers: dict[asyncio.Task[None], str] = {}  # each poller: "receiving" or "processing"
         self._polling = 0  # pollers that have not decided to stop: counted at once, unlike finished tasks
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.max_pollers + 1, thread_name_prefix=f"sqs-{subscription.queue_logical_id}"
-        )
 
     @property
     def function(self) -> str:
@@ -120,22 +124,37 @@ class SqsEventSource:
         self._spawn()
 
     async def stop(self) -> None:
-        self._stopping.set()
-        for task in list(self._pollers):
-            task.cancel()
-        await asyncio.gather(*self._pollers, return_exceptions=True)
-        # a receive still in flight gives its messages straight back (see _receive_blocking)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop polling. A batch being processed is abandoned (its records come back after the visibility
+        timeout, as after a crash); a receive in flight is let finish, and what it brings goes straight back."""
+        self._stopping = True
+        for task, state in list(self._pollers.items()):
+            if state == "processing":
+                task.cancel()
+        pending = set(self._pollers)
+        if pending:
+            _, late = await asyncio.wait(pending, timeout=self.wait_seconds + 5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _spawn(self) -> None:
         self._polling += 1
         task = asyncio.create_task(self._poll(), name=f"sqs-poller-{self.subscription.queue_logical_id}")
-        self._pollers.add(task)
-        task.add_done_callback(self._pollers.discard)
+        self._pollers[task] = "receiving"
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        self._pollers.pop(task, None)
+
+    def _set_state(self, state: str) -> None:
+        task = asyncio.current_task()
+        if task in self._pollers:
+            self._pollers[task] = state
 
     async def _poll(self) -> None:
-        while not self._stopping.is_set():
+        while not self._stopping:
             try:
+                self._set_state("receiving")
                 messages = await self._collect()
                 if not messages:
                     if self._polling > 1:
@@ -144,6 +163,7 @@ class SqsEventSource:
                     continue
                 if self._polling < self.max_pollers:
                     self._spawn()  # there may be more waiting: poll concurrently while this batch runs
+                self._set_state("processing")
                 await self._process(messages)
             except asyncio.CancelledError:
                 raise
@@ -157,7 +177,7 @@ class SqsEventSource:
         window = self.subscription.batching_window_seconds
         deadline = time.monotonic() + window
         messages = await self._receive(min(batch_size, MAX_RECEIVE), self.wait_seconds)
-        while messages and window > 0 and len(messages) < batch_size:
+        while messages and window > 0 and len(messages) < batch_size and not self._stopping:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
@@ -168,26 +188,24 @@ class SqsEventSource:
         return messages
 
     async def _receive(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._receive_blocking, count, wait_seconds)
-
-    def _receive_blocking(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
-        reply = self.sqs.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=count,
-            WaitTimeSeconds=wait_seconds,
-            MessageSystemAttributeNames=["All"],
-            MessageAttributeNames=["All"],
+        reply = await self.sqs.call(
+            "ReceiveMessage",
+            {
+                "QueueUrl": self.queue_url,
+                "MaxNumberOfMessages": count,
+                "WaitTimeSeconds": wait_seconds,
+                "MessageSystemAttributeNames": ["All"],
+                "MessageAttributeNames": ["All"],
+            },
+            timeout=wait_seconds + 30,
         )
         messages: list[dict[str, Any]] = reply.get("Messages", [])
-        if messages and self._stopping.is_set():
-            self.sqs.change_message_visibility_batch(
-                QueueUrl=self.queue_url,
-                Entries=[
-                    {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
-                    for i, m in enumerate(messages)
-                ],
-            )
+        if messages and self._stopping:
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+                for i, m in enumerate(messages)
+            ]
+            await self.sqs.call("ChangeMessageVisibilityBatch", {"QueueUrl": self.queue_url, "Entries": entries})
             return []
         return messages
 
@@ -206,14 +224,7 @@ class SqsEventSource:
                 self.log(f"{self.function}: invalid batchItemFailures ({exc}); the whole batch returns to the queue")
                 return
         done = [r for r in records if r["messageId"] not in failed]
-        if done:
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._executor, self._delete_blocking, done)
-
-    def _delete_blocking(self, records: list[dict[str, Any]]) -> None:
-        for start in range(0, len(records), MAX_RECEIVE):
-            chunk = records[start : start + MAX_RECEIVE]
-            self.sqs.delete_message_batch(
-                QueueUrl=self.queue_url,
-                Entries=[{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)],
-            )
+        for start in range(0, len(done), MAX_RECEIVE):
+            chunk = done[start : start + MAX_RECEIVE]
+            entries = [{"Id": str(i), "ReceiptHandle": r["receiptHandle"]} for i, r in enumerate(chunk)]
+            await self.sqs.call("DeleteMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries})

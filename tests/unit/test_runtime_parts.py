@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -179,36 +177,29 @@ def test_batch_item_failures_are_validated_as_lambda_does() -> None:
 
 
 class ScriptedQueue:
-    """An SQS client stand-in: hands out the messages put in it, one per receive; empty receives wait a little."""
+    """SQS stand-in for the poller logic: hands out the messages put in it; an empty receive waits a little."""
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self.delete_calls = 0
-        self.receives_in_flight = 0
-        self.lock = threading.Lock()
 
     def put(self, count: int) -> None:
-        with self.lock:
-            start = len(self.messages) + len(self.deleted)
-            for n in range(start, start + count):
-                self.messages.append({"MessageId": f"m{n}", "ReceiptHandle": f"r{n}", "Body": json.dumps({"n": n})})
+        start = len(self.messages) + len(self.deleted)
+        for n in range(start, start + count):
+            self.messages.append({"MessageId": f"m{n}", "ReceiptHandle": f"r{n}", "Body": json.dumps({"n": n})})
 
-    def receive_message(self, **kwargs: Any) -> dict[str, Any]:
-        with self.lock:
-            self.receives_in_flight += 1
-            taken = self.messages[: kwargs["MaxNumberOfMessages"]]
+    async def call(self, operation: str, params: dict[str, Any], *, timeout: float = 30.0) -> dict[str, Any]:
+        if operation == "ReceiveMessage":
+            taken = self.messages[: params["MaxNumberOfMessages"]]
             del self.messages[: len(taken)]
-        if not taken:
-            time.sleep(0.01)
-        with self.lock:
-            self.receives_in_flight -= 1
-        return {"Messages": taken}
-
-    def delete_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> None:
-        with self.lock:
-            self.delete_calls += 1
-            self.deleted += [e["ReceiptHandle"] for e in Entries]
+            if not taken:
+                await asyncio.sleep(0.01)
+            return {"Messages": taken}
+        assert operation == "DeleteMessageBatch"
+        self.delete_calls += 1
+        self.deleted += [e["ReceiptHandle"] for e in params["Entries"]]
+        return {}
 
 
 def test_pollers_scale_up_under_a_backlog_and_back_down_to_one_when_quiet() -> None:
