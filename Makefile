@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test unit lint format clean system-packages
+.PHONY: dev test unit lint format clean system-packages bench
 
 $(STAMP): layers/requirements.txt requirements-dev.txt
 	@[ -n "$(PYTHON313)" ] || { echo "Python 3.13 is required (pyenv 3.13.0 or python3.13 on PATH)"; exit 1; }
@@ -21,6 +21,9 @@ dev: $(STAMP) system-packages
 
 test: $(STAMP) system-packages lint
 	$(PY) -m pytest
+
+bench: $(STAMP) system-packages
+	$(PY) -m bench.load
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

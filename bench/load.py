@@ -413,12 +413,5 @@ if __name__ == "__main__":
     parser.add_argument("--conversations", type=int, default=20)
     parser.add_argument("--prefill", type=int, default=50, help="messages per conversation before the run")
     parser.add_argument("--hot-seconds", type=float, default=20.0)
-    arguments = parser.parse_args()
-    run(
-        arguments.rate,
-        arguments.duration,
-        arguments.vus,
-        arguments.conversations,
-        arguments.prefill,
-        arguments.hot_seconds,
-    )
+    parser.add_argument("--phases", default="keepalive,mix,hot", help="which of keepalive,mix,hot to run")
+    run(parser.parse_args())
