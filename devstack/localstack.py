@@ -20,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
 from devstack.template import (
     SERVERLESS_FUNCTION,
     SUB_VARIABLE,
@@ -152,7 +152,7 @@ def start_localstack(state_dir: Path, group: ProcessGroup) -> tuple[str, Managed
         raise ProcessFailedError(f"{python} is missing; ensure_localstack_venv() builds it")
     home = state_dir / "localstack"
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     process = ManagedProcess(
         "localstack",
         [str(python), "-m", "localstack.runtime.main"],

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from pymongo import MongoClient
 
-from devstack.processes import ManagedProcess, free_port, start_until_ready
+from devstack.processes import ManagedProcess, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -25,7 +25,7 @@ def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
     config = state_dir / "secantusd.toml"
     if not config.exists():
         config.write_text("# settings come from the command line (devstack/mongo.py)\n")
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     argv = [
         sys.executable, "-m", "secantus",
         "--config", str(config),

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
 from devstack.state import server_home
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedPr
         scratch.rename(data_dir)
     _owned_dir(socket_dir, owner)
 
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     # a socket path too long for sun_path makes the server refuse to start; TCP is all we use anyway
     sockets = str(socket_dir) if len(str(socket_dir)) <= _MAX_SOCKET_DIR_LEN else ""
     settings = {

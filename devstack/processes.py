@@ -32,10 +32,18 @@ class ProcessGroup:
     server and seeing it ready. Once closed, the group stops what it holds and refuses anything new.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, preferred_ports: bool = True) -> None:
         self._lock = threading.Lock()
         self._processes: list[ManagedProcess] = []
         self._closed = False
+        self.preferred_ports = preferred_ports
+
+    def port_for(self, preferred: int) -> int:
+        """A port for one of the group's servers: its usual one when free and wanted, else any free one.
+
+        Throwaway stacks (tests) take any port: two of them starting at once would both see the usual port free.
+        """
+        return free_port(preferred if self.preferred_ports else None)
 
     @property
     def closed(self) -> bool:
@@ -202,7 +210,11 @@ def listening_inodes(port: int) -> set[str]:
 
 
 def process_tree_owns_port(pid: int, port: int) -> bool:
-    """Whether `pid` or one of its descendants holds the socket listening on `port`."""
+    """Whether `pid` and its descendants hold every socket listening on `port` (and there is one).
+
+    Every one: servers that set SO_REUSEPORT (LocalStack does) can share a port with another stack's server,
+    and the kernel would then hand our connections to either.
+    """
     wanted = {f"socket:[{inode}]" for inode in listening_inodes(port)}
     if not wanted:
         return False
@@ -213,17 +225,16 @@ def process_tree_owns_port(pid: int, port: int) -> bool:
         except OSError:
             continue
         children.setdefault(int(fields[1]), []).append(int(stat_file.parent.name))
+    held: set[str] = set()
     pending = [pid]
     while pending:
         current = pending.pop()
         pending.extend(children.get(current, []))
         try:
-            for fd in Path(f"/proc/{current}/fd").iterdir():
-                if os.readlink(fd) in wanted:
-                    return True
+            held.update(os.readlink(fd) for fd in Path(f"/proc/{current}/fd").iterdir())
         except OSError:
             continue
-    return False
+    return wanted <= held
 
 
 def start_until_ready(

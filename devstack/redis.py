@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -24,7 +24,7 @@ def start_redis(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
         raise ProcessFailedError("redis-server is not on PATH; install it or pass a Redis URL")
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     argv = [
         binary,
         "--port", str(port),

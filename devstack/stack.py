@@ -60,6 +60,7 @@ class PlatformOptions:
     admin_api_key: str | None = None
     database_name: str = "chat4all"
     create_fresh_database: bool = False
+    preferred_ports: bool = True
     channel_api_bases: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     runtime: RuntimeOptions | None = None  # None: RuntimeOptions.from_env(environ)
@@ -140,7 +141,7 @@ class LocalPlatform:
     def __init__(self, options: PlatformOptions) -> None:
         self.options = options
         self.template = load_template(TEMPLATE_PATH)
-        self.group = ProcessGroup()
+        self.group = ProcessGroup(preferred_ports=options.preferred_ports)
         self.state_lock = StateLock(options.state_dir)
         self.urls: dict[str, str] = {}
         self.stack: StackInfo | None = None
@@ -323,6 +324,7 @@ def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterato
         admin_api_key=f"c4a_{label}_admin_{uuid.uuid4().hex}",
         database_name=f"chat4all_{label}_{run_id}",
         create_fresh_database=True,
+        preferred_ports=False,
         channel_api_bases=channel_api_bases,
     )
     platform = LocalPlatform(options).start()

@@ -55,23 +55,25 @@ def test_a_ready_server_keeps_running(tmp_path: Path) -> None:
     assert not process.is_running()
 
 
+def _listener(tmp_path: Path, port: int = 0) -> tuple[ManagedProcess, int]:
+    """A child process listening (SO_REUSEPORT, as LocalStack does) on `port`; it and the port it got."""
+    log = tmp_path / f"listener-{port}.log"
+    listener = ManagedProcess("listener", [sys.executable, "-c", LISTEN_AND_WAIT, str(port)], log_path=log)
+    listener.start()
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip():
+        assert time.monotonic() < deadline, "the listener never printed its port"
+        time.sleep(0.05)
+    return listener, int(log.read_text().split()[0])
+
+
 def test_a_port_counts_as_ours_only_when_our_process_listens_on_it(tmp_path: Path) -> None:
     with socket.socket() as someone_else:
         someone_else.bind(("127.0.0.1", 0))
         someone_else.listen()
         taken = someone_else.getsockname()[1]
-        listener = ManagedProcess(
-            "listener",
-            [sys.executable, "-c", LISTEN_AND_WAIT],
-            log_path=tmp_path / "listener.log",
-        )
-        listener.start()
+        listener, own = _listener(tmp_path)
         try:
-            deadline = time.monotonic() + 10
-            while not (tmp_path / "listener.log").read_text().strip():
-                assert time.monotonic() < deadline
-                time.sleep(0.05)
-            own = int((tmp_path / "listener.log").read_text().split()[0])
             assert listener.pid is not None
             assert process_tree_owns_port(listener.pid, own)
             assert not process_tree_owns_port(listener.pid, taken)
@@ -79,9 +81,27 @@ def test_a_port_counts_as_ours_only_when_our_process_listens_on_it(tmp_path: Pat
             listener.stop()
 
 
+def test_a_port_shared_through_so_reuseport_is_not_ours(tmp_path: Path) -> None:
+    with socket.socket() as other_stack:
+        other_stack.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other_stack.bind(("127.0.0.1", 0))
+        other_stack.listen()
+        shared = other_stack.getsockname()[1]
+        listener, port = _listener(tmp_path, shared)
+        try:
+            assert port == shared
+            assert listener.pid is not None
+            assert not process_tree_owns_port(listener.pid, shared)
+        finally:
+            listener.stop()
+
+
 LISTEN_AND_WAIT = """
 import socket, sys, time
-s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen()
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
 print(s.getsockname()[1], flush=True)
 time.sleep(30)
 """
