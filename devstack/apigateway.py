@@ -23,7 +23,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from devstack.authorizers import AuthorizerDenied, HttpAuthorizer
-from devstack.lambda_service import ACCOUNT_ID, REGION, TIMED_OUT, random_hex, request_id
+from devstack.lambda_service import ACCOUNT_ID, REGION, SHUTDOWN_SECONDS, TIMED_OUT, random_hex, request_id
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -284,7 +284,9 @@ class HttpApiServer:
         self.api = api
         self.port = port
         self.max_body_bytes = max_body_bytes
-        self.runner = web.ServerRunner(ProblemServer(self._handle), handle_signals=False, access_log=None)
+        self.runner = web.ServerRunner(
+            ProblemServer(self._handle), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+        )
 
     async def start(self) -> int:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -38,6 +38,8 @@ LOCAL_DEFAULT_CONCURRENCY = 4
 TIMED_OUT = "Sandbox.Timedout"
 EXITED = "Runtime.ExitError"
 ACCEPTED_BODY = b'{"status": "OK"}'
+SHUTDOWN_SECONDS = 5.0  # what a stop waits for requests still being answered
+MAX_PLACEMENTS = 3  # containers tried for one invocation when warm ones exit before taking it
 # what Lambda itself sets in every environment (the function's own variables come from the template)
 INHERITED_VARIABLES = ("PATH", "LANG", "LC_ALL", "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE")
 
@@ -150,17 +152,21 @@ class FunctionPool:
         loop = asyncio.get_running_loop()
         invocation = Invocation(request_id(), payload, loop.create_future(), loop.create_future())
         self.invocations += 1
-        container = await self._acquire()
-        self.service.in_flight[invocation.request_id] = invocation
-        try:
-            return await self._run(container, invocation)
-        except asyncio.CancelledError:
-            self.retire(container)  # its invocation may still be running: the container is not reusable
-            raise
-        finally:
-            del self.service.in_flight[invocation.request_id]
+        for _ in range(MAX_PLACEMENTS):
+            if self.service.stopping:
+                break
+            container = await self._acquire()
+            try:
+                result = await self._run(container, invocation)
+            except asyncio.CancelledError:
+                self.retire(container)  # its invocation may still be running: the container is not reusable
+                raise
+            if result is not None:
+                return result
+        return InvocationResult.error("ServiceException", "the function could not be placed in a container")
 
-    async def _run(self, container: Container, invocation: Invocation) -> InvocationResult:
+    async def _run(self, container: Container, invocation: Invocation) -> InvocationResult | None:
+        """Run the invocation in this container; None when a warm container exited before it took it."""
         container.assign(invocation)
         cold = not container.initialised
         init_timeout = self.service.init_timeout_seconds
@@ -168,6 +174,9 @@ class FunctionPool:
             self.retire(container)
             return InvocationResult.error(TIMED_OUT, f"the container did not start within {init_timeout:.0f} s")
         if not invocation.delivered.done():
+            if not cold and container.init_error is None:
+                self.retire(container)
+                return None  # it never ran: another container takes it, as Lambda would
             return self._exit_result(container, invocation, during_init=cold)
         timeout = self.spec.timeout_seconds
         if not await _first(invocation.result, container.exited, timeout=timeout):
@@ -289,9 +298,11 @@ class LambdaService:
         self.idle_timeout_seconds = idle_timeout_seconds
         self.init_timeout_seconds = init_timeout_seconds
         self.log = log
-        self.in_flight: dict[str, Invocation] = {}
+        self.stopping = False
         self.by_port: dict[int, Container] = {}
-        self.runner = web.ServerRunner(web.Server(self._handle), handle_signals=False, access_log=None)
+        self.runner = web.ServerRunner(
+            web.Server(self._handle), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+        )
         self._watchers: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
@@ -301,6 +312,7 @@ class LambdaService:
         self._reaper = asyncio.create_task(self._reap_forever())
 
     async def stop(self) -> None:
+        self.stopping = True
         if self._reaper is not None:
             self._reaper.cancel()
         for pool in self.pools.values():
@@ -391,7 +403,7 @@ class LambdaService:
             return _runtime_error(404, "NotFound", f"no such Runtime API path {path}")
         parts = path[len(RUNTIME_API) + 1 :].split("/")
         if request.method == "GET" and parts == ["invocation", "next"]:
-            return await self._next(container)
+            return await self._next(container, request)
         answer = len(parts) == 3 and parts[0] == "invocation" and parts[2] in ("response", "error")
         if request.method == "POST" and answer:
             return await self._answer(container, parts[1], parts[2], request)
@@ -402,13 +414,16 @@ class LambdaService:
             return web.Response(body=ACCEPTED_BODY, status=202, content_type="application/json")
         return _runtime_error(404, "NotFound", f"no such Runtime API operation {request.method} {path}")
 
-    async def _next(self, container: Container) -> web.StreamResponse:
+    async def _next(self, container: Container, request: web.BaseRequest) -> web.StreamResponse:
         container.initialised = True
         while container.pending is None:
             if container.retired:
                 return _runtime_error(410, "Container.Retired", "this container is no longer in service")
             container.wakeup = asyncio.get_running_loop().create_future()
             await container.wakeup
+        if request.transport is None or request.transport.is_closing():
+            # the process died while it waited: leave the invocation to another container
+            return _runtime_error(410, "Container.Gone", "the container closed its connection")
         invocation, container.pending = container.pending, None
         container.current = invocation
         deadline_ms = int((time.time() + container.function.timeout_seconds) * 1000)

@@ -197,15 +197,14 @@ class LocalRuntime:
             self.schedules.append(source_)
 
     async def _stop(self) -> None:
-        await asyncio.gather(*(source.stop() for source in self.sqs_sources))
+        await asyncio.gather(*(source.stop() for source in self.sqs_sources), *(s.stop() for s in self.schedules))
         for client in self._sqs_clients:
             await client.close()
-        for schedule in self.schedules:
-            await schedule.stop()
-        if self.http is not None:
-            await self.http.stop()
+        # the containers go before the HTTP API: requests still waiting on them are answered at once
         if self.lambda_service is not None:
             await self.lambda_service.stop()
+        if self.http is not None:
+            await self.http.stop()
         self.sqs_sources.clear()
         self.schedules.clear()
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
+
+import httpx
 
 from tests.runtime.conftest import start_runtime
 from tests.support.waiting import alive, wait_until
@@ -124,21 +128,47 @@ def test_an_unknown_function_is_not_found(runtime: LocalRuntime) -> None:
     assert result.error_type == "ResourceNotFoundException"
 
 
+def test_a_warm_container_that_dies_while_idle_does_not_fail_the_next_invocation(runtime: LocalRuntime) -> None:
+    first = runtime.invoke("CrashFunction", {})
+    assert first.ok
+    os.kill(first.json()["pid"], signal.SIGKILL)
+    wait_until(lambda: first.json()["pid"] not in runtime.container_pids()["CrashFunction"])
+    after = runtime.invoke("CrashFunction", {})
+    assert after.ok, after.payload
+    assert after.json()["pid"] != first.json()["pid"]
+
+
 def test_stop_leaves_no_container_running(tmp_path: Path) -> None:
     runtime = start_runtime(tmp_path)
+    answers: list[int] = []
+
+    def call_over_http() -> None:
+        try:
+            response = httpx.post(runtime.api_url + "/echo?sleep=30", json={}, timeout=60)
+            answers.append(response.status_code)
+        except httpx.HTTPError:
+            answers.append(0)
+
     try:
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(lambda name: runtime.invoke(name, {"sleep": 0.2}), ["EchoFunction", "OtherFunction"] * 3))
         runtime.invoke("SleepyFunction", {"sleep": 0})
-        # one invocation still running when the stop comes
-        running = threading.Thread(target=runtime.invoke, args=("EchoFunction", {"sleep": 5}), daemon=True)
+        # invocations still running when the stop comes, directly and over HTTP
+        running = threading.Thread(target=runtime.invoke, args=("OtherFunction", {"sleep": 30}), daemon=True)
         running.start()
+        over_http = threading.Thread(target=call_over_http, daemon=True)
+        over_http.start()
         wait_until(lambda: len(runtime.container_pids()["EchoFunction"]) >= 1)
+        time.sleep(0.5)  # both invocations under way
         pids = [pid for pids in runtime.container_pids().values() for pid in pids]
         assert len(pids) >= 3
     finally:
         runtime.stop()
     assert [pid for pid in pids if alive(pid)] == []
+    over_http.join(30)
+    running.join(30)
+    assert not over_http.is_alive() and not running.is_alive()  # nobody is left waiting on a stopped runtime
+    assert answers and answers[0] in (0, 500)
 
 
 def test_idle_containers_are_reaped(tmp_path: Path) -> None:

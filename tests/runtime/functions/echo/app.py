@@ -13,8 +13,9 @@ def lambda_handler(event, context):
     STATE["invocations"] += 1
     if event.get("raise"):
         raise ValueError(event["raise"])
-    if event.get("sleep"):
-        time.sleep(float(event["sleep"]))
+    sleep = event.get("sleep") or (event.get("queryStringParameters") or {}).get("sleep")
+    if sleep:
+        time.sleep(float(sleep))
     report = {
         "function": context.function_name,
         "pid": os.getpid(),
