@@ -115,6 +115,12 @@ def test_aws_cron_expressions(expression: str, after: str, expected: str) -> Non
     assert Schedule(expression).next_after(epoch(after), 0.0) == epoch(expected)
 
 
+def test_an_at_expression_fires_once_in_its_time_zone() -> None:
+    schedule = Schedule("at(2030-06-01T09:30:00)", "America/Sao_Paulo")
+    assert schedule.next_after(epoch("2030-01-01T00:00:00"), 0.0) == epoch("2030-06-01T12:30:00")
+    assert schedule.next_after(epoch("2030-06-01T12:30:00"), 0.0) is None
+
+
 def test_a_cron_in_a_past_year_never_fires_and_bad_expressions_are_refused() -> None:
     assert Schedule("cron(0 0 1 1 ? 2020)").next_after(epoch("2026-01-01T00:00:00"), 0.0) is None
     for bad in ("rate(0 minutes)", "rate(1 fortnight)", "cron(* * * *)", "cron(61 * * * ? *)", "every minute"):
@@ -164,6 +170,18 @@ def test_a_malformed_policy_is_an_authorizer_failure(policy: Any) -> None:
 
 
 # ------------------------------------------------------------------ SQS
+
+
+def test_binary_message_attributes_reach_the_function_base64_encoded() -> None:
+    from devstack.sqs_source import sqs_record
+
+    for attribute in (
+        {"BinaryValue": "AAE=", "DataType": "Binary"},
+        {"BinaryValue": b"\x00\x01", "DataType": "Binary"},
+    ):
+        message = {"MessageId": "m", "ReceiptHandle": "r", "Body": "{}", "MessageAttributes": {"blob": attribute}}
+        record = sqs_record(message, "arn:aws:sqs:us-east-1:000000000000:q")
+        assert record["messageAttributes"]["blob"]["binaryValue"] == "AAE="
 
 
 def test_batch_item_failures_are_validated_as_lambda_does() -> None:
