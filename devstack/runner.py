@@ -24,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from devstack.template import HttpRoute, QueueSubscription, function_code_uri
+from devstack.template import HttpRoute, LambdaAuthorizer, QueueSubscription, function_code_uri
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -127,10 +127,16 @@ class CompiledRoute:
 class HttpApi:
     """Matches requests to routes the way HTTP APIs do: the most specific route wins."""
 
-    def __init__(self, routes: list[HttpRoute], functions: dict[str, LocalFunction]) -> None:
+    def __init__(
+        self,
+        routes: list[HttpRoute],
+        functions: dict[str, LocalFunction],
+        authorizers: dict[str, LambdaAuthorizer] | None = None,
+    ) -> None:
         compiled = [CompiledRoute.compile(r) for r in routes]
         self.routes = sorted(compiled, key=lambda c: c.specificity, reverse=True)
         self.functions = functions
+        self.authorizers = authorizers or {}
 
     def match(self, method: str, path: str) -> tuple[HttpRoute, dict[str, str]] | None:
         for compiled in self.routes:
@@ -150,12 +156,61 @@ class HttpApi:
             return _problem(404, "Not found", f"no route for {method} {url.path}")
         route, path_params = matched
         event = api_gateway_event(method, url.path, url.query, headers, body, source_ip, route, path_params)
+        if route.authorizer is not None:
+            refusal = run_lambda_authorizer(self.authorizers[route.authorizer], self.functions, event)
+            if refusal is not None:
+                return refusal
         try:
             result = self.functions[route.function].invoke(event)
         except Exception as exc:  # what API Gateway does when the function errors: 500, no details
             traceback.print_exc()
             return _problem(500, "Internal Server Error", f"the function failed: {type(exc).__name__}")
         return lambda_http_result(result)
+
+
+# ------------------------------------------------------------------ Lambda authorizer (payload 2.0)
+# The smallest stand-in for an HTTP API Lambda authorizer: no result caching (the template asks for none).
+
+
+def run_lambda_authorizer(
+    authorizer: LambdaAuthorizer, functions: dict[str, LocalFunction], event: dict[str, Any]
+) -> tuple[int, list[tuple[str, str]], bytes] | None:
+    """Invoke the authorizer for `event` as API Gateway does. Returns API Gateway's own refusal, or None after
+    putting the authorizer's context into `event["requestContext"]["authorizer"]["lambda"]`."""
+    headers: dict[str, str] = event["headers"]
+    identity = [headers.get(name) for name in authorizer.identity_headers]
+    if any(not value for value in identity):
+        return _gateway_message(401, "Unauthorized")  # a missing identity source: the authorizer is not called
+    context = event["requestContext"]
+    request = {
+        "version": authorizer.payload_version,
+        "type": "REQUEST",
+        "routeArn": f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{context['apiId']}/{context['stage']}/"
+        f"{context['http']['method']}{context['http']['path']}",
+        "identitySource": identity,
+        "routeKey": event["routeKey"],
+        "rawPath": event["rawPath"],
+        "rawQueryString": event["rawQueryString"],
+        "headers": headers,
+        "requestContext": context,
+    }
+    for optional in ("cookies", "queryStringParameters", "pathParameters"):
+        if optional in event:
+            request[optional] = event[optional]
+    try:
+        answer = functions[authorizer.function].invoke(request)
+    except Exception:
+        traceback.print_exc()
+        return _gateway_message(500, "Internal Server Error")
+    if not authorizer.simple_responses or not isinstance(answer, dict) or answer.get("isAuthorized") is not True:
+        return _gateway_message(403, "Forbidden")
+    context["authorizer"] = {"lambda": answer.get("context") or {}}
+    return None
+
+
+def _gateway_message(status: int, message: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    """API Gateway's own answer (not problem JSON): what the authorizer design must never let a client see."""
+    return status, [("content-type", "application/json")], json.dumps({"message": message}).encode()
 
 
 def api_gateway_event(

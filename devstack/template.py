@@ -184,6 +184,18 @@ class HttpRoute:
     function: str
     method: str
     path: str
+    authorizer: str | None = None  # the name of the HttpApi Lambda authorizer that guards the route
+
+
+@dataclass(frozen=True)
+class LambdaAuthorizer:
+    """An HttpApi Lambda authorizer (SAM `Auth.Authorizers.<name>`)."""
+
+    name: str
+    function: str
+    identity_headers: tuple[str, ...] = ()
+    simple_responses: bool = False
+    payload_version: str = "2.0"
 
 
 @dataclass(frozen=True)
@@ -210,9 +222,47 @@ def _events(template: dict[str, Any], types: tuple[str, ...]) -> Iterator[tuple[
 def http_routes(template: dict[str, Any]) -> list[HttpRoute]:
     """Every HttpApi/Api event of every function; an HttpApi event without a route catches everything."""
     return [
-        HttpRoute(logical_id, str(props.get("Method", "ANY")).upper(), str(props.get("Path", "/{proxy+}")))
+        HttpRoute(
+            logical_id,
+            str(props.get("Method", "ANY")).upper(),
+            str(props.get("Path", "/{proxy+}")),
+            _route_authorizer(template, props),
+        )
         for logical_id, props in _events(template, HTTP_EVENT_TYPES)
     ]
+
+
+def _route_authorizer(template: dict[str, Any], event_props: dict[str, Any]) -> str | None:
+    """The event's Auth.Authorizer, else its HttpApi's Auth.DefaultAuthorizer; NONE means no authorizer."""
+    named = (event_props.get("Auth") or {}).get("Authorizer")
+    if named is None:
+        api = event_props.get("ApiId")
+        api_id = api.get("Ref") if isinstance(api, dict) else None
+        api_props = (template["Resources"].get(api_id) or {}).get("Properties") or {} if api_id else {}
+        named = (api_props.get("Auth") or {}).get("DefaultAuthorizer")
+    return None if named in (None, "NONE", "AWS_IAM") else str(named)
+
+
+def http_authorizers(template: dict[str, Any]) -> dict[str, LambdaAuthorizer]:
+    """The Lambda authorizers of every AWS::Serverless::HttpApi, by name; FunctionArn must be !GetAtt <fn>.Arn."""
+    found: dict[str, LambdaAuthorizer] = {}
+    for resource in template["Resources"].values():
+        if resource.get("Type") != "AWS::Serverless::HttpApi":
+            continue
+        authorizers = ((resource.get("Properties") or {}).get("Auth") or {}).get("Authorizers") or {}
+        for name, spec in authorizers.items():
+            target = (spec.get("FunctionArn") or {}).get("Fn::GetAtt")
+            if not (isinstance(target, list) and len(target) == 2 and target[1] == "Arn"):
+                continue  # a JWT authorizer, or a function outside the template
+            headers = tuple(str(h).lower() for h in (spec.get("Identity") or {}).get("Headers") or [])
+            found[name] = LambdaAuthorizer(
+                name,
+                str(target[0]),
+                headers,
+                bool(spec.get("EnableSimpleResponses", False)),
+                str(spec.get("AuthorizerPayloadFormatVersion", "2.0")),
+            )
+    return found
 
 
 def queue_subscriptions(template: dict[str, Any]) -> list[QueueSubscription]:

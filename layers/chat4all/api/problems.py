@@ -32,12 +32,27 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://chat4all.dev/problems/"
 
 
+# A server-side failure is described by its kind only: what went wrong inside (hosts, ports, driver messages)
+# goes to the log, never into a response.
+PUBLIC_5XX_DETAIL = {
+    503: "a service this request depends on is unavailable; retry shortly",
+    502: "an upstream platform failed to answer as expected; retry shortly",
+}
+GENERIC_5XX_DETAIL = "an unexpected error occurred; it has been logged"
+
+
+def public_detail(error: Chat4AllError) -> str:
+    if error.status < 500:
+        return error.detail
+    return PUBLIC_5XX_DETAIL.get(error.status, GENERIC_5XX_DETAIL)
+
+
 def problem_response(error: Chat4AllError, headers: dict[str, str] | None = None) -> Response[str]:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + error.slug,
         "title": error.title,
         "status": error.status,
-        "detail": error.detail,
+        "detail": public_detail(error),
     }
     if error.errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
@@ -53,9 +68,17 @@ def validation_problem(exc: ValidationError) -> ValidationFailedError:
 
 
 def _domain(exc: Chat4AllError) -> Response[str]:
+    headers: dict[str, str] | None = None
     if exc.status >= 500:
-        logger.warning("request failed", extra={"problem": exc.slug, "detail": exc.detail})
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        cause = exc.__cause__
+        logger.warning(
+            "request failed",
+            extra={"problem": exc.slug, "detail": exc.detail, "cause": repr(cause) if cause else None},
+        )
+        if exc.status == 503:
+            headers = {"Retry-After": "1"}
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return problem_response(exc, headers)
 
 
@@ -72,7 +95,8 @@ def _idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response
 
 
 def _idempotency_store(exc: IdempotencyPersistenceLayerError) -> Response[str]:
-    return problem_response(DependencyUnavailableError("the idempotency store (Redis) is unavailable"))
+    logger.warning("idempotency store unavailable", extra={"cause": repr(exc)})
+    return problem_response(DependencyUnavailableError("the idempotency store is unavailable"), {"Retry-After": "1"})
 
 
 def _not_found(exc: Exception) -> Response[str]:
