@@ -251,7 +251,8 @@ class MongoConversationStore(ConversationStore):
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         with _translated():
             found = self.collection.find_one(
-                {"participants.user_id": {"$all": [user_id, other_user_id]}}, projection={"_id": 1}
+                {"$and": [{"participants.user_id": user_id}, {"participants.user_id": other_user_id}]},
+                projection={"_id": 1},
             )
         return found is not None
 
