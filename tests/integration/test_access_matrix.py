@@ -221,9 +221,7 @@ OPERATIONS = [
         ),
     ),
     Operation("GET", "/v1/messages/{message_id}", 200, lambda w: (f"/v1/messages/{w.message_id}", None)),
-    Operation(
-        "GET", "/v1/messages/{message_id}/status", 200, lambda w: (f"/v1/messages/{w.message_id}/status", None)
-    ),
+    Operation("GET", "/v1/messages/{message_id}/status", 200, lambda w: (f"/v1/messages/{w.message_id}/status", None)),
 ]
 
 CALLERS = {
@@ -239,7 +237,9 @@ CALLERS = {
 
 
 def test_the_table_covers_every_v1_operation_of_the_template() -> None:
-    served = {(r.method, r.path) for r in http_routes(load_template(ROOT / "template.yaml")) if r.path.startswith("/v1")}
+    served = {
+        (r.method, r.path) for r in http_routes(load_template(ROOT / "template.yaml")) if r.path.startswith("/v1")
+    }
     assert {(op.method, op.route) for op in OPERATIONS} == served
 
 

@@ -11,7 +11,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 INVALID_TOKEN = {
-    "error": {"message": "Invalid OAuth access token - Cannot parse access token", "type": "OAuthException", "code": 190}
+    "error": {
+        "message": "Invalid OAuth access token - Cannot parse access token",
+        "type": "OAuthException",
+        "code": 190,
+    }
 }
 
 

@@ -201,8 +201,9 @@ class IdentityService:
             return updated
 
         def audited(before: ChannelInfo, after: ChannelInfo) -> AuditEntry:
-            action = "channel.credentials_rotated" if credentials is not None and before == after else "channel.updated"
             after_data = channel_data(after)
+            rotated_only = credentials is not None and channel_data(before) == after_data
+            action = "channel.credentials_rotated" if rotated_only else "channel.updated"
             if credentials is not None:
                 after_data["credentials"] = "rotated"  # the fact, never the values
             return audit(principal, action, "channel", after.channel_id, before=channel_data(before), after=after_data)
