@@ -90,7 +90,7 @@ class FakeWhatsApp:
                     "code": 190,
                 }
             }
-        number_id = path.split("?")[0].rstrip("/").rsplit("/", 1)[-1]
+        number_id = path.split("?", maxsplit=1)[0].rstrip("/").rsplit("/", 1)[-1]
         if not number_id.isdigit():
             return 400, {"error": {"message": "Unsupported get request", "type": "GraphMethodException", "code": 100}}
         return 200, {
