@@ -6,7 +6,7 @@ import base64
 import json
 
 from devstack.runner import HttpApi, api_gateway_event, lambda_http_result, sqs_record
-from devstack.template import HttpRoute
+from devstack.template import HttpRoute, LambdaAuthorizer
 
 ROUTES = [
     HttpRoute("StatusFunction", "GET", "/v1/messages/{message_id}"),
@@ -100,3 +100,63 @@ def test_sqs_records_carry_fifo_attributes() -> None:
     assert record["eventSource"] == "aws:sqs"
     assert record["messageAttributes"]["reason"]["stringValue"] == "x"
     assert len(record["md5OfBody"]) == 32
+
+
+# ------------------------------------------------------------------ Lambda authorizer
+
+
+class ScriptedFunction:
+    """Stands in for a LocalFunction: records the events and answers (or raises) as scripted."""
+
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.events: list[dict[str, object]] = []
+
+    def invoke(self, event: dict[str, object]) -> object:
+        self.events.append(event)
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+def guarded(
+    authorizer_answer: object, identity_headers: tuple[str, ...] = ()
+) -> tuple[HttpApi, ScriptedFunction, ScriptedFunction]:
+    route = HttpRoute("IdentityFunction", "GET", "/v1/users/{user_id}", "Bearer")
+    authorizer = ScriptedFunction(authorizer_answer)
+    target = ScriptedFunction({"statusCode": 200, "body": "ok"})
+    api = HttpApi(
+        [route],
+        {"AuthorizerFunction": authorizer, "IdentityFunction": target},  # type: ignore[dict-item]
+        {"Bearer": LambdaAuthorizer("Bearer", "AuthorizerFunction", identity_headers, simple_responses=True)},
+    )
+    return api, authorizer, target
+
+
+def test_the_authorizer_runs_first_and_its_context_reaches_the_function() -> None:
+    api, authorizer, target = guarded({"isAuthorized": True, "context": {"key_id": "k1", "role": "admin"}})
+    status, _, body = api.handle("GET", "/v1/users/u1?x=1", [("Authorization", "Bearer t")], b"", "10.1.1.1")
+    assert (status, body) == (200, b"ok")
+    (request,) = authorizer.events
+    assert request["type"] == "REQUEST" and request["version"] == "2.0"
+    assert request["routeKey"] == "GET /v1/users/{user_id}"
+    assert request["headers"] == {"authorization": "Bearer t"}
+    assert request["pathParameters"] == {"user_id": "u1"}
+    assert target.events[0]["requestContext"]["authorizer"] == {"lambda": {"key_id": "k1", "role": "admin"}}  # type: ignore[index]
+
+
+def test_api_gateways_own_refusals_when_an_authorizer_says_no() -> None:
+    api, _, target = guarded({"isAuthorized": False})
+    assert api.handle("GET", "/v1/users/u1", [], b"", "10.1.1.1")[:1] == (403,)
+    api, authorizer, _ = guarded({"isAuthorized": True}, identity_headers=("authorization",))
+    status, _, body = api.handle("GET", "/v1/users/u1", [], b"", "10.1.1.1")
+    assert (status, json.loads(body)) == (401, {"message": "Unauthorized"})
+    assert authorizer.events == []  # a missing identity source never reaches the authorizer
+    api, _, _ = guarded(RuntimeError("boom"))
+    assert api.handle("GET", "/v1/users/u1", [], b"", "10.1.1.1")[0] == 500
+    assert target.events == []
+
+
+def test_routes_without_an_authorizer_skip_it() -> None:
+    api = HttpApi(ROUTES, {"IngestFunction": ScriptedFunction({"statusCode": 202, "body": ""})})  # type: ignore[dict-item]
+    assert api.handle("POST", "/v1/messages", [], b"", "10.1.1.1")[0] == 202
