@@ -8,7 +8,15 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
-from chat4all.api.access import ROLE_TABLE, Access, caller_context, principal_from, refusal_context
+from chat4all.api.access import (
+    ROLE_TABLE,
+    Access,
+    allowed_methods,
+    caller_context,
+    is_catch_all,
+    principal_from,
+    refusal_context,
+)
 from chat4all.domain.errors import DependencyUnavailableError, UnauthorizedError
 from chat4all.domain.models import Principal, Role
 from devstack.template import http_authorizers, http_routes, load_template
@@ -17,12 +25,23 @@ TEMPLATE = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
 
 
 def test_every_route_of_the_template_is_in_the_role_table_and_nothing_else() -> None:
-    served = {f"{r.method} {r.path}" for r in http_routes(TEMPLATE)}
+    served = {f"{r.method} {r.path}" for r in http_routes(TEMPLATE) if not is_catch_all(f"{r.method} {r.path}")}
     assert set(ROLE_TABLE) == served
+
+
+def test_allowed_methods_come_from_the_table() -> None:
+    assert allowed_methods("/v1/users") == ["POST"]
+    assert allowed_methods("/v1/users/abc") == ["GET", "PATCH"]
+    assert allowed_methods("/v1/channels/x/") == ["DELETE", "GET", "PATCH"]
+    assert allowed_methods("/v1/nothing") == []
+    assert allowed_methods("/v1/users//identities") == []
 
 
 def test_public_routes_are_exactly_those_without_the_authorizer() -> None:
     for route in http_routes(TEMPLATE):
+        if is_catch_all(f"{route.method} {route.path}"):
+            assert route.authorizer is None
+            continue
         public = ROLE_TABLE[f"{route.method} {route.path}"] is Access.PUBLIC
         assert public == (route.authorizer is None), route
         if route.path.startswith("/v1"):

@@ -58,6 +58,27 @@ ROLE_TABLE: dict[str, Access] = {
     "GET /v1/messages/{message_id}/status": Access.SCOPED,
 }
 
+
+def is_catch_all(route_key: str) -> bool:
+    """API Gateway's `$default` route (locally `ANY /{proxy+}`): it only ever answers 404 or 405."""
+    return route_key == "$default" or route_key.endswith(" /{proxy+}")
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods the API serves on `path` (for a 405's Allow header), from the role table's route keys."""
+    segments = path.rstrip("/").split("/")
+    allowed = set()
+    for route_key in ROLE_TABLE:
+        method, _, template = route_key.partition(" ")
+        parts = template.rstrip("/").split("/")
+        if len(parts) == len(segments) and all(
+            part == segment or (part.startswith("{") and part.endswith("}") and segment)
+            for part, segment in zip(parts, segments, strict=True)
+        ):
+            allowed.add(method)
+    return sorted(allowed)
+
+
 # ------------------------------------------------------------------ the authorizer's context, both ends
 
 _UNAVAILABLE = "unavailable"
@@ -103,7 +124,7 @@ def enforce_role_table(app: ApiGatewayResolver, next_middleware: NextMiddleware)
     """Resolver middleware: 401 without a verified caller, 403 for an agent on an admin operation."""
     event: APIGatewayProxyEventV2 = app.current_event  # type: ignore[assignment]
     route_key = event.route_key
-    access = ROLE_TABLE.get(route_key)
+    access = Access.PUBLIC if is_catch_all(route_key) else ROLE_TABLE.get(route_key)
     if access is None:
         logger.error("route is not in the role table", extra={"route_key": route_key})
         raise ForbiddenError("this operation is not open to any role")

@@ -99,8 +99,26 @@ def _idempotency_store(exc: IdempotencyPersistenceLayerError) -> Response[str]:
     return problem_response(DependencyUnavailableError("the idempotency store is unavailable"), {"Retry-After": "1"})
 
 
-def _not_found(exc: Exception) -> Response[str]:
-    return problem_response(NotFoundError("no such resource or method"))
+class MethodNotAllowedError(Chat4AllError):
+    status = 405
+    title = "Method not allowed"
+    slug = "method-not-allowed"
+
+
+def _not_found_in(app: ApiGatewayResolver) -> Callable[[Exception], Response[str]]:
+    """404 for a path the API does not serve; 405 with Allow for a method it does not serve on a known path."""
+
+    def not_found(exc: Exception) -> Response[str]:
+        from chat4all.api.access import allowed_methods
+
+        path = app.current_event.path
+        methods = allowed_methods(path)
+        if methods:
+            error = MethodNotAllowedError(f"{app.current_event.http_method} is not served on this path")
+            return problem_response(error, {"Allow": ", ".join(methods)})
+        return problem_response(NotFoundError("no such resource"))
+
+    return not_found
 
 
 def _unexpected(exc: Exception) -> Response[str]:
@@ -122,4 +140,4 @@ def register_problem_handlers(app: ApiGatewayResolver) -> None:
     """Map the error hierarchy, validation and anything unexpected to problem JSON."""
     for exc_type, handler in PROBLEM_HANDLERS.items():
         app.exception_handler(exc_type)(handler)
-    app.not_found(_not_found)
+    app.not_found(_not_found_in(app))

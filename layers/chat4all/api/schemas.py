@@ -5,22 +5,32 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from chat4all.api.problems import validation_problem
 from chat4all.domain import commands
 from chat4all.domain.contact import normalise_phone
 from chat4all.domain.models import ConversationType, Platform, Role, UserType
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# Names are kept as written; they must show something (openapi.yaml states the same constraints)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
 # E.164, written with or without spaces, dots, dashes and parentheses; stored as +<digits>
 Phone = Annotated[
     str,
-    StringConstraints(strip_whitespace=True, max_length=32, pattern=r"^\+[1-9][0-9 ().-]{6,30}$"),
+    StringConstraints(max_length=32, pattern=r"^\+[1-9][0-9 ().-]{6,30}$"),
     AfterValidator(normalise_phone),
 ]
-PlatformUserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+PlatformUserId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
 Metadata = Annotated[dict[str, Any], Field(max_length=100)]
 
 MAX_CONTENT_CHARS = 10_000
@@ -47,7 +57,7 @@ class UpdateUserRequest(RequestModel):
     display_name: Name | None = None
     email: Email | None = None
     phone: Phone | None = None
-    active: bool | None = None
+    active: StrictBool | None = None
 
     @model_validator(mode="after")
     def _not_null(self) -> UpdateUserRequest:
@@ -63,7 +73,7 @@ class UpdateUserRequest(RequestModel):
 class LinkIdentityRequest(RequestModel):
     platform: Platform
     platform_user_id: PlatformUserId
-    verified: bool = False
+    verified: StrictBool = False
 
     def command(self, user_id: str) -> commands.LinkIdentity:
         return commands.LinkIdentity(user_id, self.platform, self.platform_user_id, self.verified)
@@ -75,7 +85,7 @@ class CreateChannelRequest(RequestModel):
     platform: Platform
     name: Name
     credentials: dict[str, Any]
-    enabled: bool = True
+    enabled: StrictBool = True
     default_agent_id: uuid.UUID | None = None
 
     def command(self) -> commands.CreateChannel:
@@ -87,7 +97,7 @@ class UpdateChannelRequest(RequestModel):
     """Rename, enable/disable, set or clear (null) the default agent, or rotate the credentials."""
 
     name: Name | None = None
-    enabled: bool | None = None
+    enabled: StrictBool | None = None
     default_agent_id: uuid.UUID | None = None
     credentials: dict[str, Any] | None = None
 
@@ -119,6 +129,12 @@ class CreateConversationRequest(RequestModel):
     conversation_type: ConversationType
     participants: list[uuid.UUID] = Field(min_length=1, max_length=100)
     primary_channel: Platform
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CreateConversationRequest:
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError("participants must be distinct")
+        return self
 
     def command(self) -> commands.CreateConversation:
         return commands.CreateConversation(

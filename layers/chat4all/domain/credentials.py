@@ -9,10 +9,11 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from chat4all.domain.errors import FieldError, ValidationFailedError
 from chat4all.domain.models import Platform
 
-Secret = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1024)]
-NumericId = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,32}$")]
-# Telegram bot tokens are "<bot id>:<35 or more of [A-Za-z0-9_-]>"
-BotToken = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9]{1,20}:[A-Za-z0-9_-]{30,100}$")]
+# tokens and secrets as the platforms issue them: no whitespace anywhere
+Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S+$")]
+NumericId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
+# Telegram bot tokens are "<bot id>:<35 or so of [A-Za-z0-9_-]>"
+BotToken = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}:[A-Za-z0-9_-]{30,100}$")]
 # Telegram accepts 1-256 characters A-Z, a-z, 0-9, _ and - as a webhook secret_token
 TelegramSecret = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256}$")]
 
@@ -20,7 +21,7 @@ TelegramSecret = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,256
 class ChannelCredentials(BaseModel):
     """Base of each platform's credential model; unknown fields are refused."""
 
-    model_config = ConfigDict(extra="forbid", str_min_length=1, str_strip_whitespace=True)
+    model_config = ConfigDict(extra="forbid")
 
 
 class WhatsAppCredentials(ChannelCredentials):
