@@ -37,5 +37,7 @@ format: $(STAMP)
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
+# wipes the local state (databases, queues' keys, logs) of `make dev`; the virtualenvs stay
 clean:
-	rm -rf .devstack .pytest_cache .mypy_cache .ruff_cache
+	@python3 -m devstack.state
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -5,28 +5,36 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 from typing import Any
 
 from devstack.stack import LocalPlatform, PlatformOptions
 
+DEFAULT_PORT = 3000
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
 
 def main() -> int:
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: Any) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    options = PlatformOptions(port=int(os.environ.get("CHAT4ALL_PORT", "3000")))
-    platform = LocalPlatform(options)
+    # SIGTERM like Ctrl-C: an interrupt wherever the main thread is, start-up included
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        platform.start()
-    except Exception as exc:
-        print(f"make dev: {exc}", file=sys.stderr)
-        return 1
+        port = int(os.environ.get("CHAT4ALL_PORT") or DEFAULT_PORT)
+    except ValueError:
+        print(f"make dev: CHAT4ALL_PORT must be a port number, not {os.environ['CHAT4ALL_PORT']!r}", file=sys.stderr)
+        return 2
+    platform = LocalPlatform(PlatformOptions(port=port))
     try:
+        try:
+            platform.start()  # stops what it started before re-raising, an interrupt included
+        except KeyboardInterrupt:
+            print("make dev: interrupted during start-up; everything it started is stopped", file=sys.stderr)
+            return 130
+        except Exception as exc:
+            print(f"make dev: {exc}", file=sys.stderr)
+            return 1
         print(
             "\nChat4All is running\n"
             f"  API:            {platform.api_url}\n"
@@ -35,15 +43,22 @@ def main() -> int:
             f"  MongoDB:        {platform.urls['mongo']}\n"
             f"  Redis:          {platform.urls['redis']}\n"
             f"  AWS endpoint:   {platform.urls['aws']}\n"
+            f"  state:          {platform.options.state_dir.resolve()}\n"
             f"  consumers:      {', '.join(p.subscription.function for p in platform.pollers)}\n"
             "Ctrl-C stops everything.",
             flush=True,
         )
-        stop.wait()
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        return 0
     finally:
+        # a second Ctrl-C must not cut the stop short and leave servers behind
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping ...", file=sys.stderr, flush=True)
         platform.stop()
-    return 0
 
 
 if __name__ == "__main__":

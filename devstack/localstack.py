@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
 from devstack.template import (
     SERVERLESS_FUNCTION,
     SUB_VARIABLE,
@@ -32,6 +33,8 @@ from devstack.template import (
 if TYPE_CHECKING:
     import re
     from collections.abc import Callable, Iterator
+
+    from devstack.processes import ProcessGroup
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VENV_DIR_NAME = ".localstack-venv"
@@ -53,6 +56,9 @@ KNOWN_ATTRIBUTES = {
     "AWS::KMS::Key": ("Arn", "KeyId"),
 }
 ATTRIBUTE_OUTPUT_PREFIX = "DevstackAttr"
+# LocalStack's tags for a KMS key's id and material (localstack.services.kms.utils)
+PINNED_KEY_TAGS = ("_custom_id_", "_custom_key_material_")
+KMS_KEYS_FILE = "kms-keys.json"
 # a stack in one of these can only be deleted
 UNUSABLE_STATUSES = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
 PSEUDO_PARAMETERS = {"AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
@@ -81,15 +87,15 @@ def find_python313() -> str:
     raise ProcessFailedError("Python 3.13 is needed for LocalStack's venv (pyenv 3.13.0 or python3.13 on PATH)")
 
 
-def _imports_work(python: Path) -> bool:
+def _imports_work(python: Path, group: ProcessGroup) -> bool:
     if not python.is_file():
         return False
     # cwd away from the repo: its localstack/ folder would shadow the package
-    result = subprocess.run([python, "-c", RUNTIME_IMPORTS], capture_output=True, cwd="/", check=False)
-    return result.returncode == 0
+    returncode, _ = group.run([str(python), "-c", RUNTIME_IMPORTS], cwd="/")
+    return returncode == 0
 
 
-def ensure_localstack_venv(repo_root: Path) -> Path:
+def ensure_localstack_venv(repo_root: Path, group: ProcessGroup) -> Path:
     """Create <repo>/.localstack-venv and install localstack/requirements.txt unless already done; its python."""
     venv = repo_root / VENV_DIR_NAME
     python = venv / "bin" / "python"
@@ -97,14 +103,16 @@ def ensure_localstack_venv(repo_root: Path) -> Path:
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     stamp = venv / ".requirements.sha256"
     installed = stamp.read_text().strip() if stamp.is_file() else ""
-    if installed == digest and _imports_work(python):
+    if installed == digest and _imports_work(python, group):
         return python
     if not python.is_file():
-        subprocess.run([find_python313(), "-m", "venv", str(venv)], check=True)
+        returncode, output = group.run([find_python313(), "-m", "venv", str(venv)])
+        if returncode != 0:
+            raise ProcessFailedError(f"could not create {venv}:\n{output}")
     pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)]
-    result = subprocess.run(pip, capture_output=True, text=True, cwd="/", check=False)
-    if result.returncode != 0 or not _imports_work(python):
-        tail = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
+    returncode, output = group.run(pip, cwd="/")
+    if returncode != 0 or not _imports_work(python, group):
+        tail = "\n".join(output.splitlines()[-20:])
         raise ProcessFailedError(f"could not install LocalStack into {venv}:\n{tail}")
     stamp.write_text(digest + "\n")
     return python
@@ -137,14 +145,14 @@ def localstack_env(port: int, filesystem_root: Path) -> dict[str, str]:
     return env
 
 
-def start_localstack(state_dir: Path) -> tuple[str, ManagedProcess]:
+def start_localstack(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     """Start LocalStack from its venv on 127.0.0.1 (4566 if free); return its endpoint URL and process."""
     python = REPO_ROOT / VENV_DIR_NAME / "bin" / "python"
     if not python.is_file():
         raise ProcessFailedError(f"{python} is missing; ensure_localstack_venv() builds it")
     home = state_dir / "localstack"
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     process = ManagedProcess(
         "localstack",
         [str(python), "-m", "localstack.runtime.main"],
@@ -153,7 +161,7 @@ def start_localstack(state_dir: Path) -> tuple[str, ManagedProcess]:
         log_path=state_dir / "logs" / "localstack.log",
     )
     url = f"http://127.0.0.1:{port}"
-    start_until_ready(process, lambda: _check_ready(url), timeout=120.0, interval=0.25)
+    start_until_ready(process, lambda: _check_ready(url), timeout=120.0, interval=0.25, group=group, port=port)
     return url, process
 
 
@@ -358,12 +366,55 @@ def _missing_resources(cfn: Any, stack_name: str, infra: dict[str, Any]) -> list
     return sorted(set(infra["Resources"]) - present)
 
 
+def pin_kms_keys(infra: dict[str, Any], stack_name: str, keys_file: Path) -> None:
+    """Give every KMS key of the stack the same id and key material in every run, kept in `keys_file`.
+
+    LocalStack keeps nothing across a restart, while PostgreSQL keeps the channel credentials it encrypted:
+    with a new key they would never decrypt again. LocalStack creates a key with a given id and material when
+    asked through the tags `_custom_id_` and `_custom_key_material_`; AWS itself needs none of this.
+    """
+    keys = [lid for lid, res in infra["Resources"].items() if res.get("Type") == "AWS::KMS::Key"]
+    if not keys:
+        return
+    stored: dict[str, dict[str, str]] = json.loads(keys_file.read_text()) if keys_file.is_file() else {}
+    changed = False
+    for logical_id in keys:
+        name = f"{stack_name}/{logical_id}"
+        if name not in stored:
+            material = base64.b64encode(os.urandom(32)).decode()
+            stored[name] = {"key_id": str(uuid.uuid4()), "key_material": material}
+            changed = True
+        properties = infra["Resources"][logical_id].setdefault("Properties", {})
+        tags = [tag for tag in properties.get("Tags", []) if tag.get("Key") not in PINNED_KEY_TAGS]
+        properties["Tags"] = [
+            *tags,
+            {"Key": PINNED_KEY_TAGS[0], "Value": stored[name]["key_id"]},
+            {"Key": PINNED_KEY_TAGS[1], "Value": stored[name]["key_material"]},
+        ]
+    if changed:
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        scratch = keys_file.with_suffix(".tmp")
+        scratch.touch(mode=0o600)
+        scratch.write_text(json.dumps(stored, indent=2) + "\n")
+        scratch.replace(keys_file)
+
+
 def deploy_stack(
-    endpoint_url: str, template_path: Path, stack_name: str, parameters: dict[str, str], timeout: float = 300.0
+    endpoint_url: str,
+    template_path: Path,
+    stack_name: str,
+    parameters: dict[str, str],
+    *,
+    state_dir: Path,
+    timeout: float = 300.0,
 ) -> StackInfo:
-    """Create or update the stack of the template's infrastructure in LocalStack; what it resolves to."""
+    """Create or update the stack of the template's infrastructure in LocalStack; what it resolves to.
+
+    Whatever must outlive LocalStack itself (the KMS keys) is kept in `state_dir`.
+    """
     template = load_template(template_path)
     infra = infrastructure_template(template)
+    pin_kms_keys(infra, stack_name, state_dir / KMS_KEYS_FILE)
     attribute_outputs = _attribute_outputs(template, infra)
     infra.setdefault("Outputs", {}).update(
         {name: {"Value": {"Fn::GetAtt": [lid, attr]}} for name, (lid, attr) in attribute_outputs.items()}

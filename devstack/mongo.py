@@ -7,15 +7,17 @@ from typing import TYPE_CHECKING
 
 from pymongo import MongoClient
 
-from devstack.processes import ManagedProcess, free_port, start_until_ready
+from devstack.processes import ManagedProcess, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from devstack.processes import ProcessGroup
+
 PREFERRED_PORT = 57017
 
 
-def start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
+def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     """Start SecantusDB on 127.0.0.1 with its data in state_dir/mongo; return its URI and process."""
     data_dir = state_dir / "mongo"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -23,7 +25,7 @@ def start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
     config = state_dir / "secantusd.toml"
     if not config.exists():
         config.write_text("# settings come from the command line (devstack/mongo.py)\n")
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     argv = [
         sys.executable, "-m", "secantus",
         "--config", str(config),
@@ -34,7 +36,7 @@ def start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
     ]  # fmt: skip
     process = ManagedProcess("mongo", argv, cwd=state_dir, log_path=state_dir / "logs" / "mongo.log")
     uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    start_until_ready(process, lambda: _ping(uri), timeout=60.0)
+    start_until_ready(process, lambda: _ping(uri), timeout=60.0, group=group, port=port)
     return uri, process
 
 

@@ -6,13 +6,17 @@ import os
 import pwd
 import shutil
 import signal
-import stat
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
+from devstack.state import server_home
+
+if TYPE_CHECKING:
+    from devstack.processes import ProcessGroup
 
 PREFERRED_PORT = 55432
 SUPERUSER = "postgres"
@@ -20,23 +24,27 @@ SUPERUSER = "postgres"
 _MAX_SOCKET_DIR_LEN = 107 - len("/.s.PGSQL.65535")
 
 
-def start_postgres(state_dir: Path) -> tuple[str, ManagedProcess]:
-    """Start a PostgreSQL server on 127.0.0.1 with trust auth; return its URL and process."""
-    bindir = _find_bindir()
-    data_dir = state_dir / "postgres"
-    socket_dir = state_dir / "postgres-run"
-    owner = _server_owner()
-    if owner is not None:
-        _ensure_reachable(state_dir, owner)
-    for directory in (data_dir, socket_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-        if owner is not None:
-            os.chown(directory, owner.pw_uid, owner.pw_gid)
-        directory.chmod(0o700)
-    if not (data_dir / "PG_VERSION").exists():
-        _initdb(bindir, data_dir, owner)
+def start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
+    """Start a PostgreSQL server on 127.0.0.1 with trust auth; return its URL and process.
 
-    port = free_port(PREFERRED_PORT)
+    Its files live where its OS account can reach them: see devstack.state.server_home.
+    """
+    bindir = _find_bindir()
+    owner = _server_owner()
+    home = server_home(state_dir, owner)
+    data_dir = home / "postgres"
+    socket_dir = home / "postgres-run"
+    if not (data_dir / "PG_VERSION").exists():
+        # into a scratch dir first: a start-up stopped half way through initdb must not leave a broken cluster
+        scratch = home / "postgres.initdb"
+        shutil.rmtree(scratch, ignore_errors=True)
+        _owned_dir(scratch, owner)
+        _initdb(bindir, scratch, owner, group)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        scratch.rename(data_dir)
+    _owned_dir(socket_dir, owner)
+
+    port = group.port_for(PREFERRED_PORT)
     # a socket path too long for sun_path makes the server refuse to start; TCP is all we use anyway
     sockets = str(socket_dir) if len(str(socket_dir)) <= _MAX_SOCKET_DIR_LEN else ""
     settings = {
@@ -54,7 +62,7 @@ def start_postgres(state_dir: Path) -> tuple[str, ManagedProcess]:
         "postgres", _as_owner(argv, owner), cwd=data_dir, log_path=state_dir / "logs" / "postgres.log"
     )
     url = f"postgresql://{SUPERUSER}@127.0.0.1:{port}/postgres"
-    start_until_ready(process, lambda: _select_one(url), timeout=60.0, interval=0.2)
+    start_until_ready(process, lambda: _select_one(url), timeout=60.0, interval=0.2, group=group, port=port)
     return url, process
 
 
@@ -99,27 +107,11 @@ def _server_owner() -> pwd.struct_passwd | None:
         raise ProcessFailedError("running as root needs a 'postgres' OS user to run the server as") from None
 
 
-def _ensure_reachable(state_dir: Path, owner: pwd.struct_passwd) -> None:
-    """Let the server's account traverse down to state_dir: open state_dir itself for search, name any other blocker."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    state_dir = state_dir.resolve()
-    groups = set(os.getgrouplist(owner.pw_name, owner.pw_gid))
-    for directory in (state_dir, *state_dir.parents):
-        info = directory.stat()
-        if info.st_uid == owner.pw_uid:
-            bit = stat.S_IXUSR
-        elif info.st_gid in groups:
-            bit = stat.S_IXGRP
-        else:
-            bit = stat.S_IXOTH
-        if info.st_mode & bit:
-            continue
-        if directory != state_dir:
-            raise ProcessFailedError(
-                f"the {owner.pw_name} OS user cannot enter {directory}, so it cannot reach {state_dir}; "
-                "use a state dir below world-searchable directories (CHAT4ALL_STATE_DIR)"
-            )
-        directory.chmod(info.st_mode | stat.S_IXOTH)
+def _owned_dir(directory: Path, owner: pwd.struct_passwd | None) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(directory, owner.pw_uid, owner.pw_gid)
+    directory.chmod(0o700)
 
 
 def _as_owner(argv: list[str], owner: pwd.struct_passwd | None) -> list[str]:
@@ -129,7 +121,7 @@ def _as_owner(argv: list[str], owner: pwd.struct_passwd | None) -> list[str]:
     return ["setpriv", f"--reuid={owner.pw_uid}", f"--regid={owner.pw_gid}", "--init-groups", "--", *argv]
 
 
-def _initdb(bindir: Path, data_dir: Path, owner: pwd.struct_passwd | None) -> None:
+def _initdb(bindir: Path, data_dir: Path, owner: pwd.struct_passwd | None, group: ProcessGroup) -> None:
     argv = [
         str(bindir / "initdb"),
         "-D", str(data_dir),
@@ -139,9 +131,9 @@ def _initdb(bindir: Path, data_dir: Path, owner: pwd.struct_passwd | None) -> No
         "--no-locale",
         "--no-sync",
     ]  # fmt: skip
-    result = subprocess.run(_as_owner(argv, owner), capture_output=True, text=True, cwd=data_dir, check=False)
-    if result.returncode != 0:
-        raise ProcessFailedError(f"initdb failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    returncode, output = group.run(_as_owner(argv, owner), cwd=data_dir)
+    if returncode != 0:
+        raise ProcessFailedError(f"initdb failed ({returncode}):\n{output}")
 
 
 def _select_one(url: str) -> None:

@@ -7,22 +7,24 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from devstack.processes import ManagedProcess, ProcessFailedError, free_port, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from devstack.processes import ProcessGroup
+
 PREFERRED_PORT = 56379
 
 
-def start_redis(state_dir: Path) -> tuple[str, ManagedProcess]:
+def start_redis(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     """Start redis-server on 127.0.0.1 with persistence off; return its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ProcessFailedError("redis-server is not on PATH; install it or pass a Redis URL")
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port(PREFERRED_PORT)
+    port = group.port_for(PREFERRED_PORT)
     argv = [
         binary,
         "--port", str(port),
@@ -34,7 +36,7 @@ def start_redis(state_dir: Path) -> tuple[str, ManagedProcess]:
     ]  # fmt: skip
     process = ManagedProcess("redis", argv, cwd=data_dir, log_path=state_dir / "logs" / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
-    start_until_ready(process, lambda: _ping(url), timeout=30.0)
+    start_until_ready(process, lambda: _ping(url), timeout=30.0, group=group, port=port)
     return url, process
 
 

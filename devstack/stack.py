@@ -8,11 +8,9 @@ import hashlib
 import hmac
 import os
 import secrets
-import shutil
 import sys
 import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,8 +20,17 @@ import boto3
 import psycopg
 from psycopg import sql
 
-from devstack.processes import STATE_DIR, ManagedProcess, ProcessFailedError, free_port
+from devstack.processes import (
+    STATE_DIR,
+    ManagedProcess,
+    ProcessFailedError,
+    ProcessGroup,
+    StartCancelledError,
+    free_port,
+    require_free_port,
+)
 from devstack.runner import HttpApi, SqsPoller, load_functions, serve_http
+from devstack.state import StateLock, wipe_state
 from devstack.template import (
     function_environment,
     http_authorizers,
@@ -50,6 +57,8 @@ LOCAL_AWS_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_DEV": "false",
 }
+# servers interrupted while starting hold nothing worth a graceful stop; a starting LocalStack ignores SIGTERM
+INTERRUPTED_START_GRACE_SECONDS = 2.0
 CHANNEL_ENV = ("WHATSAPP_API_BASE", "TELEGRAM_API_BASE", "INSTAGRAM_API_BASE")
 # environment variables that become template parameters when set (channel bases and the JWT issuer)
 ENV_PARAMETERS = {
@@ -93,6 +102,7 @@ class PlatformOptions:
     admin_api_key: str | None = None
     database_name: str = "chat4all"
     create_fresh_database: bool = False
+    preferred_ports: bool = True
     channel_api_bases: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
@@ -119,33 +129,33 @@ def drop_postgres_database(server_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _start_localstack(state_dir: Path) -> tuple[str, ManagedProcess]:
+def _start_localstack(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     from devstack.localstack import ensure_localstack_venv, start_localstack
 
-    ensure_localstack_venv(REPO_ROOT)
-    return start_localstack(state_dir)
+    ensure_localstack_venv(REPO_ROOT, group)
+    return start_localstack(state_dir, group)
 
 
-def _start_postgres(state_dir: Path) -> tuple[str, ManagedProcess]:
+def _start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     from devstack.postgres import start_postgres
 
-    return start_postgres(state_dir)
+    return start_postgres(state_dir, group)
 
 
-def _start_mongo(state_dir: Path) -> tuple[str, ManagedProcess]:
+def _start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     from devstack.mongo import start_mongo
 
-    return start_mongo(state_dir)
+    return start_mongo(state_dir, group)
 
 
-def _start_redis(state_dir: Path) -> tuple[str, ManagedProcess]:
+def _start_redis(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     from devstack.redis import start_redis
 
-    return start_redis(state_dir)
+    return start_redis(state_dir, group)
 
 
 # (name in LocalPlatform.urls, the variable that points at the user's own server, what starts a local one)
-_SERVERS: tuple[tuple[str, str, Callable[[Path], tuple[str, ManagedProcess]]], ...] = (
+_SERVERS: tuple[tuple[str, str, Callable[[Path, ProcessGroup], tuple[str, ManagedProcess]]], ...] = (
     ("aws", "AWS_ENDPOINT_URL", _start_localstack),
     ("postgres_server", "DATABASE_URL", _start_postgres),
     ("mongo_server", "MONGODB_URI", _start_mongo),
@@ -158,6 +168,8 @@ def _with_retries(start: Callable[[], tuple[str, ManagedProcess]], attempts: int
     for attempt in range(1, attempts + 1):
         try:
             return start()
+        except StartCancelledError:
+            raise
         except ProcessFailedError:
             if attempt == attempts:
                 raise
@@ -170,7 +182,8 @@ class LocalPlatform:
     def __init__(self, options: PlatformOptions) -> None:
         self.options = options
         self.template = load_template(TEMPLATE_PATH)
-        self.processes: list[ManagedProcess] = []
+        self.group = ProcessGroup(preferred_ports=options.preferred_ports)
+        self.state_lock = StateLock(options.state_dir)
         self.urls: dict[str, str] = {}
         self.stack: StackInfo | None = None
         self.functions: dict[str, LocalFunction] = {}
@@ -180,32 +193,52 @@ class LocalPlatform:
         self.admin_api_key = ""
         self._lock = threading.Lock()
 
+    @property
+    def processes(self) -> list[ManagedProcess]:
+        """The servers this stack started (not those given by URL)."""
+        return self.group.processes
+
     # -------------------------------------------------------------------- servers
     def start_servers(self) -> None:
         env = self.options.environ
         state = self.options.state_dir.resolve()
-        state.mkdir(parents=True, exist_ok=True)
         starters: dict[str, Callable[[], tuple[str, ManagedProcess]]] = {}
         for name, variable, launcher in _SERVERS:
             if env.get(variable):
                 self.urls[name] = env[variable]
             else:
-                starters[name] = functools.partial(launcher, state)
+                starters[name] = functools.partial(launcher, state, self.group)
         for name in starters:
             self.options.log(f"starting {name.removesuffix('_server')} ...")
-        with ThreadPoolExecutor(max_workers=len(starters) or 1) as pool:
-            futures = {name: pool.submit(_with_retries, start) for name, start in starters.items()}
-            errors = []
-            for name, future in futures.items():
-                try:
-                    url, process = future.result()
-                except Exception as exc:
-                    errors.append(f"{name}: {exc}")
-                    continue
-                self.processes.append(process)
-                self.urls[name] = url
+        outcomes: dict[str, tuple[str, ManagedProcess] | Exception] = {}
+
+        def start_one(name: str, start: Callable[[], tuple[str, ManagedProcess]]) -> None:
+            try:
+                outcomes[name] = _with_retries(start)
+            except Exception as exc:
+                outcomes[name] = exc
+
+        # daemon threads: an interrupted start-up must not wait for them at exit; their servers are in the group
+        threads = [
+            threading.Thread(target=start_one, args=item, name=f"start-{item[0]}", daemon=True)
+            for item in starters.items()
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            self.group.stop_all(grace=INTERRUPTED_START_GRACE_SECONDS)
+            raise
+        errors = []
+        for name in starters:
+            outcome = outcomes[name]
+            if isinstance(outcome, Exception):
+                errors.append(f"{name}: {outcome}")
+            else:
+                self.urls[name] = outcome[0]
         if errors:
-            self.stop()
             raise RuntimeError("could not start the local servers:\n" + "\n".join(errors))
 
     # -------------------------------------------------------------------- provisioning
@@ -239,7 +272,9 @@ class LocalPlatform:
             if value:
                 parameters[key] = value
         opts.log(f"deploying the AWS resources of template.yaml to {self.urls['aws']} ...")
-        self.stack = deploy_stack(self.urls["aws"], TEMPLATE_PATH, opts.stack_name, parameters)
+        self.stack = deploy_stack(
+            self.urls["aws"], TEMPLATE_PATH, opts.stack_name, parameters, state_dir=opts.state_dir.resolve()
+        )
 
     def function_env(self) -> dict[str, str]:
         assert self.stack is not None
@@ -273,8 +308,8 @@ class LocalPlatform:
         self.prepare_databases()
         template = self.template
         self.functions = load_functions(template, REPO_ROOT)
-        api = HttpApi(http_routes(template), self.functions, http_authorizers(template))
-        self.http = serve_http(api, free_port(self.options.port))
+        port = free_port() if self.options.port == 0 else self.options.port
+        self.http = serve_http(HttpApi(http_routes(template), self.functions, http_authorizers(template)), port)
         self.api_url = f"http://127.0.0.1:{self.http.server_address[1]}"
         sqs = boto3.client("sqs", endpoint_url=self.urls["aws"], region_name="us-east-1")
         for subscription in queue_subscriptions(template):
@@ -285,16 +320,21 @@ class LocalPlatform:
             self.pollers.append(poller)
 
     def start(self) -> LocalPlatform:
+        """Start everything; on any failure or interrupt (KeyboardInterrupt), stop what was started and re-raise."""
         try:
+            self.state_lock.acquire()
+            if self.options.port:
+                require_free_port(self.options.port, "CHAT4ALL_PORT")
             self.start_servers()
             self.provision()
             self.start_functions()
         except BaseException:
-            self.stop()
+            self.stop(grace=INTERRUPTED_START_GRACE_SECONDS)
             raise
         return self
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 15.0) -> None:
+        """Stop the functions, then every server this stack started (SIGKILL after `grace` seconds)."""
         with self._lock:
             for poller in self.pollers:
                 poller.stop()
@@ -303,9 +343,8 @@ class LocalPlatform:
                 self.http.shutdown()
                 self.http.server_close()
                 self.http = None
-            for process in reversed(self.processes):
-                process.stop()
-            self.processes.clear()
+            self.group.stop_all(grace)
+            self.state_lock.release()
 
     def __enter__(self) -> LocalPlatform:
         return self.start()
@@ -328,6 +367,7 @@ def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterato
         admin_api_key=f"c4a_{label}_admin_{uuid.uuid4().hex}",
         database_name=f"chat4all_{label}_{run_id}",
         create_fresh_database=True,
+        preferred_ports=False,
         channel_api_bases=channel_api_bases,
     )
     platform = LocalPlatform(options).start()
@@ -344,4 +384,4 @@ def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterato
             drop_postgres_database(platform.urls["postgres_server"], options.database_name)
         finally:
             platform.stop()
-            shutil.rmtree(options.state_dir, ignore_errors=True)
+            wipe_state(options.state_dir)

@@ -144,7 +144,7 @@ def identity_service() -> IdentityService:
 @lru_cache
 def conversation_service() -> ConversationService:
     db = mongo()
-    return ConversationService(MongoConversationStore(db), MongoMessageStore(db), users())
+    return ConversationService(MongoConversationStore(db), MongoMessageStore(db), users(), channels())
 
 
 @lru_cache

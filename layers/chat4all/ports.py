@@ -15,6 +15,7 @@ if TYPE_CHECKING:
         AuditRecord,
         ChannelConfig,
         ChannelInfo,
+        ChannelRef,
         Conversation,
         ExternalIdentity,
         Message,
@@ -126,6 +127,14 @@ class ChannelRepository(ABC):
     @abstractmethod
     def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
         """Remove the channel and its credentials with `audit(removed)`; NotFoundError when there is none."""
+
+    @abstractmethod
+    def channel_ref(self, channel_id: str) -> ChannelRef | None:
+        """The channel without its credentials (nothing is decrypted), or None."""
+
+    @abstractmethod
+    def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
+        """Enabled channels of a platform without their credentials, oldest first."""
 
 
 class ApiKeyRepository(ABC):

@@ -6,8 +6,8 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.contact import email_key, phones_of
-from chat4all.domain.errors import ConflictError, NotFoundError
-from chat4all.domain.models import ChannelInfo, Conversation, Message, MessageStatus
+from chat4all.domain.errors import ConflictError, CredentialsUnreadableError, NotFoundError
+from chat4all.domain.models import ChannelInfo, ChannelRef, Conversation, Message, MessageStatus
 from chat4all.ports import (
     ApiKeyRepository,
     ChannelRepository,
@@ -105,16 +105,28 @@ class InMemoryChannelRepository(ChannelRepository):
     def __init__(self) -> None:
         self.channels: dict[str, ChannelConfig] = {}
         self.audit: list[AuditEntry] = []
+        self.unreadable: set[str] = set()  # channels whose credentials no longer decrypt
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
         self.channels[channel.channel_id] = channel
         self.audit.append(audit)
 
     def get_channel(self, channel_id: str) -> ChannelConfig | None:
+        if channel_id in self.unreadable:
+            raise CredentialsUnreadableError("credentials cannot be decrypted (KMS NotFoundException)")
         return self.channels.get(channel_id)
 
     def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
-        return [c for c in self.channels.values() if c.platform == platform and c.enabled]
+        refs = self.enabled_channel_refs(platform)
+        return [channel for ref in refs if (channel := self.get_channel(ref.channel_id)) is not None]
+
+    def channel_ref(self, channel_id: str) -> ChannelRef | None:
+        channel = self.channels.get(channel_id)
+        return ChannelRef(channel.channel_id, channel.platform, channel.enabled) if channel else None
+
+    def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
+        enabled = [c for c in self.channels.values() if c.platform == platform and c.enabled]
+        return [ChannelRef(c.channel_id, c.platform, c.enabled) for c in enabled]
 
     def list_channels(self) -> list[ChannelInfo]:
         return [_info(c) for c in self.channels.values()]

@@ -121,15 +121,16 @@ def whatsapp_conversation(api: Api, whatsapp_channel: tuple[dict[str, Any], dict
         "/v1/users", {"display_name": "Carlos Customer", "user_type": "CUSTOMER", "phone": f"+{phone}"}
     )
     api.created(f"/v1/users/{customer['user_id']}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})
+    channel, credentials = whatsapp_channel
     conversation = api.created(
         "/v1/conversations",
         {
             "conversation_type": "ONE_TO_ONE",
             "participants": [agent["user_id"], customer["user_id"]],
             "primary_channel": "WHATSAPP",
+            "channel_id": channel["channel_id"],
         },
     )
-    channel, credentials = whatsapp_channel
     return WhatsAppSetup(
         agent["user_id"], customer["user_id"], phone, conversation["conversation_id"], channel, credentials
     )

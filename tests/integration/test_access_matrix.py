@@ -37,6 +37,7 @@ class World:
     conversation_id: str
     message_id: str
     channel_id: str
+    conversation_channel_id: str  # the enabled WhatsApp channel conversations go out through
     credentials: dict[str, str | None]  # caller -> Authorization header value (None: no header)
     secrets: list[str]  # values that belong to B and C and must never reach another caller
 
@@ -72,12 +73,14 @@ def world(api: Api, issuer: LocalIssuer, whatsapp_channel: Any) -> Iterator[Worl
     )
     phone = "+4930" + str(uuid.uuid4().int)[:8]
     customer_c = api.created("/v1/users", {"display_name": f"Clara {tag}", "user_type": "CUSTOMER", "phone": phone})
+    conversation_channel_id = whatsapp_channel[0]["channel_id"]
     conversation = api.created(
         "/v1/conversations",
         {
             "conversation_type": "ONE_TO_ONE",
             "participants": [agent_b["user_id"], customer_c["user_id"]],
             "primary_channel": "WHATSAPP",
+            "channel_id": conversation_channel_id,
         },
     )
     content = f"private words {tag}"
@@ -129,6 +132,7 @@ def world(api: Api, issuer: LocalIssuer, whatsapp_channel: Any) -> Iterator[Worl
             conversation["conversation_id"],
             sent.json()["message_id"],
             channel["channel_id"],
+            conversation_channel_id,
             credentials,
             secrets,
         )
@@ -199,6 +203,7 @@ OPERATIONS = [
                 "conversation_type": "ONE_TO_ONE",
                 "participants": [w.agent_b["user_id"], w.customer_c["user_id"]],
                 "primary_channel": "WHATSAPP",
+                "channel_id": w.conversation_channel_id,
             },
         ),
     ),
@@ -279,6 +284,7 @@ def test_an_agent_reads_only_itself_and_the_people_it_talks_to(api: Api, world: 
         "conversation_type": "ONE_TO_ONE",
         "participants": [agent["user_id"], stranger["user_id"]],
         "primary_channel": "WHATSAPP",
+        "channel_id": world.conversation_channel_id,
     }
     assert api.call("POST", "/v1/conversations", json=conversation, key=key).status_code == 201
     seen = api.call("GET", f"/v1/users/{stranger['user_id']}", key=key)

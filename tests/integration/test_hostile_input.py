@@ -104,6 +104,14 @@ def test_nul_in_messages_and_identities(api: Api, whatsapp_conversation: WhatsAp
     assert_4xx_problem(api.call("GET", "/v1/audit-log", params={"limit": "1e400"}), 422)
 
 
+@pytest.mark.parametrize("token", ["t\u00f6ken", "two words", "tab\there", ""])
+def test_credentials_must_be_visible_ascii(api: Api, token: str) -> None:
+    credentials = {"access_token": token, "phone_number_id": "1", "app_secret": "s", "verify_token": "v"}
+    body = {"platform": "WHATSAPP", "name": "c", "credentials": credentials, "enabled": False}
+    problem = assert_4xx_problem(api.call("POST", "/v1/channels", json=body), 422)
+    assert [e["field"] for e in problem["errors"]] == ["credentials.access_token"]
+
+
 def test_unknown_user_references_are_422(api: Api) -> None:
     for role in ("admin", "agent"):
         body = {"name": "k", "role": role, "user_id": str(uuid.uuid4())}

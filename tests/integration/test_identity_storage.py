@@ -10,7 +10,7 @@ import pytest
 
 from chat4all import bootstrap
 from chat4all.adapters.postgres import PostgresDatabase, PostgresUserRepository
-from chat4all.domain.errors import DependencyUnavailableError, ValidationFailedError
+from chat4all.domain.errors import CredentialsUnreadableError, ValidationFailedError
 from chat4all.domain.models import User, UserType, utcnow
 from chat4all.ports import AuditEntry
 
@@ -113,7 +113,7 @@ def test_credentials_are_ciphertext_bound_to_their_channel(platform: LocalPlatfo
             (rows[first["channel_id"]], second["channel_id"]),
         )
     # THEN KMS refuses it there: the encryption context names the channel it belongs to
-    with pytest.raises(DependencyUnavailableError):
+    with pytest.raises(CredentialsUnreadableError):
         bootstrap.channels().get_channel(second["channel_id"])
     still = bootstrap.channels().get_channel(first["channel_id"])
     assert still is not None and still.credentials == first["credentials"]

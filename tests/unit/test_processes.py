@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+import time
 from typing import TYPE_CHECKING
 
 import pytest
 
-from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
+from devstack.processes import ManagedProcess, ProcessFailedError, process_tree_owns_port, start_until_ready
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,3 +53,55 @@ def test_a_ready_server_keeps_running(tmp_path: Path) -> None:
     finally:
         process.stop()
     assert not process.is_running()
+
+
+def _listener(tmp_path: Path, port: int = 0) -> tuple[ManagedProcess, int]:
+    """A child process listening (SO_REUSEPORT, as LocalStack does) on `port`; it and the port it got."""
+    log = tmp_path / f"listener-{port}.log"
+    listener = ManagedProcess("listener", [sys.executable, "-c", LISTEN_AND_WAIT, str(port)], log_path=log)
+    listener.start()
+    deadline = time.monotonic() + 10
+    while not log.read_text().strip():
+        assert time.monotonic() < deadline, "the listener never printed its port"
+        time.sleep(0.05)
+    return listener, int(log.read_text().split()[0])
+
+
+def test_a_port_counts_as_ours_only_when_our_process_listens_on_it(tmp_path: Path) -> None:
+    with socket.socket() as someone_else:
+        someone_else.bind(("127.0.0.1", 0))
+        someone_else.listen()
+        taken = someone_else.getsockname()[1]
+        listener, own = _listener(tmp_path)
+        try:
+            assert listener.pid is not None
+            assert process_tree_owns_port(listener.pid, own)
+            assert not process_tree_owns_port(listener.pid, taken)
+        finally:
+            listener.stop()
+
+
+def test_a_port_shared_through_so_reuseport_is_not_ours(tmp_path: Path) -> None:
+    with socket.socket() as other_stack:
+        other_stack.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        other_stack.bind(("127.0.0.1", 0))
+        other_stack.listen()
+        shared = other_stack.getsockname()[1]
+        listener, port = _listener(tmp_path, shared)
+        try:
+            assert port == shared
+            assert listener.pid is not None
+            assert not process_tree_owns_port(listener.pid, shared)
+        finally:
+            listener.stop()
+
+
+LISTEN_AND_WAIT = """
+import socket, sys, time
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print(s.getsockname()[1], flush=True)
+time.sleep(30)
+"""

@@ -92,7 +92,7 @@ class World:
             ChannelConfig("ch-1", Platform.WHATSAPP, "line", {"access_token": "t"}, True, now, now),
             None,  # type: ignore[arg-type]
         )
-        self.conversation = ConversationService(self.conversations, self.messages, self.users).create(
+        self.conversation = ConversationService(self.conversations, self.messages, self.users, self.channels).create(
             CreateConversation(
                 ConversationType.ONE_TO_ONE, [self.agent.user_id, self.customer.user_id], Platform.WHATSAPP
             ),
@@ -235,7 +235,7 @@ def test_status_reports_move_forward_only_and_replays_change_nothing(world: Worl
 
 
 def test_conversation_participant_rules(world: World) -> None:
-    service = ConversationService(world.conversations, world.messages, world.users)
+    service = ConversationService(world.conversations, world.messages, world.users, world.channels)
     with pytest.raises(ValidationFailedError):
         service.create(CreateConversation(ConversationType.ONE_TO_ONE, [world.agent.user_id], Platform.WHATSAPP), ADMIN)
     with pytest.raises(ValidationFailedError):

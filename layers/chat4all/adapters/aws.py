@@ -10,12 +10,24 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chat4all.domain.errors import DependencyUnavailableError
+from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
 from chat4all.observability import logger
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+
+# KMS answers that will not change on a retry: the key is gone, disabled, or not the one that encrypted
+PERMANENT_KMS_ERRORS = frozenset(
+    {
+        "NotFoundException",
+        "DisabledException",
+        "KMSInvalidStateException",
+        "InvalidCiphertextException",
+        "IncorrectKeyException",
+    }
+)
 
 
 @contextlib.contextmanager
@@ -116,10 +128,20 @@ class KmsCredentialCipher(CredentialCipher):
         return dict(self._decrypt_cached(ciphertext, frozen))
 
     def _decrypt(self, ciphertext: bytes, context: tuple[tuple[str, str], ...]) -> dict[str, str]:
-        with _translated("KMS"):
+        try:
             result = self.kms.decrypt(
                 CiphertextBlob=ciphertext, **({"EncryptionContext": dict(context)} if context else {})
             )
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code in PERMANENT_KMS_ERRORS:
+                # also ciphertext bound to another channel: its encryption context does not match this one
+                raise CredentialsUnreadableError(f"credentials cannot be decrypted (KMS {code})") from exc
+            logger.warning("AWS call failed", extra={"service": "KMS", "error": repr(exc)[:500]})
+            raise DependencyUnavailableError("KMS is unavailable") from exc
+        except BotoCoreError as exc:
+            logger.warning("AWS call failed", extra={"service": "KMS", "error": repr(exc)[:500]})
+            raise DependencyUnavailableError("KMS is unavailable") from exc
         decoded: dict[str, str] = json.loads(result["Plaintext"])
         return decoded
 

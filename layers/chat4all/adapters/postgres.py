@@ -27,6 +27,7 @@ from chat4all.domain.models import (
     AuditRecord,
     ChannelConfig,
     ChannelInfo,
+    ChannelRef,
     ExternalIdentity,
     Platform,
     Role,
@@ -371,6 +372,10 @@ def _channel_info(row: dict[str, Any]) -> ChannelInfo:
     )
 
 
+def _channel_ref(row: dict[str, Any]) -> ChannelRef:
+    return ChannelRef(str(row["channel_id"]), Platform(row["platform"]), row["enabled"])
+
+
 class PostgresChannelRepository(ChannelRepository):
     def __init__(self, database: PostgresDatabase, cipher: CredentialCipher) -> None:
         self.db = database
@@ -416,6 +421,22 @@ class PostgresChannelRepository(ChannelRepository):
             cur.execute("SELECT * FROM channels WHERE channel_id = %s", (channel_id,))
             row = cur.fetchone()
         return self._channel(row) if row else None
+
+    def channel_ref(self, channel_id: str) -> ChannelRef | None:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT channel_id, platform, enabled FROM channels WHERE channel_id = %s", (channel_id,))
+            row = cur.fetchone()
+        return _channel_ref(row) if row else None
+
+    def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT channel_id, platform, enabled FROM channels WHERE platform = %s AND enabled"
+                " ORDER BY created_at, channel_id",
+                (platform.value,),
+            )
+            rows = cur.fetchall()
+        return [_channel_ref(row) for row in rows]
 
     def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
         with self.db.transaction() as cur:

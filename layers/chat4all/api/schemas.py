@@ -129,6 +129,7 @@ class CreateConversationRequest(RequestModel):
     conversation_type: ConversationType
     participants: list[uuid.UUID] = Field(min_length=1, max_length=100)
     primary_channel: Platform
+    channel_id: uuid.UUID | None = None
 
     @model_validator(mode="after")
     def _distinct(self) -> CreateConversationRequest:
@@ -138,7 +139,10 @@ class CreateConversationRequest(RequestModel):
 
     def command(self) -> commands.CreateConversation:
         return commands.CreateConversation(
-            self.conversation_type, [str(p) for p in self.participants], self.primary_channel
+            self.conversation_type,
+            [str(p) for p in self.participants],
+            self.primary_channel,
+            str(self.channel_id) if self.channel_id else None,
         )
 
 

@@ -117,6 +117,7 @@ def conversation_view(conversation: Conversation) -> dict[str, Any]:
             {"user_id": p.user_id, "joined_at": timestamp(p.joined_at)} for p in conversation.participants
         ],
         "primary_channel": conversation.primary_channel.value,
+        "channel_id": conversation.channel_id,
         "message_count": conversation.message_count,
         "last_activity_at": timestamp(conversation.last_activity_at),
         "created_at": timestamp(conversation.created_at),

@@ -48,6 +48,8 @@ class PlatformCredentialVerifier(CredentialVerifier):
         params = {"fields": "user_id,username"} if platform is Platform.INSTAGRAM else None
         try:
             response = self.http.get(url, headers=headers, params=params)
+        except (ValueError, httpx.InvalidURL) as exc:  # not sendable at all (the models allow only visible ASCII)
+            raise _refused(platform, token_field, "cannot be sent to the platform") from exc
         except httpx.HTTPError as exc:
             logger.warning(
                 "credential check failed to connect", extra={"platform": platform, "error": type(exc).__name__}

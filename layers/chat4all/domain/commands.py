@@ -66,6 +66,7 @@ class CreateConversation:
     conversation_type: ConversationType
     participants: list[str]
     primary_channel: Platform
+    channel_id: str | None = None
 
 
 @dataclass(frozen=True)

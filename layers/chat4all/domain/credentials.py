@@ -9,8 +9,8 @@ from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 from chat4all.domain.errors import FieldError, ValidationFailedError
 from chat4all.domain.models import Platform
 
-# tokens and secrets as the platforms issue them: no whitespace anywhere
-Secret = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^\S+$")]
+# tokens and secrets as the platforms issue them: visible ASCII (they travel in HTTP headers and URLs)
+Secret = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,1024}$")]
 NumericId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
 # Telegram bot tokens are "<bot id>:<35 or so of [A-Za-z0-9_-]>"
 BotToken = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}:[A-Za-z0-9_-]{30,100}$")]

@@ -74,6 +74,17 @@ class DependencyUnavailableError(Chat4AllError):
     slug = "dependency-unavailable"
 
 
+class CredentialsUnreadableError(Chat4AllError):
+    """A channel's stored credentials cannot be decrypted (its key is gone or disabled, or the ciphertext is bad).
+
+    Not a passing outage: retrying will not help until an admin rotates the channel's credentials.
+    """
+
+    status = 503
+    title = "Channel credentials unreadable"
+    slug = "channel-credentials-unreadable"
+
+
 class ChannelError(Chat4AllError):
     """A channel platform refused or failed a call."""
 

@@ -159,6 +159,15 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
+class ChannelRef:
+    """What routing needs of an installed channel: which one, which platform, whether it is on; no credentials."""
+
+    channel_id: str
+    platform: Platform
+    enabled: bool
+
+
+@dataclass(frozen=True)
 class ApiKey:
     key_id: str
     name: str

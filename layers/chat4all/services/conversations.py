@@ -13,8 +13,8 @@ from chat4all.domain.models import Conversation, ConversationType, Participant, 
 
 if TYPE_CHECKING:
     from chat4all.domain.commands import CreateConversation
-    from chat4all.domain.models import Message, Principal
-    from chat4all.ports import ConversationStore, MessageStore, UserRepository
+    from chat4all.domain.models import Message, Platform, Principal
+    from chat4all.ports import ChannelRepository, ConversationStore, MessageStore, UserRepository
 
 PARTICIPANT_LIMITS = {ConversationType.ONE_TO_ONE: (2, 2), ConversationType.GROUP: (3, 100)}
 MAX_PAGE = 200
@@ -44,10 +44,17 @@ def decode_cursor(cursor: str) -> int:
 
 
 class ConversationService:
-    def __init__(self, conversations: ConversationStore, messages: MessageStore, users: UserRepository) -> None:
+    def __init__(
+        self,
+        conversations: ConversationStore,
+        messages: MessageStore,
+        users: UserRepository,
+        channels: ChannelRepository,
+    ) -> None:
         self.conversations = conversations
         self.messages = messages
         self.users = users
+        self.channels = channels
 
     def create(self, command: CreateConversation, principal: Principal) -> Conversation:
         participants = list(dict.fromkeys(command.participants))
@@ -67,6 +74,7 @@ class ConversationService:
             raise ValidationFailedError("unknown participants", errors=errors)
         if not principal.is_admin and principal.user_id not in participants:
             raise ForbiddenError("an agent can only create conversations it takes part in")
+        channel_id = self._channel_for(command.primary_channel, command.channel_id)
         now = utcnow()
         conversation = Conversation(
             conversation_id=str(uuid.uuid4()),
@@ -76,9 +84,29 @@ class ConversationService:
             message_count=0,
             last_activity_at=now,
             created_at=now,
+            channel_id=channel_id,
         )
         self.conversations.add_conversation(conversation)
         return conversation
+
+    def _channel_for(self, platform: Platform, channel_id: str | None) -> str:
+        """The installed channel a new conversation goes out through: the one named, else the only one enabled."""
+        if channel_id is not None:
+            channel = self.channels.channel_ref(channel_id)
+            if channel is None or channel.platform is not platform or not channel.enabled:
+                raise ValidationFailedError(
+                    "unknown channel",
+                    errors=[FieldError("channel_id", f"no enabled {platform} channel {channel_id}")],
+                )
+            return channel.channel_id
+        enabled = self.channels.enabled_channel_refs(platform)
+        if len(enabled) != 1:
+            found = "none is" if not enabled else f"{len(enabled)} are"
+            raise ValidationFailedError(
+                f"name the channel: {found} enabled for {platform}",
+                errors=[FieldError("channel_id", f"required unless exactly one {platform} channel is enabled")],
+            )
+        return enabled[0].channel_id
 
     def get(self, conversation_id: str, principal: Principal) -> Conversation:
         conversation = self.conversations.get_conversation(conversation_id)

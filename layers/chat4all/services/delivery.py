@@ -6,7 +6,13 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError, Chat4AllError, RetryLaterError
+from chat4all.domain.errors import (
+    ChannelRejectedError,
+    ChannelRetryableError,
+    Chat4AllError,
+    CredentialsUnreadableError,
+    RetryLaterError,
+)
 from chat4all.domain.models import Direction, MessageStatus, OutboundMessage, StatusEntry, utcnow
 from chat4all.services.notifications import notify
 
@@ -116,14 +122,28 @@ class DeliveryService:
         return channel, OutboundMessage(message.message_id, identity.platform_user_id, message.content)
 
     def _channel_for(self, platform: Platform, channel_id: str | None) -> ChannelConfig:
-        if channel_id is not None:
-            channel = self.channels.get_channel(channel_id)
-            if channel is not None and channel.enabled:
-                return channel
-        enabled = self.channels.enabled_channels(platform)
-        if not enabled:
-            raise UndeliverableError(f"no enabled {platform} channel")
-        return enabled[0]
+        """The channel the conversation names; never another one that happens to work.
+
+        A message on another platform than the conversation's channel (or a conversation from before channels
+        were named) goes through that platform's only enabled channel.
+        """
+        named = self.channels.channel_ref(channel_id) if channel_id is not None else None
+        if channel_id is not None and named is None:
+            raise UndeliverableError(f"channel {channel_id} of this conversation was removed")
+        if named is None or named.platform is not platform:
+            enabled = self.channels.enabled_channel_refs(platform)
+            if len(enabled) != 1:
+                raise UndeliverableError(f"no single enabled {platform} channel to send through ({len(enabled)} found)")
+            named = enabled[0]
+        if not named.enabled:
+            raise UndeliverableError(f"channel {named.channel_id} is disabled")
+        try:
+            channel = self.channels.get_channel(named.channel_id)
+        except CredentialsUnreadableError as exc:
+            raise UndeliverableError(f"channel {named.channel_id}: {exc.detail}") from exc
+        if channel is None:
+            raise UndeliverableError(f"channel {named.channel_id} was removed")
+        return channel
 
     def _fail(self, message: Message, reason: str, *, dead_letter: bool = False) -> DeliveryOutcome:
         logger.warning("message %s failed: %s", message.message_id, reason)

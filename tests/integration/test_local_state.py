@@ -1,0 +1,275 @@
+"""`make dev` as a new user runs it: from a private clone, stopped and started again, interrupted, port taken.
+
+Each test runs `python -m devstack` (what `make dev` runs) as a child process in a clone of this working tree
+inside a 0700 directory, the way `mktemp -d` or root's home are, and talks to it over HTTP only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import pytest
+
+from devstack.processes import free_port, port_in_use
+from devstack.state import external_home
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from tests.support.fake_whatsapp import FakeWhatsApp
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# servers the user may point at; unset here, so the stack starts and stops its own
+SERVER_VARIABLES = ("DATABASE_URL", "MONGODB_URI", "REDIS_URL", "AWS_ENDPOINT_URL", "CHAT4ALL_STATE_DIR")
+READY_LINE = "Ctrl-C stops everything."
+START_TIMEOUT = 300.0
+
+
+def clone_working_tree(destination: Path) -> Path:
+    """`git clone` of this repository, with the working tree's uncommitted changes laid over it."""
+    subprocess.run(["git", "clone", "-q", str(REPO_ROOT), str(destination)], check=True)
+    changed = subprocess.run(
+        ["git", "ls-files", "-z", "--modified", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, changed.split("\0")):
+        source, target = REPO_ROOT / name, destination / name
+        if source.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+        else:
+            target.unlink(missing_ok=True)
+    # LocalStack's venv takes minutes to build and is the same for every checkout: reuse this one's
+    (destination / ".localstack-venv").symlink_to(REPO_ROOT / ".localstack-venv")
+    return destination
+
+
+@pytest.fixture(scope="module")
+def private_clone() -> Iterator[Path]:
+    parent = Path(tempfile.mkdtemp(prefix="chat4all-private-"))
+    assert parent.stat().st_mode & 0o777 == 0o700
+    try:
+        yield clone_working_tree(parent / "chat4all")
+    finally:
+        subprocess.run([sys.executable, "-m", "devstack.state"], cwd=parent / "chat4all", check=False)
+        shutil.rmtree(parent, ignore_errors=True)
+
+
+def processes_under(*paths: Path) -> list[str]:
+    """Processes whose working directory or command line lies under one of `paths`, except ourselves."""
+    needles = [str(path) for path in paths]
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if any(needle in cwd or needle in cmdline for needle in needles):
+            found.append(f"{proc.name}: {cmdline[:160]} (cwd {cwd})")
+    return found
+
+
+class DevStack:
+    """`python -m devstack` in a checkout, its output collected as it runs."""
+
+    def __init__(self, checkout: Path, env: dict[str, str]) -> None:
+        self.checkout = checkout
+        self.lines: list[str] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devstack"],
+            cwd=checkout,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,  # our signals only, as Ctrl-C would send them
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, text: str, timeout: float = START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            if self.process.poll() is not None:
+                time.sleep(0.2)  # let the reader catch the last lines
+                if any(text in line for line in self.lines):
+                    return
+                pytest.fail(f"make dev exited ({self.process.returncode}) before {text!r}:\n{self.output}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {text!r} after {timeout:.0f}s:\n{self.output}")
+            time.sleep(0.1)
+
+    def value(self, label: str) -> str:
+        line = next(line for line in self.lines if line.strip().startswith(label))
+        return line.split(label, 1)[1].strip()
+
+    def interrupt(self, timeout: float = 60.0) -> int:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            pytest.fail(f"make dev still running {timeout:.0f}s after SIGINT:\n{self.output}")
+
+
+@pytest.fixture
+def dev_env(fake_whatsapp: FakeWhatsApp) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in (*SERVER_VARIABLES, "PYTHONPATH")}
+    env.update(
+        CHAT4ALL_PORT=str(free_port()),
+        CHAT4ALL_ADMIN_API_KEY=f"c4a_private_{uuid.uuid4().hex}",
+        WHATSAPP_API_BASE=fake_whatsapp.url,
+    )
+    return env
+
+
+class Client:
+    def __init__(self, api_url: str, admin_key: str) -> None:
+        self.http = httpx.Client(base_url=api_url, timeout=30, headers={"Authorization": f"Bearer {admin_key}"})
+
+    def created(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(path, json=body)
+        assert response.status_code == 201, response.text
+        return dict(response.json())
+
+    def channel(self, phone_number_id: str) -> str:
+        secret = uuid.uuid4().hex
+        credentials = {
+            "access_token": f"EAAG-{uuid.uuid4().hex}",
+            "phone_number_id": phone_number_id,
+            "app_secret": secret,
+            "verify_token": secret,
+        }
+        body = {"platform": "WHATSAPP", "name": f"line {phone_number_id}", "credentials": credentials}
+        return str(self.created("/v1/channels", body)["channel_id"])
+
+    def send_until_sent(self, conversation_id: str, sender_id: str, content: str) -> str:
+        body = {"conversation_id": conversation_id, "sender_id": sender_id, "content": content}
+        response = self.http.post("/v1/messages", json=body)
+        assert response.status_code == 202, response.text
+        message_id = str(response.json()["message_id"])
+        deadline = time.monotonic() + 90
+        while True:
+            status = self.http.get(f"/v1/messages/{message_id}/status").json()
+            if status["status"] != "PENDING":
+                assert status["status"] == "SENT", status
+                return message_id
+            assert time.monotonic() < deadline, f"{content!r} still PENDING: {status}"
+            time.sleep(0.2)
+
+
+def test_a_private_clone_runs_stops_and_starts_again_with_everything_it_made(
+    private_clone: Path, dev_env: dict[str, str], fake_whatsapp: FakeWhatsApp
+) -> None:
+    port = int(dev_env["CHAT4ALL_PORT"])
+    state_dir = private_clone / ".devstack"
+    first = DevStack(private_clone, dev_env)
+    first.wait_for(READY_LINE)
+    api = Client(first.value("API:"), dev_env["CHAT4ALL_ADMIN_API_KEY"])
+    if os.geteuid() == 0:  # PostgreSQL runs as `postgres`, which cannot enter the private clone
+        assert (state_dir / "external-state").read_text().strip() == str(external_home(state_dir))
+
+    phone = "55119" + str(uuid.uuid4().int)[:8]
+    line_a, line_b = f"A{uuid.uuid4().int % 10**12}", f"B{uuid.uuid4().int % 10**12}"
+    agent = api.created("/v1/users", {"display_name": "Ana", "user_type": "AGENT"})["user_id"]
+    customer = api.created("/v1/users", {"display_name": "Carl", "user_type": "CUSTOMER", "phone": f"+{phone}"})
+    api.created(f"/v1/users/{customer['user_id']}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})
+    channel_a = api.channel(line_a)
+    one_to_one = {"conversation_type": "ONE_TO_ONE", "participants": [agent, customer["user_id"]]}
+    first_conversation = api.created("/v1/conversations", {**one_to_one, "primary_channel": "WHATSAPP"})
+    assert first_conversation["channel_id"] == channel_a  # the only one then
+    conversation_id = first_conversation["conversation_id"]
+    api.send_until_sent(conversation_id, agent, "before the restart")
+
+    assert first.interrupt() == 0, first.output
+    assert processes_under(private_clone, external_home(state_dir)) == []
+    assert not port_in_use(port)
+
+    second = DevStack(private_clone, dev_env)
+    second.wait_for(READY_LINE)
+    api = Client(second.value("API:"), dev_env["CHAT4ALL_ADMIN_API_KEY"])
+    assert api.http.get(f"/v1/users/{customer['user_id']}").json()["external_identities"][0]["platform_user_id"] == (
+        phone
+    )
+    api.send_until_sent(conversation_id, agent, "after the restart, same channel")
+    channel_b = api.channel(line_b)
+    second_conversation = api.created(
+        "/v1/conversations", {**one_to_one, "primary_channel": "WHATSAPP", "channel_id": channel_b}
+    )["conversation_id"]
+    api.send_until_sent(second_conversation, agent, "after the restart, new channel")
+
+    sent = [
+        (r.path.split("/")[-2], r.body["text"]["body"]) for r in fake_whatsapp.requests if r.body.get("to") == phone
+    ]
+    assert sent == [
+        (line_a, "before the restart"),
+        (line_a, "after the restart, same channel"),
+        (line_b, "after the restart, new channel"),
+    ]
+    history = api.http.get(f"/v1/conversations/{conversation_id}/messages?limit=50").json()["items"]
+    assert [(m["sequence"], m["content"], m["status"]) for m in history] == [
+        (1, "before the restart", "SENT"),
+        (2, "after the restart, same channel", "SENT"),
+    ]
+
+    assert second.interrupt() == 0, second.output
+    assert processes_under(private_clone, external_home(state_dir)) == []
+    wiped = subprocess.run(
+        [sys.executable, "-m", "devstack.state"], cwd=private_clone, capture_output=True, text=True, check=True
+    )
+    assert str(state_dir) in wiped.stdout
+    assert not state_dir.exists()
+    assert not external_home(state_dir).exists()
+
+
+def test_ctrl_c_during_start_up_stops_at_once_and_leaves_nothing(private_clone: Path, dev_env: dict[str, str]) -> None:
+    stack = DevStack(private_clone, dev_env)
+    stack.wait_for("starting postgres")
+    time.sleep(1.5)  # servers half way up
+    started = time.monotonic()
+    assert stack.interrupt(timeout=30) != 0, stack.output
+    assert "interrupted during start-up" in stack.output
+    print(f"stopped {time.monotonic() - started:.1f}s after SIGINT")
+    state_dir = private_clone / ".devstack"
+    assert processes_under(private_clone, external_home(state_dir)) == []
+    assert not port_in_use(int(dev_env["CHAT4ALL_PORT"]))
+
+
+def test_a_port_taken_by_another_program_is_an_error_that_names_it(
+    private_clone: Path, dev_env: dict[str, str]
+) -> None:
+    with socket.socket() as other_program:
+        other_program.bind(("127.0.0.1", 0))
+        other_program.listen()
+        port = other_program.getsockname()[1]
+        stack = DevStack(private_clone, {**dev_env, "CHAT4ALL_PORT": str(port)})
+        assert stack.process.wait(60) == 1
+    time.sleep(0.2)
+    assert f"port {port} is already in use" in stack.output
+    assert "starting" not in stack.output  # refused before starting any server
