@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
+
+from devstack.template import load_template
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Powertools reads its settings when chat4all.observability is first imported, which test modules may do
+    # at collection, before the local stack sets the functions' environment: give it the template's now.
+    template = load_template(Path(__file__).resolve().parents[1] / "template.yaml")
+    variables = template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+    for name, value in variables.items():
+        if name.startswith("POWERTOOLS_") and isinstance(value, str):
+            os.environ.setdefault(name, value)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
