@@ -12,6 +12,9 @@ import yaml
 
 from chat4all.api import views
 from chat4all.domain.models import (
+    ApiKey,
+    AuditRecord,
+    ChannelInfo,
     Conversation,
     ConversationType,
     Direction,
@@ -20,6 +23,7 @@ from chat4all.domain.models import (
     MessageStatus,
     Participant,
     Platform,
+    Role,
     StatusEntry,
     User,
     UserType,
@@ -78,3 +82,9 @@ def test_views_carry_the_required_fields() -> None:
     assert required("Conversation") <= set(views.conversation_view(conversation))
     assert required("AcceptedMessage") <= set(views.accepted_view(accepted))
     assert views.message_view(message)["created_at"].endswith("Z")
+    channel = ChannelInfo(str(uuid.uuid4()), Platform.TELEGRAM, "bot", True, None, NOW, NOW)
+    assert required("Channel") <= set(views.channel_view(channel))
+    record = AuditRecord(7, NOW, "key", "admin", "user.updated", "user", user_id, {"a": 1}, {"a": 2}, "r", "1.2.3.4")
+    assert required("AuditEntry") <= set(views.audit_record_view(record))
+    key = ApiKey(str(uuid.uuid4()), "k", Role.AGENT, user_id, NOW)
+    assert required("ApiKey") <= set(views.api_key_view(key, "c4a_x"))
