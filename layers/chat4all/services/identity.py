@@ -36,8 +36,6 @@ if TYPE_CHECKING:
         UserRepository,
     )
 
-MAX_AUDIT_PAGE = 200
-
 
 @dataclasses.dataclass(frozen=True)
 class LinkSuggestion:

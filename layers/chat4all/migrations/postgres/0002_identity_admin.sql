@@ -10,7 +10,6 @@ ALTER TABLE audit_log
     ADD COLUMN actor_role text,
     ADD COLUMN request_id text,
     ADD COLUMN source_ip  text;
-CREATE INDEX audit_log_newest_idx ON audit_log (entry_id DESC);
 
 -- the email as link suggestions compare it (Unicode case folding, done by the application)
 ALTER TABLE users ADD COLUMN email_key text;
