@@ -13,6 +13,8 @@ ALTER TABLE audit_log
 
 -- the email as link suggestions compare it (Unicode case folding, done by the application)
 ALTER TABLE users ADD COLUMN email_key text;
+-- users made before: lower() is case folding for all but a few scripts; the application folds from now on
+UPDATE users SET email_key = lower(email) WHERE email IS NOT NULL;
 CREATE INDEX users_email_key_idx ON users (email_key) WHERE email_key IS NOT NULL;
 DROP INDEX users_email_idx;
 
