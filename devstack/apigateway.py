@@ -24,6 +24,7 @@ from multidict import CIMultiDict
 
 from devstack.authorizers import AuthorizerDenied, HttpAuthorizer
 from devstack.lambda_service import ACCOUNT_ID, REGION, SHUTDOWN_SECONDS, TIMED_OUT, random_hex, request_id
+from devstack.template import DEFAULT_ROUTE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -50,8 +51,14 @@ class CompiledRoute:
     pattern: re.Pattern[str]
     specificity: tuple[int, int]
 
+    @property
+    def route_key(self) -> str:
+        return DEFAULT_ROUTE if self.route.path == DEFAULT_ROUTE else f"{self.route.method} {self.route.path}"
+
     @classmethod
     def compile(cls, route: HttpRoute) -> CompiledRoute:
+        if route.path == DEFAULT_ROUTE:  # every request no other route takes
+            return cls(route, re.compile(r"^/.*$", re.DOTALL), (-1, -1))
         parts = []
         literal = 0
         for segment in route.path.strip("/").split("/"):
@@ -84,6 +91,15 @@ def problem(
     return status, [("content-type", "application/problem+json"), *(extra_headers or [])], body
 
 
+def gateway_message(status: int) -> tuple[int, list[tuple[str, str]], bytes]:
+    """API Gateway's own answer to a request its authorizer refused, as AWS words it: {"message": ...}.
+
+    Not problem JSON, as in AWS; a design that must keep the contract's error format lets its authorizer
+    authorize and refuses in the functions (docs/AUTH.md)."""
+    body = json.dumps({"message": HTTPStatus(status).phrase}).encode()
+    return status, [("content-type", "application/json")], body
+
+
 class HttpApi:
     """Matches requests to routes the way HTTP APIs do (the most specific route wins) and runs the integration."""
 
@@ -114,7 +130,7 @@ class HttpApi:
         return None
 
     def allowed_methods(self, path: str) -> list[str]:
-        return sorted({c.route.method for c in self.routes if c.pattern.match(path)})
+        return sorted({c.route.method for c in self.routes if c.route.path != DEFAULT_ROUTE and c.pattern.match(path)})
 
     def resolve(self, method: str, path: str) -> tuple[HttpRoute, dict[str, str]] | Problem:
         matched = self.match(method, path)
@@ -137,7 +153,7 @@ class HttpApi:
             try:
                 context = await self.authorizers[route.authorizer].authorize(event, route_arn(method, path))
             except AuthorizerDenied as denied:
-                return problem(denied.status, denied.detail)
+                return gateway_message(denied.status)
             event["requestContext"]["authorizer"] = {"lambda": context}
         assert self.invoke is not None
         result = await self.invoke(route.function, json.dumps(event).encode())
@@ -187,7 +203,7 @@ def api_gateway_event(
     except UnicodeDecodeError:
         body_text = None
     now = datetime.now(UTC)
-    route_key = f"{route.method.upper()} {route.path}"
+    route_key = DEFAULT_ROUTE if route.path == DEFAULT_ROUTE else f"{route.method.upper()} {route.path}"
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route_key,

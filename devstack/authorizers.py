@@ -3,8 +3,8 @@
 The identity sources must all be present and non-empty, else 401 without invoking the authorizer. The
 authorizer answers with a simple response (`isAuthorized`, `context`) or an IAM policy; the answer is cached
 by the identity-source values for `ReauthorizeEvery` seconds (never when that is 0 or there is no identity
-source). A refusal is 403, an authorizer that fails or answers nonsense is 500. The `context` reaches the
-route's event as `requestContext.authorizer.lambda`.
+source). A refusal is 403, an authorizer that fails or answers nonsense is 500, each API Gateway's own
+`{"message": ...}` answer. The `context` reaches the route's event as `requestContext.authorizer.lambda`.
 """
 
 from __future__ import annotations

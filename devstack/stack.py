@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import hmac
 import os
 import secrets
 import sys
@@ -50,6 +52,38 @@ LOCAL_AWS_ENV = {
 # servers interrupted while starting hold nothing worth a graceful stop; a starting LocalStack ignores SIGTERM
 INTERRUPTED_START_GRACE_SECONDS = 2.0
 CHANNEL_ENV = ("WHATSAPP_API_BASE", "TELEGRAM_API_BASE", "INSTAGRAM_API_BASE")
+# environment variables that become template parameters when set (channel bases and the JWT issuer)
+ENV_PARAMETERS = {
+    "WHATSAPP_API_BASE": "WhatsAppApiBase",
+    "TELEGRAM_API_BASE": "TelegramApiBase",
+    "INSTAGRAM_API_BASE": "InstagramApiBase",
+    "CHAT4ALL_JWT_ISSUER": "JwtIssuer",
+    "CHAT4ALL_JWT_AUDIENCE": "JwtAudience",
+    "CHAT4ALL_JWT_JWKS_URL": "JwtJwksUrl",
+}
+
+
+def _app_database_url(owner_url: str, password: str) -> str:
+    _ensure_layers_importable()
+    from chat4all.config import app_database_url
+
+    return app_database_url(owner_url, password)
+
+
+def _ensure_layers_importable() -> None:
+    layers = str(REPO_ROOT / "layers")
+    if layers not in sys.path:
+        sys.path.insert(0, layers)
+
+
+def app_role_password(owner_url: str, environ: dict[str, str]) -> str:
+    """CHAT4ALL_APP_DB_PASSWORD, else one derived from the owner's URL: stable across runs and platforms
+    sharing a server, and as secret as the owner's own credentials."""
+    given = environ.get("CHAT4ALL_APP_DB_PASSWORD")
+    if given:
+        return given
+    server = with_database(owner_url, "")
+    return hmac.new(server.encode(), b"chat4all_app", hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -214,12 +248,17 @@ class LocalPlatform:
             self.urls["mongo"] = self.urls["mongo_server"]
         else:
             self.urls["mongo"] = with_database(self.urls["mongo_server"], opts.database_name)
+        # the functions connect as the least-privilege role the migrations create; only prepare_databases
+        # connects as the owner
+        self.urls["postgres_app"] = _app_database_url(
+            self.urls["postgres"], app_role_password(self.urls["postgres"], opts.environ)
+        )
         parameters = {
-            "DatabaseUrl": self.urls["postgres"],
+            "DatabaseUrl": self.urls["postgres_app"],
             "MongoDbUri": self.urls["mongo"],
             "RedisUrl": self.urls["redis"],
         }
-        for name, key in zip(CHANNEL_ENV, ("WhatsAppApiBase", "TelegramApiBase", "InstagramApiBase"), strict=True):
+        for name, key in ENV_PARAMETERS.items():
             value = opts.channel_api_bases.get(name) or opts.environ.get(name)
             if value:
                 parameters[key] = value
@@ -249,7 +288,11 @@ class LocalPlatform:
 
         key = self.options.admin_api_key or self.options.environ.get("CHAT4ALL_ADMIN_API_KEY") or ""
         self.admin_api_key = key or "c4a_admin_" + secrets.token_urlsafe(24)
-        report = prepare_databases(self.admin_api_key)
+        report = prepare_databases(
+            self.admin_api_key,
+            owner_database_url=self.urls["postgres"],
+            app_password=app_role_password(self.urls["postgres"], self.options.environ),
+        )
         if report.migrations_applied:
             self.options.log(f"PostgreSQL migrations applied: {', '.join(report.migrations_applied)}")
 
@@ -257,9 +300,7 @@ class LocalPlatform:
     def start_functions(self) -> None:
         assert self.stack is not None
         os.environ.update(self.function_env())
-        layers = str(REPO_ROOT / "layers")
-        if layers not in sys.path:
-            sys.path.insert(0, layers)
+        _ensure_layers_importable()
         self.prepare_databases()
         self.runtime = LocalRuntime(
             self.template,

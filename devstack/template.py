@@ -16,6 +16,7 @@ SERVERLESS_FUNCTION = "AWS::Serverless::Function"
 # Resource types that the local runner stands in for, so they are never deployed.
 LOCAL_ONLY_TYPE_PREFIXES = ("AWS::Serverless::", "AWS::Lambda::")
 HTTP_EVENT_TYPES = ("HttpApi", "Api")
+DEFAULT_ROUTE = "$default"
 SUB_VARIABLE = re.compile(r"\$\{([^}]*)\}")
 
 
@@ -193,7 +194,7 @@ class LambdaAuthorizer:
 
     name: str
     function: str
-    payload_format_version: str = "2.0"
+    payload_version: str = "2.0"
     simple_responses: bool = False
     identity_headers: tuple[str, ...] = ()
     identity_query_strings: tuple[str, ...] = ()
@@ -267,23 +268,32 @@ def _api_auth(template: dict[str, Any], api_logical_id: str) -> dict[str, Any]:
 
 
 def http_routes(template: dict[str, Any]) -> list[HttpRoute]:
-    """Every HttpApi/Api event of every function; an HttpApi event without a route catches everything.
+    """Every HttpApi/Api event of every function; an HttpApi event without Path and Method is `$default`.
 
     A route is guarded by its own `Auth.Authorizer`, else by its API's `Auth.DefaultAuthorizer`;
     `Authorizer: NONE` opts it out.
     """
     routes = []
-    for logical_id, _, props in _events(template, HTTP_EVENT_TYPES):
+    events = (
+        (logical_id, event.get("Type"), event.get("Properties") or {})
+        for logical_id, function in _functions(template)
+        for event in (function.get("Events") or {}).values()
+        if event.get("Type") in HTTP_EVENT_TYPES
+    )
+    for logical_id, event_type, props in events:
         api_ref = props.get("ApiId") or props.get("RestApiId")
         api_id = api_ref.get("Ref") if isinstance(api_ref, dict) else None
         default = _api_auth(template, api_id).get("DefaultAuthorizer") if isinstance(api_id, str) else None
         authorizer = (props.get("Auth") or {}).get("Authorizer", default)
+        # an HttpApi event without Path and Method is the API's $default route: whatever no other route takes
+        catch_all = event_type == "HttpApi" and "Path" not in props and "Method" not in props
+        path = DEFAULT_ROUTE if catch_all else str(props.get("Path", "/{proxy+}"))
         routes.append(
             HttpRoute(
                 logical_id,
                 str(props.get("Method", "ANY")).upper(),
-                str(props.get("Path", "/{proxy+}")),
-                None if authorizer in (None, "NONE") else str(authorizer),
+                path,
+                None if authorizer in (None, "NONE", "AWS_IAM") else str(authorizer),
             )
         )
     return routes
@@ -308,7 +318,7 @@ def http_authorizers(template: dict[str, Any]) -> dict[str, LambdaAuthorizer]:
             found[name] = LambdaAuthorizer(
                 name=name,
                 function=function,
-                payload_format_version=version,
+                payload_version=version,
                 simple_responses=bool(spec.get("EnableSimpleResponses", False)),
                 identity_headers=tuple(str(h) for h in identity.get("Headers") or ()),
                 identity_query_strings=tuple(str(q) for q in identity.get("QueryStrings") or ()),

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chat4all import bootstrap
+from chat4all.api.access import caller
 from chat4all.api.app import create_resolver, json_response
-from chat4all.api.requests import authenticate, parse_body, resource_id
+from chat4all.api.requests import parse_body, resource_id
 from chat4all.api.schemas import CreateConversationRequest, HistoryQuery
 from chat4all.api.views import conversation_view, page_view
 from chat4all.observability import logger, tracer
@@ -21,7 +22,7 @@ app = create_resolver()
 
 @app.post("/v1/conversations")
 def create_conversation() -> Response[str]:
-    principal = authenticate(app.current_event, bootstrap.authenticator())
+    principal = caller(app)
     request = parse_body(app.current_event, CreateConversationRequest, settings.max_body_bytes)
     conversation = bootstrap.conversation_service().create(request.command(), principal)
     location = f"/v1/conversations/{conversation.conversation_id}"
@@ -30,14 +31,14 @@ def create_conversation() -> Response[str]:
 
 @app.get("/v1/conversations/<conversation_id>")
 def get_conversation(conversation_id: str) -> Response[str]:
-    principal = authenticate(app.current_event, bootstrap.authenticator())
+    principal = caller(app)
     conversation = bootstrap.conversation_service().get(resource_id(conversation_id, "conversation"), principal)
     return json_response(200, conversation_view(conversation))
 
 
 @app.get("/v1/conversations/<conversation_id>/messages")
 def list_messages(conversation_id: str) -> Response[str]:
-    principal = authenticate(app.current_event, bootstrap.authenticator())
+    principal = caller(app)
     query = HistoryQuery.from_params(app.current_event.query_string_parameters or {})
     page = bootstrap.conversation_service().history(
         resource_id(conversation_id, "conversation"), principal, limit=query.limit, before=query.before

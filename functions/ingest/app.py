@@ -10,14 +10,14 @@ from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idemp
 from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
 
 from chat4all import bootstrap
+from chat4all.api.access import caller
 from chat4all.api.app import create_resolver, json_response
-from chat4all.api.requests import authenticate, parse_body, raw_body
+from chat4all.api.requests import parse_body, raw_body
 from chat4all.api.schemas import SendMessageRequest
 from chat4all.api.views import accepted_view
 from chat4all.domain.models import Platform
 from chat4all.observability import logger, metrics, tracer
 from chat4all.services.auth import require_self_or_admin
-from chat4all.services.health import check_health
 from chat4all.services.messages import AcceptedMessage
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ def accept_message(command: SendMessage, principal: Principal) -> AcceptedMessag
 
 @app.post("/v1/messages")
 def post_message() -> Response[str]:
-    principal = authenticate(app.current_event, bootstrap.authenticator())
+    principal = caller(app)
     command = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes).command()
     require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
     accepted = accept_message(command=command, principal=principal)
@@ -72,7 +72,7 @@ def whatsapp_webhook() -> Response[str]:
 
 @app.get("/health")
 def health() -> Response[str]:
-    report = check_health(bootstrap.dependency_checks())
+    report = bootstrap.health_monitor().report()
     status = "UP" if report.healthy else "DOWN"
     return json_response(200 if report.healthy else 503, {"status": status, "dependencies": report.dependencies})
 

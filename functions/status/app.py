@@ -9,8 +9,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import BaseModel, Field
 
 from chat4all import bootstrap
+from chat4all.api.access import caller
 from chat4all.api.app import create_resolver, json_response
-from chat4all.api.requests import authenticate, resource_id
+from chat4all.api.requests import resource_id
 from chat4all.api.views import message_status_view, message_view
 from chat4all.consumers import consume_batch
 from chat4all.domain.errors import RetryLaterError, StatusTargetMissingError
@@ -44,14 +45,14 @@ class ChannelStatusEvent(BaseModel):
 
 @app.get("/v1/messages/<message_id>")
 def get_message(message_id: str) -> Response[str]:
-    principal = authenticate(app.current_event, bootstrap.authenticator())
+    principal = caller(app)
     message = bootstrap.message_service().get(resource_id(message_id, "message"), principal)
     return json_response(200, message_view(message))
 
 
 @app.get("/v1/messages/<message_id>/status")
 def get_message_status(message_id: str) -> Response[str]:
-    principal = authenticate(app.current_event, bootstrap.authenticator())
+    principal = caller(app)
     message = bootstrap.message_service().get(resource_id(message_id, "message"), principal)
     return json_response(200, message_status_view(message))
 

@@ -20,20 +20,24 @@ from chat4all.adapters.aws import (
     SqsVisibility,
 )
 from chat4all.adapters.idempotency import RedisIdempotencyStore
+from chat4all.adapters.jwt import JwksTokenVerifier
 from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoMessageStore, connect
 from chat4all.adapters.postgres import (
     PostgresApiKeyRepository,
+    PostgresAuditLog,
     PostgresChannelRepository,
     PostgresCheck,
     PostgresDatabase,
     PostgresUserRepository,
 )
 from chat4all.channels import CONNECTOR_TYPES
+from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
 from chat4all.domain.models import Platform
 from chat4all.services.auth import Authenticator
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
+from chat4all.services.health import HealthMonitor
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
@@ -84,14 +88,18 @@ def idempotency_store() -> RedisIdempotencyStore:
     return RedisIdempotencyStore(client=cast("RedisClientProtocol", redis_client()))
 
 
-@lru_cache
-def connectors() -> dict[Platform, ChannelConnector]:
+def api_bases() -> dict[Platform, str]:
     config = settings()
-    bases = {
+    return {
         Platform.WHATSAPP: config.whatsapp_api_base,
         Platform.TELEGRAM: config.telegram_api_base,
         Platform.INSTAGRAM: config.instagram_api_base,
     }
+
+
+@lru_cache
+def connectors() -> dict[Platform, ChannelConnector]:
+    bases = api_bases()
     return {platform: connector(bases[platform]) for platform, connector in CONNECTOR_TYPES.items()}
 
 
@@ -108,7 +116,12 @@ def channels() -> PostgresChannelRepository:
 
 @lru_cache
 def authenticator() -> Authenticator:
-    return Authenticator(PostgresApiKeyRepository(postgres()))
+    """API keys always; OAuth2 JWTs too when CHAT4ALL_JWT_ISSUER is set. Used by the authorizer function."""
+    config = settings()
+    tokens = None
+    if config.chat4all_jwt_issuer and config.jwks_url:
+        tokens = JwksTokenVerifier(config.chat4all_jwt_issuer, config.chat4all_jwt_audience, config.jwks_url)
+    return Authenticator(PostgresApiKeyRepository(postgres()), users(), tokens)
 
 
 @lru_cache
@@ -118,7 +131,14 @@ def event_publisher() -> EventBridgePublisher:
 
 @lru_cache
 def identity_service() -> IdentityService:
-    return IdentityService(users(), channels(), PostgresApiKeyRepository(postgres()))
+    return IdentityService(
+        users(),
+        channels(),
+        PostgresApiKeyRepository(postgres()),
+        conversations=MongoConversationStore(mongo()),
+        audit_log=PostgresAuditLog(postgres()),
+        verifier=PlatformCredentialVerifier(api_bases()),
+    )
 
 
 @lru_cache
@@ -162,6 +182,11 @@ def webhook_service() -> WebhookService:
     db = mongo()
     inbound = InboundService(users(), MongoConversationStore(db), MongoMessageStore(db), event_publisher())
     return WebhookService(channels(), connectors(), event_publisher(), inbound)
+
+
+@lru_cache
+def health_monitor() -> HealthMonitor:
+    return HealthMonitor(dependency_checks())
 
 
 def dependency_checks() -> list[DependencyCheck]:

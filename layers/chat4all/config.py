@@ -4,11 +4,24 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+
+# The least-privilege PostgreSQL role the functions connect as (created by migration 0002); the owner migrates.
+APP_ROLE = "chat4all_app"
+
+
+def app_database_url(owner_url: str, password: str | None) -> str:
+    """The owner's connection URL with the functions' role (and its password) in place of the owner."""
+    parts = urlsplit(owner_url)
+    host = parts.netloc.rpartition("@")[2]
+    userinfo = APP_ROLE + (":" + quote(password, safe="") if password else "")
+    return urlunsplit((parts.scheme, f"{userinfo}@{host}", parts.path, parts.query, parts.fragment))
 
 
 class ConfigurationError(RuntimeError):
@@ -31,6 +44,9 @@ class Settings(BaseModel):
     whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
     telegram_api_base: str = "https://api.telegram.org"
     instagram_api_base: str = "https://graph.instagram.com/v21.0"
+    chat4all_jwt_issuer: str | None = None
+    chat4all_jwt_audience: str = "chat4all"
+    chat4all_jwt_jwks_url: str | None = None
     idempotency_ttl_seconds: int = Field(default=86_400, gt=0)
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
 
@@ -45,6 +61,13 @@ class Settings(BaseModel):
         except ValidationError as exc:
             missing = ", ".join(str(e["loc"][0]).upper() for e in exc.errors())
             raise ConfigurationError(f"invalid or missing environment: {missing}") from exc
+
+    @property
+    def jwks_url(self) -> str | None:
+        """Where the JWT issuer's keys are: CHAT4ALL_JWT_JWKS_URL, else {issuer}/.well-known/jwks.json."""
+        if not self.chat4all_jwt_issuer:
+            return None
+        return self.chat4all_jwt_jwks_url or self.chat4all_jwt_issuer.rstrip("/") + "/.well-known/jwks.json"
 
     def require(self, name: str) -> str:
         value = getattr(self, name)

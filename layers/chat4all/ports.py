@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from chat4all.domain.models import (
         ApiKey,
+        AuditRecord,
         ChannelConfig,
+        ChannelInfo,
         ChannelRef,
         Conversation,
         ExternalIdentity,
@@ -24,13 +27,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One append-only audit record, written in the same transaction as the change it describes."""
+    """One append-only audit record, written in the same transaction as the change it describes.
+
+    `before` and `after` are the entity's audited fields (never a secret) around the change; the request id
+    and source IP are those of the API request that made it, when one did.
+    """
 
     actor: str
     action: str
     entity_type: str
     entity_id: str
-    data: dict[str, Any] = field(default_factory=dict)
+    after: dict[str, Any] | None = field(default_factory=dict)
+    before: dict[str, Any] | None = None
+    actor_role: str | None = None
+    request_id: str | None = None
+    source_ip: str | None = None
 
 
 class UserRepository(ABC):
@@ -61,6 +72,24 @@ class UserRepository(ABC):
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
         """The user a platform account is linked to, or None."""
 
+    @abstractmethod
+    def update_user(
+        self, user_id: str, change: Callable[[User], User], audit: Callable[[User, User], AuditEntry]
+    ) -> User:
+        """Apply `change` to the user under a row lock and store it with `audit(before, after)`, atomically.
+
+        Raises NotFoundError when there is no such user. Writes nothing when `change` returns the user unchanged.
+        """
+
+    @abstractmethod
+    def remove_identity(self, user_id: str, identity_id: str, audit: Callable[[ExternalIdentity], AuditEntry]) -> None:
+        """Unlink one of the user's identities with `audit(removed)`; NotFoundError when the user has no such one."""
+
+    @abstractmethod
+    def users_sharing(self, user_id: str, phones: set[str], email_keys: set[str]) -> list[tuple[User, set[str]]]:
+        """Other users with one of these phones (their own or a WhatsApp number) or case-folded emails,
+        each with what matched ("phone", "email"), oldest first."""
+
 
 class ChannelRepository(ABC):
     """Channel configurations with credentials encrypted at rest (PostgreSQL)."""
@@ -74,6 +103,30 @@ class ChannelRepository(ABC):
     @abstractmethod
     def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
         """Enabled channels of a platform, oldest first."""
+
+    @abstractmethod
+    def list_channels(self) -> list[ChannelInfo]:
+        """Every installed channel without its credentials, oldest first."""
+
+    @abstractmethod
+    def channel_info(self, channel_id: str) -> ChannelInfo | None: ...
+
+    @abstractmethod
+    def update_channel(
+        self,
+        channel_id: str,
+        change: Callable[[ChannelInfo], ChannelInfo],
+        credentials: dict[str, str] | None,
+        audit: Callable[[ChannelInfo, ChannelInfo], AuditEntry],
+    ) -> ChannelInfo:
+        """Apply `change` (and new credentials, when given) under a row lock with `audit(before, after)`.
+
+        Raises NotFoundError when there is no such channel.
+        """
+
+    @abstractmethod
+    def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
+        """Remove the channel and its credentials with `audit(removed)`; NotFoundError when there is none."""
 
     @abstractmethod
     def channel_ref(self, channel_id: str) -> ChannelRef | None:
@@ -92,7 +145,8 @@ class ApiKeyRepository(ABC):
         """Store a key by its hash; a no-op (and no audit entry) when that hash exists already."""
 
     @abstractmethod
-    def find_active(self, key_hash: str) -> ApiKey | None: ...
+    def find_active(self, key_hash: str) -> ApiKey | None:
+        """The key with this hash unless it is revoked or bound to a user who is not active."""
 
     @abstractmethod
     def revoke(self, key_id: str, audit: AuditEntry) -> bool:
@@ -115,6 +169,10 @@ class ConversationStore(ABC):
     @abstractmethod
     def next_sequence(self, conversation_id: str, at: datetime) -> int:
         """Atomically allocate the conversation's next message sequence and record activity."""
+
+    @abstractmethod
+    def share_conversation(self, user_id: str, other_user_id: str) -> bool:
+        """True when some conversation has both users among its participants."""
 
 
 class MessageStore(ABC):
@@ -178,19 +236,58 @@ class EventPublisher(ABC):
 
 
 class CredentialCipher(ABC):
-    """Encrypts channel credentials at rest."""
+    """Encrypts channel credentials at rest, bound to `context` (a KMS encryption context).
+
+    Ciphertext only decrypts with the context it was encrypted with, so credentials copied to another
+    channel's row are unreadable there.
+    """
 
     @abstractmethod
-    def encrypt(self, credentials: dict[str, str]) -> bytes: ...
+    def encrypt(self, credentials: dict[str, str], context: dict[str, str] | None = None) -> bytes: ...
 
     @abstractmethod
-    def decrypt(self, ciphertext: bytes) -> dict[str, str]: ...
+    def decrypt(self, ciphertext: bytes, context: dict[str, str] | None = None) -> dict[str, str]: ...
+
+
+class AuditLog(ABC):
+    """Reads the append-only audit log (PostgreSQL)."""
+
+    @abstractmethod
+    def entries(self, *, entity_id: str | None, limit: int, before_entry_id: int | None) -> list[AuditRecord]:
+        """Up to `limit` entries, newest first, optionally of one entity and older than `before_entry_id`."""
+
+
+class CredentialVerifier(ABC):
+    """Asks a platform whether channel credentials work (WhatsApp GET /{id}, Telegram getMe, Instagram /me)."""
+
+    @abstractmethod
+    def verify(self, platform: Platform, credentials: dict[str, str]) -> None:
+        """Return when the platform accepts them; raise ValidationFailedError when it refuses them and
+        DependencyUnavailableError when it cannot be asked."""
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified OAuth2 JWT says: its subject and the role it grants."""
+
+    subject: str
+    role: str | None
+
+
+class TokenVerifier(ABC):
+    """Verifies OAuth2 JWTs of the configured issuer (signature, issuer, audience, expiry)."""
+
+    @abstractmethod
+    def verify(self, token: str) -> TokenClaims:
+        """The token's claims; UnauthorizedError when it is not a valid token of the issuer,
+        DependencyUnavailableError when the issuer's keys cannot be fetched."""
 
 
 class DependencyCheck(ABC):
-    """One dependency /health reports on."""
+    """One dependency /health reports on, and the AWS actions its check calls (granted in template.yaml)."""
 
     name: str
+    iam_actions: tuple[str, ...] = ()
 
     @abstractmethod
     def check(self) -> None:

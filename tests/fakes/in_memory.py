@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from chat4all.domain.errors import ConflictError, CredentialsUnreadableError
-from chat4all.domain.models import ChannelRef, Conversation, Message, MessageStatus
+from chat4all.domain.contact import email_key, phones_of
+from chat4all.domain.errors import ConflictError, CredentialsUnreadableError, NotFoundError
+from chat4all.domain.models import ChannelInfo, ChannelRef, Conversation, Message, MessageStatus
 from chat4all.ports import (
     ApiKeyRepository,
     ChannelRepository,
@@ -18,6 +19,7 @@ from chat4all.ports import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from datetime import datetime
 
     from chat4all.domain.models import ApiKey, ChannelConfig, ExternalIdentity, Platform, StatusEntry, User
@@ -64,14 +66,50 @@ class InMemoryUserRepository(UserRepository):
         )
         return found.user_id if found else None
 
+    def update_user(
+        self, user_id: str, change: Callable[[User], User], audit: Callable[[User, User], AuditEntry]
+    ) -> User:
+        before = self.get_user(user_id)
+        if before is None:
+            raise NotFoundError(f"user {user_id} not found")
+        after = change(before)
+        if after != before:
+            self.users[user_id] = after
+            self.audit.append(audit(before, after))
+        return after
+
+    def remove_identity(self, user_id: str, identity_id: str, audit: Callable[[ExternalIdentity], AuditEntry]) -> None:
+        found = next((i for i in self.identities if (i.user_id, i.identity_id) == (user_id, identity_id)), None)
+        if found is None:
+            raise NotFoundError(f"user {user_id} has no identity {identity_id}")
+        self.identities.remove(found)
+        self.audit.append(audit(found))
+
+    def users_sharing(self, user_id: str, phones: set[str], email_keys: set[str]) -> list[tuple[User, set[str]]]:
+        found = []
+        for other_id in self.users:
+            other = self.get_user(other_id)
+            if other is None or other_id == user_id:
+                continue
+            matched = set()
+            if phones_of(other) & phones:
+                matched.add("phone")
+            if other.email and email_key(other.email) in email_keys:
+                matched.add("email")
+            if matched:
+                found.append((other, matched))
+        return found
+
 
 class InMemoryChannelRepository(ChannelRepository):
     def __init__(self) -> None:
         self.channels: dict[str, ChannelConfig] = {}
+        self.audit: list[AuditEntry] = []
         self.unreadable: set[str] = set()  # channels whose credentials no longer decrypt
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
         self.channels[channel.channel_id] = channel
+        self.audit.append(audit)
 
     def get_channel(self, channel_id: str) -> ChannelConfig | None:
         if channel_id in self.unreadable:
@@ -89,6 +127,54 @@ class InMemoryChannelRepository(ChannelRepository):
     def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
         enabled = [c for c in self.channels.values() if c.platform == platform and c.enabled]
         return [ChannelRef(c.channel_id, c.platform, c.enabled) for c in enabled]
+
+    def list_channels(self) -> list[ChannelInfo]:
+        return [_info(c) for c in self.channels.values()]
+
+    def channel_info(self, channel_id: str) -> ChannelInfo | None:
+        channel = self.channels.get(channel_id)
+        return _info(channel) if channel else None
+
+    def update_channel(
+        self,
+        channel_id: str,
+        change: Callable[[ChannelInfo], ChannelInfo],
+        credentials: dict[str, str] | None,
+        audit: Callable[[ChannelInfo, ChannelInfo], AuditEntry],
+    ) -> ChannelInfo:
+        channel = self.channels.get(channel_id)
+        if channel is None:
+            raise NotFoundError(f"channel {channel_id} not found")
+        before = _info(channel)
+        after = change(before)
+        self.channels[channel_id] = dataclasses.replace(
+            channel,
+            name=after.name,
+            enabled=after.enabled,
+            default_agent_id=after.default_agent_id,
+            updated_at=after.updated_at,
+            credentials=credentials if credentials is not None else channel.credentials,
+        )
+        self.audit.append(audit(before, after))
+        return after
+
+    def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
+        channel = self.channels.pop(channel_id, None)
+        if channel is None:
+            raise NotFoundError(f"channel {channel_id} not found")
+        self.audit.append(audit(_info(channel)))
+
+
+def _info(channel: ChannelConfig) -> ChannelInfo:
+    return ChannelInfo(
+        channel.channel_id,
+        channel.platform,
+        channel.name,
+        channel.enabled,
+        channel.default_agent_id,
+        channel.created_at,
+        channel.updated_at,
+    )
 
 
 class InMemoryApiKeyRepository(ApiKeyRepository):
@@ -128,6 +214,12 @@ class InMemoryConversationStore(ConversationStore):
             if c.primary_channel == platform and c.participant(user_id) is not None
         ]
         return max(mine, key=lambda c: c.last_activity_at, default=None)
+
+    def share_conversation(self, user_id: str, other_user_id: str) -> bool:
+        return any(
+            c.participant(user_id) is not None and c.participant(other_user_id) is not None
+            for c in self.conversations.values()
+        )
 
     def next_sequence(self, conversation_id: str, at: datetime) -> int:
         self.sequences[conversation_id] = self.sequences.get(conversation_id, 0) + 1

@@ -14,7 +14,10 @@ import httpx
 import pytest
 
 from devstack.stack import LocalPlatform, throwaway_platform
+from tests.support.fake_instagram import FakeInstagram
+from tests.support.fake_telegram import FakeTelegram
 from tests.support.fake_whatsapp import FakeWhatsApp
+from tests.support.jwks import LocalIssuer, new_key
 from tests.support.waiting import alive
 
 if TYPE_CHECKING:
@@ -29,8 +32,38 @@ def fake_whatsapp() -> Iterator[FakeWhatsApp]:
 
 
 @pytest.fixture(scope="session")
-def platform(fake_whatsapp: FakeWhatsApp) -> Iterator[LocalPlatform]:
-    with throwaway_platform("test", {"WHATSAPP_API_BASE": fake_whatsapp.url}) as stack:
+def fake_telegram() -> Iterator[FakeTelegram]:
+    server = FakeTelegram()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def fake_instagram() -> Iterator[FakeInstagram]:
+    server = FakeInstagram()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def issuer() -> Iterator[LocalIssuer]:
+    """The OAuth2 issuer whose JWTs the platform accepts (CHAT4ALL_JWT_ISSUER), with keys of its own."""
+    server = LocalIssuer(new_key("RS256"), new_key("ES256"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def platform(
+    fake_whatsapp: FakeWhatsApp, fake_telegram: FakeTelegram, fake_instagram: FakeInstagram, issuer: LocalIssuer
+) -> Iterator[LocalPlatform]:
+    settings = {
+        "WHATSAPP_API_BASE": fake_whatsapp.url,
+        "TELEGRAM_API_BASE": fake_telegram.url,
+        "INSTAGRAM_API_BASE": fake_instagram.url,
+        "CHAT4ALL_JWT_ISSUER": issuer.issuer,
+    }
+    with throwaway_platform("test", settings) as stack:
         yield stack
         assert stack.runtime is not None
         containers = [pid for pids in stack.runtime.container_pids().values() for pid in pids]

@@ -61,7 +61,7 @@ def test_every_change_is_audited_in_its_transaction(
             (whatsapp_conversation.customer_id,),
         ).fetchone()
         assert linked == (1,)
-        channel_audit = conn.execute("SELECT data::text FROM audit_log WHERE action = 'channel.created'").fetchall()
+        channel_audit = conn.execute("SELECT after::text FROM audit_log WHERE action = 'channel.created'").fetchall()
         stored = conn.execute("SELECT credentials_ciphertext FROM channels").fetchall()
     assert stored and channel_audit
     # credentials are encrypted at rest and never copied into the audit trail

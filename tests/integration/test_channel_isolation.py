@@ -20,7 +20,7 @@ def test_unreadable_credentials_fail_their_channel_only(
     setup = whatsapp_conversation
     # GIVEN a second WhatsApp line whose stored ciphertext KMS can no longer decrypt (as after losing its key)
     secret = uuid.uuid4().hex
-    credentials = {"access_token": secret, "phone_number_id": f"L{uuid.uuid4().int % 10**12}"}
+    credentials = {"access_token": secret, "phone_number_id": f"7{uuid.uuid4().int % 10**12}"}
     credentials |= {"app_secret": secret, "verify_token": secret}
     broken_line = api.created("/v1/channels", {"platform": "WHATSAPP", "name": "lost key", "credentials": credentials})[
         "channel_id"

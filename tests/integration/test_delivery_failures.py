@@ -137,4 +137,8 @@ def test_stalled_redis_is_503_and_nothing_is_stored(
     assert fake_whatsapp.sent_to(setup.customer_phone) == []
     # and once Redis is back, the same request goes through
     assert api.call("POST", "/v1/messages", json=body).status_code == 202
-    assert api.client.get("/health").status_code == 200
+    # /health answers from a result a few seconds old, so it turns UP within a few seconds
+    deadline = time.monotonic() + 30
+    while api.client.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "/health stayed DOWN after Redis came back"
+        time.sleep(0.5)

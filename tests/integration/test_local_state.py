@@ -196,7 +196,7 @@ def test_a_private_clone_runs_stops_and_starts_again_with_everything_it_made(
         assert (state_dir / "external-state").read_text().strip() == str(external_home(state_dir))
 
     phone = "55119" + str(uuid.uuid4().int)[:8]
-    line_a, line_b = f"A{uuid.uuid4().int % 10**12}", f"B{uuid.uuid4().int % 10**12}"
+    line_a, line_b = f"1{uuid.uuid4().int % 10**12}", f"2{uuid.uuid4().int % 10**12}"
     agent = api.created("/v1/users", {"display_name": "Ana", "user_type": "AGENT"})["user_id"]
     customer = api.created("/v1/users", {"display_name": "Carl", "user_type": "CUSTOMER", "phone": f"+{phone}"})
     api.created(f"/v1/users/{customer['user_id']}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})

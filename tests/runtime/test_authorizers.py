@@ -28,10 +28,11 @@ def calls_with(record_dir: Path, token: str) -> list[dict[str, Any]]:
     return [call for call in map(json.loads, lines) if call["token"] == token]
 
 
-def assert_problem(response: httpx.Response, status: int) -> None:
+def assert_refused(response: httpx.Response, status: int) -> None:
+    """API Gateway's own answer, worded as AWS words it."""
     assert response.status_code == status, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["status"] == status
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"message": {401: "Unauthorized", 403: "Forbidden", 500: "Internal Server Error"}[status]}
 
 
 def test_an_allowed_request_carries_the_authorizer_context_and_the_answer_is_cached(
@@ -53,15 +54,15 @@ def test_without_the_identity_source_it_is_401_and_the_authorizer_is_not_asked(
     client: httpx.Client, record_dir: Path
 ) -> None:
     before = calls_with(record_dir, "")
-    assert_problem(client.get("/private"), 401)
-    assert_problem(client.get("/private", headers={"Authorization": ""}), 401)
+    assert_refused(client.get("/private"), 401)
+    assert_refused(client.get("/private", headers={"Authorization": ""}), 401)
     assert calls_with(record_dir, "") == before
 
 
 def test_a_refusal_is_403_and_a_failing_authorizer_500(client: httpx.Client, record_dir: Path) -> None:
-    assert_problem(client.get("/private", headers={"Authorization": "deny"}), 403)
-    assert_problem(client.get("/private", headers={"Authorization": "fail"}), 500)
-    assert_problem(client.get("/private", headers={"Authorization": "fail"}), 500)
+    assert_refused(client.get("/private", headers={"Authorization": "deny"}), 403)
+    assert_refused(client.get("/private", headers={"Authorization": "fail"}), 500)
+    assert_refused(client.get("/private", headers={"Authorization": "fail"}), 500)
     assert len(calls_with(record_dir, "fail")) == 2  # a failure is never cached
 
 
@@ -82,7 +83,7 @@ def test_an_iam_policy_answer_is_evaluated_per_route(client: httpx.Client, recor
     assert allowed.status_code == 200, allowed.text
     assert allowed.json()["event"]["requestContext"]["authorizer"]["lambda"] == {"user": token.removeprefix("allow-")}
     # the same cached policy denies another route explicitly
-    assert_problem(client.get("/policy/forbidden", params={"token": token}), 403)
+    assert_refused(client.get("/policy/forbidden", params={"token": token}), 403)
     assert len(calls_with(record_dir, token)) == 1
-    assert_problem(client.get("/policy/anything", params={"token": "deny"}), 403)
-    assert_problem(client.get("/policy/anything"), 401)
+    assert_refused(client.get("/policy/anything", params={"token": "deny"}), 403)
+    assert_refused(client.get("/policy/anything"), 401)

@@ -33,11 +33,25 @@ class FakeWhatsApp:
 
     def __init__(self, port: int = 0) -> None:
         self.requests: list[RecordedRequest] = []
+        self.lookups: list[tuple[str, dict[str, str]]] = []  # GET /{phone_number_id}: (path, headers)
+        self.refused_tokens: set[str] = set()
         self._failures: dict[str, list[ScriptedFailure]] = {}
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with fake._lock:
+                    fake.lookups.append((self.path, headers))
+                status, reply = fake._lookup(self.path, headers.get("authorization", ""))
+                payload = json.dumps(reply).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
@@ -64,6 +78,28 @@ class FakeWhatsApp:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _lookup(self, path: str, authorization: str) -> tuple[int, dict[str, Any]]:
+        """GET /{version}/{phone_number_id}, as the Graph API answers it for the number's access token."""
+        token = authorization.removeprefix("Bearer ").strip()
+        if not token or token in self.refused_tokens:
+            return 401, {
+                "error": {
+                    "message": "Invalid OAuth access token - Cannot parse access token",
+                    "type": "OAuthException",
+                    "code": 190,
+                }
+            }
+        number_id = path.split("?", maxsplit=1)[0].rstrip("/").rsplit("/", 1)[-1]
+        if not number_id.isdigit():
+            return 400, {"error": {"message": "Unsupported get request", "type": "GraphMethodException", "code": 100}}
+        return 200, {
+            "verified_name": "Chat4All Test",
+            "code_verification_status": "VERIFIED",
+            "display_phone_number": "+1 555-078-3881",
+            "quality_rating": "GREEN",
+            "id": number_id,
+        }
 
     def fail_next(self, recipient: str, *failures: ScriptedFailure) -> None:
         """The next sends to `recipient` answer with these failures, in order."""

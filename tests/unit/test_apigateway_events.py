@@ -7,8 +7,9 @@ import base64
 import json
 
 from devstack.apigateway import HttpApi, Problem, api_gateway_event, lambda_http_result
+from devstack.lambda_service import InvocationResult
 from devstack.sqs_source import sqs_record
-from devstack.template import HttpRoute
+from devstack.template import DEFAULT_ROUTE, HttpRoute, LambdaAuthorizer
 
 ROUTES = [
     HttpRoute("StatusFunction", "GET", "/v1/messages/{message_id}"),
@@ -110,3 +111,81 @@ def test_sqs_records_carry_fifo_attributes() -> None:
     assert record["eventSource"] == "aws:sqs"
     assert record["messageAttributes"]["reason"]["stringValue"] == "x"
     assert len(record["md5OfBody"]) == 32
+
+
+# ------------------------------------------------------------------ Lambda authorizer
+
+
+class ScriptedFunctions:
+    """Stands in for Lambda: records each function's events and answers (or fails) as scripted."""
+
+    def __init__(self, answers: dict[str, object]) -> None:
+        self.answers = answers
+        self.events: dict[str, list[dict[str, object]]] = {name: [] for name in answers}
+
+    async def invoke(self, function: str, payload: bytes) -> InvocationResult:
+        self.events[function].append(json.loads(payload))
+        answer = self.answers[function]
+        if isinstance(answer, Exception):
+            return InvocationResult.error(type(answer).__name__, str(answer))
+        return InvocationResult(json.dumps(answer).encode())
+
+
+def guarded(authorizer_answer: object, identity_headers: tuple[str, ...] = ()) -> tuple[HttpApi, ScriptedFunctions]:
+    route = HttpRoute("IdentityFunction", "GET", "/v1/users/{user_id}", "Bearer")
+    functions = ScriptedFunctions(
+        {"AuthorizerFunction": authorizer_answer, "IdentityFunction": {"statusCode": 200, "body": "ok"}}
+    )
+    authorizer = LambdaAuthorizer(
+        "Bearer", "AuthorizerFunction", identity_headers=identity_headers, simple_responses=True
+    )
+    return HttpApi([route], functions.invoke, {"Bearer": authorizer}), functions
+
+
+def handle(api: HttpApi, path: str, headers: list[tuple[str, str]] | None = None) -> tuple[int, bytes]:
+    raw_path, _, query = path.partition("?")
+    status, _, body = asyncio.run(api.handle("GET", raw_path, query, headers or [], b"", "10.1.1.1"))
+    return status, body
+
+
+def test_the_authorizer_runs_first_and_its_context_reaches_the_function() -> None:
+    api, functions = guarded({"isAuthorized": True, "context": {"key_id": "k1", "role": "admin"}})
+    assert handle(api, "/v1/users/u1?x=1", [("Authorization", "Bearer t")]) == (200, b"ok")
+    (request,) = functions.events["AuthorizerFunction"]
+    assert request["type"] == "REQUEST" and request["version"] == "2.0"
+    assert request["routeKey"] == "GET /v1/users/{user_id}"
+    assert request["headers"] == {"authorization": "Bearer t"}
+    assert request["pathParameters"] == {"user_id": "u1"}
+    assert "body" not in request
+    (event,) = functions.events["IdentityFunction"]
+    assert event["requestContext"]["authorizer"] == {"lambda": {"key_id": "k1", "role": "admin"}}  # type: ignore[index]
+
+
+def test_api_gateways_own_refusals_when_an_authorizer_says_no() -> None:
+    api, functions = guarded({"isAuthorized": False})
+    assert handle(api, "/v1/users/u1") == (403, b'{"message": "Forbidden"}')
+    api, functions = guarded({"isAuthorized": True}, identity_headers=("Authorization",))
+    assert handle(api, "/v1/users/u1") == (401, b'{"message": "Unauthorized"}')
+    assert functions.events["AuthorizerFunction"] == []  # a missing identity source never reaches the authorizer
+    api, functions = guarded(RuntimeError("boom"))
+    assert handle(api, "/v1/users/u1") == (500, b'{"message": "Internal Server Error"}')
+    assert functions.events["IdentityFunction"] == []
+    api, functions = guarded({"isAuthorized": "yes"})  # not a boolean: API Gateway fails the request
+    assert handle(api, "/v1/users/u1")[0] == 500
+
+
+def test_routes_without_an_authorizer_skip_it() -> None:
+    functions = ScriptedFunctions({"IngestFunction": {"statusCode": 202, "body": ""}})
+    api = HttpApi(ROUTES, functions.invoke)
+    status, _, _ = asyncio.run(api.handle("POST", "/v1/messages", "", [], b"", "10.1.1.1"))
+    assert status == 202
+
+
+def test_the_default_route_takes_what_no_other_route_does() -> None:
+    fallback = HttpRoute("IngestFunction", "ANY", DEFAULT_ROUTE)
+    api = HttpApi([*ROUTES, fallback])
+    assert api.match("GET", "/v1/messages/abc") == (ROUTES[0], {"message_id": "abc"})
+    assert api.match("DELETE", "/v1/messages") == (fallback, {})
+    assert api.match("GET", "/") == (fallback, {})
+    event = api_gateway_event("DELETE", "/v1/messages", "", [], b"", "10.0.0.1", fallback, {})
+    assert event["routeKey"] == event["requestContext"]["routeKey"] == "$default"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
+from chat4all.observability import logger
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
 
 if TYPE_CHECKING:
@@ -34,7 +35,9 @@ def _translated(service: str) -> Iterator[None]:
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
-        raise DependencyUnavailableError(f"{service} unavailable: {exc}") from exc
+        # the SDK's message names endpoints and resources: it is logged, never answered
+        logger.warning("AWS call failed", extra={"service": service, "error": repr(exc)[:500]})
+        raise DependencyUnavailableError(f"{service} is unavailable") from exc
 
 
 class SqsOutboundQueue(OutboundQueue):
@@ -103,37 +106,49 @@ class EventBridgePublisher(EventPublisher):
 
 
 class KmsCredentialCipher(CredentialCipher):
-    """Channel credentials as KMS ciphertext; plaintext is cached per container, keyed by ciphertext."""
+    """Channel credentials as KMS ciphertext bound to an encryption context; plaintext is cached per container,
+    keyed by ciphertext and context (a bounded LRU)."""
 
     def __init__(self, kms: Any, key_id: str) -> None:
         self.kms = kms
         self.key_id = key_id
         self._decrypt_cached = functools.lru_cache(maxsize=256)(self._decrypt)
 
-    def encrypt(self, credentials: dict[str, str]) -> bytes:
+    def encrypt(self, credentials: dict[str, str], context: dict[str, str] | None = None) -> bytes:
         with _translated("KMS"):
-            result = self.kms.encrypt(KeyId=self.key_id, Plaintext=json.dumps(credentials, sort_keys=True).encode())
+            result = self.kms.encrypt(
+                KeyId=self.key_id,
+                Plaintext=json.dumps(credentials, sort_keys=True).encode(),
+                **({"EncryptionContext": context} if context else {}),
+            )
         return bytes(result["CiphertextBlob"])
 
-    def decrypt(self, ciphertext: bytes) -> dict[str, str]:
-        return dict(self._decrypt_cached(ciphertext))
+    def decrypt(self, ciphertext: bytes, context: dict[str, str] | None = None) -> dict[str, str]:
+        frozen = tuple(sorted(context.items())) if context else ()
+        return dict(self._decrypt_cached(ciphertext, frozen))
 
-    def _decrypt(self, ciphertext: bytes) -> dict[str, str]:
+    def _decrypt(self, ciphertext: bytes, context: tuple[tuple[str, str], ...]) -> dict[str, str]:
         try:
-            result = self.kms.decrypt(CiphertextBlob=ciphertext)
+            result = self.kms.decrypt(
+                CiphertextBlob=ciphertext, **({"EncryptionContext": dict(context)} if context else {})
+            )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in PERMANENT_KMS_ERRORS:
+                # also ciphertext bound to another channel: its encryption context does not match this one
                 raise CredentialsUnreadableError(f"credentials cannot be decrypted (KMS {code})") from exc
-            raise DependencyUnavailableError(f"KMS unavailable: {exc}") from exc
+            logger.warning("AWS call failed", extra={"service": "KMS", "error": repr(exc)[:500]})
+            raise DependencyUnavailableError("KMS is unavailable") from exc
         except BotoCoreError as exc:
-            raise DependencyUnavailableError(f"KMS unavailable: {exc}") from exc
+            logger.warning("AWS call failed", extra={"service": "KMS", "error": repr(exc)[:500]})
+            raise DependencyUnavailableError("KMS is unavailable") from exc
         decoded: dict[str, str] = json.loads(result["Plaintext"])
         return decoded
 
 
 class SqsCheck(DependencyCheck):
     name = "sqs"
+    iam_actions = ("sqs:GetQueueAttributes",)
 
     def __init__(self, sqs: Any, queue_url: str) -> None:
         self.sqs = sqs
@@ -145,6 +160,7 @@ class SqsCheck(DependencyCheck):
 
 class EventBridgeCheck(DependencyCheck):
     name = "eventbridge"
+    iam_actions = ("events:DescribeEventBus",)
 
     def __init__(self, events: Any, bus_name: str) -> None:
         self.events = events

@@ -44,7 +44,7 @@ def _translated() -> Iterator[None]:
     except DuplicateKeyError:
         raise
     except PyMongoError as exc:
-        raise DependencyUnavailableError(f"MongoDB unavailable: {exc}") from exc
+        raise DependencyUnavailableError("MongoDB is unavailable") from exc
 
 
 def ensure_indexes(db: Database[dict[str, Any]]) -> None:
@@ -247,6 +247,14 @@ class MongoConversationStore(ConversationStore):
         if doc is None:
             raise DependencyUnavailableError(f"conversation {conversation_id} vanished while allocating a sequence")
         return int(doc["last_sequence"])
+
+    def share_conversation(self, user_id: str, other_user_id: str) -> bool:
+        with _translated():
+            found = self.collection.find_one(
+                {"$and": [{"participants.user_id": user_id}, {"participants.user_id": other_user_id}]},
+                projection={"_id": 1},
+            )
+        return found is not None
 
 
 class MongoCheck(DependencyCheck):

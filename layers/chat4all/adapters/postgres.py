@@ -9,13 +9,24 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from chat4all.domain.errors import ConflictError, DependencyUnavailableError
+from chat4all.config import APP_ROLE
+from chat4all.domain.contact import email_key
+from chat4all.domain.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    FieldError,
+    NotFoundError,
+    ValidationFailedError,
+)
 from chat4all.domain.models import (
     ApiKey,
+    AuditRecord,
     ChannelConfig,
+    ChannelInfo,
     ChannelRef,
     ExternalIdentity,
     Platform,
@@ -23,15 +34,25 @@ from chat4all.domain.models import (
     User,
     UserType,
 )
-from chat4all.ports import ApiKeyRepository, ChannelRepository, DependencyCheck, UserRepository
+from chat4all.observability import logger
+from chat4all.ports import ApiKeyRepository, AuditLog, ChannelRepository, DependencyCheck, UserRepository
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from chat4all.ports import AuditEntry, CredentialCipher
 
+Cursor = psycopg.Cursor[dict[str, Any]]
+
 MIGRATIONS_PACKAGE = "chat4all.migrations.postgres"
 MIGRATION_LOCK_ID = 0x43_34_41  # "C4A": serialises concurrent migrators
+
+
+def set_app_role_password(database: PostgresDatabase, password: str) -> None:
+    with database.transaction() as cur:
+        cur.execute(
+            sql.SQL("ALTER ROLE {} WITH LOGIN PASSWORD {}").format(sql.Identifier(APP_ROLE), sql.Literal(password))
+        )
 
 
 class PostgresDatabase:
@@ -69,7 +90,19 @@ class PostgresDatabase:
             except psycopg.OperationalError as exc:
                 if self._conn is not None and self._conn.broken:
                     self._conn = None
-                raise DependencyUnavailableError(f"PostgreSQL unavailable: {exc}") from exc
+                logger.warning("PostgreSQL unavailable", extra={"error": type(exc).__name__})
+                raise DependencyUnavailableError("the database is unavailable") from exc
+            except pg_errors.ForeignKeyViolation as exc:
+                # the services check references first; this is the race where the target vanished meanwhile
+                raise ValidationFailedError(
+                    "the request refers to something that does not exist",
+                    errors=[FieldError(_constraint_field(exc), "refers to nothing that exists")],
+                ) from exc
+            except psycopg.DataError as exc:
+                # input validation refuses what PostgreSQL cannot store; this keeps a missed case a 4xx
+                raise ValidationFailedError(
+                    "a value cannot be stored", errors=[FieldError("body", "not storable")]
+                ) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -102,23 +135,45 @@ def migrate(database: PostgresDatabase) -> list[str]:
     return applied
 
 
-def _write_audit(cur: psycopg.Cursor[dict[str, Any]], audit: AuditEntry) -> None:
+def _constraint_field(exc: pg_errors.ForeignKeyViolation) -> str:
+    column = {"api_keys_user_id_fkey": "user_id", "channels_default_agent_id_fkey": "default_agent_id"}
+    return column.get(exc.diag.constraint_name or "", "body")
+
+
+def _jsonb(value: dict[str, Any] | None) -> Jsonb | None:
+    return None if value is None else Jsonb(value)
+
+
+def _write_audit(cur: Cursor, audit: AuditEntry) -> None:
     cur.execute(
-        "INSERT INTO audit_log (actor, action, entity_type, entity_id, data) VALUES (%s, %s, %s, %s, %s)",
-        (audit.actor, audit.action, audit.entity_type, audit.entity_id, Jsonb(audit.data)),
+        "INSERT INTO audit_log"
+        " (actor, actor_role, action, entity_type, entity_id, before, after, request_id, source_ip)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (
+            audit.actor,
+            audit.actor_role,
+            audit.action,
+            audit.entity_type,
+            audit.entity_id,
+            _jsonb(audit.before),
+            _jsonb(audit.after),
+            audit.request_id,
+            audit.source_ip,
+        ),
     )
 
 
-def _insert_user(cur: psycopg.Cursor[dict[str, Any]], user: User) -> None:
+def _insert_user(cur: Cursor, user: User) -> None:
     cur.execute(
         "INSERT INTO users"
-        " (user_id, display_name, user_type, email, phone, metadata, active, created_at, updated_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        " (user_id, display_name, user_type, email, email_key, phone, metadata, active, created_at, updated_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             user.user_id,
             user.display_name,
             user.user_type.value,
             user.email,
+            email_key(user.email) if user.email else None,
             user.phone,
             Jsonb(user.metadata),
             user.active,
@@ -126,6 +181,26 @@ def _insert_user(cur: psycopg.Cursor[dict[str, Any]], user: User) -> None:
             user.updated_at,
         ),
     )
+
+
+def _user(row: dict[str, Any], identities: list[ExternalIdentity]) -> User:
+    return User(
+        user_id=str(row["user_id"]),
+        display_name=row["display_name"],
+        user_type=UserType(row["user_type"]),
+        email=row["email"],
+        phone=row["phone"],
+        metadata=row["metadata"],
+        active=row["active"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        external_identities=identities,
+    )
+
+
+def _identities(cur: Cursor, user_id: str) -> list[ExternalIdentity]:
+    cur.execute("SELECT * FROM external_identities WHERE user_id = %s ORDER BY created_at", (user_id,))
+    return [_identity(r) for r in cur.fetchall()]
 
 
 def _insert_identity(cur: psycopg.Cursor[dict[str, Any]], identity: ExternalIdentity) -> None:
@@ -173,20 +248,74 @@ class PostgresUserRepository(UserRepository):
             row = cur.fetchone()
             if row is None:
                 return None
-            cur.execute("SELECT * FROM external_identities WHERE user_id = %s ORDER BY created_at", (user_id,))
-            identities = [_identity(r) for r in cur.fetchall()]
-        return User(
-            user_id=str(row["user_id"]),
-            display_name=row["display_name"],
-            user_type=UserType(row["user_type"]),
-            email=row["email"],
-            phone=row["phone"],
-            metadata=row["metadata"],
-            active=row["active"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            external_identities=identities,
-        )
+            return _user(row, _identities(cur, user_id))
+
+    def update_user(
+        self, user_id: str, change: Callable[[User], User], audit: Callable[[User, User], AuditEntry]
+    ) -> User:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT * FROM users WHERE user_id = %s FOR UPDATE", (user_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"user {user_id} not found")
+            before = _user(row, _identities(cur, user_id))
+            after = change(before)
+            if after == before:
+                return before
+            cur.execute(
+                "UPDATE users SET display_name = %s, email = %s, email_key = %s, phone = %s, active = %s,"
+                " metadata = %s, updated_at = %s WHERE user_id = %s",
+                (
+                    after.display_name,
+                    after.email,
+                    email_key(after.email) if after.email else None,
+                    after.phone,
+                    after.active,
+                    Jsonb(after.metadata),
+                    after.updated_at,
+                    user_id,
+                ),
+            )
+            _write_audit(cur, audit(before, after))
+            return after
+
+    def remove_identity(self, user_id: str, identity_id: str, audit: Callable[[ExternalIdentity], AuditEntry]) -> None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "DELETE FROM external_identities WHERE identity_id = %s AND user_id = %s RETURNING *",
+                (identity_id, user_id),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"user {user_id} has no identity {identity_id}")
+            _write_audit(cur, audit(_identity(row)))
+
+    def users_sharing(self, user_id: str, phones: set[str], email_keys: set[str]) -> list[tuple[User, set[str]]]:
+        if not phones and not email_keys:
+            return []
+        # WhatsApp identities are known by the number without its "+"
+        whatsapp_ids = sorted(phone.lstrip("+") for phone in phones)
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT u.*,"
+                "  (u.phone = ANY(%(phones)s) OR EXISTS (SELECT 1 FROM external_identities i"
+                "     WHERE i.user_id = u.user_id AND i.platform = 'WHATSAPP'"
+                "       AND ltrim(i.platform_user_id, '+') = ANY(%(wa)s))) AS phone_match,"
+                "  (u.email_key = ANY(%(emails)s)) AS email_match"
+                " FROM users u"
+                " WHERE u.user_id <> %(user_id)s AND ("
+                "   u.phone = ANY(%(phones)s) OR u.email_key = ANY(%(emails)s)"
+                "   OR u.user_id IN (SELECT i.user_id FROM external_identities i"
+                "     WHERE i.platform = 'WHATSAPP' AND ltrim(i.platform_user_id, '+') = ANY(%(wa)s)))"
+                " ORDER BY u.created_at, u.user_id LIMIT 100",
+                {"phones": sorted(phones), "wa": whatsapp_ids, "emails": sorted(email_keys), "user_id": user_id},
+            )
+            rows = cur.fetchall()
+            found = []
+            for row in rows:
+                matched = {name for name, hit in (("phone", row["phone_match"]), ("email", row["email_match"])) if hit}
+                found.append((_user(row, _identities(cur, str(row["user_id"]))), matched))
+        return found
 
     def add_identity(self, identity: ExternalIdentity, audit: AuditEntry) -> None:
         try:
@@ -226,6 +355,23 @@ class PostgresUserRepository(UserRepository):
         return str(row["user_id"]) if row else None
 
 
+def encryption_context(channel_id: str, platform: Platform) -> dict[str, str]:
+    """What a channel's credentials are bound to: KMS decrypts them only with the same context."""
+    return {"chat4all:channel_id": channel_id, "chat4all:platform": platform.value}
+
+
+def _channel_info(row: dict[str, Any]) -> ChannelInfo:
+    return ChannelInfo(
+        channel_id=str(row["channel_id"]),
+        platform=Platform(row["platform"]),
+        name=row["name"],
+        enabled=row["enabled"],
+        default_agent_id=str(row["default_agent_id"]) if row["default_agent_id"] else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
 def _channel_ref(row: dict[str, Any]) -> ChannelRef:
     return ChannelRef(str(row["channel_id"]), Platform(row["platform"]), row["enabled"])
 
@@ -236,29 +382,34 @@ class PostgresChannelRepository(ChannelRepository):
         self.cipher = cipher
 
     def _channel(self, row: dict[str, Any]) -> ChannelConfig:
+        info = _channel_info(row)
+        # rows written before credentials were bound to their channel decrypt without a context
+        context = encryption_context(info.channel_id, info.platform) if row["credentials_bound"] else None
         return ChannelConfig(
-            channel_id=str(row["channel_id"]),
-            platform=Platform(row["platform"]),
-            name=row["name"],
-            credentials=self.cipher.decrypt(bytes(row["credentials_ciphertext"])),
-            enabled=row["enabled"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
+            channel_id=info.channel_id,
+            platform=info.platform,
+            name=info.name,
+            credentials=self.cipher.decrypt(bytes(row["credentials_ciphertext"]), context),
+            enabled=info.enabled,
+            created_at=info.created_at,
+            updated_at=info.updated_at,
+            default_agent_id=info.default_agent_id,
         )
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
-        ciphertext = self.cipher.encrypt(channel.credentials)
+        ciphertext = self.cipher.encrypt(channel.credentials, encryption_context(channel.channel_id, channel.platform))
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT INTO channels"
-                " (channel_id, platform, name, credentials_ciphertext, enabled, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO channels (channel_id, platform, name, credentials_ciphertext, credentials_bound,"
+                " enabled, default_agent_id, created_at, updated_at)"
+                " VALUES (%s, %s, %s, %s, true, %s, %s, %s, %s)",
                 (
                     channel.channel_id,
                     channel.platform.value,
                     channel.name,
                     ciphertext,
                     channel.enabled,
+                    channel.default_agent_id,
                     channel.created_at,
                     channel.updated_at,
                 ),
@@ -296,6 +447,53 @@ class PostgresChannelRepository(ChannelRepository):
             rows = cur.fetchall()
         return [self._channel(row) for row in rows]
 
+    def list_channels(self) -> list[ChannelInfo]:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT * FROM channels ORDER BY created_at, channel_id")
+            return [_channel_info(row) for row in cur.fetchall()]
+
+    def channel_info(self, channel_id: str) -> ChannelInfo | None:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT * FROM channels WHERE channel_id = %s", (channel_id,))
+            row = cur.fetchone()
+        return _channel_info(row) if row else None
+
+    def update_channel(
+        self,
+        channel_id: str,
+        change: Callable[[ChannelInfo], ChannelInfo],
+        credentials: dict[str, str] | None,
+        audit: Callable[[ChannelInfo, ChannelInfo], AuditEntry],
+    ) -> ChannelInfo:
+        with self.db.transaction() as cur:
+            cur.execute("SELECT * FROM channels WHERE channel_id = %s FOR UPDATE", (channel_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"channel {channel_id} not found")
+            before = _channel_info(row)
+            after = change(before)
+            if after == before and credentials is None:
+                return before
+            ciphertext, bound = bytes(row["credentials_ciphertext"]), row["credentials_bound"]
+            if credentials is not None:
+                ciphertext = self.cipher.encrypt(credentials, encryption_context(channel_id, before.platform))
+                bound = True
+            cur.execute(
+                "UPDATE channels SET name = %s, enabled = %s, default_agent_id = %s, credentials_ciphertext = %s,"
+                " credentials_bound = %s, updated_at = %s WHERE channel_id = %s",
+                (after.name, after.enabled, after.default_agent_id, ciphertext, bound, after.updated_at, channel_id),
+            )
+            _write_audit(cur, audit(before, after))
+            return after
+
+    def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
+        with self.db.transaction() as cur:
+            cur.execute("DELETE FROM channels WHERE channel_id = %s RETURNING *", (channel_id,))
+            row = cur.fetchone()
+            if row is None:
+                raise NotFoundError(f"channel {channel_id} not found")
+            _write_audit(cur, audit(_channel_info(row)))
+
 
 class PostgresApiKeyRepository(ApiKeyRepository):
     def __init__(self, database: PostgresDatabase) -> None:
@@ -313,10 +511,12 @@ class PostgresApiKeyRepository(ApiKeyRepository):
                 _write_audit(cur, audit)
 
     def find_active(self, key_hash: str) -> ApiKey | None:
+        # one indexed lookup per request: a revoked key or a deactivated user stops at once
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT key_id, name, role, user_id, created_at FROM api_keys"
-                " WHERE key_hash = %s AND revoked_at IS NULL",
+                "SELECT k.key_id, k.name, k.role, k.user_id, k.created_at FROM api_keys k"
+                " LEFT JOIN users u ON u.user_id = k.user_id"
+                " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND (k.user_id IS NULL OR u.active)",
                 (key_hash,),
             )
             row = cur.fetchone()
@@ -337,6 +537,38 @@ class PostgresApiKeyRepository(ApiKeyRepository):
                 return False
             _write_audit(cur, audit)
             return True
+
+
+class PostgresAuditLog(AuditLog):
+    def __init__(self, database: PostgresDatabase) -> None:
+        self.db = database
+
+    def entries(self, *, entity_id: str | None, limit: int, before_entry_id: int | None) -> list[AuditRecord]:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT * FROM audit_log"
+                " WHERE (%(entity)s::text IS NULL OR entity_id = %(entity)s)"
+                "   AND (%(before)s::bigint IS NULL OR entry_id < %(before)s)"
+                " ORDER BY entry_id DESC LIMIT %(limit)s",
+                {"entity": entity_id, "before": before_entry_id, "limit": limit},
+            )
+            rows = cur.fetchall()
+        return [
+            AuditRecord(
+                entry_id=row["entry_id"],
+                at=row["at"],
+                actor=row["actor"],
+                actor_role=row["actor_role"],
+                action=row["action"],
+                entity_type=row["entity_type"],
+                entity_id=row["entity_id"],
+                before=row["before"],
+                after=row["after"],
+                request_id=row["request_id"],
+                source_ip=row["source_ip"],
+            )
+            for row in rows
+        ]
 
 
 class PostgresCheck(DependencyCheck):

@@ -32,12 +32,27 @@ PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_TYPE_BASE = "https://chat4all.dev/problems/"
 
 
+# A server-side failure is described by its kind only: what went wrong inside (hosts, ports, driver messages)
+# goes to the log, never into a response.
+PUBLIC_5XX_DETAIL = {
+    503: "a service this request depends on is unavailable; retry shortly",
+    502: "an upstream platform failed to answer as expected; retry shortly",
+}
+GENERIC_5XX_DETAIL = "an unexpected error occurred; it has been logged"
+
+
+def public_detail(error: Chat4AllError) -> str:
+    if error.status < 500:
+        return error.detail
+    return PUBLIC_5XX_DETAIL.get(error.status, GENERIC_5XX_DETAIL)
+
+
 def problem_response(error: Chat4AllError, headers: dict[str, str] | None = None) -> Response[str]:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + error.slug,
         "title": error.title,
         "status": error.status,
-        "detail": error.detail,
+        "detail": public_detail(error),
     }
     if error.errors:
         body["errors"] = [{"field": e.field, "message": e.message} for e in error.errors]
@@ -53,9 +68,17 @@ def validation_problem(exc: ValidationError) -> ValidationFailedError:
 
 
 def _domain(exc: Chat4AllError) -> Response[str]:
+    headers: dict[str, str] | None = None
     if exc.status >= 500:
-        logger.warning("request failed", extra={"problem": exc.slug, "detail": exc.detail})
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        cause = exc.__cause__
+        logger.warning(
+            "request failed",
+            extra={"problem": exc.slug, "detail": exc.detail, "cause": repr(cause) if cause else None},
+        )
+        if exc.status == 503:
+            headers = {"Retry-After": "1"}
+    if exc.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return problem_response(exc, headers)
 
 
@@ -72,11 +95,30 @@ def _idempotency_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response
 
 
 def _idempotency_store(exc: IdempotencyPersistenceLayerError) -> Response[str]:
-    return problem_response(DependencyUnavailableError("the idempotency store (Redis) is unavailable"))
+    logger.warning("idempotency store unavailable", extra={"cause": repr(exc)})
+    return problem_response(DependencyUnavailableError("the idempotency store is unavailable"), {"Retry-After": "1"})
 
 
-def _not_found(exc: Exception) -> Response[str]:
-    return problem_response(NotFoundError("no such resource or method"))
+class MethodNotAllowedError(Chat4AllError):
+    status = 405
+    title = "Method not allowed"
+    slug = "method-not-allowed"
+
+
+def _not_found_in(app: ApiGatewayResolver) -> Callable[[Exception], Response[str]]:
+    """404 for a path the API does not serve; 405 with Allow for a method it does not serve on a known path."""
+
+    def not_found(exc: Exception) -> Response[str]:
+        from chat4all.api.access import allowed_methods
+
+        path = app.current_event.path
+        methods = allowed_methods(path)
+        if methods:
+            error = MethodNotAllowedError(f"{app.current_event.http_method} is not served on this path")
+            return problem_response(error, {"Allow": ", ".join(methods)})
+        return problem_response(NotFoundError("no such resource"))
+
+    return not_found
 
 
 def _unexpected(exc: Exception) -> Response[str]:
@@ -98,4 +140,4 @@ def register_problem_handlers(app: ApiGatewayResolver) -> None:
     """Map the error hierarchy, validation and anything unexpected to problem JSON."""
     for exc_type, handler in PROBLEM_HANDLERS.items():
         app.exception_handler(exc_type)(handler)
-    app.not_found(_not_found)
+    app.not_found(_not_found_in(app))

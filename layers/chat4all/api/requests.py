@@ -1,10 +1,9 @@
-"""Request parsing: size limit, JSON, pydantic validation, identifiers and the caller's key."""
+"""Request parsing: size limit, hostile JSON, pydantic validation, identifiers and query strings."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import json
 import uuid
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -12,12 +11,10 @@ from pydantic import BaseModel, ValidationError
 
 from chat4all.api.problems import validation_problem
 from chat4all.domain.errors import BadRequestError, NotFoundError, PayloadTooLargeError
+from chat4all.domain.untrusted import loads_untrusted, refuse_nul
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
-
-    from chat4all.domain.models import Principal
-    from chat4all.services.auth import Authenticator
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -38,12 +35,10 @@ def raw_body(event: APIGatewayProxyEventV2, max_bytes: int) -> bytes:
 
 
 def parse_json(data: bytes) -> Any:
-    if not data.strip():
-        raise BadRequestError("a JSON body is required")
-    try:
-        return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequestError(f"body is not valid JSON: {exc}") from exc
+    """JSON as RFC 8259 has it (no NaN/Infinity/overflowing numbers), bounded in depth, with no NUL characters."""
+    payload = loads_untrusted(data)
+    refuse_nul(payload)
+    return payload
 
 
 def parse_body[ModelT: BaseModel](event: APIGatewayProxyEventV2, model: type[ModelT], max_bytes: int) -> ModelT:
@@ -64,5 +59,11 @@ def resource_id(value: str, kind: str) -> str:
         raise NotFoundError(f"{kind} {value!r} not found") from exc
 
 
-def authenticate(event: APIGatewayProxyEventV2, authenticator: Authenticator) -> Principal:
-    return authenticator.authenticate(event.headers.get("authorization"))
+def parse_query[ModelT: BaseModel](params: dict[str, str] | None, model: type[ModelT]) -> ModelT:
+    """Query string parameters validated like a body: unknown ones, NUL characters and bad values are 422."""
+    values = dict(params or {})
+    refuse_nul(values)
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise validation_problem(exc) from exc

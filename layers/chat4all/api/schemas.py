@@ -5,17 +5,33 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
 
 from chat4all.api.problems import validation_problem
-from chat4all.channels import CONNECTOR_TYPES
 from chat4all.domain import commands
+from chat4all.domain.contact import normalise_phone
 from chat4all.domain.models import ConversationType, Platform, Role, UserType
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Phone = Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^\+[1-9][0-9]{6,14}$")]
-PlatformUserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Names are kept as written; they must show something (openapi.yaml states the same constraints)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"\S")]
+Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# E.164, written with or without spaces, dots, dashes and parentheses; stored as +<digits>
+Phone = Annotated[
+    str,
+    StringConstraints(max_length=32, pattern=r"^\+[1-9][0-9 ().-]{6,30}$"),
+    AfterValidator(normalise_phone),
+]
+PlatformUserId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
+Metadata = Annotated[dict[str, Any], Field(max_length=100)]
 
 MAX_CONTENT_CHARS = 10_000
 
@@ -29,42 +45,75 @@ class CreateUserRequest(RequestModel):
     user_type: UserType
     email: Email | None = None
     phone: Phone | None = Field(default=None, description="E.164, e.g. +5511999990000")
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Metadata = Field(default_factory=dict)
 
     def command(self) -> commands.CreateUser:
         return commands.CreateUser(self.display_name, self.user_type, self.email, self.phone, self.metadata)
 
 
+class UpdateUserRequest(RequestModel):
+    """Only the named fields change; email and phone may be null (cleared), display_name and active may not."""
+
+    display_name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    active: StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _not_null(self) -> UpdateUserRequest:
+        for name in ("display_name", "active"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+    def command(self, user_id: str) -> commands.UpdateUser:
+        return commands.UpdateUser(user_id, {name: getattr(self, name) for name in self.model_fields_set})
+
+
 class LinkIdentityRequest(RequestModel):
     platform: Platform
     platform_user_id: PlatformUserId
-    verified: bool = False
+    verified: StrictBool = False
 
     def command(self, user_id: str) -> commands.LinkIdentity:
         return commands.LinkIdentity(user_id, self.platform, self.platform_user_id, self.verified)
 
 
 class CreateChannelRequest(RequestModel):
+    """`credentials` is checked against the platform's shape (and by the platform itself) by the service."""
+
     platform: Platform
     name: Name
     credentials: dict[str, Any]
-    enabled: bool = True
-
-    @model_validator(mode="after")
-    def _credentials_match_platform(self) -> CreateChannelRequest:
-        connector = CONNECTOR_TYPES.get(self.platform)
-        if connector is None:
-            raise ValueError(f"{self.platform} channels are not available yet")
-        try:
-            connector.credentials_model.model_validate(self.credentials)
-        except ValidationError as exc:
-            fields = ", ".join(".".join(str(p) for p in e["loc"]) + f" ({e['msg']})" for e in exc.errors())
-            raise ValueError(f"credentials for {self.platform}: {fields}") from None
-        return self
+    enabled: StrictBool = True
+    default_agent_id: uuid.UUID | None = None
 
     def command(self) -> commands.CreateChannel:
-        model = CONNECTOR_TYPES[self.platform].credentials_model.model_validate(self.credentials)
-        return commands.CreateChannel(self.platform, self.name, model.model_dump(), self.enabled)
+        agent = str(self.default_agent_id) if self.default_agent_id else None
+        return commands.CreateChannel(self.platform, self.name, self.credentials, self.enabled, agent)
+
+
+class UpdateChannelRequest(RequestModel):
+    """Rename, enable/disable, set or clear (null) the default agent, or rotate the credentials."""
+
+    name: Name | None = None
+    enabled: StrictBool | None = None
+    default_agent_id: uuid.UUID | None = None
+    credentials: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _not_null(self) -> UpdateChannelRequest:
+        for name in ("name", "enabled", "credentials"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} cannot be null")
+        return self
+
+    def command(self, channel_id: str) -> commands.UpdateChannel:
+        changes: dict[str, Any] = {}
+        for name in self.model_fields_set - {"credentials"}:
+            value = getattr(self, name)
+            changes[name] = str(value) if isinstance(value, uuid.UUID) else value
+        return commands.UpdateChannel(channel_id, changes, self.credentials)
 
 
 class CreateApiKeyRequest(RequestModel):
@@ -81,6 +130,12 @@ class CreateConversationRequest(RequestModel):
     participants: list[uuid.UUID] = Field(min_length=1, max_length=100)
     primary_channel: Platform
     channel_id: uuid.UUID | None = None
+
+    @model_validator(mode="after")
+    def _distinct(self) -> CreateConversationRequest:
+        if len(set(self.participants)) != len(self.participants):
+            raise ValueError("participants must be distinct")
+        return self
 
     def command(self) -> commands.CreateConversation:
         return commands.CreateConversation(
@@ -126,3 +181,9 @@ class HistoryQuery(RequestModel):
             return cls.model_validate(params)
         except ValidationError as exc:
             raise validation_problem(exc) from exc
+
+
+class AuditLogQuery(RequestModel):
+    entity_id: str | None = Field(default=None, min_length=1, max_length=200)
+    limit: int = Field(default=50, ge=1, le=200)
+    before: str | None = Field(default=None, min_length=1, max_length=200)

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from chat4all.domain.models import (
         ApiKey,
+        AuditRecord,
         ChannelConfig,
+        ChannelInfo,
         Conversation,
         ExternalIdentity,
         Message,
@@ -16,6 +18,7 @@ if TYPE_CHECKING:
         User,
     )
     from chat4all.services.conversations import MessagePage
+    from chat4all.services.identity import AuditPage, LinkSuggestion
     from chat4all.services.messages import AcceptedMessage
 
 
@@ -51,15 +54,48 @@ def user_view(user: User) -> dict[str, Any]:
     }
 
 
-def channel_view(channel: ChannelConfig) -> dict[str, Any]:
+def channel_view(channel: ChannelConfig | ChannelInfo) -> dict[str, Any]:
+    """A channel without its credentials: they are write-only."""
     return {
         "channel_id": channel.channel_id,
         "platform": channel.platform.value,
         "name": channel.name,
         "enabled": channel.enabled,
+        "default_agent_id": channel.default_agent_id,
         "created_at": timestamp(channel.created_at),
         "updated_at": timestamp(channel.updated_at),
     }
+
+
+def channels_view(channels: list[ChannelInfo]) -> dict[str, Any]:
+    return {"items": [channel_view(c) for c in channels]}
+
+
+def suggestions_view(user_id: str, suggestions: list[LinkSuggestion]) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "items": [{"user": user_view(s.user), "matched_on": s.matched_on} for s in suggestions],
+    }
+
+
+def audit_record_view(record: AuditRecord) -> dict[str, Any]:
+    return {
+        "entry_id": record.entry_id,
+        "at": timestamp(record.at),
+        "actor": record.actor,
+        "actor_role": record.actor_role,
+        "action": record.action,
+        "entity_type": record.entity_type,
+        "entity_id": record.entity_id,
+        "before": record.before,
+        "after": record.after,
+        "request_id": record.request_id,
+        "source_ip": record.source_ip,
+    }
+
+
+def audit_page_view(page: AuditPage) -> dict[str, Any]:
+    return {"items": [audit_record_view(r) for r in page.items], "next_cursor": page.next_cursor}
 
 
 def api_key_view(key: ApiKey, raw_key: str) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chat4all.channels.base import ChannelConnector, ChannelCredentials
+from chat4all.channels.base import ChannelConnector
 from chat4all.channels.whatsapp import WhatsAppConnector
+from chat4all.domain.credentials import ChannelCredentials
 from chat4all.domain.models import Platform
 
 CONNECTOR_TYPES: dict[Platform, type[ChannelConnector]] = {

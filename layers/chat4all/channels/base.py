@@ -8,22 +8,16 @@ from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict
 
 from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from chat4all.domain.credentials import ChannelCredentials
     from chat4all.domain.models import InboundMessage, OutboundMessage, Platform, ProviderReceipt, StatusReport
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
-
-
-class ChannelCredentials(BaseModel):
-    """Base of each platform's credential model; unknown fields are refused."""
-
-    model_config = ConfigDict(extra="forbid", str_min_length=1, str_strip_whitespace=True)
 
 
 class ChannelConnector(ABC):

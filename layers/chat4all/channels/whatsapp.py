@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector, ChannelCredentials, hmac_sha256_matches
+from chat4all.channels.base import ChannelConnector, hmac_sha256_matches
+from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
 from chat4all.domain.errors import BadRequestError, ChannelRetryableError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 
@@ -23,13 +24,6 @@ STATUS_MAP = {
     "read": MessageStatus.READ,
     "failed": MessageStatus.FAILED,
 }
-
-
-class WhatsAppCredentials(ChannelCredentials):
-    access_token: str
-    phone_number_id: str
-    app_secret: str
-    verify_token: str
 
 
 class _Lenient(BaseModel):

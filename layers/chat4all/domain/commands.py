@@ -29,11 +29,29 @@ class LinkIdentity:
 
 
 @dataclass(frozen=True)
+class UpdateUser:
+    """Only the fields the request named: display_name, email (None clears), phone (None clears), active."""
+
+    user_id: str
+    changes: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CreateChannel:
     platform: Platform
     name: str
     credentials: dict[str, str]
     enabled: bool = True
+    default_agent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class UpdateChannel:
+    """Only the fields the request named: name, enabled, default_agent_id (None clears); credentials rotate."""
+
+    channel_id: str
+    changes: dict[str, Any]
+    credentials: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,17 @@ _STATUS_RANK = {
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: the API key's id, role and (for agents) the user it is bound to."""
+    """Who is calling: the credential's id, role and (for agents) the user it is bound to.
+
+    `key_id` names the credential: an API key's id, or `jwt:<sub>` for an OAuth2 token. The request id and
+    source IP travel along so that every change the caller makes is audited with them.
+    """
 
     key_id: str
     role: Role
     user_id: str | None = None
+    request_id: str | None = None
+    source_ip: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -119,6 +125,37 @@ class ChannelConfig:
     enabled: bool
     created_at: datetime
     updated_at: datetime
+    default_agent_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ChannelInfo:
+    """What an admin sees of an installed channel: everything but its credentials."""
+
+    channel_id: str
+    platform: Platform
+    name: str
+    enabled: bool
+    default_agent_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One stored audit entry: who changed what, from what to what, in which request."""
+
+    entry_id: int
+    at: datetime
+    actor: str
+    actor_role: str | None
+    action: str
+    entity_type: str
+    entity_id: str
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    request_id: str | None
+    source_ip: str | None
 
 
 @dataclass(frozen=True)

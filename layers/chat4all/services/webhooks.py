@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.errors import BadRequestError, CredentialsUnreadableError, ForbiddenError, UnauthorizedError
 from chat4all.domain.models import InboundMessage, StatusReport
+from chat4all.domain.untrusted import loads_untrusted
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -59,10 +59,7 @@ class WebhookService:
         """Verify and dispatch; returns what the body carried. Unsigned or forged bodies change nothing."""
         connector = self.connectors[platform]
         channel = self._signing_channel(connector, platform, headers, raw_body)
-        try:
-            payload = json.loads(raw_body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadRequestError("webhook body is not JSON") from exc
+        payload = loads_untrusted(raw_body)
         if not isinstance(payload, dict):
             raise BadRequestError("webhook body is not a JSON object")
         events = connector.parse_webhook(payload)

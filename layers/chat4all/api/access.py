@@ -1,0 +1,144 @@
+"""Who may call which operation: the contract's role table, enforced for every route of every function.
+
+Authentication happens once, in the API Gateway Lambda authorizer (functions/authorizer). It always lets
+the request through and hands on, in `requestContext.authorizer.lambda`, either the verified caller or why
+there is none; API Gateway's own 401/403 bodies are not problem JSON, so the refusals are made here, by
+the resolver middleware every function gets from `create_resolver()`. See docs/AUTH.md.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from chat4all.domain.errors import DependencyUnavailableError, ForbiddenError, UnauthorizedError
+from chat4all.domain.models import Principal, Role
+from chat4all.observability import logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import Response
+    from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
+    from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+    from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+
+
+class Access(StrEnum):
+    PUBLIC = "public"  # no bearer auth (the platform's own signature, or none): the authorizer does not run
+    ADMIN = "admin"  # admins only; an agent gets 403
+    SCOPED = "scoped"  # admins, and agents within their own user and conversations (decided by the service)
+
+
+# The contract's role table, by API Gateway route key. A route that is not here is refused (403).
+ROLE_TABLE: dict[str, Access] = {
+    "GET /health": Access.PUBLIC,
+    "GET /webhooks/whatsapp": Access.PUBLIC,
+    "POST /webhooks/whatsapp": Access.PUBLIC,
+    # users and identities: admin only, except reading a user (itself and people it shares a conversation with)
+    "POST /v1/users": Access.ADMIN,
+    "GET /v1/users/{user_id}": Access.SCOPED,
+    "PATCH /v1/users/{user_id}": Access.ADMIN,
+    "POST /v1/users/{user_id}/identities": Access.ADMIN,
+    "DELETE /v1/users/{user_id}/identities/{identity_id}": Access.ADMIN,
+    "GET /v1/users/{user_id}/link-suggestions": Access.ADMIN,
+    # channels, API keys, audit log: admin only
+    "POST /v1/channels": Access.ADMIN,
+    "GET /v1/channels": Access.ADMIN,
+    "GET /v1/channels/{channel_id}": Access.ADMIN,
+    "PATCH /v1/channels/{channel_id}": Access.ADMIN,
+    "DELETE /v1/channels/{channel_id}": Access.ADMIN,
+    "POST /v1/api-keys": Access.ADMIN,
+    "DELETE /v1/api-keys/{key_id}": Access.ADMIN,
+    "GET /v1/audit-log": Access.ADMIN,
+    # conversations and messages: an agent only where it takes part, and only as itself
+    "POST /v1/conversations": Access.SCOPED,
+    "GET /v1/conversations/{conversation_id}": Access.SCOPED,
+    "GET /v1/conversations/{conversation_id}/messages": Access.SCOPED,
+    "POST /v1/messages": Access.SCOPED,
+    "GET /v1/messages/{message_id}": Access.SCOPED,
+    "GET /v1/messages/{message_id}/status": Access.SCOPED,
+}
+
+
+def is_catch_all(route_key: str) -> bool:
+    """API Gateway's `$default` route (locally `ANY /{proxy+}`): it only ever answers 404 or 405."""
+    return route_key == "$default" or route_key.endswith(" /{proxy+}")
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods the API serves on `path` (for a 405's Allow header), from the role table's route keys."""
+    segments = path.rstrip("/").split("/")
+    allowed = set()
+    for route_key in ROLE_TABLE:
+        method, _, template = route_key.partition(" ")
+        parts = template.rstrip("/").split("/")
+        if len(parts) == len(segments) and all(
+            part == segment or (part.startswith("{") and part.endswith("}") and segment)
+            for part, segment in zip(parts, segments, strict=True)
+        ):
+            allowed.add(method)
+    return sorted(allowed)
+
+
+# ------------------------------------------------------------------ the authorizer's context, both ends
+
+_UNAVAILABLE = "unavailable"
+_UNAUTHORIZED = "unauthorized"
+
+
+def caller_context(principal: Principal) -> dict[str, str]:
+    """What the authorizer hands on for a verified caller (flat strings: all an authorizer context holds)."""
+    return {"key_id": principal.key_id, "role": principal.role.value, "user_id": principal.user_id or ""}
+
+
+def refusal_context(error: UnauthorizedError | DependencyUnavailableError) -> dict[str, str]:
+    """What the authorizer hands on when it could not verify the caller."""
+    kind = _UNAVAILABLE if isinstance(error, DependencyUnavailableError) else _UNAUTHORIZED
+    return {"error": kind, "detail": error.detail}
+
+
+def principal_from(event: APIGatewayProxyEventV2) -> Principal:
+    """The caller the authorizer verified, or the 401 (or 503) it could not get past."""
+    context: dict[str, Any] = event.request_context.authorizer.get_lambda
+    error = context.get("error")
+    if error == _UNAVAILABLE:
+        raise DependencyUnavailableError("authentication is unavailable; retry shortly")
+    if error or not context.get("key_id"):
+        raise UnauthorizedError(str(context.get("detail") or "the request carries no valid credentials"))
+    try:
+        role = Role(context["role"])
+    except (KeyError, ValueError):
+        raise UnauthorizedError("the request carries no valid credentials") from None
+    return Principal(
+        key_id=str(context["key_id"]),
+        role=role,
+        user_id=str(context.get("user_id") or "") or None,
+        request_id=event.request_context.request_id or None,
+        source_ip=event.request_context.http.source_ip or None,
+    )
+
+
+# ------------------------------------------------------------------ the function side
+
+
+def enforce_role_table(app: ApiGatewayResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    """Resolver middleware: 401 without a verified caller, 403 for an agent on an admin operation."""
+    event: APIGatewayProxyEventV2 = app.current_event  # type: ignore[assignment]
+    route_key = event.route_key
+    access = Access.PUBLIC if is_catch_all(route_key) else ROLE_TABLE.get(route_key)
+    if access is None:
+        logger.error("route is not in the role table", extra={"route_key": route_key})
+        raise ForbiddenError("this operation is not open to any role")
+    if access is not Access.PUBLIC:
+        principal = principal_from(event)
+        if access is Access.ADMIN and not principal.is_admin:
+            raise ForbiddenError("this operation needs an admin")
+        app.context["principal"] = principal
+    return next_middleware(app)
+
+
+def caller(app: ApiGatewayResolver) -> Principal:
+    """The verified caller of the current request (set by enforce_role_table)."""
+    principal = app.context.get("principal")
+    if not isinstance(principal, Principal):
+        raise UnauthorizedError("the request carries no valid credentials")
+    return principal
