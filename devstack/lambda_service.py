@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import random
@@ -220,7 +221,15 @@ class FunctionPool:
             if handed is not None:
                 return handed
 
+    def update(self, spec: FunctionSpec) -> None:
+        """New configuration, as UpdateFunctionConfiguration: idle containers go now, busy ones when done."""
+        self.spec = spec
+        for container in list(self.idle):
+            self.retire(container)
+
     def _release(self, container: Container) -> None:
+        if container.function is not self.spec:
+            self.retire(container)  # started with a configuration that has changed since
         if container.retired:
             return
         while self.waiters:
@@ -328,6 +337,10 @@ class LambdaService:
             return InvocationResult.error("ResourceNotFoundException", f"Function not found: {function_arn(function)}")
         return await pool.invoke(payload)
 
+    async def update_environment(self, function: str, environment: dict[str, str]) -> None:
+        pool = self.pools[function]
+        pool.update(dataclasses.replace(pool.spec, environment=dict(environment)))
+
     def container_pids(self) -> dict[str, list[int]]:
         return {name: [c.pid for c in pool.containers if c.pid is not None] for name, pool in self.pools.items()}
 
@@ -408,7 +421,7 @@ class LambdaService:
         if request.method == "POST" and answer:
             return await self._answer(container, parts[1], parts[2], request)
         if request.method == "POST" and parts == ["init", "error"]:
-            body = await request.read()
+            body = await _read_body(request, MAX_RESPONSE_BYTES)
             error_type = request.headers.get("Lambda-Runtime-Function-Error-Type", "Runtime.Unknown")
             container.init_error = InvocationResult(body or b"{}", _error_type(body, error_type))
             return web.Response(body=ACCEPTED_BODY, status=202, content_type="application/json")
@@ -445,7 +458,7 @@ class LambdaService:
         invocation = container.current
         if invocation is None or invocation.request_id != request_id:
             return _runtime_error(400, "InvalidRequestID", f"{request_id} is not this container's invocation")
-        body = await request.content.read(MAX_RESPONSE_BYTES + 1)
+        body = await _read_body(request, MAX_RESPONSE_BYTES)
         if kind == "response" and len(body) > MAX_RESPONSE_BYTES:
             result = InvocationResult.error(
                 "Function.ResponseSizeTooLarge",
@@ -460,6 +473,14 @@ class LambdaService:
         if not invocation.result.done():
             invocation.result.set_result(result)
         return web.Response(body=ACCEPTED_BODY, status=status, content_type="application/json")
+
+
+async def _read_body(request: web.BaseRequest, limit: int) -> bytes:
+    """The whole body, or its first `limit` + 1 bytes when it is longer (the rest is not wanted)."""
+    body = bytearray()
+    while len(body) <= limit and (chunk := await request.content.readany()):
+        body += chunk
+    return bytes(body[: limit + 1])
 
 
 def _error_type(body: bytes, fallback: str) -> str:

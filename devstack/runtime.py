@@ -227,6 +227,12 @@ class LocalRuntime:
             raise RuntimeError("the runtime is not started")
         return await self.lambda_service.invoke(function, payload)
 
+    def update_function_environment(self, function: str, environment: dict[str, str]) -> None:
+        """Lambda's UpdateFunctionConfiguration of the environment: the next invocations run in new containers."""
+        if self.lambda_service is None:
+            raise RuntimeError("the runtime is not started")
+        self._call(self.lambda_service.update_environment(function, environment), 10)
+
     def container_pids(self) -> dict[str, list[int]]:
         """The live container processes of each function."""
         if self.lambda_service is None or self._loop is None:

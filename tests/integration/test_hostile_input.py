@@ -139,16 +139,16 @@ def test_deeply_nested_signed_webhook_is_400(api: Api, whatsapp_conversation: Wh
 
 
 def test_a_dependency_that_is_down_is_503_naming_no_internal(platform: LocalPlatform, api: Api) -> None:
-    from chat4all import bootstrap
-
-    database = bootstrap.postgres()
-    real_url = database.url
-    database.close()
-    database.url = real_url.replace(real_url.rpartition("@")[2].split("/")[0], "127.0.0.1:9")
+    # the identity function's PostgreSQL moves to a port where nothing listens (UpdateFunctionConfiguration)
+    assert platform.runtime is not None
+    environment = platform.function_environment("IdentityFunction")
+    real_url = environment["DATABASE_URL"]
+    down = real_url.replace(real_url.rpartition("@")[2].split("/")[0], "127.0.0.1:9")
+    platform.runtime.update_function_environment("IdentityFunction", {**environment, "DATABASE_URL": down})
     try:
         response = api.call("POST", "/v1/users", json={"display_name": "x", "user_type": "CUSTOMER"})
     finally:
-        database.url = real_url
+        platform.runtime.update_function_environment("IdentityFunction", environment)
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
     for internal in INTERNALS:

@@ -123,6 +123,14 @@ def test_an_unhandled_exception_is_a_function_error_and_the_container_lives_on(r
     assert runtime.invoke("OtherFunction", {}).json()["pid"] in pids
 
 
+def test_a_large_response_arrives_whole_and_one_over_6_mb_is_an_error(runtime: LocalRuntime) -> None:
+    large = runtime.invoke("EchoFunction", {"large": 3_000_000})
+    assert large.ok
+    assert large.json() == {"filler": "x" * 3_000_000, "end": "the last field"}
+    too_large = runtime.invoke("EchoFunction", {"large": 7_000_000})
+    assert too_large.error_type == "Function.ResponseSizeTooLarge"
+
+
 def test_an_unknown_function_is_not_found(runtime: LocalRuntime) -> None:
     result = runtime.invoke("NoSuchFunction", {})
     assert result.error_type == "ResourceNotFoundException"

@@ -11,6 +11,8 @@ STATE = {"invocations": 0}  # module state: one container's, never another's
 
 def lambda_handler(event, context):
     STATE["invocations"] += 1
+    if event.get("large"):
+        return {"filler": "x" * int(event["large"]), "end": "the last field"}
     if event.get("raise"):
         raise ValueError(event["raise"])
     sleep = event.get("sleep") or (event.get("queryStringParameters") or {}).get("sleep")
