@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -190,3 +191,52 @@ def test_a_batch_past_the_timeout_is_killed_and_its_message_comes_back(
     wait_until(lambda: queue_is_empty(sqs, url), timeout=30, what="the queue emptied")
     time.sleep(0.5)
     assert len(batches(records, "SlowConsumer")) == 1
+
+
+def test_a_message_that_arrives_while_the_runtime_stops_is_given_back_at_once(
+    platform: LocalPlatform, sqs: Any, tmp_path: Path
+) -> None:
+    # GIVEN a consumer whose queue hides received messages for 5 minutes, its poller in a 5 s long poll
+    url = sqs.create_queue(QueueName=f"runtime-parked-{uuid.uuid4().hex[:8]}", Attributes={"VisibilityTimeout": "300"})[
+        "QueueUrl"
+    ]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    template = {
+        "Resources": {
+            "ParkedQueue": {"Type": "AWS::SQS::Queue", "Properties": {}},
+            "ParkedConsumer": {
+                "Type": "AWS::Serverless::Function",
+                "Properties": {
+                    "CodeUri": "functions/consumer/",
+                    "Handler": "app.lambda_handler",
+                    "Events": {"Q": {"Type": "SQS", "Properties": {"Queue": {"Fn::GetAtt": ["ParkedQueue", "Arn"]}}}},
+                },
+            },
+        }
+    }
+    runtime = LocalRuntime(
+        template,
+        RUNTIME_TESTS,
+        function_environment=lambda name: {"RECORD_DIR": str(tmp_path), "BATCH_SECONDS": "0"},
+        log_dir=tmp_path / "logs",
+        resolve=lambda value: url if "Ref" in value else arn,
+        aws_endpoint_url=platform.urls["aws"],
+        options=RuntimeOptions(sqs_wait_seconds=5),
+        log=print,
+    ).start()
+    try:
+        time.sleep(1)  # the poller is in its long poll
+        stopping = threading.Thread(target=runtime.stop)
+        stopping.start()
+        time.sleep(0.5)
+        # WHEN a message arrives during the stop, while that long poll is still open
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"n": 1}))
+        stopping.join(30)
+        assert not stopping.is_alive()
+        # THEN it was not processed, and it is visible again at once instead of in five minutes
+        assert batches(tmp_path, "ParkedConsumer") == []
+        received = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=2).get("Messages", [])
+        assert [json.loads(m["Body"]) for m in received] == [{"n": 1}]
+    finally:
+        runtime.stop()
+        sqs.delete_queue(QueueUrl=url)
