@@ -91,6 +91,7 @@ class DeliveryService:
         events: EventPublisher,
         *,
         trouble_window: timedelta = DEFAULT_TROUBLE_WINDOW,
+        send_margin: timedelta = SEND_MARGIN,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -101,6 +102,7 @@ class DeliveryService:
         self.connectors = connectors
         self.events = events
         self.trouble_window = trouble_window
+        self.send_margin = send_margin
         self.clock = clock
         self.sleep = sleep
 
@@ -128,7 +130,7 @@ class DeliveryService:
                 continue
             if message.retry_at is not None and message.retry_at > now:
                 return ConversationProgress(outcomes, (message.retry_at - now).total_seconds())
-            if now + SEND_MARGIN > lease_until:
+            if now + self.send_margin > lease_until:
                 return ConversationProgress(outcomes, 0)
             step = self._deliver(message, lease_until)
             if not isinstance(step, DeliveryOutcome):
