@@ -259,7 +259,12 @@ class MongoMessageStore(MessageStore):
     def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
         with _translated():
             done = self.durable.update_one(
-                {"_id": message_id, "attempt": {"$exists": True}, "delivery_attempts": attempt},
+                {
+                    "_id": message_id,
+                    "status": MessageStatus.PENDING.value,
+                    "attempt": {"$exists": True},
+                    "delivery_attempts": attempt,
+                },
                 {
                     "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
                     "$push": {"history": _entry_doc(entry)},
@@ -275,7 +280,12 @@ class MongoMessageStore(MessageStore):
     def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
         with _translated():
             done = self.durable.update_one(
-                {"_id": message_id, "attempt": {"$exists": True}, "delivery_attempts": attempt},
+                {
+                    "_id": message_id,
+                    "status": MessageStatus.PENDING.value,
+                    "attempt": {"$exists": True},
+                    "delivery_attempts": attempt,
+                },
                 {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}},
             )
         return bool(done.modified_count)
