@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.contact import email_key, phones_of
 from chat4all.domain.errors import ConflictError, CredentialsUnreadableError, NotFoundError
-from chat4all.domain.models import ChannelInfo, ChannelRef, Conversation, Message, MessageStatus
+from chat4all.domain.models import ChannelInfo, ChannelRef, Conversation, Message, MessageStatus, Participant
 from chat4all.ports import (
     ApiKeyRepository,
     ChannelRepository,
@@ -228,6 +228,39 @@ class InMemoryConversationStore(ConversationStore):
             conversation, message_count=conversation.message_count + 1, last_activity_at=at
         )
         return self.sequences[conversation_id]
+
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if (
+            conversation is None
+            or conversation.participant(participant.user_id) is not None
+            or len(conversation.participants) >= capacity
+        ):
+            return None
+        updated = dataclasses.replace(conversation, participants=[*conversation.participants, participant])
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is None or conversation.participant(user_id) is None or len(conversation.participants) < 2:
+            return None
+        remaining = [p for p in conversation.participants if p.user_id != user_id]
+        updated = dataclasses.replace(conversation, participants=remaining)
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        found = [
+            c
+            for c in self.conversations.values()
+            if (participant is None or c.participant(participant) is not None)
+            and (before is None or (c.last_activity_at, c.conversation_id) < before)
+        ]
+        found.sort(key=lambda c: (c.last_activity_at, c.conversation_id), reverse=True)
+        return found[:limit]
 
 
 class InMemoryMessageStore(MessageStore):

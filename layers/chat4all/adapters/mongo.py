@@ -61,6 +61,7 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
         db.conversations.create_index(
             [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
         )
+        db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -255,6 +256,45 @@ class MongoConversationStore(ConversationStore):
                 projection={"_id": 1},
             )
         return found is not None
+
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        # one conditional update, so concurrent additions can neither exceed the capacity nor add anyone twice
+        with _translated():
+            doc = self.collection.find_one_and_update(
+                {
+                    "_id": conversation_id,
+                    "participants.user_id": {"$ne": participant.user_id},
+                    f"participants.{capacity - 1}": {"$exists": False},
+                },
+                {"$push": {"participants": {"user_id": participant.user_id, "joined_at": participant.joined_at}}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _conversation(doc) if doc else None
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        with _translated():
+            doc = self.collection.find_one_and_update(
+                {"_id": conversation_id, "participants.user_id": user_id, "participants.1": {"$exists": True}},
+                {"$pull": {"participants": {"user_id": user_id}}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _conversation(doc) if doc else None
+
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        query: dict[str, Any] = {} if participant is None else {"participants.user_id": participant}
+        if before is not None:
+            at, conversation_id = before
+            query["$or"] = [
+                {"last_activity_at": {"$lt": at}},
+                {"last_activity_at": at, "_id": {"$lt": conversation_id}},
+            ]
+        with _translated():
+            docs = (
+                self.collection.find(query).sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            )
+            return [_conversation(d) for d in docs]
 
 
 class MongoCheck(DependencyCheck):
