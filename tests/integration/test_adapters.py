@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -11,7 +12,9 @@ import redis
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyValidationError
 
+from chat4all.adapters import mongo
 from chat4all.adapters.idempotency import RedisIdempotencyStore
+from chat4all.domain.models import Conversation, ConversationType, Direction, Message, MessageStatus, Platform
 
 if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
@@ -69,3 +72,40 @@ def test_every_change_is_audited_in_its_transaction(
         assert b"access_token" not in bytes(ciphertext)
     for (data,) in channel_audit:
         assert "access_token" not in data and "app_secret" not in data
+
+
+def test_history_pages_are_right_across_sequence_gaps_and_join_points(platform: LocalPlatform) -> None:
+    # GIVEN a conversation whose messages skip every third sequence (as a store written before sequences
+    # were gap-free might), its newest sequence recorded on the conversation
+    db = mongo.connect(platform.urls["mongo"])
+    conversations, messages = mongo.MongoConversationStore(db), mongo.MongoMessageStore(db)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    conversation = Conversation(
+        str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 0, start, start, None
+    )
+    conversations.add_conversation(conversation)
+    present = [n for n in range(1, 91) if n % 3]
+    for n in present:
+        messages.add_message(
+            Message(
+                str(uuid.uuid4()), conversation.conversation_id, "someone", f"m{n}", None, Platform.WHATSAPP,
+                Direction.OUTBOUND, n, MessageStatus.PENDING, [], start + timedelta(seconds=n), "",
+            )
+        )  # fmt: skip
+        conversations.next_sequence(conversation.conversation_id, start)
+    db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"last_sequence": 90}})
+
+    def page(limit: int, before: int | None = None, since: datetime | None = None) -> list[int]:
+        found = messages.conversation_page(
+            conversation.conversation_id, limit=limit, before_sequence=before, since=since
+        )
+        return [m.sequence for m in found]
+
+    # THEN each page holds exactly the newest `limit` messages below its cursor, wherever the gaps fall
+    assert page(5) == [89, 88, 86, 85, 83]
+    assert page(5, before=83) == [82, 80, 79, 77, 76]
+    assert page(200) == sorted(present, reverse=True)
+    assert page(5, before=3) == [2, 1]
+    # AND a participant who joined late sees only what came after, however far back the page reaches
+    assert page(50, since=start + timedelta(seconds=80)) == [89, 88, 86, 85, 83, 82, 80]
+    assert page(5, before=10, since=start + timedelta(seconds=80)) == []

@@ -127,6 +127,7 @@ def _conversation(doc: dict[str, Any]) -> Conversation:
 class MongoMessageStore(MessageStore):
     def __init__(self, db: Database[dict[str, Any]]) -> None:
         self.collection = db.messages
+        self.conversations = db.conversations
 
     def add_message(self, message: Message) -> bool:
         with _translated():
@@ -151,14 +152,33 @@ class MongoMessageStore(MessageStore):
     def conversation_page(
         self, conversation_id: str, *, limit: int, before_sequence: int | None, since: datetime | None
     ) -> list[Message]:
+        # The server reads every index entry a query matches before it applies the limit, so a page of the
+        # newest 50 in a conversation of 10,000 would read 10,000: ask for a window of sequences instead,
+        # widening it only where gaps or the `since` filter leave the page short.
+        upper = before_sequence if before_sequence is not None else self._sequence_bound(conversation_id)
         query: dict[str, Any] = {"conversation_id": conversation_id}
-        if before_sequence is not None:
-            query["sequence"] = {"$lt": before_sequence}
         if since is not None:
             query["created_at"] = {"$gte": since}
+        window = limit
         with _translated():
-            docs = list(self.collection.find(query).sort("sequence", DESCENDING).limit(limit))
-        return [_message(d) for d in docs]
+            while True:
+                if upper is None:
+                    query.pop("sequence", None)
+                    lower = 0
+                else:
+                    lower = max(upper - window, 0)
+                    query["sequence"] = {"$gte": lower, "$lt": upper}
+                docs = list(self.collection.find(query).sort("sequence", DESCENDING).limit(limit))
+                if len(docs) >= limit or lower <= 0:
+                    return [_message(d) for d in docs]
+                window *= 4
+
+    def _sequence_bound(self, conversation_id: str) -> int | None:
+        """One past the conversation's highest sequence, or None when it does not say."""
+        with _translated():
+            doc = self.conversations.find_one({"_id": conversation_id}, projection={"last_sequence": 1})
+        last = doc.get("last_sequence") if doc else None
+        return last + 1 if isinstance(last, int) else None
 
     def begin_attempt(self, message_id: str) -> int:
         with _translated():
