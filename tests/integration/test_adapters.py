@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 import redis
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyValidationError
+from pymongo import MongoClient, monitoring
+from pymongo.errors import DuplicateKeyError
 
 from chat4all.adapters import mongo
 from chat4all.adapters.idempotency import RedisIdempotencyStore
@@ -109,3 +111,46 @@ def test_history_pages_are_right_across_sequence_gaps_and_join_points(platform: 
     # AND a participant who joined late sees only what came after, however far back the page reaches
     assert page(50, since=start + timedelta(seconds=80)) == [89, 88, 86, 85, 83, 82, 80]
     assert page(5, before=10, since=start + timedelta(seconds=80)) == []
+
+
+def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(platform: LocalPlatform) -> None:
+    # a status webhook looks its message up by platform id: a collection scan would cost every webhook the
+    # whole history of the platform
+    finds: list[dict[str, Any]] = []
+    client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], event_listeners=[_FindRecorder(finds)])
+    db = client.get_default_database(mongo.DEFAULT_DATABASE)
+    store = mongo.MongoMessageStore(db)
+    wamid = f"wamid.{uuid.uuid4().hex}"
+    start = datetime.now(UTC)
+    message = Message(
+        str(uuid.uuid4()), str(uuid.uuid4()), "someone", "hi", None, Platform.WHATSAPP, Direction.OUTBOUND, 1,
+        MessageStatus.SENT, [], start, "", platform_message_id=wamid,
+    )  # fmt: skip
+    assert store.add_message(message)
+    found = store.find_by_platform_id(Platform.WHATSAPP, wamid)
+    assert found is not None and found.message_id == message.message_id
+    assert store.find_by_platform_id(Platform.INSTAGRAM, wamid) is None
+    # the query the adapter sent is planned on the index
+    assert finds, "the adapter sent no find"
+    plan = db.messages.find(finds[0]).explain()["queryPlanner"]["winningPlan"]
+    assert plan["stage"] == "FETCH", plan
+    assert plan["inputStage"]["stage"] == "IXSCAN" and plan["inputStage"]["indexName"] == "platform_message_id_sparse"
+    # AND the index still refuses a second message with the same platform id
+    with pytest.raises(DuplicateKeyError):
+        db.messages.insert_one({"_id": str(uuid.uuid4()), "platform_message_id": wamid})
+    client.close()
+
+
+class _FindRecorder(monitoring.CommandListener):
+    def __init__(self, filters: list[dict[str, Any]]) -> None:
+        self.filters = filters
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == "messages":
+            self.filters.append(dict(event.command["filter"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
