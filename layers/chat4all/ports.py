@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         DomainEvent,
         ExternalIdentity,
         Message,
+        Participant,
         Platform,
         StatusEntry,
         User,
@@ -170,6 +171,21 @@ class ConversationStore(ABC):
     @abstractmethod
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         """True when some conversation has both users among its participants."""
+
+    @abstractmethod
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        """Add `participant` unless it is in already or the conversation holds `capacity`; None when not added."""
+
+    @abstractmethod
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        """Remove `user_id` unless it is not in or is the last participant; None when not removed."""
+
+    @abstractmethod
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        """Up to `limit` conversations (of `participant`, or all) older in (last_activity_at, id) than `before`,
+        newest activity first."""
 
 
 class MessageStore(ABC):

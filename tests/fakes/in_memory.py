@@ -21,6 +21,7 @@ from chat4all.domain.models import (
     DomainEvent,
     Message,
     MessageStatus,
+    Participant,
 )
 from chat4all.ports import (
     ApiKeyRepository,
@@ -248,6 +249,39 @@ class InMemoryConversationStore(ConversationStore):
             last_activity_at=max(at, conversation.last_activity_at),
         )
         return self.sequences[conversation_id]
+
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if (
+            conversation is None
+            or conversation.participant(participant.user_id) is not None
+            or len(conversation.participants) >= capacity
+        ):
+            return None
+        updated = dataclasses.replace(conversation, participants=[*conversation.participants, participant])
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is None or conversation.participant(user_id) is None or len(conversation.participants) < 2:
+            return None
+        remaining = [p for p in conversation.participants if p.user_id != user_id]
+        updated = dataclasses.replace(conversation, participants=remaining)
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        found = [
+            c
+            for c in self.conversations.values()
+            if (participant is None or c.participant(participant) is not None)
+            and (before is None or (c.last_activity_at, c.conversation_id) < before)
+        ]
+        found.sort(key=lambda c: (c.last_activity_at, c.conversation_id), reverse=True)
+        return found[:limit]
 
 
 class InMemoryMessageStore(MessageStore):
