@@ -11,6 +11,7 @@ import pytest
 
 from chat4all.domain.commands import CreateConversation, CreateUser, LinkIdentity, SendMessage
 from chat4all.domain.errors import (
+    ChannelOutcomeUnknownError,
     ChannelRejectedError,
     ChannelRetryableError,
     ConflictError,
@@ -242,6 +243,18 @@ def test_a_4xx_fails_at_once_without_dead_letter(world: World) -> None:
     stored = world.messages.get_message(accepted.message_id)
     assert stored is not None and stored.error == "400 recipient not allowed"
     assert len(world.connector.sent) == 1
+
+
+def test_a_call_without_a_usable_answer_fails_as_unknown_and_is_never_repeated(world: World) -> None:
+    world.connector.script = [ChannelOutcomeUnknownError("WhatsApp gave no answer: ReadTimeout")]
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    [outcome] = run(world).outcomes
+    assert (outcome.status, outcome.dead_letter) == (MessageStatus.FAILED, False)
+    world.now += timedelta(minutes=10)
+    assert run(world).outcomes == []
+    assert len(world.connector.sent) == 1
+    stored = world.messages.get_message(accepted.message_id)
+    assert stored is not None and stored.error is not None and stored.error.startswith("outcome unknown")
 
 
 def test_recipient_without_identity_fails_without_a_call(world: World) -> None:

@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import (
+    ChannelOutcomeUnknownError,
     ChannelRejectedError,
     ChannelRetryableError,
     Chat4AllError,
@@ -150,10 +151,17 @@ class DeliveryService:
         if attempt is None:  # another invocation claimed it a moment ago
             return LEASE_GRACE_SECONDS
         # from here on, an exception leaves the attempt open: a later run settles it, it never sends again
+        return self._call(message, channel, outbound, attempt)
+
+    def _call(
+        self, message: Message, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
+    ) -> DeliveryOutcome | float:
         try:
             receipt = self.connectors[message.channel].send(channel.credentials, outbound)
         except ChannelRejectedError as exc:
             return self._fail(message, exc.detail, attempt=attempt)
+        except ChannelOutcomeUnknownError as exc:
+            return self._fail(message, f"outcome unknown: {exc.detail}; not sent again, to never send twice", attempt)
         except ChannelRetryableError as exc:
             return self._retry_or_fail(message, attempt, exc)
         return self._record_sent(message, attempt, receipt)
