@@ -116,6 +116,7 @@ class DeliveryService:
         unreachable raises DependencyUnavailableError, and the queue brings the work back.
         """
         outcomes: list[DeliveryOutcome] = []
+        routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
         while True:
             message = self.messages.next_unsettled(conversation_id)
             if message is None:
@@ -133,15 +134,17 @@ class DeliveryService:
                 return ConversationProgress(outcomes, (message.retry_at - now).total_seconds())
             if now + self.send_margin > lease_until:
                 return ConversationProgress(outcomes, 0)
-            step = self._deliver(message, lease_until)
+            step = self._deliver(message, lease_until, routes)
             if not isinstance(step, DeliveryOutcome):
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)
 
-    def _deliver(self, message: Message, lease_until: datetime) -> DeliveryOutcome | float:
+    def _deliver(
+        self, message: Message, lease_until: datetime, routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]]
+    ) -> DeliveryOutcome | float:
         """One message: its outcome, or the seconds after which it can be tried again."""
         try:
-            channel, outbound = self._prepare(message)
+            channel, outbound = self._prepare(message, routes)
         except UndeliverableError as exc:
             return self._fail(message, exc.detail)
         except DependencyUnavailableError as exc:
@@ -221,7 +224,19 @@ class DeliveryService:
         logger.warning("message %s waits %s s: %s", message.message_id, delay, detail)
         return float(delay)
 
-    def _prepare(self, message: Message) -> tuple[ChannelConfig, OutboundMessage]:
+    def _prepare(
+        self, message: Message, routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]]
+    ) -> tuple[ChannelConfig, OutboundMessage]:
+        """The channel and the recipient's platform id; looked up once per sender and platform in a run."""
+        if message.content is None:
+            raise UndeliverableError("message has no text content")
+        key = (message.sender_id, message.channel)
+        if key not in routes:
+            routes[key] = self._route(message)
+        channel, recipient = routes[key]
+        return channel, OutboundMessage(message.message_id, recipient, message.content)
+
+    def _route(self, message: Message) -> tuple[ChannelConfig, str]:
         if message.channel not in self.connectors:
             raise UndeliverableError(f"no connector for {message.channel}")
         conversation = self.conversations.get_conversation(message.conversation_id)
@@ -233,10 +248,7 @@ class DeliveryService:
         identity = self.users.identity_of(recipients[0], message.channel)
         if identity is None:
             raise UndeliverableError(f"recipient {recipients[0]} has no {message.channel} identity")
-        channel = self._channel_for(message.channel, conversation.channel_id)
-        if message.content is None:
-            raise UndeliverableError("message has no text content")
-        return channel, OutboundMessage(message.message_id, identity.platform_user_id, message.content)
+        return self._channel_for(message.channel, conversation.channel_id), identity.platform_user_id
 
     def _channel_for(self, platform: Platform, channel_id: str | None) -> ChannelConfig:
         """The channel the conversation names; never another one that happens to work.
