@@ -24,10 +24,21 @@ import pytest
 from botocore.config import Config
 
 from chat4all import bootstrap
+from chat4all.adapters import mongo as mongo_adapter
 from chat4all.adapters.aws import EventBridgePublisher
 from chat4all.adapters.mongo import MongoConversationStore, MongoEventOutbox, MongoMessageStore
 from chat4all.domain.commands import SendMessage
-from chat4all.domain.models import Platform, Principal, Role, utcnow
+from chat4all.domain.models import (
+    Conversation,
+    ConversationType,
+    Direction,
+    Message,
+    MessageStatus,
+    Platform,
+    Principal,
+    Role,
+    utcnow,
+)
 from chat4all.services.delivery import DeliveryService
 from chat4all.services.messages import MessageService
 from chat4all.services.notifications import EventBuffer, EventRelay
@@ -457,3 +468,55 @@ def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(p
     assert relay.publish_pending_events(limit=100) == 7
     assert outbox.pending(100) == []
     assert relay.publish_pending_events(limit=100) == 0
+
+
+def test_a_dependency_down_for_route_is_retried_then_failed_with_its_reason(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN route's PostgreSQL down, and route giving up on a message after 4 s of unavailable dependencies
+    setup = whatsapp_conversation
+    assert platform.runtime is not None
+    environment = platform.function_environment("RouteFunction")
+    real = environment["DATABASE_URL"]
+    host = real.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    down = {**environment, "DATABASE_URL": real.replace(host, "127.0.0.1:9"), "DELIVERY_TROUBLE_SECONDS": "4"}
+    platform.runtime.update_function_environment("RouteFunction", down)
+    try:
+        # WHEN a message is sent
+        accepted = send(api, setup, "while PostgreSQL is down")
+        # THEN it is retried with back-off and ends FAILED with the reason, not PENDING for ever
+        status = wait_for_status(api, accepted["message_id"], "FAILED", timeout=60)
+    finally:
+        platform.runtime.update_function_environment("RouteFunction", environment)
+    assert "unavailable dependencies" in status["history"][-1]["detail"]
+    assert fake_whatsapp.sent_to(setup.customer_phone) == []
+    # AND once PostgreSQL is back, the conversation's next message goes out
+    after = send(api, setup, "after the outage")
+    wait_for_status(api, after["message_id"], "SENT")
+    assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == ["after the outage"]
+
+
+def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(platform: LocalPlatform) -> None:
+    # GIVEN a conversation whose messages 1..3 were stored before the counter moved with them, the counter at 1
+    db = bootstrap.mongo()
+    conversations, messages = MongoConversationStore(db), MongoMessageStore(db)
+    now = utcnow()
+    conversation = Conversation(str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 1, now, now)
+    conversations.add_conversation(conversation)
+    db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"last_sequence": 1}})
+
+    def message(n: int) -> Message:
+        return Message(
+            str(uuid.uuid4()), conversation.conversation_id, "someone", f"m{n}", None, Platform.WHATSAPP,
+            Direction.OUTBOUND, n, MessageStatus.PENDING, [], now, "",
+        )  # fmt: skip
+
+    for n in (1, 2, 3):
+        db.messages.insert_one(mongo_adapter._message_doc(message(n)))
+    # WHEN a message is stored through the adapter
+    stored = messages.add_message(message(0))
+    # THEN it takes the next free sequence, and the conversation's counter and count agree with the messages
+    assert stored is not None and stored.sequence == 4
+    again = conversations.get_conversation(conversation.conversation_id)
+    assert again is not None and again.message_count == 4
+    assert messages.add_message(stored) is None  # the same id again stores nothing
