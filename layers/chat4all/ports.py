@@ -192,12 +192,13 @@ class MessageStore(ABC):
     """Messages and their status history (MongoDB)."""
 
     @abstractmethod
-    def add_message(self, message: Message) -> Message | None:
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         """Store a new message as the next of its conversation; None when a message with that id exists already.
 
         The sequence (`message.sequence` is ignored) and the conversation's `message_count` and activity are
         written atomically with the message: sequences are gap-free and the count exact, whoever sends at once.
-        Returns the message as stored.
+        Returns the message as stored. `events` (here and below) are kept on the message with the change they
+        report, in the same write, until EventOutbox.published forgets them.
         """
 
     @abstractmethod
@@ -223,7 +224,15 @@ class MessageStore(ABC):
         (settled, or another invocation holds an attempt)."""
 
     @abstractmethod
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         """The platform's receipt for `attempt`: SENT with its platform id, attempt closed. True when recorded
         as that attempt's outcome; False when the attempt had been settled meanwhile (the id is kept all the
         same, so status webhooks still find the message)."""
@@ -238,7 +247,14 @@ class MessageStore(ABC):
         `troubled_since` (kept from the first time)."""
 
     @abstractmethod
-    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         """FAILED with the reason in `entry`, closing `attempt` (or requiring none open when None).
         False when the message was settled already or the attempt is not the open one."""
 
@@ -250,8 +266,9 @@ class MessageStore(ABC):
         *,
         platform_message_id: str | None = None,
         dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
     ) -> bool:
-        """Record `entry` in the history and move the status when it is a forward move.
+        """Record `entry` in the history and move the status when it is a forward move (keeping `events` then).
 
         Returns True when the current status changed. A report whose `dedupe_key` was applied before
         changes nothing at all.
@@ -292,14 +309,20 @@ class EventPublisher(ABC):
 
 
 class EventOutbox(ABC):
-    """Events the bus did not take, kept (MongoDB) until they are published."""
+    """Events not published yet (MongoDB): on their message, written with the change, or in an outbox."""
 
     @abstractmethod
-    def keep(self, events: Sequence[DomainEvent]) -> None: ...
+    def keep(self, events: Sequence[DomainEvent]) -> None:
+        """Keep events the bus did not take (those about a message are kept on it already)."""
+
+    @abstractmethod
+    def published(self, events: Sequence[DomainEvent]) -> None:
+        """Forget events the bus took, wherever they are kept."""
 
     @abstractmethod
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
-        """Up to `limit` kept events, oldest first, each with its outbox id."""
+        """Up to `limit` kept events, each with its outbox id; an event on a message only once it is older than
+        the live path's chance to publish it."""
 
     @abstractmethod
     def remove(self, outbox_ids: Sequence[str]) -> None: ...

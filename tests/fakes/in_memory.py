@@ -289,10 +289,12 @@ class InMemoryMessageStore(MessageStore):
         self.conversations = conversations or InMemoryConversationStore()
         self.messages: dict[str, Message] = {}
         self.applied: set[str] = set()
+        self.kept_events: list[DomainEvent] = []  # events written with their change
 
-    def add_message(self, message: Message) -> Message | None:
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         if message.message_id in self.messages:
             return None
+        self.kept_events.extend(events)
         sequence = self.conversations.next_sequence(message.conversation_id, message.created_at)
         stored = dataclasses.replace(message, sequence=sequence)
         self.messages[message.message_id] = stored
@@ -346,10 +348,19 @@ class InMemoryMessageStore(MessageStore):
             return message.in_flight is None
         return message.in_flight is not None and message.in_flight.number == attempt
 
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         if not self._open(message_id, attempt):
             self.append_status(message_id, entry, platform_message_id=platform_message_id)
             return False
+        self.kept_events.extend(events)
         message = self.messages[message_id]
         self._replace(
             message_id,
@@ -374,10 +385,18 @@ class InMemoryMessageStore(MessageStore):
         since = min(troubled_since, message.troubled_since or troubled_since)
         self._replace(message_id, retry_at=retry_at, troubled_since=since, troubles=message.troubles + 1)
 
-    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         message = self.messages[message_id]
         if message.status is not MessageStatus.PENDING or not self._open(message_id, attempt):
             return False
+        self.kept_events.extend(events)
         self._replace(
             message_id,
             status=MessageStatus.FAILED,
@@ -398,6 +417,7 @@ class InMemoryMessageStore(MessageStore):
         *,
         platform_message_id: str | None = None,
         dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
     ) -> bool:
         if dedupe_key is not None and dedupe_key in self.applied:
             return False
@@ -409,6 +429,7 @@ class InMemoryMessageStore(MessageStore):
         if platform_message_id is not None:
             changes["platform_message_id"] = platform_message_id
         if moved:
+            self.kept_events.extend(events)
             changes["status"] = entry.status
             if entry.status is MessageStatus.FAILED:
                 changes["error"] = entry.detail
@@ -439,6 +460,10 @@ class InMemoryEventOutbox(EventOutbox):
     def keep(self, events: Sequence[DomainEvent]) -> None:
         for event in events:
             self.kept[f"e{len(self.kept) + 1}-{id(event)}"] = event
+
+    def published(self, events: Sequence[DomainEvent]) -> None:
+        gone = {id(event) for event in events}
+        self.kept = {key: event for key, event in self.kept.items() if id(event) not in gone}
 
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
         return list(self.kept.items())[:limit]

@@ -426,18 +426,19 @@ class CountingEvents:
     def __init__(self, real: Any) -> None:
         self.real = real
         self.calls: list[int] = []
+        self.entries: list[list[dict[str, Any]]] = []
 
     def put_events(self, **kwargs: Any) -> Any:
         self.calls.append(len(kwargs["Entries"]))
+        self.entries.append(kwargs["Entries"])
         return self.real.put_events(**kwargs)
 
 
 def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(platform: LocalPlatform) -> None:
     # GIVEN the real bus (LocalStack) and the real outbox (MongoDB)
     db = bootstrap.mongo()
-    outbox = MongoEventOutbox(db)
-    for outbox_id, _ in outbox.pending(1000):  # what other tests left
-        outbox.remove([outbox_id])
+    outbox = MongoEventOutbox(db, relay_after=timedelta(days=1))  # events kept on messages: the next test
+    outbox.remove([outbox_id for outbox_id, _ in outbox.pending(1000)])  # what other tests left
     client = CountingEvents(bootstrap.aws_client("events"))
     bus = EventBridgePublisher(client, bootstrap.settings().event_bus_name)
     buffer = EventBuffer(bus, outbox)
@@ -520,3 +521,47 @@ def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(pla
     again = conversations.get_conversation(conversation.conversation_id)
     assert again is not None and again.message_count == 4
     assert messages.add_message(stored) is None  # the same id again stores nothing
+
+
+def test_events_kept_on_messages_by_a_process_that_died_are_published_by_the_relay(
+    platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup
+) -> None:
+    # GIVEN messages accepted by a process that died before publishing their events (its flush never ran)
+    setup = whatsapp_conversation
+    ids = store_without_enqueueing(setup, "e1", "e2", "e3")
+    db = bootstrap.mongo()
+    kept = {doc["_id"]: doc["pending_events"] for doc in db.messages.find({"_id": {"$in": ids}})}
+    assert {message_id: [e["detail_type"] for e in events] for message_id, events in kept.items()} == {
+        message_id: ["MessageAccepted"] for message_id in ids
+    }
+    # WHEN the relay runs (here without the grace it gives the live path)
+    client = CountingEvents(bootstrap.aws_client("events"))
+    relay = EventRelay(
+        EventBridgePublisher(client, bootstrap.settings().event_bus_name),
+        MongoEventOutbox(db, relay_after=timedelta(0)),
+    )
+    published = 0
+    while batch := relay.publish_pending_events(limit=50):
+        published += batch
+    # THEN the bus got them (with the time of the change, not of publishing), and nothing is kept any more
+    sent = [json.loads(entry["Detail"]) for call in client.entries for entry in call]
+    mine = [d for d in sent if d["message_id"] in ids]
+    assert sorted(d["message_id"] for d in mine) == sorted(ids)
+    assert {d["status"] for d in mine} == {"PENDING"}
+    assert all(d["at"] == kept[d["message_id"]][0]["detail"]["at"] for d in mine)
+    assert published >= 3
+    assert [doc.get("pending_events") for doc in db.messages.find({"_id": {"$in": ids}})] == [[], [], []]
+
+
+def test_the_live_path_forgets_the_events_it_published(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # a message sent through the whole platform: its MessageAccepted and MessageSent events were published
+    # by ingest and route, and are no longer kept on it
+    setup = whatsapp_conversation
+    accepted = send(api, setup, "events")
+    wait_for_status(api, accepted["message_id"], "SENT")
+    wait_until(
+        lambda: bootstrap.mongo().messages.find_one({"_id": accepted["message_id"]})["pending_events"] == [],
+        what="the published events forgotten",
+    )

@@ -7,6 +7,7 @@ import dataclasses
 import random
 import time
 import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
@@ -46,6 +47,9 @@ DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 300, "connectTimeoutMS": 1000
 # Writes a re-run relies on (the message with its sequence, an attempt before its platform call, the receipt
 # after it) are acknowledged only once they are in the journal of a majority.
 DURABLE = WriteConcern(w="majority", j=True)
+# an event kept on its message is the live path's to publish for this long; then the relay takes it up
+RELAY_AFTER = timedelta(seconds=30)
+MESSAGE_EVENT = "message:"
 # concurrent senders in one conversation conflict on its sequence counter; each retries its transaction
 SEQUENCE_TRANSACTION_ATTEMPTS = 50
 
@@ -84,6 +88,8 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
             [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
         )
         db.outbox.create_index([("kept_at", ASCENDING)])
+        # events kept on their message until published: the relay finds the old ones through this index
+        db.messages.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
         db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
 
 
@@ -111,6 +117,22 @@ def _entry_doc(entry: StatusEntry) -> dict[str, Any]:
     if entry.detail:
         doc["detail"] = entry.detail
     return doc
+
+
+def _event_docs(events: Sequence[DomainEvent]) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [
+        {"id": e.event_id, "source": e.source, "detail_type": e.detail_type, "detail": e.detail, "kept_at": now}
+        for e in events
+    ]
+
+
+def _pushes(entry: StatusEntry, events: Sequence[DomainEvent]) -> dict[str, Any]:
+    """The history entry, and the events that report it, in one update."""
+    push: dict[str, Any] = {"history": _entry_doc(entry)}
+    if events:
+        push["pending_events"] = {"$each": _event_docs(events)}
+    return push
 
 
 def _message(doc: dict[str, Any]) -> Message:
@@ -164,14 +186,14 @@ class MongoMessageStore(MessageStore):
         self.conversations = db.conversations
         self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
 
-    def add_message(self, message: Message) -> Message | None:
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
         client = self.db.client
         for attempt in range(SEQUENCE_TRANSACTION_ATTEMPTS):
             try:
                 with client.start_session() as session:
                     with session.start_transaction(write_concern=DURABLE):
-                        stored = self._insert_next(message, session)
+                        stored = self._insert_next(message, events, session)
                 return stored
             except DuplicateKeyError:
                 with _translated():
@@ -187,7 +209,7 @@ class MongoMessageStore(MessageStore):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not a secret
         raise DependencyUnavailableError(f"conversation {message.conversation_id} is too busy to take a message")
 
-    def _insert_next(self, message: Message, session: ClientSession) -> Message:
+    def _insert_next(self, message: Message, events: Sequence[DomainEvent], session: ClientSession) -> Message:
         conversation = self.db.conversations.find_one_and_update(
             {"_id": message.conversation_id},
             {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": message.created_at}},
@@ -198,7 +220,10 @@ class MongoMessageStore(MessageStore):
         if conversation is None:
             raise DependencyUnavailableError(f"conversation {message.conversation_id} vanished")
         stored = dataclasses.replace(message, sequence=int(conversation["last_sequence"]))
-        self.collection.insert_one(_message_doc(stored), session=session)
+        doc = _message_doc(stored)
+        if events:
+            doc["pending_events"] = _event_docs(events)
+        self.collection.insert_one(doc, session=session)
         return stored
 
     def _repair_counter(self, conversation_id: str) -> None:
@@ -275,7 +300,15 @@ class MongoMessageStore(MessageStore):
             )
         return int(doc["delivery_attempts"]) if doc else None
 
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         with _translated():
             done = self.durable.update_one(
                 {
@@ -286,7 +319,7 @@ class MongoMessageStore(MessageStore):
                 },
                 {
                     "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
-                    "$push": {"history": _entry_doc(entry)},
+                    "$push": _pushes(entry, events),
                     "$unset": {"attempt": "", "retry_at": "", "troubled_since": "", "troubles": ""},
                 },
             )
@@ -320,7 +353,14 @@ class MongoMessageStore(MessageStore):
                 },
             )
 
-    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         query: dict[str, Any] = {"_id": message_id, "status": MessageStatus.PENDING.value}
         query["attempt"] = {"$exists": attempt is not None}
         if attempt is not None:
@@ -330,7 +370,7 @@ class MongoMessageStore(MessageStore):
                 query,
                 {
                     "$set": {"status": MessageStatus.FAILED.value},
-                    "$push": {"history": _entry_doc(entry)},
+                    "$push": _pushes(entry, events),
                     "$unset": {"attempt": "", "retry_at": ""},
                 },
             )
@@ -343,6 +383,7 @@ class MongoMessageStore(MessageStore):
         *,
         platform_message_id: str | None = None,
         dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
     ) -> bool:
         base: dict[str, Any] = {"_id": message_id}
         if dedupe_key is not None:
@@ -355,7 +396,8 @@ class MongoMessageStore(MessageStore):
             forward_set["platform_message_id"] = platform_message_id
         predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
         with _translated():
-            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, {**push, "$set": forward_set})
+            forward = {**push, "$push": _pushes(entry, events), "$set": forward_set}
+            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, forward)
             if moved.modified_count:
                 return True
             # not a forward move (late or repeated): keep it in the history only, unless it is a replay
@@ -450,11 +492,16 @@ class MongoConversationStore(ConversationStore):
 
 
 class MongoEventOutbox(EventOutbox):
-    def __init__(self, db: Database[dict[str, Any]]) -> None:
+    """Events about a message live on the message (written with their change); any other in `outbox`."""
+
+    def __init__(self, db: Database[dict[str, Any]], *, relay_after: timedelta = RELAY_AFTER) -> None:
         self.collection = db.outbox.with_options(write_concern=DURABLE)
+        self.messages = db.messages
+        self.relay_after = relay_after
 
     def keep(self, events: Sequence[DomainEvent]) -> None:
-        if not events:
+        homeless = [e for e in events if e.message_id is None]
+        if not homeless:
             return
         now = utcnow()
         docs = [
@@ -465,20 +512,44 @@ class MongoEventOutbox(EventOutbox):
                 "detail_type": e.detail_type,
                 "detail": e.detail,
             }
-            for e in events
+            for e in homeless
         ]
         with _translated():
             self.collection.insert_many(docs, ordered=False)
 
+    def published(self, events: Sequence[DomainEvent]) -> None:
+        self._pull([(e.message_id, e.event_id) for e in events if e.message_id is not None])
+
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
+        found: list[tuple[str, DomainEvent]] = []
+        cutoff = utcnow() - self.relay_after
         with _translated():
-            docs = list(self.collection.find().sort("kept_at", ASCENDING).limit(limit))
-        return [(d["_id"], DomainEvent(d["detail_type"], d["detail"], d["source"])) for d in docs]
+            for doc in self.collection.find().sort("kept_at", ASCENDING).limit(limit):
+                found.append((doc["_id"], DomainEvent(doc["detail_type"], doc["detail"], doc["source"])))
+            if len(found) < limit:
+                query = {"pending_events.kept_at": {"$lte": cutoff}}
+                for doc in self.messages.find(query, projection={"pending_events": 1}).limit(limit - len(found)):
+                    for e in doc.get("pending_events", []):
+                        if e["kept_at"] <= cutoff and len(found) < limit:
+                            event = DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["_id"])
+                            found.append((f"{MESSAGE_EVENT}{doc['_id']}/{e['id']}", event))
+        return found
 
     def remove(self, outbox_ids: Sequence[str]) -> None:
-        if outbox_ids:
+        on_messages = [i.removeprefix(MESSAGE_EVENT).split("/", 1) for i in outbox_ids if i.startswith(MESSAGE_EVENT)]
+        self._pull([(message_id, event_id) for message_id, event_id in on_messages])
+        own = [i for i in outbox_ids if not i.startswith(MESSAGE_EVENT)]
+        if own:
             with _translated():
-                self.collection.delete_many({"_id": {"$in": list(outbox_ids)}})
+                self.collection.delete_many({"_id": {"$in": own}})
+
+    def _pull(self, events: list[tuple[str, str]]) -> None:
+        if events:
+            with _translated():
+                self.messages.update_many(
+                    {"_id": {"$in": list({message_id for message_id, _ in events})}},
+                    {"$pull": {"pending_events": {"id": {"$in": [event_id for _, event_id in events]}}}},
+                )
 
 
 class MongoCheck(DependencyCheck):

@@ -243,11 +243,17 @@ class Message:
 
 @dataclass(frozen=True)
 class DomainEvent:
-    """One event for the bus; `detail["at"]` is the time of the change it reports."""
+    """One event for the bus; `detail["at"]` is the time of the change it reports.
+
+    An event about a message (`message_id`) is kept on that message, written with the change it reports,
+    until it is published (`event_id` tells it apart there).
+    """
 
     detail_type: str
     detail: dict[str, Any]
     source: str = "chat4all"
+    event_id: str = ""
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)

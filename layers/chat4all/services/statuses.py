@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
 from chat4all.domain.models import StatusEntry
-from chat4all.services.notifications import notify
+from chat4all.services.notifications import announce, message_event
 
 if TYPE_CHECKING:
     from chat4all.domain.models import StatusReport
@@ -27,9 +27,13 @@ class StatusService:
         message = self.messages.find_by_platform_id(report.platform, report.platform_message_id)
         if message is None:
             raise StatusTargetMissingError(f"no message with {report.platform} id {report.platform_message_id}")
+        event = message_event("MessageStatusChanged", message, report.status, at=report.at)
         moved = self.messages.append_status(
-            message.message_id, StatusEntry(report.status, report.at, report.detail), dedupe_key=report.dedupe_key
+            message.message_id,
+            StatusEntry(report.status, report.at, report.detail),
+            dedupe_key=report.dedupe_key,
+            events=[event],
         )
         if moved:
-            notify(self.events, "MessageStatusChanged", message, report.status, at=report.at)
+            announce(self.events, event)
         return moved
