@@ -28,11 +28,18 @@ def world() -> World:
 
 
 def _add_channel(
-    world: World, channel_id: str, *, platform: Platform = Platform.WHATSAPP, enabled: bool = True
+    world: World,
+    channel_id: str,
+    *,
+    platform: Platform = Platform.WHATSAPP,
+    enabled: bool = True,
+    phone_number_id: str | None = None,
 ) -> None:
     now = datetime.now(UTC)
     secret = f"secret-{channel_id}"
     credentials = {"access_token": f"token-{channel_id}", "app_secret": secret, "verify_token": secret}
+    if phone_number_id is not None:
+        credentials["phone_number_id"] = phone_number_id
     world.channels.add_channel(ChannelConfig(channel_id, platform, channel_id, credentials, enabled, now, now), None)  # type: ignore[arg-type]
 
 
@@ -97,8 +104,8 @@ def test_unreadable_credentials_fail_that_channels_messages_with_a_reason_and_bl
 
 def test_a_channel_with_unreadable_credentials_does_not_block_other_channels_webhooks(world: World) -> None:
     world.channels.channels["ch-1"] = replace(world.channels.channels["ch-1"], enabled=False)
-    _add_channel(world, "ch-2")
-    _add_channel(world, "ch-3")
+    _add_channel(world, "ch-2", phone_number_id="555")
+    _add_channel(world, "ch-3", phone_number_id="106540352242922")  # the number the fixture's webhook names
     world.channels.unreadable.add("ch-2")
     inbound = InboundService(world.users, world.conversations, world.messages, world.events)
     service = WebhookService(

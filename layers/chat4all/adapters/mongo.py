@@ -61,6 +61,9 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
         db.conversations.create_index(
             [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
         )
+        db.conversations.create_index(
+            [("participants.user_id", ASCENDING), ("channel_id", ASCENDING), ("last_activity_at", DESCENDING)]
+        )
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -78,6 +81,7 @@ def _message_doc(message: Message) -> dict[str, Any]:
         "created_at": message.created_at,
         "request_fingerprint": message.request_fingerprint,
         "applied_reports": [],
+        "message_type": message.message_type,
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
     }
 
@@ -107,6 +111,7 @@ def _message(doc: dict[str, Any]) -> Message:
         request_fingerprint=doc.get("request_fingerprint", ""),
         platform_message_id=doc.get("platform_message_id"),
         error=failure,
+        message_type=doc.get("message_type", "text"),
     )
 
 
@@ -255,6 +260,25 @@ class MongoConversationStore(ConversationStore):
                 projection={"_id": 1},
             )
         return found is not None
+
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        with _translated():
+            doc = self.collection.find_one(
+                {
+                    "participants.user_id": user_id,
+                    "channel_id": channel_id,
+                    "conversation_type": ConversationType.ONE_TO_ONE.value,
+                },
+                sort=[("last_activity_at", DESCENDING)],
+            )
+        return _conversation(doc) if doc else None
+
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        try:
+            self.add_conversation(conversation)
+        except DuplicateKeyError:
+            return False
+        return True
 
 
 class MongoCheck(DependencyCheck):

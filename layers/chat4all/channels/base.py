@@ -25,6 +25,8 @@ class ChannelConnector(ABC):
 
     platform: ClassVar[Platform]
     credentials_model: ClassVar[type[ChannelCredentials]]
+    # the header whose value names the channel (Telegram's secret token); None where the body names the account
+    webhook_secret_header: ClassVar[str | None] = None
 
     def __init__(self, api_base: str, http: httpx.Client | None = None) -> None:
         self.api_base = api_base.rstrip("/")
@@ -34,9 +36,21 @@ class ChannelConnector(ABC):
     def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
         """True when the request was signed with this channel's secret."""
 
+    def account_ids(self, payload: dict[str, Any]) -> list[str]:
+        """The installed accounts a webhook body names (before it is verified: the body is untrusted).
+
+        Platforms that name the account in the body (WhatsApp phone_number_id, Instagram entry id) override it;
+        Telegram names the bot by the secret token header instead. Raises BadRequestError for a malformed body.
+        """
+        return []
+
     @abstractmethod
-    def parse_webhook(self, payload: dict[str, Any]) -> list[InboundMessage | StatusReport]:
-        """Normalise a verified webhook body into inbound messages and status reports."""
+    def parse_webhook(
+        self, payload: dict[str, Any], account_id: str | None = None
+    ) -> list[InboundMessage | StatusReport]:
+        """Normalise a verified webhook body into inbound messages and status reports, each with the
+        account it named (`account_id`). `account_id` is the account of the channel the webhook was
+        attributed to, for platforms whose bodies do not name it (Telegram)."""
 
     @abstractmethod
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
