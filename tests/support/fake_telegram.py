@@ -99,6 +99,16 @@ class FakeTelegram:
         result = {"message_id": message_id, "date": int(time.time()), "chat": chat, "text": body.get("text")}
         return 200, {"ok": True, "result": result}
 
+    def incoming(self, chat_id: int, update_id: int, **message: Any) -> tuple[int, bytes]:
+        """A person's message in their chat with the bot, as the Update Telegram would post to the webhook.
+
+        Telegram numbers a chat's messages in one sequence, both directions: this takes the next number.
+        """
+        with self._lock:
+            message_id = self._next_message_id.get(str(chat_id), 1)
+            self._next_message_id[str(chat_id)] = message_id + 1
+        return message_id, update(update_id, chat_id=chat_id, message_id=message_id, **message)
+
     def fail_next(self, *failures: tuple[int, dict[str, Any]]) -> None:
         """The next sendMessage calls answer with these (status, body) pairs, in order."""
         with self._lock:
