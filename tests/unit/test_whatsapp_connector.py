@@ -84,9 +84,10 @@ def test_parses_inbound_text() -> None:
 def test_the_account_a_webhook_names() -> None:
     payload = json.loads((FIXTURES / "message_text.json").read_text())
     assert connector().account_ids(payload) == ["106540352242922"]
+    # a change without metadata names no number and carries nothing to attribute
     del payload["entry"][0]["changes"][0]["value"]["metadata"]
-    with pytest.raises(BadRequestError):
-        connector().account_ids(payload)
+    assert connector().account_ids(payload) == []
+    assert connector().parse_webhook(payload) == []
 
 
 @pytest.mark.parametrize(

@@ -105,7 +105,8 @@ class _Metadata(_Lenient):
 
 
 class _Value(_Lenient):
-    metadata: _Metadata
+    # absent from changes of other webhook fields (template status and the like), which name no number
+    metadata: _Metadata | None = None
     contacts: list[_Contact] = []
     messages: list[_InboundMessage] = []
     statuses: list[_Status] = []
@@ -162,9 +163,8 @@ class WhatsAppConnector(ChannelConnector):
         return params.get("hub.challenge", "")
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
-        return sorted(
-            {change.value.metadata.phone_number_id for entry in _envelope(payload).entry for change in entry.changes}
-        )
+        changes = [change for entry in _envelope(payload).entry for change in entry.changes]
+        return sorted({change.value.metadata.phone_number_id for change in changes if change.value.metadata})
 
     def parse_webhook(
         self, payload: dict[str, Any], account_id: str | None = None
@@ -172,6 +172,8 @@ class WhatsAppConnector(ChannelConnector):
         events: list[InboundMessage | StatusReport] = []
         for entry in _envelope(payload).entry:
             for change in entry.changes:
+                if change.value.metadata is None:
+                    continue
                 account = change.value.metadata.phone_number_id
                 names = {c.wa_id: c.profile.get("name") for c in change.value.contacts}
                 events.extend(self._inbound(m, names, account) for m in change.value.messages)
