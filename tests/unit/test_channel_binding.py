@@ -168,3 +168,28 @@ def test_a_channel_reports_status_on_its_own_messages_only(world: World) -> None
     assert world.messages.messages[sent.message_id].status is MessageStatus.SENT
     assert statuses.apply(replace(report, channel_id="ch-1"))
     assert world.messages.messages[sent.message_id].status is MessageStatus.READ
+
+
+def test_a_webhook_is_verified_by_the_channel_it_names_only(world: World) -> None:
+    _add_channel(world, "ch-a", phone_number_id="106540352242922")
+    _add_channel(world, "ch-b", phone_number_id="777")
+    inbound = InboundService(world.users, world.conversations, world.messages, world.events)
+    service = WebhookService(
+        world.channels, {Platform.WHATSAPP: WhatsAppConnector("http://unused")}, world.events, inbound
+    )
+    body = (FIXTURES / "message_text.json").read_bytes()  # names 106540352242922, ch-a's number
+
+    def signed(secret: bytes, raw: bytes) -> dict[str, str]:
+        return {"x-hub-signature-256": "sha256=" + hmac.new(secret, raw, hashlib.sha256).hexdigest()}
+
+    with pytest.raises(UnauthorizedError):
+        service.receive(Platform.WHATSAPP, signed(b"secret-ch-b", body), body)
+    assert world.messages.messages == {}
+    # a number left empty in one change cannot borrow the signature checked for another
+    empty = body.replace(b'"phone_number_id": "106540352242922"', b'"phone_number_id": ""')
+    with pytest.raises(UnauthorizedError):
+        service.receive(Platform.WHATSAPP, signed(b"secret-ch-a", empty), empty)
+    assert len(service.receive(Platform.WHATSAPP, signed(b"secret-ch-a", body), body)) == 1
+    stored = next(iter(world.messages.messages.values()))
+    conversation = world.conversations.get_conversation(stored.conversation_id)
+    assert conversation is not None and conversation.channel_id == "ch-a"

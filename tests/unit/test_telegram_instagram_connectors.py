@@ -159,8 +159,10 @@ def test_instagram_signature_accounts_and_events() -> None:
     # the account's own messages come back as echoes: not inbound
     echo = json.loads(messaging_webhook(INSTAGRAM["ig_user_id"], INSTAGRAM["ig_user_id"], "aWdfmid3", text="ours"))
     assert ig.parse_webhook(echo) == []
+    # before verification a body only names what it names; its shape is judged after
+    assert ig.account_ids({"entry": [{"messaging": []}, {"id": 5}, "x"]}) == []
     with pytest.raises(BadRequestError):
-        ig.account_ids({"entry": [{"messaging": []}]})
+        ig.parse_webhook({"entry": [{"messaging": []}]})
 
 
 def test_instagram_send_request_and_receipt() -> None:

@@ -40,7 +40,8 @@ class ChannelConnector(ABC):
         """The installed accounts a webhook body names (before it is verified: the body is untrusted).
 
         Platforms that name the account in the body (WhatsApp phone_number_id, Instagram entry id) override it;
-        Telegram names the bot by the secret token header instead. Raises BadRequestError for a malformed body.
+        Telegram names the bot by the secret token header instead. Never raises: a body whose shape is wrong
+        names what it names, and is refused as unattributable (401) before its shape is judged (400).
         """
         return []
 
@@ -93,3 +94,12 @@ def hmac_sha256_matches(secret: str, raw_body: bytes, signature_header: str | No
         return False
     expected = hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature_header[len(prefix) :].strip().lower())
+
+
+def strings_at(payload: Any, *path: str) -> list[str]:
+    """Every string at `path` in untrusted JSON, where a path step into a list means each item of it."""
+    found: list[Any] = [payload]
+    for step in path:
+        found = [item.get(step) for item in found if isinstance(item, dict)]
+        found = [x for item in found for x in (item if isinstance(item, list) else [item])]
+    return [item for item in found if isinstance(item, str) and item]

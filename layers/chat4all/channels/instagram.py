@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector, hmac_sha256_matches
+from chat4all.channels.base import ChannelConnector, hmac_sha256_matches, strings_at
 from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
 from chat4all.domain.errors import BadRequestError, ChannelRetryableError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
@@ -103,7 +103,7 @@ class InstagramConnector(ChannelConnector):
         return params.get("hub.challenge", "")
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
-        return sorted({entry.id for entry in _envelope(payload).entry})
+        return sorted(set(strings_at(payload, "entry", "id")))
 
     def parse_webhook(
         self, payload: dict[str, Any], account_id: str | None = None

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector, hmac_sha256_matches
+from chat4all.channels.base import ChannelConnector, hmac_sha256_matches, strings_at
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
 from chat4all.domain.errors import BadRequestError, ChannelRetryableError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
@@ -163,8 +163,7 @@ class WhatsAppConnector(ChannelConnector):
         return params.get("hub.challenge", "")
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
-        changes = [change for entry in _envelope(payload).entry for change in entry.changes]
-        return sorted({change.value.metadata.phone_number_id for change in changes if change.value.metadata})
+        return sorted(set(strings_at(payload, "entry", "changes", "value", "metadata", "phone_number_id")))
 
     def parse_webhook(
         self, payload: dict[str, Any], account_id: str | None = None

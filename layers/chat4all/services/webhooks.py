@@ -79,6 +79,8 @@ class WebhookService:
                     raise UnauthorizedError(f"{platform} webhook is not signed by the channel it names")
                 attributed[account] = named
             events = connector.parse_webhook(payload)
+        if any((event.account_id or "") not in attributed for event in events):
+            raise UnauthorizedError(f"{platform} webhook names an account its signature was not checked for")
         for event in events:
             channel = attributed[event.account_id or ""]
             if isinstance(event, StatusReport):
