@@ -16,6 +16,7 @@ import pytest
 
 from chat4all import bootstrap
 from chat4all.domain.models import Platform
+from chat4all.prepare_databases import backfill_channel_keys
 from chat4all.services.inbound import inbound_message_id
 from tests.integration.test_message_path import post_webhook, wait_for_status
 from tests.support.fake_instagram import messaging_webhook, read_webhook
@@ -420,7 +421,7 @@ def test_channels_stored_before_the_lookup_keys_are_backfilled(api: Api, whatsap
         # AND the backfill that prepare_databases runs fills such rows too
         with bootstrap.postgres().transaction() as cur:
             cur.execute("UPDATE channels SET account_id = NULL WHERE channel_id = %s", (channel_id,))
-        assert bootstrap.channels().backfill_webhook_keys() >= 1
+        assert backfill_channel_keys(bootstrap.postgres()) >= 1
         with bootstrap.postgres().transaction() as cur:
             cur.execute("SELECT count(*) AS n FROM channels WHERE account_id IS NULL")
             row = cur.fetchone()
