@@ -19,8 +19,8 @@ from chat4all.domain.models import Platform
 from chat4all.prepare_databases import backfill_channel_keys
 from chat4all.services.inbound import inbound_message_id
 from tests.integration.test_message_path import post_webhook, wait_for_status
-from tests.support.fake_instagram import messaging_webhook, read_webhook
-from tests.support.fake_telegram import TOO_MANY_REQUESTS, update
+from tests.support.fake_instagram import SERVER_ERROR, messaging_webhook, read_webhook
+from tests.support.fake_telegram import BOT_BLOCKED, TOO_MANY_REQUESTS, update
 from tests.support.fake_whatsapp import message_webhook, sign, status_webhook
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ def test_telegram_end_to_end(api: Api, fake_telegram: FakeTelegram) -> None:
     ]
 
     # WHEN the agent answers, after one 429 from Telegram
-    fake_telegram.fail_next(TOO_MANY_REQUESTS)
+    fake_telegram.fail_next(chat_id, TOO_MANY_REQUESTS)
     message_id = send(api, conversation["conversation_id"], agent_id, "Entregamos sim!")
 
     # THEN Telegram got the documented sendMessage on the bot's token, retried, and the message is SENT
@@ -160,6 +160,43 @@ def test_telegram_end_to_end(api: Api, fake_telegram: FakeTelegram) -> None:
     stored = api.call("GET", f"/v1/messages/{message_id}").json()
     # Telegram numbers a chat's messages in both directions: the answer is the chat's third message
     assert stored["platform_message_id"] == f"{bot_id}:{chat_id}:{first_id + 2}"
+    disable(api, channel_id)
+
+
+def test_telegram_refusal_fails_at_once_and_instagram_5xx_gives_up_after_three(
+    api: Api, fake_telegram: FakeTelegram, fake_instagram: FakeInstagram
+) -> None:
+    agent_id = agent(api)
+    tg_id, tg = telegram_channel(api, agent_id)
+    ig_id, ig = instagram_channel(api, fake_instagram, agent_id)
+    chat_id, igsid = random.randrange(10**8, 10**9), str(random.randrange(10**15, 10**16))
+    _, body = fake_telegram.incoming(chat_id, 1, text="oi")
+    assert post_telegram(api, body, tg["secret_token"]) == 200
+    mid = f"aWdf{uuid.uuid4().hex}"
+    body = messaging_webhook(ig["ig_user_id"], igsid, mid, text="oi")
+    assert post_instagram(api, body, sign(ig["app_secret"], body)) == 200
+    bot_id = tg["bot_token"].split(":")[0]
+    on_telegram = message(api, Platform.TELEGRAM, f"{bot_id}:{chat_id}:1")["conversation_id"]
+    on_instagram = message(api, Platform.INSTAGRAM, mid)["conversation_id"]
+
+    # the person blocked the bot: Telegram's 403 fails the message at once
+    fake_telegram.fail_next(chat_id, BOT_BLOCKED)
+    blocked = send(api, on_telegram, agent_id, "ainda aí?")
+    failed = wait_for_status(api, blocked, "FAILED", timeout=60)
+    assert "blocked" in failed["history"][-1]["detail"]
+    # Instagram answers 500 three times: retried with back-off, then FAILED
+    fake_instagram.fail_next(igsid, SERVER_ERROR, SERVER_ERROR, SERVER_ERROR)
+    doomed = send(api, on_instagram, agent_id, "ainda aí?")
+    failed = wait_for_status(api, doomed, "FAILED", timeout=60)
+    assert "gave up after 3 attempts" in failed["history"][-1]["detail"]
+    assert fake_instagram.sent_to(igsid) == []
+    time.sleep(2)  # nothing tries either again
+    telegram_calls = [b for token, b in fake_telegram.called("sendMessage") if token == tg["bot_token"]]
+    assert telegram_calls == [{"chat_id": chat_id, "text": "ainda aí?"}]
+    posts = [c for c in fake_instagram.calls if c[0] == "POST" and c[3].get("recipient") == {"id": igsid}]
+    assert len(posts) == 3
+    disable(api, tg_id)
+    disable(api, ig_id)
 
 
 def test_telegram_webhook_secret_names_the_bot_and_forgeries_change_nothing(api: Api) -> None:
@@ -202,11 +239,12 @@ def test_telegram_webhook_secret_names_the_bot_and_forgeries_change_nothing(api:
     # a disabled bot's webhooks are refused
     disable(api, other_id)
     assert post_telegram(api, update(13, chat_id=chat_id, message_id=2, text="late"), other["secret_token"]) == 401
+    disable(api, channel_id)
 
 
 def test_concurrent_first_messages_make_one_customer_and_one_conversation(api: Api) -> None:
     agent_id = agent(api)
-    _, credentials = telegram_channel(api, agent_id)
+    channel_id, credentials = telegram_channel(api, agent_id)
     bot_id = credentials["bot_token"].split(":")[0]
     chat_id = random.randrange(10**8, 10**9)
     bodies = [update(100 + n, chat_id=chat_id, message_id=n, text=f"message {n}") for n in range(1, 9)]
@@ -226,6 +264,7 @@ def test_concurrent_first_messages_make_one_customer_and_one_conversation(api: A
     assert [(i["platform"], i["platform_user_id"]) for i in customer["external_identities"]] == [
         ("TELEGRAM", str(chat_id))
     ]
+    disable(api, channel_id)
 
 
 def test_a_second_channel_for_the_same_account_or_secret_is_409(api: Api, fake_instagram: FakeInstagram) -> None:

@@ -26,7 +26,7 @@ class FakeInstagram:
         self.accounts: dict[str, str] = {}  # access token -> ig_user_id
         self.calls: list[tuple[str, str, dict[str, str], dict[str, Any]]] = []  # (method, path, headers, body)
         self.sent: list[tuple[str, str, str]] = []  # messages accepted: (recipient id, text, message_id)
-        self._failures: list[tuple[int, dict[str, Any]]] = []
+        self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # recipient id -> scripted answers
         self._lock = threading.Lock()
         fake = self
 
@@ -81,7 +81,8 @@ class FakeInstagram:
             if not isinstance(recipient, dict) or not isinstance(message, dict) or not message.get("text"):
                 return 400, {"error": {"message": "(#100) Invalid parameter", "type": "IGApiException", "code": 100}}
             with self._lock:
-                failure = self._failures.pop(0) if self._failures else None
+                queue = self._failures.get(str(recipient.get("id")))
+                failure = queue.pop(0) if queue else None
             if failure is not None:
                 return failure
             mid = f"aWdf{uuid.uuid4().hex}"
@@ -90,10 +91,10 @@ class FakeInstagram:
             return 200, {"recipient_id": recipient.get("id"), "message_id": mid}
         return 400, {"error": {"message": "Unsupported request", "type": "IGApiException", "code": 100}}
 
-    def fail_next(self, *failures: tuple[int, dict[str, Any]]) -> None:
-        """The next sends answer with these (status, body) pairs, in order."""
+    def fail_next(self, recipient: str, *failures: tuple[int, dict[str, Any]]) -> None:
+        """The next sends to `recipient` answer with these (status, body) pairs, in order."""
         with self._lock:
-            self._failures.extend(failures)
+            self._failures.setdefault(recipient, []).extend(failures)
 
     def sent_to(self, recipient: str) -> list[tuple[str, str, str]]:
         with self._lock:
@@ -102,6 +103,9 @@ class FakeInstagram:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+SERVER_ERROR = (500, {"error": {"message": "An unexpected error has occurred.", "type": "OAuthException", "code": 2}})
 
 
 def _envelope(ig_user_id: str, item: dict[str, Any]) -> bytes:

@@ -26,7 +26,7 @@ class FakeTelegram:
         self.refused_tokens: set[str] = set()
         self._lock = threading.Lock()
         self._next_message_id: dict[str, int] = {}
-        self._failures: list[tuple[int, dict[str, Any]]] = []
+        self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # chat id -> scripted answers
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,7 +84,8 @@ class FakeTelegram:
 
     def _send_message(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self._lock:
-            failure = self._failures.pop(0) if self._failures else None
+            queue = self._failures.get(str(body.get("chat_id")))
+            failure = queue.pop(0) if queue else None
         if failure is not None:
             return failure
         if "chat_id" not in body:
@@ -109,10 +110,10 @@ class FakeTelegram:
             self._next_message_id[str(chat_id)] = message_id + 1
         return message_id, update(update_id, chat_id=chat_id, message_id=message_id, **message)
 
-    def fail_next(self, *failures: tuple[int, dict[str, Any]]) -> None:
-        """The next sendMessage calls answer with these (status, body) pairs, in order."""
+    def fail_next(self, chat_id: int, *failures: tuple[int, dict[str, Any]]) -> None:
+        """The next sendMessage calls to the chat answer with these (status, body) pairs, in order."""
         with self._lock:
-            self._failures.extend(failures)
+            self._failures.setdefault(str(chat_id), []).extend(failures)
 
     def called(self, method: str) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
