@@ -174,7 +174,8 @@ def sqs_visibility() -> SqsVisibility:
 
 @lru_cache
 def status_service() -> StatusService:
-    return StatusService(MongoMessageStore(mongo()), event_publisher())
+    db = mongo()
+    return StatusService(MongoMessageStore(db), event_publisher(), MongoConversationStore(db))
 
 
 @lru_cache

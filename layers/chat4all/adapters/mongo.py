@@ -58,10 +58,10 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
             db.messages.drop_index("platform_message_id_unique")
         db.messages.create_index("platform_message_id", unique=True, sparse=True, name="platform_message_id_sparse")
         db.conversations.create_index([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)])
-        db.conversations.create_index(
-            [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
-        )
         db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
+        db.conversations.create_index(
+            [("participants.user_id", ASCENDING), ("channel_id", ASCENDING), ("last_activity_at", DESCENDING)]
+        )
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -79,6 +79,7 @@ def _message_doc(message: Message) -> dict[str, Any]:
         "created_at": message.created_at,
         "request_fingerprint": message.request_fingerprint,
         "applied_reports": [],
+        "message_type": message.message_type,
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
     }
 
@@ -108,6 +109,7 @@ def _message(doc: dict[str, Any]) -> Message:
         request_fingerprint=doc.get("request_fingerprint", ""),
         platform_message_id=doc.get("platform_message_id"),
         error=failure,
+        message_type=doc.get("message_type", "text"),
     )
 
 
@@ -254,14 +256,6 @@ class MongoConversationStore(ConversationStore):
             doc = self.collection.find_one({"_id": conversation_id})
         return _conversation(doc) if doc else None
 
-    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
-        with _translated():
-            doc = self.collection.find_one(
-                {"participants.user_id": user_id, "primary_channel": platform.value},
-                sort=[("last_activity_at", DESCENDING)],
-            )
-        return _conversation(doc) if doc else None
-
     def next_sequence(self, conversation_id: str, at: datetime) -> int:
         with _translated():
             doc = self.collection.find_one_and_update(
@@ -328,6 +322,22 @@ class MongoConversationStore(ConversationStore):
                     break
                 skip += len(batch)
         return found[:limit]
+
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        with _translated():
+            # the type is checked here: a field outside the index makes SecantusDB scan the collection
+            docs = self.collection.find({"participants.user_id": user_id, "channel_id": channel_id}).sort(
+                "last_activity_at", DESCENDING
+            )
+            doc = next((d for d in docs if d["conversation_type"] == ConversationType.ONE_TO_ONE.value), None)
+        return _conversation(doc) if doc else None
+
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        try:
+            self.add_conversation(conversation)
+        except DuplicateKeyError:
+            return False
+        return True
 
 
 class MongoCheck(DependencyCheck):
