@@ -138,6 +138,18 @@ class ChannelRepository(ABC):
     def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
         """Enabled channels of a platform without their credentials, oldest first."""
 
+    @abstractmethod
+    def channel_for_account(self, platform: Platform, account_id: str) -> ChannelConfig | None:
+        """The enabled channel of the platform account a webhook names (decrypting that channel only), or None."""
+
+    @abstractmethod
+    def channel_for_webhook_secret(self, platform: Platform, secret_digest: str) -> ChannelConfig | None:
+        """The enabled channel whose webhook secret has this SHA-256 hex digest (Telegram), or None."""
+
+    @abstractmethod
+    def backfill_webhook_keys(self, platform: Platform | None = None) -> int:
+        """Give channels stored before webhook keys existed their account and secret digest; returns how many."""
+
 
 class ApiKeyRepository(ABC):
     """API keys, stored as hashes only (PostgreSQL)."""
@@ -165,10 +177,6 @@ class ConversationStore(ABC):
     def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
     @abstractmethod
-    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
-        """The conversation with the newest activity that `user_id` takes part in on `platform`."""
-
-    @abstractmethod
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         """True when some conversation has both users among its participants."""
 
@@ -186,6 +194,14 @@ class ConversationStore(ABC):
     ) -> list[Conversation]:
         """Up to `limit` conversations (of `participant`, or all) older in (last_activity_at, id) than `before`,
         newest activity first."""
+
+    @abstractmethod
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        """The one-to-one conversation with the newest activity that `user_id` takes part in on the channel."""
+
+    @abstractmethod
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        """Store a new conversation; False (storing nothing) when one with its id exists already."""
 
 
 class MessageStore(ABC):

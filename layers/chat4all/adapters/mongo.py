@@ -84,13 +84,13 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
             db.messages.drop_index("platform_message_id_unique")
         db.messages.create_index("platform_message_id", unique=True, sparse=True, name="platform_message_id_sparse")
         db.conversations.create_index([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)])
-        db.conversations.create_index(
-            [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
-        )
         db.outbox.create_index([("kept_at", ASCENDING)])
         # events kept on their message until published: the relay finds the old ones through this index
         db.messages.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
         db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
+        db.conversations.create_index(
+            [("participants.user_id", ASCENDING), ("channel_id", ASCENDING), ("last_activity_at", DESCENDING)]
+        )
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -108,6 +108,7 @@ def _message_doc(message: Message) -> dict[str, Any]:
         "created_at": message.created_at,
         "request_fingerprint": message.request_fingerprint,
         "applied_reports": [],
+        "message_type": message.message_type,
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
     }
 
@@ -163,6 +164,7 @@ def _message(doc: dict[str, Any]) -> Message:
         retry_at=doc.get("retry_at"),
         troubled_since=doc.get("troubled_since"),
         troubles=int(doc.get("troubles", 0)),
+        message_type=doc.get("message_type", "text"),
     )
 
 
@@ -253,11 +255,9 @@ class MongoMessageStore(MessageStore):
     ) -> list[Message]:
         # The server reads every index entry a query matches before it applies the limit, so a page of the
         # newest 50 in a conversation of 10,000 would read 10,000: ask for a window of sequences instead,
-        # widening it only where gaps or the `since` filter leave the page short.
+        # widening it only where gaps or the `since` filter leave the page short. (See docs/MONGODB.md.)
         upper = before_sequence if before_sequence is not None else self._sequence_bound(conversation_id)
         query: dict[str, Any] = {"conversation_id": conversation_id}
-        if since is not None:
-            query["created_at"] = {"$gte": since}
         window = limit
         with _translated():
             while True:
@@ -267,8 +267,14 @@ class MongoMessageStore(MessageStore):
                 else:
                     lower = max(upper - window, 0)
                     query["sequence"] = {"$gte": lower, "$lt": upper}
-                docs = list(self.collection.find(query).sort("sequence", DESCENDING).limit(limit))
-                if len(docs) >= limit or lower <= 0:
+                docs = list(
+                    self.collection.find(query).sort("sequence", DESCENDING).limit(limit if since is None else 0)
+                )
+                reached_join = False
+                if since is not None:  # filtered here: with created_at in the query SecantusDB scans the collection
+                    reached_join = any(d["created_at"] < since for d in docs)
+                    docs = [d for d in docs if d["created_at"] >= since][:limit]
+                if len(docs) >= limit or lower <= 0 or reached_join:
                     return [_message(d) for d in docs]
                 window *= 4
 
@@ -435,60 +441,76 @@ class MongoConversationStore(ConversationStore):
             doc = self.collection.find_one({"_id": conversation_id})
         return _conversation(doc) if doc else None
 
-    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
-        with _translated():
-            doc = self.collection.find_one(
-                {"participants.user_id": user_id, "primary_channel": platform.value},
-                sort=[("last_activity_at", DESCENDING)],
-            )
-        return _conversation(doc) if doc else None
-
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
+        # the other user's conversations through the index, checked here: SecantusDB scans the whole
+        # collection for a filter on two values of one field
         with _translated():
-            found = self.collection.find_one(
-                {"$and": [{"participants.user_id": user_id}, {"participants.user_id": other_user_id}]},
-                projection={"_id": 1},
-            )
-        return found is not None
+            docs = self.collection.find({"participants.user_id": other_user_id}, projection={"participants.user_id": 1})
+            return any(any(p["user_id"] == user_id for p in doc["participants"]) for doc in docs)
 
     def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
         # one conditional update, so concurrent additions can neither exceed the capacity nor add anyone twice
+        # (update_one: SecantusDB finds {_id, ...} by its _id there, but scans the collection in findAndModify)
         with _translated():
-            doc = self.collection.find_one_and_update(
+            added = self.collection.update_one(
                 {
                     "_id": conversation_id,
                     "participants.user_id": {"$ne": participant.user_id},
                     f"participants.{capacity - 1}": {"$exists": False},
                 },
                 {"$push": {"participants": {"user_id": participant.user_id, "joined_at": participant.joined_at}}},
-                return_document=ReturnDocument.AFTER,
             )
-        return _conversation(doc) if doc else None
+        return self.get_conversation(conversation_id) if added.modified_count else None
 
     def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
         with _translated():
-            doc = self.collection.find_one_and_update(
+            removed = self.collection.update_one(
                 {"_id": conversation_id, "participants.user_id": user_id, "participants.1": {"$exists": True}},
                 {"$pull": {"participants": {"user_id": user_id}}},
-                return_document=ReturnDocument.AFTER,
             )
-        return _conversation(doc) if doc else None
+        return self.get_conversation(conversation_id) if removed.modified_count else None
 
     def conversations_page(
         self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
     ) -> list[Conversation]:
         query: dict[str, Any] = {} if participant is None else {"participants.user_id": participant}
         if before is not None:
-            at, conversation_id = before
-            query["$or"] = [
-                {"last_activity_at": {"$lt": at}},
-                {"last_activity_at": at, "_id": {"$lt": conversation_id}},
-            ]
+            # `$lte` on the time and the id compared here: SecantusDB plans an `$or` as a collection scan
+            query["last_activity_at"] = {"$lte": before[0]}
+        found: list[Conversation] = []
+        skip = 0
         with _translated():
-            docs = (
-                self.collection.find(query).sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            while len(found) < limit:
+                batch = list(
+                    self.collection.find(query)
+                    .sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
+                    .skip(skip)
+                    .limit(limit + 1)
+                )
+                conversations = [_conversation(d) for d in batch]
+                found += [
+                    c for c in conversations if before is None or (c.last_activity_at, c.conversation_id) < before
+                ]
+                if len(batch) <= limit:
+                    break
+                skip += len(batch)
+        return found[:limit]
+
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        with _translated():
+            # the type is checked here: a field outside the index makes SecantusDB scan the collection
+            docs = self.collection.find({"participants.user_id": user_id, "channel_id": channel_id}).sort(
+                "last_activity_at", DESCENDING
             )
-            return [_conversation(d) for d in docs]
+            doc = next((d for d in docs if d["conversation_type"] == ConversationType.ONE_TO_ONE.value), None)
+        return _conversation(doc) if doc else None
+
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        try:
+            self.add_conversation(conversation)
+        except DuplicateKeyError:
+            return False
+        return True
 
 
 class MongoEventOutbox(EventOutbox):
