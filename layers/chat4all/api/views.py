@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from chat4all.domain.models import shown_platform_message_id
+
 if TYPE_CHECKING:
     from chat4all.domain.models import (
         ApiKey,
@@ -143,7 +145,7 @@ def message_view(message: Message) -> dict[str, Any]:
         "channel": message.channel.value,
         "sequence": message.sequence,
         "status": message.status.value,
-        "platform_message_id": message.platform_message_id,
+        "platform_message_id": shown_platform_message_id(message.channel, message.platform_message_id),
         "error": message.error,
         "created_at": timestamp(message.created_at),
     }

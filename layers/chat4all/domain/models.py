@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -16,6 +17,20 @@ class Platform(StrEnum):
     WHATSAPP = "WHATSAPP"
     TELEGRAM = "TELEGRAM"
     INSTAGRAM = "INSTAGRAM"
+
+
+_TELEGRAM_KEY = re.compile(r"\d+:-?\d+:(\d+)")
+
+
+def shown_platform_message_id(platform: Platform, key: str | None) -> str | None:
+    """The platform's own id of a message, as the API shows it.
+
+    Telegram numbers messages per chat, so messages are kept under `<bot id>:<chat id>:<message_id>` (unique
+    across bots and chats); the API shows Telegram's `message_id`, as the contract names it.
+    """
+    if key is not None and platform is Platform.TELEGRAM and (match := _TELEGRAM_KEY.fullmatch(key)):
+        return match.group(1)
+    return key
 
 
 class UserType(StrEnum):
