@@ -30,6 +30,7 @@ from chat4all.adapters.postgres import (
     PostgresDatabase,
     PostgresUserRepository,
 )
+from chat4all.adapters.recovery import MongoPendingMessages, SqsRouteRequeue
 from chat4all.channels import CONNECTOR_TYPES
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
@@ -41,6 +42,7 @@ from chat4all.services.health import HealthMonitor
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
+from chat4all.services.recovery import RecoveryService
 from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
 
@@ -175,6 +177,18 @@ def sqs_visibility() -> SqsVisibility:
 @lru_cache
 def status_service() -> StatusService:
     return StatusService(MongoMessageStore(mongo()), event_publisher())
+
+
+@lru_cache
+def recovery_service() -> RecoveryService:
+    config = settings()
+    return RecoveryService(
+        MongoPendingMessages(mongo()),
+        SqsRouteRequeue(aws_client("sqs"), config.require("route_queue_url")),
+        status_service(),
+        event_publisher(),
+        pending_after_seconds=config.sweep_pending_after_seconds,
+    )
 
 
 @lru_cache

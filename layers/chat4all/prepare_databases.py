@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from chat4all import bootstrap
 from chat4all.adapters.mongo import ensure_indexes
 from chat4all.adapters.postgres import PostgresApiKeyRepository, PostgresDatabase, migrate, set_app_role_password
+from chat4all.adapters.recovery import ensure_recovery_indexes
 from chat4all.config import APP_ROLE
 from chat4all.services.identity import ensure_admin_key
 
@@ -36,6 +37,7 @@ def prepare_databases(
         if app_password:
             set_app_role_password(owner, app_password)
         ensure_indexes(bootstrap.mongo())
+        ensure_recovery_indexes(bootstrap.mongo())
         if admin_api_key:
             ensure_admin_key(PostgresApiKeyRepository(owner), admin_api_key)
     finally:
