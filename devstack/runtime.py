@@ -271,6 +271,17 @@ class LocalRuntime:
 
         return self._call(pids(), 10)
 
+    def busy_container_pids(self) -> dict[str, list[int]]:
+        """The container processes of each function that are running an invocation right now."""
+        if self.lambda_service is None or self._loop is None:
+            return {}
+        service = self.lambda_service
+
+        async def pids() -> dict[str, list[int]]:
+            return service.busy_container_pids()
+
+        return self._call(pids(), 10)
+
     def _call[T](self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
         if self._loop is None:
             coroutine.close()

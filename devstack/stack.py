@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sys
@@ -48,6 +49,14 @@ LOCAL_AWS_ENV = {
     # no X-Ray daemon or CloudWatch agent locally: traces off, metrics still printed as EMF logs
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_DEV": "false",
+}
+# written while a stack runs on a state dir: where its API and queues are (devstack/redrive.py reads it)
+RUNNING_FILE = "running.json"
+QUEUE_VARIABLES = {
+    "ROUTE_QUEUE_URL": "RouteQueue",
+    "ROUTE_DEAD_LETTER_QUEUE_URL": "RouteDeadLetterQueue",
+    "STATUS_QUEUE_URL": "StatusQueue",
+    "STATUS_DEAD_LETTER_QUEUE_URL": "StatusDeadLetterQueue",
 }
 # run once at start (and after LocalStack restarts): every message still PENDING goes back on the new queue
 SWEEPER_FUNCTION = "SweeperFunction"
@@ -346,6 +355,20 @@ class LocalPlatform:
         self.runtime.start(http_port=free_port() if self.options.port == 0 else self.options.port)
         self.api_url = self.runtime.api_url
         self.take_up_pending_messages()
+        self._write_running_file()
+
+    def queue_environment(self) -> dict[str, str]:
+        """Where this stack's queues are, as the functions and `python -m chat4all.redrive` name them."""
+        assert self.stack is not None
+        env = {"AWS_ENDPOINT_URL": self.urls["aws"], **LOCAL_AWS_ENV}
+        for variable, logical_id in QUEUE_VARIABLES.items():
+            env[variable] = self.stack.resolve({"Ref": logical_id})
+        return env
+
+    def _write_running_file(self) -> None:
+        """What tools run beside `make dev` (make redrive) need to reach this stack; removed at stop."""
+        path = self.options.state_dir / RUNNING_FILE
+        path.write_text(json.dumps({"api_url": self.api_url, "environment": self.queue_environment()}, indent=2))
 
     def take_up_pending_messages(self) -> None:
         """Run the sweeper once for every PENDING message, whatever its age.
@@ -430,6 +453,7 @@ class LocalPlatform:
                 self.runtime.stop()
                 self.runtime = None
             self.group.stop_all(grace)
+            (self.options.state_dir / RUNNING_FILE).unlink(missing_ok=True)
             self.state_lock.release()
 
     def __enter__(self) -> LocalPlatform:

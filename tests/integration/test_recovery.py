@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -27,6 +31,8 @@ if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_whatsapp import FakeWhatsApp
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +73,16 @@ def take_route_record(sqs: Any, platform: LocalPlatform, message_id: str) -> dic
     raise AssertionError(f"no route record of {message_id}")
 
 
-def queue_depth(sqs: Any, url: str) -> int:
-    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
-    return sum(int(attributes[name]) for name in names)
+def dead_letter_log(platform: LocalPlatform, needle: str) -> list[dict[str, Any]]:
+    """The DeadLetterFunction's structured log entries that mention `needle`."""
+    assert platform.runtime is not None
+    path = platform.runtime.log_dir / "DeadLetterFunction.log"
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return [json.loads(line) for line in lines if needle in line and line.startswith("{")]
+
+
+def logged(platform: LocalPlatform, needle: str, message: str) -> bool:
+    return any(entry.get("message") == message for entry in dead_letter_log(platform, needle))
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +136,7 @@ def test_a_pending_message_moved_to_the_route_dead_letter_queue_ends_failed_with
     assert "dead-lettered" in message["error"]
     events = failed_events(accepted["message_id"])
     assert [e["detail"]["status"] for e in events] == ["FAILED"]
-    wait_until(lambda: queue_depth(sqs, queue_url(platform, "RouteDeadLetterQueue")) == 0, 30, "an empty DLQ")
+    wait_until(lambda: logged(platform, accepted["message_id"], "route dead letter"), 30, "the consumer's log entry")
     # settled: the next message of the conversation goes out, the stranded one never does
     send_until_sent(api, setup, fake_whatsapp, "after it")
     assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == ["after it"]
@@ -138,7 +150,9 @@ def test_a_dead_lettered_record_of_a_sent_message_changes_nothing(
     body = json.dumps({"message_id": accepted["message_id"], "conversation_id": setup.conversation_id})
     dlq = queue_url(platform, "RouteDeadLetterQueue")
     sqs.send_message(QueueUrl=dlq, MessageBody=body, MessageGroupId=setup.conversation_id, MessageDeduplicationId="x")
-    wait_until(lambda: queue_depth(sqs, dlq) == 0, 30, "the DLQ consumed")
+    wait_until(lambda: logged(platform, accepted["message_id"], "route dead letter"), 60, "the DLQ consumed")
+    entry = next(e for e in dead_letter_log(platform, accepted["message_id"]) if e["message"] == "route dead letter")
+    assert entry["failed_now"] is False
     status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
     assert [h["status"] for h in status["history"]] == ["PENDING", "SENT"]
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
@@ -167,12 +181,9 @@ def test_a_dead_lettered_status_report_is_applied_once_more_or_dropped_with_its_
     sqs.send_message(QueueUrl=dlq, MessageBody=status_envelope(wamid, "delivered".upper()))
     sqs.send_message(QueueUrl=dlq, MessageBody=status_envelope(unknown, "READ"))
     wait_for_status(api, accepted["message_id"], "DELIVERED", timeout=60)
-    wait_until(lambda: queue_depth(sqs, dlq) == 0, 60, "the status DLQ consumed")
-    assert platform.runtime is not None
-    log = (platform.runtime.log_dir / "DeadLetterFunction.log").read_text()
-    dropped = [json.loads(line) for line in log.splitlines() if unknown in line and line.startswith("{")]
-    assert any(entry.get("message") == "dead-lettered status report dropped" for entry in dropped), dropped
-    assert any(unknown in str(entry.get("reason")) for entry in dropped)
+    wait_until(lambda: logged(platform, unknown, "dead-lettered status report dropped"), 60, "the report dropped")
+    dropped = [e for e in dead_letter_log(platform, unknown) if e["message"] == "dead-lettered status report dropped"]
+    assert unknown in str(dropped[0]["reason"])
 
 
 def test_the_sweeper_takes_up_a_message_whose_record_was_lost_once_however_often_it_runs(
@@ -200,3 +211,56 @@ def test_the_sweeper_takes_up_a_message_whose_record_was_lost_once_however_often
     time.sleep(3)  # a second copy, had the two sweeps added one each, would be a no-op by now
     texts = [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)]
     assert texts == ["lost with its queue", "after it"]
+
+
+def run_redrive(platform: LocalPlatform) -> str:
+    """`python -m chat4all.redrive` as an operator runs it, against this stack's queues."""
+    env = {**os.environ, **platform.queue_environment(), "PYTHONPATH": str(REPO_ROOT / "layers")}
+    done = subprocess.run(
+        [sys.executable, "-m", "chat4all.redrive"], env=env, capture_output=True, text=True, check=True, timeout=120
+    )
+    return done.stdout
+
+
+def test_redrive_moves_dead_letters_back_and_running_it_twice_sends_nothing_twice(
+    api: Api, platform: LocalPlatform, sqs: Any, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    sent, wamid = send_until_sent(api, setup, fake_whatsapp, "sent before")
+    route_dlq = queue_url(platform, "RouteDeadLetterQueue")
+    with disabled(platform, "DeadLetterFunction"):
+        with disabled(platform, "RouteFunction"):
+            stranded = send(api, setup, "stranded, then redriven")
+            record = take_route_record(sqs, platform, stranded["message_id"])
+        for body, dedupe in (
+            (record["Body"], record["MessageId"]),
+            (json.dumps({"message_id": sent["message_id"], "conversation_id": setup.conversation_id}), "again"),
+        ):
+            sqs.send_message(
+                QueueUrl=route_dlq,
+                MessageBody=body,
+                MessageGroupId=setup.conversation_id,
+                MessageDeduplicationId=dedupe,
+            )
+        sqs.send_message(
+            QueueUrl=queue_url(platform, "StatusDeadLetterQueue"), MessageBody=status_envelope(wamid, "READ")
+        )
+        first = run_redrive(platform)
+        second = run_redrive(platform)
+        # other tests' dead letters may be there too
+        assert moved(first, "route") >= 2 and moved(first, "status") >= 1, first
+        assert "refused" in second, second
+        wait_for_status(api, stranded["message_id"], "SENT", timeout=60)
+        wait_for_status(api, sent["message_id"], "READ", timeout=60)
+        time.sleep(3)  # the record of the message sent before has been through the route function by now
+    texts = [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)]
+    assert texts == ["sent before", "stranded, then redriven"]
+    # a third run after everything settled: nothing sent
+    run_redrive(platform)
+    time.sleep(3)
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 2
+
+
+def moved(output: str, label: str) -> int:
+    line = next(line for line in output.splitlines() if line.startswith(f"{label}: "))
+    return int(line.split()[1])
