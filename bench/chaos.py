@@ -52,6 +52,9 @@ FUNCTIONS = ("RouteFunction", "IngestFunction", "StatusFunction")
 PLATFORM_FAULTS = ("platform-kill", "platform-slow", "platform-429", "platform-500")
 ALL_FAULTS = (*SERVERS, *(f"kill-{f}" for f in FUNCTIONS), *PLATFORM_FAULTS)
 REQUEST_TIMEOUT_SECONDS = 15.0
+RESTART_ATTEMPTS = 3
+# set on SIGINT/SIGTERM: clients stop sending, the faults stop, the stack is stopped
+ABORT = threading.Event()
 
 
 @dataclass
@@ -66,6 +69,7 @@ class ChaosOptions:
     give_up_seconds: float = 180.0  # a client retries one message this long
     drain_timeout_seconds: float = 900.0
     sweep_pending_after_seconds: int = 30
+    rate: float = 0.0  # messages per second over all clients; 0: as fast as they go
     seed: int = 7
 
 
@@ -132,6 +136,8 @@ class Faults:
     def _run(self) -> None:
         index = 0
         while self.options.faults and not (self.stop.is_set() and index >= len(self.options.faults)):
+            if ABORT.is_set():
+                return
             name = self.options.faults[index % len(self.options.faults)]
             record = FaultRecord(name, time.monotonic() - self.t0)
             try:
@@ -150,9 +156,17 @@ class Faults:
             process = self.platform.server_process(name)
             assert process.pid is not None
             sigkill_tree(process.pid)
+            process.stop(timeout=5)  # reaps it: PostgreSQL refuses to start while its old pid is a zombie
             time.sleep(options.down_seconds)
             started = time.monotonic()
-            self.platform.restart_server(name)
+            for attempt in range(1, RESTART_ATTEMPTS + 1):
+                try:
+                    self.platform.restart_server(name)
+                    break
+                except Exception:
+                    if attempt == RESTART_ATTEMPTS:
+                        raise
+                    time.sleep(1.0)
             return f"SIGKILL, down {options.down_seconds:g} s, back in {time.monotonic() - started:.1f} s"
         if name.startswith("kill-"):
             return self._kill_container(name.removeprefix("kill-"))
@@ -198,16 +212,22 @@ def send_all(plan: dict[str, Any], options: ChaosOptions, sent: Sent) -> None:
     conversations = plan["conversations"]
     counter = iter(range(options.messages))
     counter_lock = threading.Lock()
+    started = time.monotonic()
+
+    def pace(n: int) -> None:
+        if options.rate > 0:
+            time.sleep(max(0.0, started + n / options.rate - time.monotonic()))
 
     def client(number: int) -> None:
         chooser = random.Random(options.seed + number)  # noqa: S311 - a load mix, not a secret
         headers = {"Authorization": f"Bearer {plan['admin_key']}"}
         with httpx.Client(base_url=plan["api_url"], headers=headers, timeout=REQUEST_TIMEOUT_SECONDS) as api:
-            while True:
+            while not ABORT.is_set():
                 with counter_lock:
                     n = next(counter, None)
                 if n is None:
                     return
+                pace(n)
                 conversation = chooser.choice(conversations)
                 message_id = str(uuid.uuid4())
                 body = {
@@ -236,11 +256,11 @@ def _send_one(api: httpx.Client, body: dict[str, Any], options: ChaosOptions, se
         if response is not None and response.status_code == 202:
             accepted = response.json()
             with sent.lock:
-                sent.accepted.append({**body, "sequence": accepted["sequence"]})
+                sent.accepted.append({**body, "sequence": accepted["sequence"], "at": time.monotonic()})
             return
         if response is not None and 400 <= response.status_code < 500 and response.status_code != 429:
             raise RuntimeError(f"POST /v1/messages answered {response.status_code}: {response.text}")
-        if time.monotonic() > deadline:
+        if time.monotonic() > deadline or ABORT.is_set():
             with sent.lock:
                 sent.gave_up.append(body)
             return
@@ -281,7 +301,8 @@ def wait_for_drain(plan: dict[str, Any], accepted: list[dict[str, Any]], timeout
     while True:
         try:
             stored = stored_messages(plan)
-            pending = [m for m in wanted if stored.get(m, {}).get("status", "PENDING") == "PENDING"]
+            # a message the listing does not have is lost, not pending: check() counts it
+            pending = [m for m in wanted if stored.get(m, {}).get("status") == "PENDING"]
             if not pending:
                 return True, time.monotonic()
         except httpx.HTTPError:
@@ -419,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gap-seconds", type=float, default=defaults.gap_seconds)
     parser.add_argument("--drain-timeout", type=float, default=defaults.drain_timeout_seconds)
     parser.add_argument("--sweep-after", type=int, default=defaults.sweep_pending_after_seconds)
+    parser.add_argument("--rate", type=float, default=defaults.rate, help="messages/s over all clients (0: no limit)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     arguments = parser.parse_args(argv)
     faults = tuple(name for name in arguments.faults.split(",") if name)
@@ -435,7 +457,15 @@ def main(argv: list[str] | None = None) -> int:
         gap_seconds=arguments.gap_seconds,
         drain_timeout_seconds=arguments.drain_timeout,
         sweep_pending_after_seconds=arguments.sweep_after,
+        rate=arguments.rate,
     )
+
+    def abort(signum: int, frame: Any) -> None:
+        ABORT.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, abort)
+    signal.signal(signal.SIGTERM, abort)
     result = run(options, lambda line: print(line, file=sys.stderr, flush=True))
     print(markdown(result), flush=True)
     print(json.dumps({k: v for k, v in result.items() if k != "faults"}), flush=True)
