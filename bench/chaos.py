@@ -203,6 +203,7 @@ class Faults:
 class Sent:
     accepted: list[dict[str, Any]] = field(default_factory=list)
     gave_up: list[dict[str, Any]] = field(default_factory=list)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
     answers: Counter[str] = field(default_factory=Counter)
     retries: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -258,8 +259,11 @@ def _send_one(api: httpx.Client, body: dict[str, Any], options: ChaosOptions, se
             with sent.lock:
                 sent.accepted.append({**body, "sequence": accepted["sequence"], "at": time.monotonic()})
             return
-        if response is not None and 400 <= response.status_code < 500 and response.status_code != 429:
-            raise RuntimeError(f"POST /v1/messages answered {response.status_code}: {response.text}")
+        # 409: the same message_id is still being processed (its first request died with its container)
+        if response is not None and 400 <= response.status_code < 500 and response.status_code not in (409, 429):
+            with sent.lock:
+                sent.rejected.append({**body, "answer": f"{response.status_code} {response.text[:300]}"})
+            return
         if time.monotonic() > deadline or ABORT.is_set():
             with sent.lock:
                 sent.gave_up.append(body)
@@ -369,10 +373,12 @@ def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sen
         "failed_but_delivered": figures["failed_but_delivered"],
         "sent_but_not_at_platform": figures["sent_but_not_at_platform"],
         "client_gave_up": len(sent.gave_up),
+        "rejected": len(sent.rejected),
         "client_gave_up_but_stored": gave_up_stored,
         "client_retries": sent.retries,
         "answers": dict(sent.answers),
-        "examples": {kind: ids[:5] for kind, ids in examples.items()} | {"out_of_order": out_of_order[:5]},
+        "examples": {kind: ids[:5] for kind, ids in examples.items()}
+        | {"out_of_order": out_of_order[:5], "rejected": [r["answer"] for r in sent.rejected[:5]]},
     }
 
 
@@ -418,7 +424,7 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     figures = (
         "accepted delivered failed lost sent_twice out_of_order stuck_pending failed_without_reason "
-        "failed_but_delivered sent_but_not_at_platform client_gave_up client_gave_up_but_stored"
+        "failed_but_delivered sent_but_not_at_platform client_gave_up client_gave_up_but_stored rejected"
     ).split()
     lines = ["| figure | count |", "| --- | --- |", *(f"| {name} | {result[name]} |" for name in figures)]
     lines.append(f"| time to drain after the last fault | {result['drain_seconds_after_last_fault']} s |")
