@@ -53,6 +53,7 @@ PLATFORM_FAULTS = ("platform-kill", "platform-slow", "platform-429", "platform-5
 ALL_FAULTS = (*SERVERS, *(f"kill-{f}" for f in FUNCTIONS), *PLATFORM_FAULTS)
 REQUEST_TIMEOUT_SECONDS = 15.0
 RESTART_ATTEMPTS = 3
+OWN_SERVER_VARIABLES = ("DATABASE_URL", "MONGODB_URI", "REDIS_URL", "AWS_ENDPOINT_URL", "CHAT4ALL_STATE_DIR")
 # set on SIGINT/SIGTERM: clients stop sending, the faults stop, the stack is stopped
 ABORT = threading.Event()
 
@@ -386,6 +387,9 @@ def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sen
 
 
 def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
+    # the harness kills and restarts the servers: always its own, never ones given by URL (nor a test session's)
+    for variable in OWN_SERVER_VARIABLES:
+        os.environ.pop(variable, None)
     os.environ["CHAT4ALL_SWEEP_PENDING_AFTER_SECONDS"] = str(options.sweep_pending_after_seconds)
     whatsapp = WhatsAppServer()
     started = time.monotonic()
