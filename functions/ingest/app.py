@@ -7,6 +7,10 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
+)
 from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
 
 from chat4all import bootstrap
@@ -50,7 +54,12 @@ def post_message() -> Response[str]:
     principal = caller(app)
     command = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes).command()
     require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
-    accepted = accept_message(command=command, principal=principal)
+    try:
+        accepted = accept_message(command=command, principal=principal)
+    except (IdempotencyAlreadyInProgressError, IdempotencyPersistenceLayerError):
+        # the cache is only the fast path: a duplicate in flight or Redis in trouble is answered from the
+        # message in MongoDB (stored before any 202), the same 202 or a 409 for another body
+        accepted = bootstrap.message_service().accept(command, principal)
     metrics.add_metric(name="MessagesAccepted", unit=MetricUnit.Count, value=1)
     return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
 
@@ -82,4 +91,7 @@ def health() -> Response[str]:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    return app.resolve(event, context)
+    try:
+        return app.resolve(event, context)
+    finally:
+        bootstrap.event_buffer().flush()

@@ -1,63 +1,60 @@
-"""Route: delivers accepted messages to their platform, in conversation order."""
+"""Route: delivers accepted messages to their platform, in conversation order.
+
+A job on the route queue means "this conversation has work"; the delivery service sends the conversation's
+PENDING messages in sequence order. There is no idempotency cache here: the message in MongoDB (its open
+attempt, its receipt, its status) is the authority on what was sent, and a cached outcome would only stand
+in the way of a redrive (docs/GUARANTEES.md).
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
-from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import DataclassSerializer
-from pydantic import BaseModel
 
 from chat4all import bootstrap
-from chat4all.consumers import consume_batch
+from chat4all.consumers import consume_conversations
+from chat4all.domain.models import utcnow
 from chat4all.observability import logger, metrics, tracer
-from chat4all.services.delivery import DeliveryOutcome
 
 if TYPE_CHECKING:
-    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = bootstrap.settings()
-idempotency = IdempotencyConfig(event_key_jmespath="message_id", expires_after_seconds=settings.idempotency_ttl_seconds)
 
 
-class RouteJob(BaseModel):
-    message_id: str
-    conversation_id: str
-
-
-@idempotent_function(
-    data_keyword_argument="job",
-    persistence_store=bootstrap.idempotency_store(),
-    config=idempotency,
-    output_serializer=DataclassSerializer(DeliveryOutcome),
-)
-def deliver(job: RouteJob) -> DeliveryOutcome:
-    return bootstrap.delivery_service().deliver(job.message_id)
-
-
-def record_handler(record: SQSRecord) -> None:
-    job = RouteJob.model_validate_json(record.body)
-    outcome = deliver(job=job)
-    if outcome.dead_letter:
-        bootstrap.route_dead_letters().dead_letter(record.body, job.conversation_id, outcome.reason or "failed")
-    metrics.add_metric(name=f"Messages{str(outcome.status).title()}", unit=MetricUnit.Count, value=1)
-    logger.info("routed", extra={"message_id": job.message_id, "status": str(outcome.status)})
+def conversation_work(conversation_id: str, context: LambdaContext) -> float | None:
+    lease_until = utcnow() + timedelta(milliseconds=context.get_remaining_time_in_millis())
+    progress = bootstrap.delivery_service().deliver_conversation(conversation_id, lease_until)
+    for outcome in progress.outcomes:
+        if outcome.dead_letter:
+            job = json.dumps({"message_id": outcome.message_id, "conversation_id": conversation_id})
+            try:
+                bootstrap.route_dead_letters().dead_letter(job, conversation_id, outcome.reason or "failed")
+            except Exception:  # the message is FAILED with its reason already; the copy is for operators
+                logger.exception("could not dead-letter", extra={"message_id": outcome.message_id})
+        metrics.add_metric(name=f"Messages{str(outcome.status).title()}", unit=MetricUnit.Count, value=1)
+        logger.info("routed", extra={"message_id": outcome.message_id, "status": str(outcome.status)})
+    return progress.retry_after_seconds
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    idempotency.register_lambda_context(context)
-    return dict(
-        consume_batch(
-            event,
-            context,
-            record_handler,
-            fifo=True,
-            queue_url=settings.require("route_queue_url"),
-            visibility=bootstrap.sqs_visibility(),
+    try:
+        return dict(
+            consume_conversations(
+                event,
+                lambda conversation_id: conversation_work(conversation_id, context),
+                queue_url=settings.require("route_queue_url"),
+                visibility=bootstrap.sqs_visibility(),
+                requeue=lambda message_id, conversation_id, key: bootstrap.outbound_queue().enqueue(
+                    message_id, conversation_id, dedupe_key=key
+                ),
+            )
         )
-    )
+    finally:
+        bootstrap.event_buffer().flush()

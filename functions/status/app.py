@@ -75,14 +75,17 @@ def record_handler(record: SQSRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
-        return dict(
-            consume_batch(
-                event,
-                context,
-                record_handler,
-                fifo=False,
-                queue_url=settings.require("status_queue_url"),
-                visibility=bootstrap.sqs_visibility(),
+        try:
+            return dict(
+                consume_batch(
+                    event,
+                    context,
+                    record_handler,
+                    fifo=False,
+                    queue_url=settings.require("status_queue_url"),
+                    visibility=bootstrap.sqs_visibility(),
+                )
             )
-        )
+        finally:
+            bootstrap.event_buffer().flush()  # the batch's events in one PutEvents
     return app.resolve(event, context)

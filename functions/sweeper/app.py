@@ -3,8 +3,9 @@
 A message can be stored and then never reach the queue (the enqueue failed, the function died), or the
 queue can lose it (LocalStack keeps nothing across a restart). Every run re-enqueues the outbound messages
 PENDING for longer than SWEEP_PENDING_AFTER_SECONDS (the event's `pending_after_seconds` overrides it: the
-local stack runs it with 0 at start, when the queues are new). Safe at any time: the route function never
-sends a message that was sent or settled already.
+local stack runs it with 0 at start, when the queues are new), then publishes the events the outbox kept.
+Safe at any time: a route job only says "this conversation has work", and the route function sends a
+conversation's messages in sequence order, never one that was sent, settled or is being sent.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from chat4all.observability import logger, metrics, tracer
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
+# kept events published per run; a fuller outbox empties over the next runs
+OUTBOX_BATCH = 500
+
 
 def publish_pending_events() -> int:
-    """The sweeper's second duty (issue 7): events not yet on the bus are published at least once.
-
-    The events outbox (`publish_pending_events(limit)`) lands with the message path's rework; until then every
-    event is published inline by the operation that records it, and there is nothing left to publish here.
-    """
-    return 0
+    """The sweeper's second duty: events the bus refused were kept in the outbox; publish them (at least once)."""
+    return bootstrap.event_relay().publish_pending_events(OUTBOX_BATCH)
 
 
 @logger.inject_lambda_context
@@ -38,6 +38,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     report = bootstrap.recovery_service().sweep(int(override) if override is not None else None)
     report = replace(report, events_published=publish_pending_events())
     metrics.add_metric(name="PendingMessagesRequeued", unit=MetricUnit.Count, value=report.requeued)
-    if report.found:
+    metrics.add_metric(name="OutboxEventsPublished", unit=MetricUnit.Count, value=report.events_published)
+    if report.found or report.events_published:
         logger.info("swept", extra=asdict(report))
     return asdict(report)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, cast
 
@@ -21,7 +22,7 @@ from chat4all.adapters.aws import (
 )
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.jwt import JwksTokenVerifier
-from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoMessageStore, connect
+from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoEventOutbox, MongoMessageStore, connect
 from chat4all.adapters.postgres import (
     PostgresApiKeyRepository,
     PostgresAuditLog,
@@ -42,6 +43,7 @@ from chat4all.services.health import HealthMonitor
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
+from chat4all.services.notifications import EventBuffer, EventRelay
 from chat4all.services.recovery import RecoveryService
 from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
@@ -81,7 +83,8 @@ def mongo() -> Database[dict[str, Any]]:
 
 @lru_cache
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings().redis_url, socket_timeout=2, socket_connect_timeout=2)
+    # the idempotency cache is a fast path only (MongoDB is the record): a Redis in trouble costs a second at most
+    return redis.Redis.from_url(settings().redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
 
 
 def idempotency_store() -> RedisIdempotencyStore:
@@ -132,6 +135,22 @@ def event_publisher() -> EventBridgePublisher:
 
 
 @lru_cache
+def event_buffer() -> EventBuffer:
+    """The events of the current invocation, published together when its handler flushes them."""
+    return EventBuffer(event_publisher(), MongoEventOutbox(mongo()))
+
+
+@lru_cache
+def event_relay() -> EventRelay:
+    return EventRelay(event_publisher(), MongoEventOutbox(mongo()))
+
+
+@lru_cache
+def outbound_queue() -> SqsOutboundQueue:
+    return SqsOutboundQueue(aws_client("sqs"), settings().require("route_queue_url"))
+
+
+@lru_cache
 def identity_service() -> IdentityService:
     return IdentityService(
         users(),
@@ -152,15 +171,20 @@ def conversation_service() -> ConversationService:
 @lru_cache
 def message_service() -> MessageService:
     db = mongo()
-    queue = SqsOutboundQueue(aws_client("sqs"), settings().require("route_queue_url"))
-    return MessageService(MongoMessageStore(db), MongoConversationStore(db), users(), queue, event_publisher())
+    return MessageService(MongoMessageStore(db), MongoConversationStore(db), users(), outbound_queue(), event_buffer())
 
 
 @lru_cache
 def delivery_service() -> DeliveryService:
     db = mongo()
     return DeliveryService(
-        MongoMessageStore(db), MongoConversationStore(db), users(), channels(), connectors(), event_publisher()
+        MongoMessageStore(db),
+        MongoConversationStore(db),
+        users(),
+        channels(),
+        connectors(),
+        event_buffer(),
+        trouble_window=timedelta(seconds=settings().delivery_trouble_seconds),
     )
 
 
@@ -176,7 +200,7 @@ def sqs_visibility() -> SqsVisibility:
 
 @lru_cache
 def status_service() -> StatusService:
-    return StatusService(MongoMessageStore(mongo()), event_publisher())
+    return StatusService(MongoMessageStore(mongo()), event_buffer())
 
 
 @lru_cache
@@ -186,7 +210,7 @@ def recovery_service() -> RecoveryService:
         MongoPendingMessages(mongo()),
         SqsRouteRequeue(aws_client("sqs"), config.require("route_queue_url")),
         status_service(),
-        event_publisher(),
+        event_buffer(),
         pending_after_seconds=config.sweep_pending_after_seconds,
     )
 

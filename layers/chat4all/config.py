@@ -50,6 +50,8 @@ class Settings(BaseModel):
     chat4all_jwt_jwks_url: str | None = None
     idempotency_ttl_seconds: int = Field(default=86_400, gt=0)
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
+    # how long a message may wait on unavailable dependencies before delivery gives up on it (FAILED)
+    delivery_trouble_seconds: int = Field(default=300, gt=0)
     # the sweeper re-enqueues outbound messages PENDING for longer than this
     sweep_pending_after_seconds: int = Field(default=120, ge=0)
 

@@ -1,12 +1,16 @@
-"""SQS batch consumption shared by the route and status functions.
+"""SQS batch consumption for the route and status functions.
 
 Powertools reports partial batch failures; on top of that, every failed record is made visible again
 after a back-off, instead of after the queue's full visibility timeout. For FIFO queues the records
 skipped behind a failure in the same group get the same delay, so the group resumes in order.
+
+The route queue is consumed per conversation (`consume_conversations`): a record only says "this
+conversation has work", the order comes from the messages' sequences in MongoDB.
 """
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -28,7 +32,11 @@ if TYPE_CHECKING:
 
     from chat4all.adapters.aws import SqsVisibility
 
-DEFAULT_RETRY_DELAY_SECONDS = 5
+MAX_RETRY_DELAY_SECONDS = 60
+# A conversation's job that waits (back-off, a dependency down) is received again and again. Well before the
+# queue's maxReceiveCount (template.yaml: 100) it is replaced by a fresh job, so SQS's own redrive never
+# dead-letters a conversation that is only waiting; it still catches a record that crashes every invocation.
+REFRESH_AFTER_RECEIVES = 25
 
 
 def consume_batch(
@@ -58,7 +66,7 @@ def consume_batch(
     failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
     for record in event.get("Records", []):
         if record["messageId"] in failed:
-            delay = delays.get(_group_of(record), DEFAULT_RETRY_DELAY_SECONDS)
+            delay = delays.get(_group_of(record), retry_delay(_receive_count(record)))
             try:
                 visibility.postpone(queue_url, record["receiptHandle"], delay)
             except Exception:  # the record still returns after the visibility timeout; nothing is lost
@@ -68,3 +76,65 @@ def consume_batch(
 
 def _group_of(record: dict[str, Any]) -> str:
     return str(record.get("attributes", {}).get("MessageGroupId") or record["messageId"])
+
+
+def consume_conversations(
+    event: dict[str, Any],
+    work: Callable[[str], float | None],
+    *,
+    queue_url: str,
+    visibility: SqsVisibility,
+    requeue: Callable[[str, str, str], None],
+) -> PartialItemFailureResponse:
+    """Run `work(conversation_id)` once per conversation in the batch.
+
+    `work` returns None when the conversation has nothing left to send, else the seconds after which it has
+    work again. Then the conversation's first record stays (made visible again after that delay) and its other
+    records are acknowledged: one job per waiting conversation is enough. An exception from `work` is a
+    retry with back-off by the record's receive count. `requeue(message_id, conversation_id, dedupe_key)`
+    replaces a job that was received REFRESH_AFTER_RECEIVES times.
+    """
+    jobs: dict[str, list[dict[str, Any]]] = {}
+    failures: list[str] = []
+    for record in event.get("Records", []):
+        try:
+            job = json.loads(record["body"])
+            jobs.setdefault(str(job["conversation_id"]), []).append(record)
+        except (ValueError, KeyError, TypeError):
+            logger.error("not a route job; left to the dead-letter queue", extra={"body": str(record["body"])[:500]})
+            failures.append(record["messageId"])
+    for conversation_id, records in jobs.items():
+        first = records[0]
+        receives = _receive_count(first)
+        try:
+            delay = work(conversation_id)
+        except Exception:
+            logger.exception("conversation work failed", extra={"conversation_id": conversation_id})
+            delay = float(retry_delay(receives))
+        if delay is None:
+            continue
+        if receives >= REFRESH_AFTER_RECEIVES:
+            job = json.loads(first["body"])
+            try:
+                requeue(str(job["message_id"]), conversation_id, f"{first['messageId']}:{receives}")
+                continue
+            except Exception:  # the record stays; the next receive tries again
+                logger.exception("could not refresh a waiting job")
+        failures.append(first["messageId"])
+        try:
+            visibility.postpone(queue_url, first["receiptHandle"], max(0, min(int(delay + 0.999), 43_200)))
+        except Exception:  # the record still returns after the visibility timeout; nothing is lost
+            logger.exception("could not postpone a waiting job")
+    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
+
+
+def retry_delay(receives: int) -> int:
+    """Back-off of a record that failed for the `receives`-th time: 2, 4, 8 ... 60 s."""
+    return int(min(2 ** min(max(receives, 1), 6), MAX_RETRY_DELAY_SECONDS))
+
+
+def _receive_count(record: dict[str, Any]) -> int:
+    try:
+        return int(record.get("attributes", {}).get("ApproximateReceiveCount", 1))
+    except (TypeError, ValueError):
+        return 1

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from chat4all.domain.models import (
@@ -17,8 +17,10 @@ if TYPE_CHECKING:
         ChannelInfo,
         ChannelRef,
         Conversation,
+        DomainEvent,
         ExternalIdentity,
         Message,
+        Participant,
         Platform,
         StatusEntry,
         User,
@@ -167,20 +169,36 @@ class ConversationStore(ABC):
         """The conversation with the newest activity that `user_id` takes part in on `platform`."""
 
     @abstractmethod
-    def next_sequence(self, conversation_id: str, at: datetime) -> int:
-        """Atomically allocate the conversation's next message sequence and record activity."""
-
-    @abstractmethod
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         """True when some conversation has both users among its participants."""
+
+    @abstractmethod
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        """Add `participant` unless it is in already or the conversation holds `capacity`; None when not added."""
+
+    @abstractmethod
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        """Remove `user_id` unless it is not in or is the last participant; None when not removed."""
+
+    @abstractmethod
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        """Up to `limit` conversations (of `participant`, or all) older in (last_activity_at, id) than `before`,
+        newest activity first."""
 
 
 class MessageStore(ABC):
     """Messages and their status history (MongoDB)."""
 
     @abstractmethod
-    def add_message(self, message: Message) -> bool:
-        """Store a new message; False when a message with that id exists already."""
+    def add_message(self, message: Message) -> Message | None:
+        """Store a new message as the next of its conversation; None when a message with that id exists already.
+
+        The sequence (`message.sequence` is ignored) and the conversation's `message_count` and activity are
+        written atomically with the message: sequences are gap-free and the count exact, whoever sends at once.
+        Returns the message as stored.
+        """
 
     @abstractmethod
     def get_message(self, message_id: str) -> Message | None: ...
@@ -195,8 +213,34 @@ class MessageStore(ABC):
         """Up to `limit` messages with sequence < before_sequence created at or after `since`, newest first."""
 
     @abstractmethod
-    def begin_attempt(self, message_id: str) -> int:
-        """Count one more delivery attempt; returns the attempt's number, from 1."""
+    def next_unsettled(self, conversation_id: str) -> Message | None:
+        """The conversation's lowest-sequence outbound message that is still PENDING, or None."""
+
+    @abstractmethod
+    def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
+        """Claim a PENDING message with no open attempt and record the attempt durably (journaled) before the
+        platform call; returns the attempt's number, from 1, or None when the message cannot be claimed
+        (settled, or another invocation holds an attempt)."""
+
+    @abstractmethod
+    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        """The platform's receipt for `attempt`: SENT with its platform id, attempt closed. True when recorded
+        as that attempt's outcome; False when the attempt had been settled meanwhile (the id is kept all the
+        same, so status webhooks still find the message)."""
+
+    @abstractmethod
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        """Close `attempt` without a receipt (the platform refused it for now): send again after `retry_at`."""
+
+    @abstractmethod
+    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        """A dependency failed before any platform call: try again after `retry_at`; count the trouble since
+        `troubled_since` (kept from the first time)."""
+
+    @abstractmethod
+    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+        """FAILED with the reason in `entry`, closing `attempt` (or requiring none open when None).
+        False when the message was settled already or the attempt is not the open one."""
 
     @abstractmethod
     def append_status(
@@ -218,7 +262,9 @@ class OutboundQueue(ABC):
     """Work for the route function, ordered per conversation."""
 
     @abstractmethod
-    def enqueue(self, message_id: str, conversation_id: str) -> None: ...
+    def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
+        """Ask for the conversation's work to be done; `dedupe_key` (default: the message id) is what the queue
+        deduplicates on, so a new key makes a fresh job even within the queue's deduplication window."""
 
 
 class DeadLetterQueue(ABC):
@@ -233,6 +279,30 @@ class EventPublisher(ABC):
 
     @abstractmethod
     def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None: ...
+
+    def publish_many(self, events: Sequence[DomainEvent]) -> list[DomainEvent]:
+        """Publish in as few calls as the bus allows; returns the events that were not published."""
+        failed: list[DomainEvent] = []
+        for event in events:
+            try:
+                self.publish(event.detail_type, event.detail, source=event.source)
+            except Exception:
+                failed.append(event)
+        return failed
+
+
+class EventOutbox(ABC):
+    """Events the bus did not take, kept (MongoDB) until they are published."""
+
+    @abstractmethod
+    def keep(self, events: Sequence[DomainEvent]) -> None: ...
+
+    @abstractmethod
+    def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
+        """Up to `limit` kept events, oldest first, each with its outbox id."""
+
+    @abstractmethod
+    def remove(self, outbox_ids: Sequence[str]) -> None: ...
 
 
 class CredentialCipher(ABC):

@@ -6,12 +6,28 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.contact import email_key, phones_of
-from chat4all.domain.errors import ConflictError, CredentialsUnreadableError, NotFoundError
-from chat4all.domain.models import ChannelInfo, ChannelRef, Conversation, Message, MessageStatus
+from chat4all.domain.errors import (
+    ConflictError,
+    CredentialsUnreadableError,
+    DependencyUnavailableError,
+    NotFoundError,
+)
+from chat4all.domain.models import (
+    ChannelInfo,
+    ChannelRef,
+    Conversation,
+    DeliveryAttempt,
+    Direction,
+    DomainEvent,
+    Message,
+    MessageStatus,
+    Participant,
+)
 from chat4all.ports import (
     ApiKeyRepository,
     ChannelRepository,
     ConversationStore,
+    EventOutbox,
     EventPublisher,
     MessageStore,
     OutboundQueue,
@@ -19,7 +35,7 @@ from chat4all.ports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from datetime import datetime
 
     from chat4all.domain.models import ApiKey, ChannelConfig, ExternalIdentity, Platform, StatusEntry, User
@@ -106,12 +122,15 @@ class InMemoryChannelRepository(ChannelRepository):
         self.channels: dict[str, ChannelConfig] = {}
         self.audit: list[AuditEntry] = []
         self.unreadable: set[str] = set()  # channels whose credentials no longer decrypt
+        self.unavailable = False  # KMS or PostgreSQL down
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
         self.channels[channel.channel_id] = channel
         self.audit.append(audit)
 
     def get_channel(self, channel_id: str) -> ChannelConfig | None:
+        if self.unavailable:
+            raise DependencyUnavailableError("KMS is unavailable")
         if channel_id in self.unreadable:
             raise CredentialsUnreadableError("credentials cannot be decrypted (KMS NotFoundException)")
         return self.channels.get(channel_id)
@@ -225,22 +244,59 @@ class InMemoryConversationStore(ConversationStore):
         self.sequences[conversation_id] = self.sequences.get(conversation_id, 0) + 1
         conversation = self.conversations[conversation_id]
         self.conversations[conversation_id] = dataclasses.replace(
-            conversation, message_count=conversation.message_count + 1, last_activity_at=at
+            conversation,
+            message_count=conversation.message_count + 1,
+            last_activity_at=max(at, conversation.last_activity_at),
         )
         return self.sequences[conversation_id]
 
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if (
+            conversation is None
+            or conversation.participant(participant.user_id) is not None
+            or len(conversation.participants) >= capacity
+        ):
+            return None
+        updated = dataclasses.replace(conversation, participants=[*conversation.participants, participant])
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is None or conversation.participant(user_id) is None or len(conversation.participants) < 2:
+            return None
+        remaining = [p for p in conversation.participants if p.user_id != user_id]
+        updated = dataclasses.replace(conversation, participants=remaining)
+        self.conversations[conversation_id] = updated
+        return updated
+
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        found = [
+            c
+            for c in self.conversations.values()
+            if (participant is None or c.participant(participant) is not None)
+            and (before is None or (c.last_activity_at, c.conversation_id) < before)
+        ]
+        found.sort(key=lambda c: (c.last_activity_at, c.conversation_id), reverse=True)
+        return found[:limit]
+
 
 class InMemoryMessageStore(MessageStore):
-    def __init__(self) -> None:
+    def __init__(self, conversations: InMemoryConversationStore | None = None) -> None:
+        self.conversations = conversations or InMemoryConversationStore()
         self.messages: dict[str, Message] = {}
-        self.attempts: dict[str, int] = {}
         self.applied: set[str] = set()
 
-    def add_message(self, message: Message) -> bool:
+    def add_message(self, message: Message) -> Message | None:
         if message.message_id in self.messages:
-            return False
-        self.messages[message.message_id] = message
-        return True
+            return None
+        sequence = self.conversations.next_sequence(message.conversation_id, message.created_at)
+        stored = dataclasses.replace(message, sequence=sequence)
+        self.messages[message.message_id] = stored
+        return stored
 
     def get_message(self, message_id: str) -> Message | None:
         return self.messages.get(message_id)
@@ -267,9 +323,73 @@ class InMemoryMessageStore(MessageStore):
         ]
         return sorted(found, key=lambda m: m.sequence, reverse=True)[:limit]
 
-    def begin_attempt(self, message_id: str) -> int:
-        self.attempts[message_id] = self.attempts.get(message_id, 0) + 1
-        return self.attempts[message_id]
+    def next_unsettled(self, conversation_id: str) -> Message | None:
+        waiting = [
+            m
+            for m in self.messages.values()
+            if m.conversation_id == conversation_id and m.status is MessageStatus.PENDING
+        ]
+        first = min(waiting, key=lambda m: m.sequence, default=None)
+        return first if first is not None and first.direction is Direction.OUTBOUND else None
+
+    def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
+        message = self.messages[message_id]
+        if message.status is not MessageStatus.PENDING or message.in_flight is not None:
+            return None
+        number = message.attempts + 1
+        self._replace(message_id, attempts=number, in_flight=DeliveryAttempt(number, started_at, lease_until))
+        return number
+
+    def _open(self, message_id: str, attempt: int | None) -> bool:
+        message = self.messages[message_id]
+        if attempt is None:
+            return message.in_flight is None
+        return message.in_flight is not None and message.in_flight.number == attempt
+
+    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        if not self._open(message_id, attempt):
+            self.append_status(message_id, entry, platform_message_id=platform_message_id)
+            return False
+        message = self.messages[message_id]
+        self._replace(
+            message_id,
+            status=entry.status,
+            platform_message_id=platform_message_id,
+            history=[*message.history, entry],
+            in_flight=None,
+            retry_at=None,
+            troubled_since=None,
+            troubles=0,
+        )
+        return True
+
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        if not self._open(message_id, attempt):
+            return False
+        self._replace(message_id, in_flight=None, retry_at=retry_at)
+        return True
+
+    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        message = self.messages[message_id]
+        since = min(troubled_since, message.troubled_since or troubled_since)
+        self._replace(message_id, retry_at=retry_at, troubled_since=since, troubles=message.troubles + 1)
+
+    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+        message = self.messages[message_id]
+        if message.status is not MessageStatus.PENDING or not self._open(message_id, attempt):
+            return False
+        self._replace(
+            message_id,
+            status=MessageStatus.FAILED,
+            error=entry.detail,
+            history=[*message.history, entry],
+            in_flight=None,
+            retry_at=None,
+        )
+        return True
+
+    def _replace(self, message_id: str, **changes: Any) -> None:
+        self.messages[message_id] = dataclasses.replace(self.messages[message_id], **changes)
 
     def append_status(
         self,
@@ -300,7 +420,7 @@ class InMemoryOutboundQueue(OutboundQueue):
     def __init__(self) -> None:
         self.enqueued: list[tuple[str, str]] = []
 
-    def enqueue(self, message_id: str, conversation_id: str) -> None:
+    def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         self.enqueued.append((message_id, conversation_id))
 
 
@@ -310,3 +430,19 @@ class InMemoryEventPublisher(EventPublisher):
 
     def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
         self.events.append((source, detail_type, detail))
+
+
+class InMemoryEventOutbox(EventOutbox):
+    def __init__(self) -> None:
+        self.kept: dict[str, DomainEvent] = {}
+
+    def keep(self, events: Sequence[DomainEvent]) -> None:
+        for event in events:
+            self.kept[f"e{len(self.kept) + 1}-{id(event)}"] = event
+
+    def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
+        return list(self.kept.items())[:limit]
+
+    def remove(self, outbox_ids: Sequence[str]) -> None:
+        for outbox_id in outbox_ids:
+            self.kept.pop(outbox_id, None)

@@ -48,6 +48,20 @@ class World:
     def fresh_channel(self) -> str:
         return str(self.api.created("/v1/channels", whatsapp_channel_body("to delete"))["channel_id"])
 
+    def fresh_user(self) -> str:
+        return str(self.api.created("/v1/users", {"display_name": "Extra", "user_type": "AGENT"})["user_id"])
+
+    def fresh_group(self) -> tuple[str, str]:
+        """A GROUP conversation of B, C and a third user; returns its id and the third user's."""
+        third = self.fresh_user()
+        body = {
+            "conversation_type": "GROUP",
+            "participants": [self.agent_b["user_id"], self.customer_c["user_id"], third],
+            "primary_channel": "WHATSAPP",
+            "channel_id": self.conversation_channel_id,
+        }
+        return str(self.api.created("/v1/conversations", body)["conversation_id"]), third
+
     def fresh_key(self) -> str:
         body = {"name": "to revoke", "role": "agent", "user_id": self.agent_b["user_id"]}
         return str(self.api.created("/v1/api-keys", body)["key_id"])
@@ -206,6 +220,21 @@ OPERATIONS = [
                 "channel_id": w.conversation_channel_id,
             },
         ),
+    ),
+    Operation(
+        "GET", "/v1/conversations", 200, lambda w: (f"/v1/conversations?participant={w.agent_b['user_id']}", None)
+    ),
+    Operation(
+        "POST",
+        "/v1/conversations/{conversation_id}/participants",
+        201,
+        lambda w: (f"/v1/conversations/{w.fresh_group()[0]}/participants", {"user_id": w.fresh_user()}),
+    ),
+    Operation(
+        "DELETE",
+        "/v1/conversations/{conversation_id}/participants/{user_id}",
+        204,
+        lambda w: ("/v1/conversations/{}/participants/{}".format(*w.fresh_group()), None),
     ),
     Operation(
         "GET", "/v1/conversations/{conversation_id}", 200, lambda w: (f"/v1/conversations/{w.conversation_id}", None)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 import redis
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyValidationError
+from pymongo import MongoClient, monitoring
+from pymongo.errors import DuplicateKeyError
 
+from chat4all.adapters import mongo
 from chat4all.adapters.idempotency import RedisIdempotencyStore
+from chat4all.domain.models import Conversation, ConversationType, Direction, Message, MessageStatus, Platform
 
 if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
@@ -69,3 +74,83 @@ def test_every_change_is_audited_in_its_transaction(
         assert b"access_token" not in bytes(ciphertext)
     for (data,) in channel_audit:
         assert "access_token" not in data and "app_secret" not in data
+
+
+def test_history_pages_are_right_across_sequence_gaps_and_join_points(platform: LocalPlatform) -> None:
+    # GIVEN a conversation whose messages skip every third sequence (as a store written before sequences
+    # were gap-free might), its newest sequence recorded on the conversation
+    db = mongo.connect(platform.urls["mongo"])
+    conversations, messages = mongo.MongoConversationStore(db), mongo.MongoMessageStore(db)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    conversation = Conversation(
+        str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 0, start, start, None
+    )
+    conversations.add_conversation(conversation)
+    present = [n for n in range(1, 91) if n % 3]
+    for n in present:
+        # written as such a store did, with its own sequences (the adapter now takes the next one itself)
+        db.messages.insert_one(mongo._message_doc(
+            Message(
+                str(uuid.uuid4()), conversation.conversation_id, "someone", f"m{n}", None, Platform.WHATSAPP,
+                Direction.OUTBOUND, n, MessageStatus.PENDING, [], start + timedelta(seconds=n), "",
+            )
+        ))  # fmt: skip
+    db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"last_sequence": 90}})
+
+    def page(limit: int, before: int | None = None, since: datetime | None = None) -> list[int]:
+        found = messages.conversation_page(
+            conversation.conversation_id, limit=limit, before_sequence=before, since=since
+        )
+        return [m.sequence for m in found]
+
+    # THEN each page holds exactly the newest `limit` messages below its cursor, wherever the gaps fall
+    assert page(5) == [89, 88, 86, 85, 83]
+    assert page(5, before=83) == [82, 80, 79, 77, 76]
+    assert page(200) == sorted(present, reverse=True)
+    assert page(5, before=3) == [2, 1]
+    # AND a participant who joined late sees only what came after, however far back the page reaches
+    assert page(50, since=start + timedelta(seconds=80)) == [89, 88, 86, 85, 83, 82, 80]
+    assert page(5, before=10, since=start + timedelta(seconds=80)) == []
+
+
+def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(platform: LocalPlatform) -> None:
+    # a status webhook looks its message up by platform id: a collection scan would cost every webhook the
+    # whole history of the platform
+    finds: list[dict[str, Any]] = []
+    client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], event_listeners=[_FindRecorder(finds)])
+    db = client.get_default_database(mongo.DEFAULT_DATABASE)
+    store = mongo.MongoMessageStore(db)
+    wamid = f"wamid.{uuid.uuid4().hex}"
+    start = datetime.now(UTC)
+    message = Message(
+        str(uuid.uuid4()), str(uuid.uuid4()), "someone", "hi", None, Platform.WHATSAPP, Direction.OUTBOUND, 1,
+        MessageStatus.SENT, [], start, "", platform_message_id=wamid,
+    )  # fmt: skip
+    db.messages.insert_one(mongo._message_doc(message))
+    found = store.find_by_platform_id(Platform.WHATSAPP, wamid)
+    assert found is not None and found.message_id == message.message_id
+    assert store.find_by_platform_id(Platform.INSTAGRAM, wamid) is None
+    # the query the adapter sent is planned on the index
+    assert finds, "the adapter sent no find"
+    plan = db.messages.find(finds[0]).explain()["queryPlanner"]["winningPlan"]
+    assert plan["stage"] == "FETCH", plan
+    assert plan["inputStage"]["stage"] == "IXSCAN" and plan["inputStage"]["indexName"] == "platform_message_id_sparse"
+    # AND the index still refuses a second message with the same platform id
+    with pytest.raises(DuplicateKeyError):
+        db.messages.insert_one({"_id": str(uuid.uuid4()), "platform_message_id": wamid})
+    client.close()
+
+
+class _FindRecorder(monitoring.CommandListener):
+    def __init__(self, filters: list[dict[str, Any]]) -> None:
+        self.filters = filters
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "find" and event.command.get("find") == "messages":
+            self.filters.append(dict(event.command["filter"]))
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass

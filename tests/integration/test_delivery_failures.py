@@ -122,29 +122,44 @@ def redis_process(platform: LocalPlatform) -> Any:
     return process
 
 
-def test_stalled_redis_is_503_and_nothing_is_stored(
+def test_a_stalled_redis_does_not_stop_sends_nor_replays(
     api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp, redis_process: Any
 ) -> None:
+    # GIVEN Redis, which holds only the idempotency cache, stopped (SIGSTOP: it neither answers nor refuses)
     setup = whatsapp_conversation
+    message_id = str(uuid.uuid4())
+    body = {
+        "message_id": message_id,
+        "conversation_id": setup.conversation_id,
+        "sender_id": setup.agent_id,
+        "content": "during the outage",
+    }
     os.kill(redis_process.pid, signal.SIGSTOP)
     try:
-        body = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": "during the outage"}
-        response = api.call("POST", "/v1/messages", json=body)
-        assert response.status_code == 503, response.text
-        assert response.headers["content-type"] == "application/problem+json"
+        # WHEN a message is sent, and sent again with the same id, and with the same id and another body
+        first = api.call("POST", "/v1/messages", json=body)
+        again = api.call("POST", "/v1/messages", json=body)
+        other = api.call("POST", "/v1/messages", json={**body, "content": "something else"})
         health = api.client.get("/health")
-        assert health.status_code == 503
-        assert health.json()["dependencies"]["redis"].startswith("DOWN")
-        assert health.json()["dependencies"]["postgresql"] == "UP"
     finally:
         os.kill(redis_process.pid, signal.SIGCONT)
+    # THEN MongoDB's record answers: accepted once, the same 202 again, 409 for the other body
+    assert first.status_code == 202, first.text
+    assert again.status_code == 202, again.text
+    assert again.json() == first.json()
+    assert other.status_code == 409, other.text
+    assert other.headers["content-type"] == "application/problem+json"
+    assert health.status_code == 503
+    assert health.json()["dependencies"]["redis"].startswith("DOWN")
+    # AND the message is delivered once
+    wait_for_status(api, message_id, "SENT")
+    assert [r.body["text"]["body"] for r in fake_whatsapp.wait_for(setup.customer_phone, 1)] == ["during the outage"]
     history = api.call("GET", f"/v1/conversations/{setup.conversation_id}/messages").json()
-    assert history["items"] == []
-    assert fake_whatsapp.sent_to(setup.customer_phone) == []
-    # and once Redis is back, the same request goes through
-    assert api.call("POST", "/v1/messages", json=body).status_code == 202
+    assert [m["message_id"] for m in history["items"]] == [message_id]
     # /health answers from a result a few seconds old, so it turns UP within a few seconds
     deadline = time.monotonic() + 30
     while api.client.get("/health").status_code != 200:
         assert time.monotonic() < deadline, "/health stayed DOWN after Redis came back"
         time.sleep(0.5)
+    assert api.call("POST", "/v1/messages", json=body).json() == first.json()
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1

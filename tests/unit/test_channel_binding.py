@@ -78,7 +78,7 @@ def test_delivery_uses_the_named_channel_not_the_first_that_works(world: World) 
     world.connector.send = recording_send  # type: ignore[method-assign,assignment]
     command = replace(world.send("via two"), conversation_id=conversation_id)
     accepted = world.message_service.accept(command, ADMIN)
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
+    assert world.delivered_status(accepted.message_id) is MessageStatus.SENT
     assert sent == ["token-ch-2"]
 
 
@@ -89,10 +89,10 @@ def test_unreadable_credentials_fail_that_channels_messages_with_a_reason_and_bl
     broken = world.message_service.accept(replace(world.send("lost key"), conversation_id=broken_conversation), ADMIN)
     working = world.message_service.accept(world.send("fine"), ADMIN)
 
-    assert world.delivery.deliver(broken.message_id).status is MessageStatus.FAILED
+    assert world.delivered_status(broken.message_id) is MessageStatus.FAILED
     failed = world.messages.get_message(broken.message_id)
     assert failed is not None and failed.error is not None and "cannot be decrypted" in failed.error
-    assert world.delivery.deliver(working.message_id).status is MessageStatus.SENT
+    assert world.delivered_status(working.message_id) is MessageStatus.SENT
 
 
 def test_a_channel_with_unreadable_credentials_does_not_block_other_channels_webhooks(world: World) -> None:

@@ -43,6 +43,7 @@ class InMemoryPendingMessages(PendingMessages):
             or message.direction is not Direction.OUTBOUND
             or message.status is not MessageStatus.PENDING
             or message.platform_message_id is not None
+            or message.in_flight is not None
         ):
             return None
         failed = dataclasses.replace(
@@ -95,8 +96,8 @@ class World:
         )
 
     def add(self, *messages: Message) -> None:
-        for each in messages:
-            self.store.add_message(each)
+        for each in messages:  # as stored, sequence and all
+            self.store.messages[each.message_id] = each
 
 
 @pytest.fixture

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from chat4all.domain.commands import CreateConversation, CreateUser, LinkIdentity, SendMessage
 from chat4all.domain.errors import (
+    ChannelOutcomeUnknownError,
     ChannelRejectedError,
     ChannelRetryableError,
     ConflictError,
     DependencyUnavailableError,
     ForbiddenError,
-    RetryLaterError,
     StatusTargetMissingError,
     ValidationFailedError,
 )
@@ -24,25 +24,29 @@ from chat4all.domain.models import (
     ChannelConfig,
     ConversationType,
     Direction,
+    DomainEvent,
     InboundMessage,
     MessageStatus,
     Platform,
     Principal,
     ProviderReceipt,
     Role,
+    StatusEntry,
     StatusReport,
     UserType,
 )
 from chat4all.services.conversations import ConversationService
-from chat4all.services.delivery import DeliveryService
+from chat4all.services.delivery import ConversationProgress, DeliveryService
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
+from chat4all.services.notifications import EventBuffer, EventRelay
 from chat4all.services.statuses import StatusService
 from tests.fakes.in_memory import (
     InMemoryApiKeyRepository,
     InMemoryChannelRepository,
     InMemoryConversationStore,
+    InMemoryEventOutbox,
     InMemoryEventPublisher,
     InMemoryMessageStore,
     InMemoryOutboundQueue,
@@ -50,7 +54,7 @@ from tests.fakes.in_memory import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Mapping, Sequence
 
     from chat4all.domain.models import OutboundMessage
 
@@ -77,12 +81,15 @@ class World:
     users: InMemoryUserRepository = field(default_factory=InMemoryUserRepository)
     channels: InMemoryChannelRepository = field(default_factory=InMemoryChannelRepository)
     conversations: InMemoryConversationStore = field(default_factory=InMemoryConversationStore)
-    messages: InMemoryMessageStore = field(default_factory=InMemoryMessageStore)
+    messages: InMemoryMessageStore = field(init=False)
     queue: InMemoryOutboundQueue = field(default_factory=InMemoryOutboundQueue)
     events: InMemoryEventPublisher = field(default_factory=InMemoryEventPublisher)
     connector: ScriptedConnector = field(default_factory=ScriptedConnector)
 
     def __post_init__(self) -> None:
+        self.messages = InMemoryMessageStore(self.conversations)
+        self.now = datetime(2026, 1, 1, 12, tzinfo=UTC)
+        self.slept: list[float] = []
         self.identity = IdentityService(self.users, self.channels, InMemoryApiKeyRepository())
         self.agent = self.identity.create_user(CreateUser("Ana", UserType.AGENT), ADMIN)
         self.customer = self.identity.create_user(CreateUser("Carl", UserType.CUSTOMER), ADMIN)
@@ -104,9 +111,20 @@ class World:
             self.conversations,
             self.users,
             self.channels,
-            {Platform.WHATSAPP: self.connector},
-            self.events,  # type: ignore[dict-item]
+            {Platform.WHATSAPP: self.connector},  # type: ignore[dict-item]
+            self.events,
+            clock=lambda: self.now,
+            sleep=self.slept.append,
         )
+
+    def delivered_status(self, message_id: str) -> MessageStatus:
+        """Run delivery for the message's conversation; the message's status afterwards."""
+        message = self.messages.get_message(message_id)
+        assert message is not None
+        self.delivery.deliver_conversation(message.conversation_id, self.now + timedelta(seconds=30))
+        stored = self.messages.get_message(message_id)
+        assert stored is not None
+        return stored.status
 
     def send(self, content: str = "hello", message_id: str | None = None, sender: str | None = None) -> SendMessage:
         return SendMessage(
@@ -157,15 +175,22 @@ def test_agent_cannot_send_as_someone_else(world: World) -> None:
         world.message_service.accept(world.send(sender=world.customer.user_id), agent_key)
 
 
+def run(world: World) -> ConversationProgress:
+    """One route run for the world's conversation, with a lease of 30 s from the world's clock."""
+    return world.delivery.deliver_conversation(world.conversation.conversation_id, world.now + timedelta(seconds=30))
+
+
 def test_delivery_records_sent_and_never_sends_twice(world: World) -> None:
     accepted = world.message_service.accept(world.send("hi"), ADMIN)
-    outcome = world.delivery.deliver(accepted.message_id)
-    assert outcome.status is MessageStatus.SENT
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
+    progress = run(world)
+    assert [(o.message_id, o.status) for o in progress.outcomes] == [(accepted.message_id, MessageStatus.SENT)]
+    assert progress.retry_after_seconds is None
+    assert run(world).outcomes == []
     assert len(world.connector.sent) == 1
     assert world.connector.sent[0].recipient == "5511999990000"
     stored = world.messages.get_message(accepted.message_id)
     assert stored is not None and stored.platform_message_id == "wamid.1"
+    assert stored.in_flight is None and stored.attempts == 1
     assert [e[1] for e in world.events.events][-1] == "MessageSent"
 
 
@@ -174,47 +199,155 @@ def test_retryable_failures_back_off_then_fail_and_dead_letter_on_the_third(worl
     accepted = world.message_service.accept(world.send("hi"), ADMIN)
     delays = []
     for _ in range(2):
-        with pytest.raises(RetryLaterError) as retry:
-            world.delivery.deliver(accepted.message_id)
-        delays.append(retry.value.delay_seconds)
+        progress = run(world)
+        assert progress.outcomes == []
+        assert progress.retry_after_seconds is not None
+        delays.append(progress.retry_after_seconds)
+        # before the back-off is over, nothing is sent
+        assert run(world).retry_after_seconds == progress.retry_after_seconds
+        world.now += timedelta(seconds=progress.retry_after_seconds)
     assert delays == [2, 4]
-    outcome = world.delivery.deliver(accepted.message_id)
+    [outcome] = run(world).outcomes
     assert outcome.status is MessageStatus.FAILED
     assert outcome.dead_letter
     assert len(world.connector.sent) == 3
     assert world.messages.get_message(accepted.message_id).status is MessageStatus.FAILED  # type: ignore[union-attr]
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.FAILED
+    assert run(world).outcomes == []
     assert len(world.connector.sent) == 3
 
 
 def test_retry_then_success(world: World) -> None:
     world.connector.script = [ChannelRetryableError("503"), None]
-    accepted = world.message_service.accept(world.send("hi"), ADMIN)
-    with pytest.raises(RetryLaterError):
-        world.delivery.deliver(accepted.message_id)
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
+    world.message_service.accept(world.send("hi"), ADMIN)
+    assert run(world).retry_after_seconds == 2
+    world.now += timedelta(seconds=2)
+    assert [o.status for o in run(world).outcomes] == [MessageStatus.SENT]
+
+
+def test_a_later_message_waits_for_an_earlier_one_in_back_off(world: World) -> None:
+    world.connector.script = [ChannelRetryableError("503")]
+    first, second, third = (world.message_service.accept(world.send(f"m{n}"), ADMIN) for n in range(1, 4))
+    assert run(world).retry_after_seconds == 2
+    assert [m.text for m in world.connector.sent] == ["m1"]
+    world.now += timedelta(seconds=2)
+    progress = run(world)
+    assert [o.message_id for o in progress.outcomes] == [first.message_id, second.message_id, third.message_id]
+    assert [m.text for m in world.connector.sent] == ["m1", "m1", "m2", "m3"]
 
 
 def test_a_4xx_fails_at_once_without_dead_letter(world: World) -> None:
     world.connector.script = [ChannelRejectedError("400 recipient not allowed", status_code=400)]
     accepted = world.message_service.accept(world.send("hi"), ADMIN)
-    outcome = world.delivery.deliver(accepted.message_id)
+    [outcome] = run(world).outcomes
     assert (outcome.status, outcome.dead_letter) == (MessageStatus.FAILED, False)
     stored = world.messages.get_message(accepted.message_id)
     assert stored is not None and stored.error == "400 recipient not allowed"
     assert len(world.connector.sent) == 1
 
 
+def test_a_call_without_a_usable_answer_fails_as_unknown_and_is_never_repeated(world: World) -> None:
+    world.connector.script = [ChannelOutcomeUnknownError("WhatsApp gave no answer: ReadTimeout")]
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    [outcome] = run(world).outcomes
+    assert (outcome.status, outcome.dead_letter) == (MessageStatus.FAILED, False)
+    world.now += timedelta(minutes=10)
+    assert run(world).outcomes == []
+    assert len(world.connector.sent) == 1
+    stored = world.messages.get_message(accepted.message_id)
+    assert stored is not None and stored.error is not None and stored.error.startswith("outcome unknown")
+
+
 def test_recipient_without_identity_fails_without_a_call(world: World) -> None:
     world.users.identities.clear()
-    accepted = world.message_service.accept(world.send("hi"), ADMIN)
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.FAILED
+    world.message_service.accept(world.send("hi"), ADMIN)
+    assert [o.status for o in run(world).outcomes] == [MessageStatus.FAILED]
     assert world.connector.sent == []
+
+
+def test_an_open_attempt_waits_for_its_lease_then_fails_as_unknown_without_a_call(world: World) -> None:
+    # GIVEN an invocation that recorded its attempt and died before recording the platform's answer
+    first = world.message_service.accept(world.send("m1"), ADMIN)
+    second = world.message_service.accept(world.send("m2"), ADMIN)
+    lease = world.now + timedelta(seconds=20)
+    assert world.messages.begin_attempt(first.message_id, world.now, lease) == 1
+    # WHEN another run comes while the lease lasts, it waits for it (the call may still be under way)
+    assert run(world).retry_after_seconds == 21
+    assert world.connector.sent == []
+    # AND after the lease, it settles the message FAILED, outcome unknown, never calling the platform for it
+    world.now = lease + timedelta(seconds=1)
+    progress = run(world)
+    assert [(o.message_id, o.status) for o in progress.outcomes] == [
+        (first.message_id, MessageStatus.FAILED),
+        (second.message_id, MessageStatus.SENT),
+    ]
+    assert [m.text for m in world.connector.sent] == ["m2"]
+    stored = world.messages.get_message(first.message_id)
+    assert stored is not None and stored.error is not None and stored.error.startswith("outcome unknown")
+
+
+def test_a_dependency_down_before_the_call_is_retried_then_failed(world: World) -> None:
+    world.delivery.trouble_window = timedelta(seconds=60)
+    world.channels.unavailable = True
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    delays = []
+    while True:
+        progress = run(world)
+        if progress.retry_after_seconds is None:
+            break
+        delays.append(progress.retry_after_seconds)
+        world.now += timedelta(seconds=progress.retry_after_seconds)
+    assert delays == [2, 4, 8, 16, 32]
+    stored = world.messages.get_message(accepted.message_id)
+    assert stored is not None and stored.status is MessageStatus.FAILED
+    assert stored.error is not None and "unavailable dependencies" in stored.error
+    assert world.connector.sent == []
+
+
+class BlinkingStore(InMemoryMessageStore):
+    """Fails the first `failures` receipts as MongoDB would while it blinks."""
+
+    def __init__(self, conversations: InMemoryConversationStore, failures: int) -> None:
+        super().__init__(conversations)
+        self.failures = failures
+
+    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        if self.failures:
+            self.failures -= 1
+            raise DependencyUnavailableError("MongoDB is unavailable")
+        return super().record_sent(message_id, attempt, entry, platform_message_id)
+
+
+def test_a_short_mongodb_blink_after_the_call_still_records_sent() -> None:
+    world = World()
+    store = BlinkingStore(world.conversations, failures=2)
+    store.messages = world.messages.messages
+    world.delivery.messages = world.message_service.messages = world.messages = store
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    assert [o.status for o in run(world).outcomes] == [MessageStatus.SENT]
+    assert world.slept == [0.2, 0.5]
+    assert world.messages.get_message(accepted.message_id).platform_message_id == "wamid.1"  # type: ignore[union-attr]
+
+
+def test_a_long_mongodb_outage_after_the_call_leaves_the_attempt_open_and_never_resends() -> None:
+    world = World()
+    store = BlinkingStore(world.conversations, failures=99)
+    store.messages = world.messages.messages
+    world.delivery.messages = world.message_service.messages = world.messages = store
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    with pytest.raises(DependencyUnavailableError):
+        run(world)
+    store.failures = 0
+    world.now += timedelta(seconds=31)
+    [outcome] = run(world).outcomes
+    assert outcome.status is MessageStatus.FAILED
+    assert len(world.connector.sent) == 1
+    stored = world.messages.get_message(accepted.message_id)
+    assert stored is not None and stored.error is not None and stored.error.startswith("outcome unknown")
 
 
 def test_status_reports_move_forward_only_and_replays_change_nothing(world: World) -> None:
     accepted = world.message_service.accept(world.send("hi"), ADMIN)
-    world.delivery.deliver(accepted.message_id)
+    run(world)
     statuses = StatusService(world.messages, world.events)
     at = datetime.now(UTC)
     read = StatusReport(Platform.WHATSAPP, "wamid.1", MessageStatus.READ, at)
@@ -303,9 +436,9 @@ class BrokenEventBus(InMemoryEventPublisher):
 def test_a_failing_event_bus_neither_fails_nor_repeats_a_send(world: World) -> None:
     world.message_service.events = BrokenEventBus()
     world.delivery.events = BrokenEventBus()
-    accepted = world.message_service.accept(world.send("hi"), ADMIN)
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
-    assert world.delivery.deliver(accepted.message_id).status is MessageStatus.SENT
+    world.message_service.accept(world.send("hi"), ADMIN)
+    assert [o.status for o in run(world).outcomes] == [MessageStatus.SENT]
+    assert run(world).outcomes == []
     assert len(world.connector.sent) == 1
 
 
@@ -314,24 +447,58 @@ class FailingOnceQueue(InMemoryOutboundQueue):
         super().__init__()
         self.failures = 1
 
-    def enqueue(self, message_id: str, conversation_id: str) -> None:
+    def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         if self.failures:
             self.failures -= 1
             raise DependencyUnavailableError("SQS unavailable")
         super().enqueue(message_id, conversation_id)
 
 
-def test_a_queue_failure_after_storing_is_recovered_by_the_retry(world: World) -> None:
+def test_a_queue_failure_after_storing_is_still_accepted_and_enqueued_by_the_retry(world: World) -> None:
     # GIVEN the queue fails once, after the message is stored
     world.message_service.queue = queue = FailingOnceQueue()
     command = world.send("stored first")
-    with pytest.raises(DependencyUnavailableError):
-        world.message_service.accept(command, ADMIN)
+    # THEN the message is accepted all the same: it is stored, and the sweeper enqueues what waits
+    first = world.message_service.accept(command, ADMIN)
     assert world.messages.get_message(command.message_id) is not None
     assert queue.enqueued == []
-    # WHEN the client retries with the same message_id
+    # WHEN the client retries with the same message_id, it is enqueued, with the same answer
     accepted = world.message_service.accept(command, ADMIN)
-    # THEN it is enqueued once, with the sequence it got the first time, and no second message exists
+    assert accepted == first
     assert queue.enqueued == [(command.message_id, world.conversation.conversation_id)]
     assert accepted.sequence == 1
     assert len(world.messages.messages) == 1
+
+
+def test_events_of_a_unit_of_work_go_out_together_and_refused_ones_are_kept_then_relayed() -> None:
+    bus = CountingBus()
+    outbox = InMemoryEventOutbox()
+    buffer = EventBuffer(bus, outbox)
+    for n in range(12):
+        buffer.publish("MessageSent", {"n": n})
+    assert bus.calls == []
+    assert buffer.flush() == 12
+    assert [len(call) for call in bus.calls] == [12]  # the adapter splits into PutEvents of 10
+    bus.refuse = {3, 7}
+    for n in range(10):
+        buffer.publish("MessageSent", {"n": n})
+    assert buffer.flush() == 8
+    assert sorted(e.detail["n"] for _, e in outbox.pending(10)) == [3, 7]
+    bus.refuse = set()
+    relay = EventRelay(bus, outbox)
+    assert relay.publish_pending_events(10) == 2
+    assert outbox.pending(10) == []
+    assert relay.publish_pending_events(10) == 0
+
+
+@dataclass
+class CountingBus(InMemoryEventPublisher):
+    calls: list[list[DomainEvent]] = field(default_factory=list)
+    refuse: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def publish_many(self, events: Sequence[DomainEvent]) -> list[DomainEvent]:
+        self.calls.append(list(events))
+        return [e for e in events if e.detail["n"] in self.refuse]

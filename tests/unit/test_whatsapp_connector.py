@@ -13,7 +13,12 @@ import httpx
 import pytest
 
 from chat4all.channels.whatsapp import WhatsAppConnector
-from chat4all.domain.errors import BadRequestError, ChannelRejectedError, ChannelRetryableError
+from chat4all.domain.errors import (
+    BadRequestError,
+    ChannelOutcomeUnknownError,
+    ChannelRejectedError,
+    ChannelRetryableError,
+)
 from chat4all.domain.models import InboundMessage, MessageStatus, OutboundMessage, Platform, StatusReport
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "whatsapp"
@@ -137,19 +142,31 @@ def test_error_classification(status: int, error: type[Exception]) -> None:
         wa.send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
 
 
-def test_timeouts_and_connection_errors_are_retryable() -> None:
-    def timeout(request: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow", request=request)
-
+def test_no_connection_is_retryable_and_no_answer_is_an_unknown_outcome() -> None:
     def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
-    for handler in (timeout, refused):
+    def connect_timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("no route", request=request)
+
+    def read_timeout(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def dropped(request: httpx.Request) -> httpx.Response:
+        raise httpx.RemoteProtocolError("peer closed the connection", request=request)
+
+    # the request never left: it can be sent again
+    for handler in (refused, connect_timeout):
         with pytest.raises(ChannelRetryableError):
+            connector(handler).send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
+    # it left and no answer came: it may have been taken, and must never be sent twice
+    for handler in (read_timeout, dropped):
+        with pytest.raises(ChannelOutcomeUnknownError):
             connector(handler).send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
 
 
-def test_reply_without_message_id_is_retryable() -> None:
-    wa = connector(lambda request: httpx.Response(200, json={"messages": []}))
-    with pytest.raises(ChannelRetryableError):
-        wa.send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
+def test_a_success_without_a_message_id_is_an_unknown_outcome() -> None:
+    for reply in (httpx.Response(200, json={"messages": []}), httpx.Response(200, text="<html>ok</html>")):
+        wa = connector(lambda request, reply=reply: reply)
+        with pytest.raises(ChannelOutcomeUnknownError):
+            wa.send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))

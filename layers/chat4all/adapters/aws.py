@@ -15,9 +15,12 @@ from chat4all.observability import logger
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
+
+    from chat4all.domain.models import DomainEvent
 
 
+PUT_EVENTS_LIMIT = 10
 # KMS answers that will not change on a retry: the key is gone, disabled, or not the one that encrypted
 PERMANENT_KMS_ERRORS = frozenset(
     {
@@ -47,13 +50,13 @@ class SqsOutboundQueue(OutboundQueue):
         self.sqs = sqs
         self.queue_url = queue_url
 
-    def enqueue(self, message_id: str, conversation_id: str) -> None:
+    def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         with _translated("SQS"):
             self.sqs.send_message(
                 QueueUrl=self.queue_url,
                 MessageBody=json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
                 MessageGroupId=conversation_id,
-                MessageDeduplicationId=message_id,
+                MessageDeduplicationId=dedupe_key or message_id,
             )
 
 
@@ -103,6 +106,31 @@ class EventBridgePublisher(EventPublisher):
         if result.get("FailedEntryCount"):
             failure = result["Entries"][0]
             raise DependencyUnavailableError(f"EventBridge refused {detail_type}: {failure.get('ErrorMessage')}")
+
+    def publish_many(self, events: Sequence[DomainEvent]) -> list[DomainEvent]:
+        """PutEvents of up to 10 entries per call (the API's limit); returns the events it did not take."""
+        failed: list[DomainEvent] = []
+        for start in range(0, len(events), PUT_EVENTS_LIMIT):
+            chunk = list(events[start : start + PUT_EVENTS_LIMIT])
+            entries = [
+                {
+                    "Source": e.source,
+                    "DetailType": e.detail_type,
+                    "Detail": json.dumps(e.detail),
+                    "EventBusName": self.bus_name,
+                }
+                for e in chunk
+            ]
+            try:
+                with _translated("EventBridge"):
+                    result = self.events.put_events(Entries=entries)
+            except DependencyUnavailableError:
+                failed.extend(chunk)
+                continue
+            if result.get("FailedEntryCount"):
+                answers = result.get("Entries", [])
+                failed.extend(e for e, answer in zip(chunk, answers, strict=False) if answer.get("ErrorCode"))
+        return failed
 
 
 class KmsCredentialCipher(CredentialCipher):

@@ -3,37 +3,57 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import random
+import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
 from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.domain.models import (
     Conversation,
     ConversationType,
+    DeliveryAttempt,
     Direction,
+    DomainEvent,
     Message,
     MessageStatus,
     Participant,
     Platform,
     StatusEntry,
+    utcnow,
 )
-from chat4all.ports import ConversationStore, DependencyCheck, MessageStore
+from chat4all.ports import ConversationStore, DependencyCheck, EventOutbox, MessageStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
     from datetime import datetime
 
+    from pymongo.client_session import ClientSession
+    from pymongo.collection import Collection
     from pymongo.database import Database
 
 DEFAULT_DATABASE = "chat4all"
+# A server that is down is found out within a second, so the API answers 503 then, not after a long wait.
+# pymongo re-checks an unknown server at most every 500 ms (minHeartbeatFrequencyMS), so an operation fails
+# up to ~0.5 s after its selection timeout (measured against a closed port: 300 ms took 0.37 to 0.74 s; the
+# old 5,000 ms took 5 s). A URI that sets its own timeouts keeps them (an Atlas URI over a slow link, say).
+# A server that answers but stalls is given a few seconds.
+DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 300, "connectTimeoutMS": 1000, "socketTimeoutMS": 5000}
+# Writes a re-run relies on (the message with its sequence, an attempt before its platform call, the receipt
+# after it) are acknowledged only once they are in the journal of a majority.
+DURABLE = WriteConcern(w="majority", j=True)
+# concurrent senders in one conversation conflict on its sequence counter; each retries its transaction
+SEQUENCE_TRANSACTION_ATTEMPTS = 50
 
 
 def connect(uri: str) -> Database[dict[str, Any]]:
-    client: MongoClient[dict[str, Any]] = MongoClient(
-        uri, tz_aware=True, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, socketTimeoutMS=15000
-    )
+    given = uri.lower()
+    timeouts: dict[str, Any] = {name: ms for name, ms in DEFAULT_TIMEOUTS_MS.items() if name.lower() not in given}
+    client: MongoClient[dict[str, Any]] = MongoClient(uri, tz_aware=True, **timeouts)
     return client.get_default_database(default=DEFAULT_DATABASE)
 
 
@@ -51,16 +71,20 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
     """Create the collections' indexes; safe to run on every start."""
     with _translated():
         db.messages.create_index([("conversation_id", ASCENDING), ("sequence", ASCENDING)], unique=True)
-        db.messages.create_index(
-            [("channel", ASCENDING), ("platform_message_id", ASCENDING)],
-            unique=True,
-            partialFilterExpression={"platform_message_id": {"$type": "string"}},
-            name="platform_message_id_unique",
-        )
+        # route's "what does this conversation send next": its lowest PENDING sequence
+        db.messages.create_index([("conversation_id", ASCENDING), ("status", ASCENDING), ("sequence", ASCENDING)])
+        # A sparse single-field index: the server plans a query on a partial compound index as a collection
+        # scan (40 ms per status webhook at 3,000 messages), and uses this one. Platform message ids are
+        # unique across platforms by their format (wamid..., Instagram mids, Telegram chat-qualified ids).
+        if "platform_message_id_unique" in db.messages.index_information():
+            db.messages.drop_index("platform_message_id_unique")
+        db.messages.create_index("platform_message_id", unique=True, sparse=True, name="platform_message_id_sparse")
         db.conversations.create_index([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)])
         db.conversations.create_index(
             [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
         )
+        db.outbox.create_index([("kept_at", ASCENDING)])
+        db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -92,6 +116,7 @@ def _entry_doc(entry: StatusEntry) -> dict[str, Any]:
 def _message(doc: dict[str, Any]) -> Message:
     history = [StatusEntry(MessageStatus(e["status"]), e["at"], e.get("detail")) for e in doc.get("history", [])]
     failure = next((e.detail for e in reversed(history) if e.status is MessageStatus.FAILED), None)
+    attempt = doc.get("attempt")
     return Message(
         message_id=doc["_id"],
         conversation_id=doc["conversation_id"],
@@ -107,6 +132,15 @@ def _message(doc: dict[str, Any]) -> Message:
         request_fingerprint=doc.get("request_fingerprint", ""),
         platform_message_id=doc.get("platform_message_id"),
         error=failure,
+        attempts=int(doc.get("delivery_attempts", 0)),
+        in_flight=(
+            DeliveryAttempt(int(doc["delivery_attempts"]), attempt["started_at"], attempt["lease_until"])
+            if attempt
+            else None
+        ),
+        retry_at=doc.get("retry_at"),
+        troubled_since=doc.get("troubled_since"),
+        troubles=int(doc.get("troubles", 0)),
     )
 
 
@@ -125,17 +159,58 @@ def _conversation(doc: dict[str, Any]) -> Conversation:
 
 class MongoMessageStore(MessageStore):
     def __init__(self, db: Database[dict[str, Any]]) -> None:
+        self.db = db
         self.collection = db.messages
+        self.conversations = db.conversations
+        self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
 
-    def add_message(self, message: Message) -> bool:
-        with _translated():
+    def add_message(self, message: Message) -> Message | None:
+        """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
+        client = self.db.client
+        for attempt in range(SEQUENCE_TRANSACTION_ATTEMPTS):
             try:
-                self.collection.insert_one(_message_doc(message))
+                with client.start_session() as session:
+                    with session.start_transaction(write_concern=DURABLE):
+                        stored = self._insert_next(message, session)
+                return stored
             except DuplicateKeyError:
-                if self.collection.count_documents({"_id": message.message_id}, limit=1):
-                    return False
-                raise
-        return True
+                with _translated():
+                    if self.collection.count_documents({"_id": message.message_id}, limit=1):
+                        return None
+                    self._repair_counter(message.conversation_id)
+            except ConnectionFailure as exc:
+                raise DependencyUnavailableError("MongoDB is unavailable") from exc
+            except PyMongoError as exc:
+                if not exc.has_error_label("TransientTransactionError"):
+                    raise DependencyUnavailableError("MongoDB is unavailable") from exc
+                # a concurrent sender moved the counter first: start again after a short, jittered pause
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not a secret
+        raise DependencyUnavailableError(f"conversation {message.conversation_id} is too busy to take a message")
+
+    def _insert_next(self, message: Message, session: ClientSession) -> Message:
+        conversation = self.db.conversations.find_one_and_update(
+            {"_id": message.conversation_id},
+            {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": message.created_at}},
+            projection={"last_sequence": 1},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        if conversation is None:
+            raise DependencyUnavailableError(f"conversation {message.conversation_id} vanished")
+        stored = dataclasses.replace(message, sequence=int(conversation["last_sequence"]))
+        self.collection.insert_one(_message_doc(stored), session=session)
+        return stored
+
+    def _repair_counter(self, conversation_id: str) -> None:
+        """A sequence taken without the counter (data from before the counter moved with the insert)."""
+        top = self.collection.find_one(
+            {"conversation_id": conversation_id}, sort=[("sequence", DESCENDING)], projection={"sequence": 1}
+        )
+        if top is not None:
+            count = self.collection.count_documents({"conversation_id": conversation_id})
+            self.db.conversations.update_one(
+                {"_id": conversation_id}, {"$max": {"last_sequence": top["sequence"], "message_count": count}}
+            )
 
     def get_message(self, message_id: str) -> Message | None:
         with _translated():
@@ -144,32 +219,122 @@ class MongoMessageStore(MessageStore):
 
     def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
         with _translated():
-            doc = self.collection.find_one({"channel": platform.value, "platform_message_id": platform_message_id})
-        return _message(doc) if doc else None
+            # by the id alone: SecantusDB plans {channel, platform_message_id} as a collection scan
+            doc = self.collection.find_one({"platform_message_id": platform_message_id})
+        return _message(doc) if doc and doc.get("channel") == platform.value else None
 
     def conversation_page(
         self, conversation_id: str, *, limit: int, before_sequence: int | None, since: datetime | None
     ) -> list[Message]:
+        # The server reads every index entry a query matches before it applies the limit, so a page of the
+        # newest 50 in a conversation of 10,000 would read 10,000: ask for a window of sequences instead,
+        # widening it only where gaps or the `since` filter leave the page short.
+        upper = before_sequence if before_sequence is not None else self._sequence_bound(conversation_id)
         query: dict[str, Any] = {"conversation_id": conversation_id}
-        if before_sequence is not None:
-            query["sequence"] = {"$lt": before_sequence}
         if since is not None:
             query["created_at"] = {"$gte": since}
+        window = limit
         with _translated():
-            docs = list(self.collection.find(query).sort("sequence", DESCENDING).limit(limit))
-        return [_message(d) for d in docs]
+            while True:
+                if upper is None:
+                    query.pop("sequence", None)
+                    lower = 0
+                else:
+                    lower = max(upper - window, 0)
+                    query["sequence"] = {"$gte": lower, "$lt": upper}
+                docs = list(self.collection.find(query).sort("sequence", DESCENDING).limit(limit))
+                if len(docs) >= limit or lower <= 0:
+                    return [_message(d) for d in docs]
+                window *= 4
 
-    def begin_attempt(self, message_id: str) -> int:
+    def _sequence_bound(self, conversation_id: str) -> int | None:
+        """One past the conversation's highest sequence, or None when it does not say."""
         with _translated():
-            doc = self.collection.find_one_and_update(
-                {"_id": message_id},
-                {"$inc": {"delivery_attempts": 1}},
+            doc = self.conversations.find_one({"_id": conversation_id}, projection={"last_sequence": 1})
+        last = doc.get("last_sequence") if doc else None
+        return last + 1 if isinstance(last, int) else None
+
+    def next_unsettled(self, conversation_id: str) -> Message | None:
+        with _translated():
+            doc = self.collection.find_one(
+                {"conversation_id": conversation_id, "status": MessageStatus.PENDING.value},
+                sort=[("sequence", ASCENDING)],
+            )
+        return _message(doc) if doc and doc["direction"] == Direction.OUTBOUND.value else None
+
+    def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
+        with _translated():
+            doc = self.durable.find_one_and_update(
+                {"_id": message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
+                {
+                    "$inc": {"delivery_attempts": 1},
+                    "$set": {"attempt": {"started_at": started_at, "lease_until": lease_until}},
+                },
                 projection={"delivery_attempts": 1},
                 return_document=ReturnDocument.AFTER,
             )
-        if doc is None:
-            raise DependencyUnavailableError(f"message {message_id} vanished while counting an attempt")
-        return int(doc["delivery_attempts"])
+        return int(doc["delivery_attempts"]) if doc else None
+
+    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        with _translated():
+            done = self.durable.update_one(
+                {
+                    "_id": message_id,
+                    "status": MessageStatus.PENDING.value,
+                    "attempt": {"$exists": True},
+                    "delivery_attempts": attempt,
+                },
+                {
+                    "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
+                    "$push": {"history": _entry_doc(entry)},
+                    "$unset": {"attempt": "", "retry_at": "", "troubled_since": "", "troubles": ""},
+                },
+            )
+        if done.modified_count:
+            return True
+        # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
+        self.append_status(message_id, entry, platform_message_id=platform_message_id)
+        return False
+
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        with _translated():
+            done = self.durable.update_one(
+                {
+                    "_id": message_id,
+                    "status": MessageStatus.PENDING.value,
+                    "attempt": {"$exists": True},
+                    "delivery_attempts": attempt,
+                },
+                {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}},
+            )
+        return bool(done.modified_count)
+
+    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        with _translated():
+            self.collection.update_one(
+                {"_id": message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
+                {
+                    "$set": {"retry_at": retry_at, "last_error": error},
+                    "$min": {"troubled_since": troubled_since},
+                    "$inc": {"troubles": 1},
+                },
+            )
+
+    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+        query: dict[str, Any] = {"_id": message_id, "status": MessageStatus.PENDING.value}
+        query["attempt"] = {"$exists": attempt is not None}
+        if attempt is not None:
+            query["delivery_attempts"] = attempt
+        with _translated():
+            done = self.durable.update_one(
+                query,
+                {
+                    "$set": {"status": MessageStatus.FAILED.value},
+                    "$push": {"history": _entry_doc(entry)},
+                    "$unset": {"attempt": "", "retry_at": ""},
+                },
+            )
+        return bool(done.modified_count)
 
     def append_status(
         self,
@@ -236,18 +401,6 @@ class MongoConversationStore(ConversationStore):
             )
         return _conversation(doc) if doc else None
 
-    def next_sequence(self, conversation_id: str, at: datetime) -> int:
-        with _translated():
-            doc = self.collection.find_one_and_update(
-                {"_id": conversation_id},
-                {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": at}},
-                projection={"last_sequence": 1},
-                return_document=ReturnDocument.AFTER,
-            )
-        if doc is None:
-            raise DependencyUnavailableError(f"conversation {conversation_id} vanished while allocating a sequence")
-        return int(doc["last_sequence"])
-
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         with _translated():
             found = self.collection.find_one(
@@ -255,6 +408,77 @@ class MongoConversationStore(ConversationStore):
                 projection={"_id": 1},
             )
         return found is not None
+
+    def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
+        # one conditional update, so concurrent additions can neither exceed the capacity nor add anyone twice
+        with _translated():
+            doc = self.collection.find_one_and_update(
+                {
+                    "_id": conversation_id,
+                    "participants.user_id": {"$ne": participant.user_id},
+                    f"participants.{capacity - 1}": {"$exists": False},
+                },
+                {"$push": {"participants": {"user_id": participant.user_id, "joined_at": participant.joined_at}}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _conversation(doc) if doc else None
+
+    def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
+        with _translated():
+            doc = self.collection.find_one_and_update(
+                {"_id": conversation_id, "participants.user_id": user_id, "participants.1": {"$exists": True}},
+                {"$pull": {"participants": {"user_id": user_id}}},
+                return_document=ReturnDocument.AFTER,
+            )
+        return _conversation(doc) if doc else None
+
+    def conversations_page(
+        self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
+    ) -> list[Conversation]:
+        query: dict[str, Any] = {} if participant is None else {"participants.user_id": participant}
+        if before is not None:
+            at, conversation_id = before
+            query["$or"] = [
+                {"last_activity_at": {"$lt": at}},
+                {"last_activity_at": at, "_id": {"$lt": conversation_id}},
+            ]
+        with _translated():
+            docs = (
+                self.collection.find(query).sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            )
+            return [_conversation(d) for d in docs]
+
+
+class MongoEventOutbox(EventOutbox):
+    def __init__(self, db: Database[dict[str, Any]]) -> None:
+        self.collection = db.outbox.with_options(write_concern=DURABLE)
+
+    def keep(self, events: Sequence[DomainEvent]) -> None:
+        if not events:
+            return
+        now = utcnow()
+        docs = [
+            {
+                "_id": str(uuid.uuid4()),
+                "kept_at": now,
+                "source": e.source,
+                "detail_type": e.detail_type,
+                "detail": e.detail,
+            }
+            for e in events
+        ]
+        with _translated():
+            self.collection.insert_many(docs, ordered=False)
+
+    def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
+        with _translated():
+            docs = list(self.collection.find().sort("kept_at", ASCENDING).limit(limit))
+        return [(d["_id"], DomainEvent(d["detail_type"], d["detail"], d["source"])) for d in docs]
+
+    def remove(self, outbox_ids: Sequence[str]) -> None:
+        if outbox_ids:
+            with _translated():
+                self.collection.delete_many({"_id": {"$in": list(outbox_ids)}})
 
 
 class MongoCheck(DependencyCheck):

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo import ASCENDING, ReturnDocument
 
 from chat4all.adapters.aws import _translated as _aws_translated
-from chat4all.adapters.mongo import _entry_doc, _message, _translated
+from chat4all.adapters.mongo import DURABLE, _entry_doc, _message, _translated
 from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.domain.models import Direction, MessageStatus
 from chat4all.observability import logger
@@ -38,6 +38,7 @@ def ensure_recovery_indexes(db: Database[dict[str, Any]]) -> None:
 class MongoPendingMessages(PendingMessages):
     def __init__(self, db: Database[dict[str, Any]]) -> None:
         self.collection = db.messages
+        self.durable = db.messages.with_options(write_concern=DURABLE)
 
     def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
         query = {"status": MessageStatus.PENDING.value, "created_at": {"$lt": created_before}}
@@ -55,14 +56,20 @@ class MongoPendingMessages(PendingMessages):
 
     def fail_if_pending(self, message_id: str, entry: StatusEntry) -> Message | None:
         with _translated():
-            doc = self.collection.find_one_and_update(
+            doc = self.durable.find_one_and_update(
                 {
                     "_id": message_id,
                     "direction": Direction.OUTBOUND.value,
                     "status": MessageStatus.PENDING.value,
                     "platform_message_id": {"$exists": False},
+                    # an open attempt is the route function's to settle (it may be calling the platform now)
+                    "attempt": {"$exists": False},
                 },
-                {"$set": {"status": entry.status.value}, "$push": {"history": _entry_doc(entry)}},
+                {
+                    "$set": {"status": entry.status.value},
+                    "$push": {"history": _entry_doc(entry)},
+                    "$unset": {"retry_at": ""},
+                },
                 return_document=ReturnDocument.AFTER,
             )
         return _message(doc) if doc else None

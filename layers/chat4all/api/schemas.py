@@ -146,6 +146,16 @@ class CreateConversationRequest(RequestModel):
         )
 
 
+class AddParticipantRequest(RequestModel):
+    user_id: uuid.UUID
+
+
+class ConversationListQuery(RequestModel):
+    participant: uuid.UUID | None = None
+    limit: int = Field(default=50, ge=1, le=200)
+    before: str | None = Field(default=None, min_length=1, max_length=200)
+
+
 class SendMessageRequest(RequestModel):
     message_id: uuid.UUID | None = None
     conversation_id: uuid.UUID

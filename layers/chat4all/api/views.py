@@ -17,7 +17,7 @@ if TYPE_CHECKING:
         StatusEntry,
         User,
     )
-    from chat4all.services.conversations import MessagePage
+    from chat4all.services.conversations import ConversationPage, MessagePage
     from chat4all.services.identity import AuditPage, LinkSuggestion
     from chat4all.services.messages import AcceptedMessage
 
@@ -154,6 +154,10 @@ def message_status_view(message: Message) -> dict[str, Any]:
         "status": message.status.value,
         "history": [status_entry_view(e) for e in message.history],
     }
+
+
+def conversation_page_view(page: ConversationPage) -> dict[str, Any]:
+    return {"items": [conversation_view(c) for c in page.items], "next_cursor": page.next_cursor}
 
 
 def page_view(page: MessagePage) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import httpx
 
-from chat4all.domain.errors import ChannelRejectedError, ChannelRetryableError
+from chat4all.domain.errors import ChannelOutcomeUnknownError, ChannelRejectedError, ChannelRetryableError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -47,13 +47,16 @@ class ChannelConnector(ABC):
         return None
 
     def post_json(self, url: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """POST JSON and classify failures: 429/5xx/network are retryable, any other 4xx is final."""
+        """POST JSON and classify failures: 429/5xx and no connection are retryable, any other 4xx is final, a
+        request that left without a usable answer has an unknown outcome."""
         try:
             response = self.http.post(url, json=body, headers=dict(headers or {}))
-        except httpx.TimeoutException as exc:
-            raise ChannelRetryableError(f"{self.platform} timed out: {exc}") from exc
-        except httpx.TransportError as exc:
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # no connection, so the request never left: safe to send again
             raise ChannelRetryableError(f"{self.platform} unreachable: {exc}") from exc
+        except httpx.TransportError as exc:
+            # the request left and no answer came back: the platform may have taken it
+            raise ChannelOutcomeUnknownError(f"{self.platform} gave no answer: {exc!r}") from exc
         if response.status_code == 429 or response.status_code >= 500:
             raise ChannelRetryableError(
                 f"{self.platform} answered {response.status_code}: {response.text[:500]}",
@@ -67,9 +70,11 @@ class ChannelConnector(ABC):
         try:
             payload = response.json()
         except ValueError as exc:
-            raise ChannelRetryableError(f"{self.platform} answered a body that is not JSON") from exc
+            raise ChannelOutcomeUnknownError(f"{self.platform} answered {response.status_code} without JSON") from exc
         if not isinstance(payload, dict):
-            raise ChannelRetryableError(f"{self.platform} answered JSON that is not an object")
+            raise ChannelOutcomeUnknownError(
+                f"{self.platform} answered {response.status_code} with JSON that is not an object"
+            )
         return payload
 
 

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chat4all.channels.base import ChannelConnector, hmac_sha256_matches
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
-from chat4all.domain.errors import BadRequestError, ChannelRetryableError
+from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 
 if TYPE_CHECKING:
@@ -154,4 +154,5 @@ class WhatsAppConnector(ChannelConnector):
         try:
             return ProviderReceipt(platform_message_id=str(reply["messages"][0]["id"]))
         except (KeyError, IndexError, TypeError) as exc:
-            raise ChannelRetryableError(f"WhatsApp reply has no messages[0].id: {str(reply)[:300]}") from exc
+            # a success without the id: it was probably sent, so it must not be sent again
+            raise ChannelOutcomeUnknownError(f"WhatsApp reply has no messages[0].id: {str(reply)[:300]}") from exc

@@ -105,6 +105,11 @@ class ChannelRejectedError(ChannelError):
     """A 4xx other than 429: the platform will never accept this request."""
 
 
+class ChannelOutcomeUnknownError(ChannelError):
+    """The request reached the platform and no usable answer came back (a read timeout, a dropped connection,
+    a success without a message id): it may have been sent, so it is never sent again."""
+
+
 class RetryLaterError(Chat4AllError):
     """Work that failed in a way worth retrying: the consumer makes the record visible again after `delay_seconds`."""
 

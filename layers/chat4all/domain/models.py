@@ -205,6 +205,19 @@ class StatusEntry:
 
 
 @dataclass(frozen=True)
+class DeliveryAttempt:
+    """A platform call that was started: recorded (journaled) before the call, cleared with its outcome.
+
+    `lease_until` is the deadline of the invocation that makes the call: after it that invocation is over
+    (Lambda ends it at its timeout), so an attempt still open then has an outcome nobody recorded.
+    """
+
+    number: int
+    started_at: datetime
+    lease_until: datetime
+
+
+@dataclass(frozen=True)
 class Message:
     message_id: str
     conversation_id: str
@@ -220,6 +233,21 @@ class Message:
     request_fingerprint: str
     platform_message_id: str | None = None
     error: str | None = None
+    # delivery bookkeeping of an outbound message (see docs/GUARANTEES.md)
+    attempts: int = 0
+    in_flight: DeliveryAttempt | None = None
+    retry_at: datetime | None = None
+    troubled_since: datetime | None = None
+    troubles: int = 0
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """One event for the bus; `detail["at"]` is the time of the change it reports."""
+
+    detail_type: str
+    detail: dict[str, Any]
+    source: str = "chat4all"
 
 
 @dataclass(frozen=True)

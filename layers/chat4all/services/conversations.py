@@ -6,9 +6,10 @@ import base64
 import binascii
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from chat4all.domain.errors import FieldError, ForbiddenError, NotFoundError, ValidationFailedError
+from chat4all.domain.errors import ConflictError, FieldError, ForbiddenError, NotFoundError, ValidationFailedError
 from chat4all.domain.models import Conversation, ConversationType, Participant, utcnow
 
 if TYPE_CHECKING:
@@ -26,6 +27,12 @@ class MessagePage:
     next_cursor: str | None
 
 
+@dataclass(frozen=True)
+class ConversationPage:
+    items: list[Conversation]
+    next_cursor: str | None
+
+
 def encode_cursor(sequence: int) -> str:
     return base64.urlsafe_b64encode(f"seq:{sequence}".encode()).decode().rstrip("=")
 
@@ -37,6 +44,28 @@ def decode_cursor(cursor: str) -> int:
         if prefix != "seq":
             raise ValueError(raw)
         return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        raise ValidationFailedError(
+            "invalid cursor", errors=[FieldError("before", "not a cursor this API issued")]
+        ) from exc
+
+
+def encode_activity_cursor(conversation: Conversation) -> str:
+    raw = f"act:{conversation.last_activity_at.isoformat()}|{conversation.conversation_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_activity_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, rest = raw.partition(":")
+        at, _, conversation_id = rest.partition("|")
+        if prefix != "act" or not conversation_id:
+            raise ValueError(raw)
+        moment = datetime.fromisoformat(at)
+        if moment.tzinfo is None:
+            raise ValueError(raw)
+        return moment, str(uuid.UUID(conversation_id))
     except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
         raise ValidationFailedError(
             "invalid cursor", errors=[FieldError("before", "not a cursor this API issued")]
@@ -132,3 +161,56 @@ class ConversationService:
         page = newest_first[:limit]
         next_cursor = encode_cursor(page[-1].sequence) if len(newest_first) > limit else None
         return MessagePage(items=list(reversed(page)), next_cursor=next_cursor)
+
+    def list_for(
+        self, participant: str | None, principal: Principal, *, limit: int, before: str | None
+    ) -> ConversationPage:
+        """Conversations newest activity first: an admin's of anyone (or all), an agent's only its own."""
+        if not principal.is_admin:
+            if participant is not None and participant != principal.user_id:
+                raise ForbiddenError("an agent can only list its own conversations")
+            participant = principal.user_id
+        if not 1 <= limit <= MAX_PAGE:
+            raise ValidationFailedError("limit out of range", errors=[FieldError("limit", f"must be 1 to {MAX_PAGE}")])
+        found = self.conversations.conversations_page(
+            participant, limit=limit + 1, before=decode_activity_cursor(before) if before else None
+        )
+        items = found[:limit]
+        next_cursor = encode_activity_cursor(items[-1]) if len(found) > limit else None
+        return ConversationPage(items, next_cursor)
+
+    def add_participant(self, conversation_id: str, user_id: str, principal: Principal) -> Conversation:
+        """Add an active user; it sees the history from now on."""
+        conversation = self.get(conversation_id, principal)
+        user = self.users.get_user(user_id)
+        if user is None or not user.active:
+            raise ValidationFailedError(
+                "unknown participant", errors=[FieldError("user_id", f"no active user {user_id}")]
+            )
+        capacity = PARTICIPANT_LIMITS[conversation.conversation_type][1]
+        added = self.conversations.add_participant(conversation_id, Participant(user_id, utcnow()), capacity)
+        if added is not None:
+            return added
+        current = self.conversations.get_conversation(conversation_id)
+        if current is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        if current.participant(user_id) is not None:
+            raise ConflictError(f"user {user_id} is a participant already")
+        raise ValidationFailedError(
+            f"a {conversation.conversation_type} conversation has at most {capacity} participants",
+            errors=[FieldError("user_id", "the conversation is full")],
+        )
+
+    def remove_participant(self, conversation_id: str, user_id: str, principal: Principal) -> None:
+        """Remove a participant; the last one cannot leave (the conversation would belong to no one)."""
+        conversation = self.get(conversation_id, principal)
+        if conversation.participant(user_id) is None:
+            raise NotFoundError(f"user {user_id} is not a participant of conversation {conversation_id}")
+        if self.conversations.remove_participant(conversation_id, user_id) is not None:
+            return
+        current = self.conversations.get_conversation(conversation_id)
+        if current is None or current.participant(user_id) is None:
+            raise NotFoundError(f"user {user_id} is not a participant of conversation {conversation_id}")
+        raise ValidationFailedError(
+            "the last participant cannot be removed", errors=[FieldError("user_id", "the only participant left")]
+        )

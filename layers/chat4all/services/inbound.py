@@ -66,17 +66,18 @@ class InboundService:
             file_id=None,
             channel=inbound.platform,
             direction=Direction.INBOUND,
-            sequence=self.conversations.next_sequence(conversation.conversation_id, utcnow()),
+            sequence=0,  # the store gives it the conversation's next sequence as it stores it
             status=MessageStatus.DELIVERED,
             history=[StatusEntry(MessageStatus.DELIVERED, inbound.at)],
             created_at=utcnow(),
             request_fingerprint=hashlib.sha256(inbound.text.encode()).hexdigest(),
             platform_message_id=inbound.platform_message_id,
         )
-        if not self.messages.add_message(message):
+        stored = self.messages.add_message(message)
+        if stored is None:
             return None
-        notify(self.events, "MessageReceived", message)
-        return message
+        notify(self.events, "MessageReceived", stored)
+        return stored
 
     def _sender(self, channel: ChannelConfig, inbound: InboundMessage) -> str:
         known = self.users.user_id_for(inbound.platform, inbound.platform_user_id)

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from chat4all.domain.errors import ConflictError, FieldError, ForbiddenError, NotFoundError, ValidationFailedError
+from chat4all.domain.errors import (
+    ConflictError,
+    DependencyUnavailableError,
+    FieldError,
+    ForbiddenError,
+    NotFoundError,
+    ValidationFailedError,
+)
 from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.notifications import notify
@@ -14,6 +22,8 @@ if TYPE_CHECKING:
     from chat4all.domain.commands import SendMessage
     from chat4all.domain.models import Principal
     from chat4all.ports import ConversationStore, EventPublisher, MessageStore, OutboundQueue, UserRepository
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,21 +82,30 @@ class MessageService:
             file_id=command.file_id,
             channel=command.channel_type or conversation.primary_channel,
             direction=Direction.OUTBOUND,
-            sequence=self.conversations.next_sequence(conversation.conversation_id, now),
+            sequence=0,  # the store gives it the conversation's next sequence as it stores it
             status=MessageStatus.PENDING,
             history=[StatusEntry(MessageStatus.PENDING, now)],
             created_at=now,
             request_fingerprint=command.fingerprint,
         )
-        if not self.messages.add_message(message):
-            # a concurrent request with the same id won the insert
-            stored = self.messages.get_message(command.message_id)
-            if stored is None:
-                raise ConflictError(f"message {command.message_id} is being accepted concurrently")
-            return self._replay(stored, command)
-        self.queue.enqueue(message.message_id, message.conversation_id)
-        notify(self.events, "MessageAccepted", message)
-        return _accepted(message)
+        stored = self.messages.add_message(message)
+        if stored is None:
+            # a concurrent request with the same id stored it first: the same answer as a replay
+            existing = self.messages.get_message(command.message_id)
+            if existing is None:
+                raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
+            return self._replay(existing, command)
+        self._enqueue(stored)
+        notify(self.events, "MessageAccepted", stored, at=now)
+        return _accepted(stored)
+
+    def _enqueue(self, message: Message) -> None:
+        """The message is stored: a queue failure does not undo the 202. The route function finds it anyway
+        when the conversation's next job runs, and the sweeper re-enqueues what waits too long."""
+        try:
+            self.queue.enqueue(message.message_id, message.conversation_id)
+        except DependencyUnavailableError:
+            logger.warning("message %s stored but not enqueued; the sweeper will", message.message_id)
 
     def _replay(self, existing: Message, command: SendMessage) -> AcceptedMessage:
         if existing.request_fingerprint != command.fingerprint or existing.sender_id != command.sender_id:
@@ -94,7 +113,7 @@ class MessageService:
         if existing.status is MessageStatus.PENDING and existing.platform_message_id is None:
             # the first attempt may have stored the message and then failed to enqueue it; the route
             # function never sends a message twice, so enqueueing again is safe
-            self.queue.enqueue(existing.message_id, existing.conversation_id)
+            self._enqueue(existing)
         return _accepted(existing)
 
     def get(self, message_id: str, principal: Principal) -> Message:

@@ -1,26 +1,39 @@
-"""Domain events as notifications: published after the record is written, never at its expense."""
+"""Domain events: collected while a unit of work runs, published together, kept in an outbox when the bus fails.
+
+The message store is the record; an event is published after the record is written and never at its
+expense (a send is not repeated because its event could not be published). Events the bus does not take
+are kept in the outbox and published again by `EventRelay.publish_pending_events`, so each is published at
+least once, except in the window docs/GUARANTEES.md names (a process that dies between its write and its
+flush).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import TYPE_CHECKING
+import threading
+from typing import TYPE_CHECKING, Any
 
-from chat4all.domain.models import utcnow
+from chat4all.domain.models import DomainEvent, utcnow
+from chat4all.ports import EventPublisher
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
     from chat4all.domain.models import Message, MessageStatus
-    from chat4all.ports import EventPublisher
+    from chat4all.ports import EventOutbox
 
 logger = logging.getLogger(__name__)
 
 
-def event_detail(message: Message, status: MessageStatus | None = None) -> dict[str, str]:
+def event_detail(message: Message, status: MessageStatus | None = None, at: datetime | None = None) -> dict[str, str]:
     return {
         "message_id": message.message_id,
         "conversation_id": message.conversation_id,
         "status": (status or message.status).value,
         "channel": message.channel.value,
-        "at": utcnow().isoformat(),
+        "at": (at or utcnow()).isoformat(),
     }
 
 
@@ -29,11 +42,91 @@ def notify(
     detail_type: str,
     message: Message,
     status: MessageStatus | None = None,
+    *,
+    at: datetime | None = None,
     **extra: str,
 ) -> None:
-    """Publish a message event. The message store is the record: a failed publish is logged, and the
-    operation that wrote the record (and must not be repeated, like a send) still succeeds."""
+    """Publish (or, through an EventBuffer, collect) a message event; `at` is the time of the change.
+
+    A failed publish is logged, and the operation that wrote the record still succeeds."""
     try:
-        events.publish(detail_type, {**event_detail(message, status), **extra})
+        events.publish(detail_type, {**event_detail(message, status, at), **extra})
     except Exception:
         logger.exception("could not publish %s for %s", detail_type, message.message_id)
+
+
+class EventBuffer(EventPublisher):
+    """Collects the events of one unit of work (an SQS batch, an API request) for one PutEvents at its end.
+
+    `flush` publishes them (at most 10 per call, the bus's limit) and keeps what the bus refused in the
+    outbox; only when the outbox cannot be written either is an event lost, and then it is logged whole.
+    """
+
+    def __init__(self, bus: EventPublisher, outbox: EventOutbox) -> None:
+        self.bus = bus
+        self.outbox = outbox
+        self._pending: list[DomainEvent] = []
+        self._lock = threading.Lock()
+
+    def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
+        with self._lock:
+            self._pending.append(DomainEvent(detail_type, detail, source))
+
+    def publish_many(self, events: Sequence[DomainEvent]) -> list[DomainEvent]:
+        with self._lock:
+            self._pending.extend(events)
+        return []
+
+    def flush(self) -> int:
+        """Publish what was collected; returns how many the bus took."""
+        with self._lock:
+            events, self._pending = self._pending, []
+        if not events:
+            return 0
+        try:
+            failed = self.bus.publish_many(events)
+        except Exception:
+            logger.exception("the event bus failed")
+            failed = list(events)
+        if failed:
+            keep(self.outbox, failed)
+        return len(events) - len(failed)
+
+    def discard(self) -> None:
+        """Forget what was collected (a unit of work that starts afresh)."""
+        with self._lock:
+            self._pending = []
+
+
+def keep(outbox: EventOutbox, events: Sequence[DomainEvent]) -> None:
+    try:
+        outbox.keep(events)
+        logger.warning("kept %d unpublished events in the outbox", len(events))
+    except Exception:
+        for event in events:
+            logger.error(
+                "event lost: neither the bus nor the outbox took it",
+                extra={"event": json.dumps({"detail-type": event.detail_type, "detail": event.detail})},
+            )
+
+
+class EventRelay:
+    """Publishes the events the outbox kept; the scheduled sweeper calls it."""
+
+    def __init__(self, bus: EventPublisher, outbox: EventOutbox) -> None:
+        self.bus = bus
+        self.outbox = outbox
+
+    def publish_pending_events(self, limit: int = 100) -> int:
+        """Publish up to `limit` kept events, oldest first; returns how many were published and removed.
+
+        An event published here and then not removed (a crash, MongoDB failing) is published again by the
+        next run: at least once.
+        """
+        kept = self.outbox.pending(limit)
+        if not kept:
+            return 0
+        failed = {id(event) for event in self.bus.publish_many([event for _, event in kept])}
+        published = [outbox_id for outbox_id, event in kept if id(event) not in failed]
+        self.outbox.remove(published)
+        return len(published)

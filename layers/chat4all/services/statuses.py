@@ -31,5 +31,5 @@ class StatusService:
             message.message_id, StatusEntry(report.status, report.at, report.detail), dedupe_key=report.dedupe_key
         )
         if moved:
-            notify(self.events, "MessageStatusChanged", message, report.status)
+            notify(self.events, "MessageStatusChanged", message, report.status, at=report.at)
         return moved

@@ -1,0 +1,522 @@
+"""Order, exactly-one platform call or FAILED, and duplicates, against the real servers (docs/GUARANTEES.md).
+
+Every window of the model has a test: a crash before the platform call, after it and before its record,
+after the record and before the SQS delete, and a duplicate batch. The crashes happen in this process, in a
+delivery service built from the platform's own adapters (real MongoDB, PostgreSQL, KMS and WhatsApp-format
+server); the re-run is the route function itself, through the local Lambda runtime. One test kills the route
+function's process while its platform call is under way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import uuid
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+
+from chat4all import bootstrap
+from chat4all.adapters import mongo as mongo_adapter
+from chat4all.adapters.aws import EventBridgePublisher
+from chat4all.adapters.mongo import MongoConversationStore, MongoEventOutbox, MongoMessageStore
+from chat4all.domain.commands import SendMessage
+from chat4all.domain.models import (
+    Conversation,
+    ConversationType,
+    Direction,
+    Message,
+    MessageStatus,
+    Platform,
+    Principal,
+    Role,
+    utcnow,
+)
+from chat4all.services.delivery import DeliveryService
+from chat4all.services.messages import MessageService
+from chat4all.services.notifications import EventBuffer, EventRelay
+from tests.fakes.in_memory import InMemoryEventPublisher, InMemoryOutboundQueue
+from tests.integration.test_message_path import send, wait_for_status
+from tests.support.waiting import alive, wait_until
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from chat4all.channels.base import ChannelConnector
+    from chat4all.domain.models import OutboundMessage, ProviderReceipt
+    from devstack.stack import LocalPlatform
+    from tests.integration.conftest import Api, WhatsAppSetup
+    from tests.support.fake_whatsapp import FakeWhatsApp
+
+ADMIN = Principal("test-admin", Role.ADMIN)
+
+
+class Crash(BaseException):
+    """The process dies here (BaseException: nothing on the way catches it, as nothing survives a SIGKILL)."""
+
+
+def store_without_enqueueing(setup: WhatsAppSetup, *contents: str) -> list[str]:
+    """Accept messages as ingest does, but keep their jobs off the route queue: the test decides who runs them."""
+    db = bootstrap.mongo()
+    service = MessageService(
+        MongoMessageStore(db),
+        MongoConversationStore(db),
+        bootstrap.users(),
+        InMemoryOutboundQueue(),
+        InMemoryEventPublisher(),
+    )
+    return [
+        service.accept(SendMessage(str(uuid.uuid4()), setup.conversation_id, setup.agent_id, content), ADMIN).message_id
+        for content in contents
+    ]
+
+
+def delivery_with(
+    connector: ChannelConnector | None = None, messages: MongoMessageStore | None = None
+) -> DeliveryService:
+    real = bootstrap.delivery_service()
+    return DeliveryService(
+        messages or real.messages,
+        real.conversations,
+        real.users,
+        real.channels,
+        {Platform.WHATSAPP: connector or real.connectors[Platform.WHATSAPP]},
+        InMemoryEventPublisher(),
+        send_margin=timedelta(0),  # the crashing runs here take short leases, so a re-run comes soon
+    )
+
+
+def route_job(message_id: str, conversation_id: str) -> None:
+    """Put a fresh job on the route queue, as the sweeper or a redrive does."""
+    bootstrap.outbound_queue().enqueue(message_id, conversation_id, dedupe_key=str(uuid.uuid4()))
+
+
+def sqs_event(message_id: str, conversation_id: str) -> dict[str, Any]:
+    """The route queue's record for a job, as Lambda's event source mapping hands it over."""
+    return {
+        "Records": [
+            {
+                "messageId": str(uuid.uuid4()),
+                "receiptHandle": f"not-a-handle-{uuid.uuid4().hex}",
+                "body": json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
+                "attributes": {"ApproximateReceiveCount": "1", "MessageGroupId": conversation_id},
+                "messageAttributes": {},
+                "md5OfBody": "",
+                "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:route.fifo",
+                "awsRegion": "us-east-1",
+            }
+        ]
+    }
+
+
+def status_of(api: Api, message_id: str) -> dict[str, Any]:
+    return dict(api.call("GET", f"/v1/messages/{message_id}").json())
+
+
+# ------------------------------------------------------------------------------------------------ order
+
+
+def test_many_concurrent_senders_on_one_conversation_in_order_without_gaps(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN 12 clients that start together, each sending 8 messages back to back into one conversation
+    setup = whatsapp_conversation
+    clients, each = 12, 8
+    barrier = threading.Barrier(clients)
+    accepted: list[dict[str, Any]] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client(n: int) -> None:
+        headers = {"Authorization": f"Bearer {platform.admin_api_key}"}
+        with httpx.Client(base_url=platform.api_url, headers=headers, timeout=60) as http:
+            barrier.wait()
+            for k in range(each):
+                body = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": f"c{n}-{k}"}
+                response = http.post("/v1/messages", json=body)
+                with lock:
+                    if response.status_code == 202:
+                        accepted.append({**response.json(), "content": body["content"]})
+                    else:
+                        failures.append(f"{response.status_code} {response.text}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(300)
+    assert failures == []
+    # THEN the sequences are 1..96 without a gap or a repeat, and the count is exact
+    total = clients * each
+    assert sorted(a["sequence"] for a in accepted) == list(range(1, total + 1))
+    conversation = api.call("GET", f"/v1/conversations/{setup.conversation_id}").json()
+    assert conversation["message_count"] == total
+    # AND the platform received every message once, in sequence order, whatever order the enqueues landed in
+    delivered = fake_whatsapp.wait_for(setup.customer_phone, total, timeout=240)
+    by_content = {a["content"]: a["sequence"] for a in accepted}
+    assert [by_content[r.body["text"]["body"]] for r in delivered] == list(range(1, total + 1))
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == total
+    # AND each client's own messages kept the order it sent them in
+    for n in range(clients):
+        mine = [by_content[f"c{n}-{k}"] for k in range(each)]
+        assert mine == sorted(mine)
+
+
+def test_jobs_enqueued_in_reverse_and_again_still_deliver_in_sequence_order(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN 6 stored messages whose jobs reach the route queue newest first, some of them twice
+    setup = whatsapp_conversation
+    ids = store_without_enqueueing(setup, *(f"r{n}" for n in range(1, 7)))
+    for message_id in [*reversed(ids), ids[3], ids[0]]:
+        route_job(message_id, setup.conversation_id)
+    # THEN the platform receives them once each, in sequence order
+    delivered = fake_whatsapp.wait_for(setup.customer_phone, 6)
+    assert [r.body["text"]["body"] for r in delivered] == [f"r{n}" for n in range(1, 7)]
+    for message_id in ids:
+        wait_for_status(api, message_id, "SENT")
+    time.sleep(2)  # the extra jobs were consumed by now; none sent anything again
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 6
+
+
+# ------------------------------------------------------------------------------------------------ windows
+
+
+class CrashingConnector:
+    """The real WhatsApp connector, with the process dying just before or just after its call."""
+
+    def __init__(self, real: ChannelConnector, *, after_call: bool) -> None:
+        self.real = real
+        self.after_call = after_call
+
+    def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
+        if not self.after_call:
+            raise Crash("died before the platform call")
+        self.real.send(credentials, message)
+        raise Crash("died after the platform call, before recording it")
+
+
+class CrashingBeforeTheAttempt(MongoMessageStore):
+    def begin_attempt(self, message_id: str, started_at: Any, lease_until: Any) -> int | None:
+        raise Crash("died before recording the attempt")
+
+
+def test_crash_before_the_attempt_is_recorded_then_the_rerun_sends_once(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    [message_id] = store_without_enqueueing(setup, "before the attempt")
+    crashing = delivery_with(messages=CrashingBeforeTheAttempt(bootstrap.mongo()))
+    with pytest.raises(Crash):
+        crashing.deliver_conversation(setup.conversation_id, utcnow() + timedelta(seconds=30))
+    assert fake_whatsapp.sent_to(setup.customer_phone) == []
+    route_job(message_id, setup.conversation_id)
+    wait_for_status(api, message_id, "SENT")
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+
+
+def test_crash_after_the_attempt_before_the_call_fails_it_as_unknown_with_no_call(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    first, second = store_without_enqueueing(setup, "attempt recorded, never called", "the next one")
+    real = bootstrap.delivery_service().connectors[Platform.WHATSAPP]
+    crashing = delivery_with(connector=CrashingConnector(real, after_call=False))  # type: ignore[arg-type]
+    with pytest.raises(Crash):
+        crashing.deliver_conversation(setup.conversation_id, utcnow() + timedelta(seconds=2))
+    # the re-run (the route function) waits out the dead invocation's lease, then settles without a call
+    route_job(first, setup.conversation_id)
+    status = wait_for_status(api, first, "FAILED")
+    assert status["history"][-1]["detail"].startswith("outcome unknown")
+    wait_for_status(api, second, "SENT")
+    assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == ["the next one"]
+
+
+def test_crash_after_the_call_before_its_record_is_one_call_and_failed_as_unknown(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    first, second = store_without_enqueueing(setup, "called, answer lost", "after it")
+    real = bootstrap.delivery_service().connectors[Platform.WHATSAPP]
+    crashing = delivery_with(connector=CrashingConnector(real, after_call=True))  # type: ignore[arg-type]
+    with pytest.raises(Crash):
+        crashing.deliver_conversation(setup.conversation_id, utcnow() + timedelta(seconds=2))
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+    route_job(first, setup.conversation_id)
+    status = wait_for_status(api, first, "FAILED")
+    assert status["history"][-1]["detail"].startswith("outcome unknown")
+    wait_for_status(api, second, "SENT")
+    # exactly one call for the first message (the one before the crash), one for the second
+    assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == [
+        "called, answer lost",
+        "after it",
+    ]
+
+
+def test_after_the_record_before_the_delete_the_record_again_sends_nothing(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN a message sent and recorded SENT, whose SQS record was not deleted (it comes again)
+    setup = whatsapp_conversation
+    accepted = send(api, setup, "recorded")
+    wait_for_status(api, accepted["message_id"], "SENT")
+    # WHEN the same record is handed to the route function again, twice
+    for _ in range(2):
+        result = platform.invoke("RouteFunction", sqs_event(accepted["message_id"], setup.conversation_id))
+        assert result.ok, result.payload
+        assert result.json() == {"batchItemFailures": []}
+    # THEN nothing is sent again and the status stays
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+    assert status_of(api, accepted["message_id"])["status"] == "SENT"
+
+
+def test_a_duplicate_batch_run_concurrently_is_one_platform_call(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN a stored message whose one record is delivered to four route invocations at once
+    setup = whatsapp_conversation
+    ids = store_without_enqueueing(setup, "d1", "d2", "d3")
+    event = sqs_event(ids[0], setup.conversation_id)
+    results: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def invoke() -> None:
+        barrier.wait()
+        results.append(platform.invoke("RouteFunction", event))
+
+    threads = [threading.Thread(target=invoke) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert all(result.ok for result in results), [r.payload for r in results]
+    # THEN each message reached the platform exactly once, in order (an invocation that found another's open
+    # attempt waited for it; the one that holds the conversation sends them all)
+    for message_id in ids:
+        wait_for_status(api, message_id, "SENT", timeout=60)
+    assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == ["d1", "d2", "d3"]
+
+
+def test_route_killed_during_the_platform_call_is_one_call_and_failed_as_unknown(
+    platform: LocalPlatform,
+    api: Api,
+    whatsapp_conversation: WhatsAppSetup,
+    fake_whatsapp: FakeWhatsApp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a platform that takes its time answering this recipient
+    setup = whatsapp_conversation
+    answer = fake_whatsapp._answer
+    entered, release = threading.Event(), threading.Event()
+
+    def slow_answer(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
+        if body.get("to") == setup.customer_phone:
+            entered.set()
+            release.wait(20)
+        return answer(path, body)
+
+    monkeypatch.setattr(fake_whatsapp, "_answer", slow_answer)
+    # WHEN the route function is SIGKILLed while its call is under way
+    accepted = send(api, setup, "killed mid-call")
+    wait_until(entered.is_set, what="the platform call")
+    assert platform.runtime is not None
+    killed = platform.runtime.container_pids().get("RouteFunction", [])
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not any(alive(pid) for pid in killed), what="the route containers' end")
+    release.set()
+    # AND the job comes again and again (SQS brings the killed batch back after its visibility timeout, 180 s;
+    # here it is handed to the route function directly, every second, as a redrive would)
+    deadline = time.monotonic() + 90
+    while status_of(api, accepted["message_id"])["status"] == "PENDING":
+        assert time.monotonic() < deadline, "the message stayed PENDING"
+        # (the first invocation may still meet a container the runtime has not yet seen die, as in Lambda)
+        platform.invoke("RouteFunction", sqs_event(accepted["message_id"], setup.conversation_id))
+        time.sleep(1)
+    # THEN the message is FAILED with its reason once the dead invocation's time is over, never sent again
+    status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
+    assert status["history"][-1]["detail"].startswith("outcome unknown")
+    time.sleep(1)
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+
+
+# ------------------------------------------------------------------------------------------------ duplicates
+
+
+def test_concurrent_duplicates_get_the_same_202_and_one_delivery(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    message_id = str(uuid.uuid4())
+    body = {
+        "message_id": message_id,
+        "conversation_id": setup.conversation_id,
+        "sender_id": setup.agent_id,
+        "content": "once",
+    }
+    copies = 8
+    barrier = threading.Barrier(copies)
+    answers: list[tuple[int, str]] = []
+
+    def post() -> None:
+        headers = {"Authorization": f"Bearer {platform.admin_api_key}"}
+        with httpx.Client(base_url=platform.api_url, headers=headers, timeout=60) as http:
+            barrier.wait()
+            response = http.post("/v1/messages", json=body)
+            answers.append((response.status_code, response.text))
+
+    threads = [threading.Thread(target=post) for _ in range(copies)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert {status for status, _ in answers} == {202}, answers
+    assert len({json.dumps(json.loads(text), sort_keys=True) for _, text in answers}) == 1
+    conflict = api.call("POST", "/v1/messages", json={**body, "content": "changed"})
+    assert conflict.status_code == 409
+    wait_for_status(api, message_id, "SENT")
+    time.sleep(1.5)
+    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+    history = api.call("GET", f"/v1/conversations/{setup.conversation_id}/messages").json()
+    assert [m["message_id"] for m in history["items"]] == [message_id]
+
+
+# ------------------------------------------------------------------------------------------------ outages
+
+
+@pytest.mark.parametrize("variable", ["MONGODB_URI", "DATABASE_URL"])
+def test_a_database_that_is_down_is_a_quick_503_and_recovers(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, variable: str
+) -> None:
+    # GIVEN the ingest function's database moved to a port where nothing listens (UpdateFunctionConfiguration)
+    setup = whatsapp_conversation
+    assert platform.runtime is not None
+    environment = platform.function_environment("IngestFunction")
+    real = environment[variable]
+    host = real.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    platform.runtime.update_function_environment(
+        "IngestFunction", {**environment, variable: real.replace(host, "127.0.0.1:9")}
+    )
+    body = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": "while down"}
+    try:
+        response = api.call("POST", "/v1/messages", json=body)
+    finally:
+        platform.runtime.update_function_environment("IngestFunction", environment)
+    # THEN the answer is a 503 problem, and the next request after the database is back is accepted
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 503
+    assert api.call("POST", "/v1/messages", json=body).status_code == 202
+
+
+# ------------------------------------------------------------------------------------------------ events
+
+
+class CountingEvents:
+    """The real EventBridge client, counting PutEvents calls."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.calls: list[int] = []
+
+    def put_events(self, **kwargs: Any) -> Any:
+        self.calls.append(len(kwargs["Entries"]))
+        return self.real.put_events(**kwargs)
+
+
+def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(platform: LocalPlatform) -> None:
+    # GIVEN the real bus (LocalStack) and the real outbox (MongoDB)
+    db = bootstrap.mongo()
+    outbox = MongoEventOutbox(db)
+    for outbox_id, _ in outbox.pending(1000):  # what other tests left
+        outbox.remove([outbox_id])
+    client = CountingEvents(bootstrap.aws_client("events"))
+    bus = EventBridgePublisher(client, bootstrap.settings().event_bus_name)
+    buffer = EventBuffer(bus, outbox)
+    run = uuid.uuid4().hex
+    # WHEN 23 events of one unit of work are flushed
+    for n in range(23):
+        buffer.publish("MessageSent", {"run": run, "n": n})
+    # THEN they go out in 3 PutEvents (10, 10, 3), and nothing is kept
+    assert buffer.flush() == 23
+    assert client.calls == [10, 10, 3]
+    assert outbox.pending(100) == []
+    # WHEN the bus cannot be reached (its endpoint moved to a port where nothing listens)
+    down = boto3.client(
+        "events",
+        endpoint_url="http://127.0.0.1:9",
+        region_name="us-east-1",
+        config=Config(connect_timeout=1, retries={"max_attempts": 1}),
+    )
+    refusing = EventBuffer(EventBridgePublisher(down, bootstrap.settings().event_bus_name), outbox)
+    for n in range(12):
+        refusing.publish("MessageSent", {"run": run, "n": n})
+    assert refusing.flush() == 0
+    # THEN every one is kept in MongoDB, and the relay publishes them to the real bus and empties the outbox
+    kept = outbox.pending(100)
+    assert sorted(event.detail["n"] for _, event in kept) == list(range(12))
+    relay = EventRelay(bus, outbox)
+    assert relay.publish_pending_events(limit=5) == 5
+    assert relay.publish_pending_events(limit=100) == 7
+    assert outbox.pending(100) == []
+    assert relay.publish_pending_events(limit=100) == 0
+
+
+def test_a_dependency_down_for_route_is_retried_then_failed_with_its_reason(
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN route's PostgreSQL down, and route giving up on a message after 4 s of unavailable dependencies
+    setup = whatsapp_conversation
+    assert platform.runtime is not None
+    environment = platform.function_environment("RouteFunction")
+    real = environment["DATABASE_URL"]
+    host = real.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
+    down = {**environment, "DATABASE_URL": real.replace(host, "127.0.0.1:9"), "DELIVERY_TROUBLE_SECONDS": "4"}
+    platform.runtime.update_function_environment("RouteFunction", down)
+    try:
+        # WHEN a message is sent
+        accepted = send(api, setup, "while PostgreSQL is down")
+        # THEN it is retried with back-off and ends FAILED with the reason, not PENDING for ever
+        status = wait_for_status(api, accepted["message_id"], "FAILED", timeout=60)
+    finally:
+        platform.runtime.update_function_environment("RouteFunction", environment)
+    assert "unavailable dependencies" in status["history"][-1]["detail"]
+    assert fake_whatsapp.sent_to(setup.customer_phone) == []
+    # AND once PostgreSQL is back, the conversation's next message goes out
+    after = send(api, setup, "after the outage")
+    wait_for_status(api, after["message_id"], "SENT")
+    assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == ["after the outage"]
+
+
+def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(platform: LocalPlatform) -> None:
+    # GIVEN a conversation whose messages 1..3 were stored before the counter moved with them, the counter at 1
+    db = bootstrap.mongo()
+    conversations, messages = MongoConversationStore(db), MongoMessageStore(db)
+    now = utcnow()
+    conversation = Conversation(str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 1, now, now)
+    conversations.add_conversation(conversation)
+    db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"last_sequence": 1}})
+
+    def message(n: int) -> Message:
+        return Message(
+            str(uuid.uuid4()), conversation.conversation_id, "someone", f"m{n}", None, Platform.WHATSAPP,
+            Direction.OUTBOUND, n, MessageStatus.PENDING, [], now, "",
+        )  # fmt: skip
+
+    for n in (1, 2, 3):
+        db.messages.insert_one(mongo_adapter._message_doc(message(n)))
+    # WHEN a message is stored through the adapter
+    stored = messages.add_message(message(0))
+    # THEN it takes the next free sequence, and the conversation's counter and count agree with the messages
+    assert stored is not None and stored.sequence == 4
+    again = conversations.get_conversation(conversation.conversation_id)
+    assert again is not None and again.message_count == 4
+    assert messages.add_message(stored) is None  # the same id again stores nothing

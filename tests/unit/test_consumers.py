@@ -1,0 +1,107 @@
+"""The route queue consumed per conversation: one job kept per waiting conversation, fresh jobs long before
+SQS's own redrive, back-off by receive count."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chat4all.consumers import REFRESH_AFTER_RECEIVES, consume_conversations, retry_delay
+from devstack.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Visibility:
+    def __init__(self) -> None:
+        self.postponed: list[tuple[str, int]] = []
+
+    def postpone(self, queue_url: str, receipt_handle: str, delay_seconds: int) -> None:
+        self.postponed.append((receipt_handle, delay_seconds))
+
+
+def record(conversation_id: str, message_id: str, receives: int = 1) -> dict[str, Any]:
+    sqs_id = str(uuid.uuid4())
+    return {
+        "messageId": sqs_id,
+        "receiptHandle": f"handle-{sqs_id}",
+        "body": json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
+        "attributes": {"ApproximateReceiveCount": str(receives), "MessageGroupId": conversation_id},
+    }
+
+
+def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> None:
+    # GIVEN a batch: two jobs of a waiting conversation, one of a finished one, one of a failing one, one bad
+    waiting = [record("a", "a1"), record("a", "a2")]
+    done = record("b", "b1")
+    failing = record("c", "c1", receives=3)
+    bad = {**record("d", "d1"), "body": "not json"}
+    worked: list[str] = []
+
+    def work(conversation_id: str) -> float | None:
+        worked.append(conversation_id)
+        if conversation_id == "c":
+            raise RuntimeError("MongoDB is unavailable")
+        return {"a": 2.5, "b": None}[conversation_id]
+
+    visibility = Visibility()
+    requeued: list[tuple[str, str, str]] = []
+    result = consume_conversations(
+        {"Records": [*waiting, done, failing, bad]},
+        work,
+        queue_url="q",
+        visibility=visibility,  # type: ignore[arg-type]
+        requeue=lambda *job: requeued.append(job),
+    )
+    # THEN each conversation was worked once
+    assert worked == ["a", "b", "c"]
+    # AND the waiting one keeps its first job only, back after its wait; the failing one backs off by its
+    # receive count; the bad record stays for the dead-letter queue; everything else is acknowledged
+    failed = [item["itemIdentifier"] for item in result["batchItemFailures"]]
+    assert sorted(failed) == sorted([bad["messageId"], waiting[0]["messageId"], failing["messageId"]])
+    assert sorted(visibility.postponed) == sorted([(waiting[0]["receiptHandle"], 3), (failing["receiptHandle"], 8)])
+    assert requeued == []
+
+
+def test_a_job_received_many_times_is_replaced_by_a_fresh_one() -> None:
+    old = record("a", "a1", receives=REFRESH_AFTER_RECEIVES)
+    visibility = Visibility()
+    requeued: list[tuple[str, str, str]] = []
+    result = consume_conversations(
+        {"Records": [old]},
+        lambda conversation_id: 5.0,
+        queue_url="q",
+        visibility=visibility,  # type: ignore[arg-type]
+        requeue=lambda *job: requeued.append(job),
+    )
+    assert result["batchItemFailures"] == []  # the old job goes, the fresh one carries on
+    assert [(m, c) for m, c, _ in requeued] == [("a1", "a")]
+    assert requeued[0][2] != "a1"  # a new deduplication id: SQS would drop a repeat of the old one
+    assert visibility.postponed == []
+
+
+def test_a_job_stays_when_it_cannot_be_replaced() -> None:
+    old = record("a", "a1", receives=REFRESH_AFTER_RECEIVES + 1)
+
+    def broken_requeue(*job: str) -> None:
+        raise RuntimeError("SQS is unavailable")
+
+    visibility = Visibility()
+    result = consume_conversations(
+        {"Records": [old]}, lambda c: 5.0, queue_url="q", visibility=visibility, requeue=broken_requeue
+    )  # type: ignore[arg-type]
+    assert [item["itemIdentifier"] for item in result["batchItemFailures"]] == [old["messageId"]]
+    assert visibility.postponed == [(old["receiptHandle"], 5)]
+
+
+@pytest.mark.parametrize("queue", ["RouteQueue", "StatusQueue"])
+def test_sqs_redrive_is_far_above_what_the_consumers_spend(queue: str) -> None:
+    # a job is replaced after REFRESH_AFTER_RECEIVES receives; a status report backs off up to a minute
+    resources = load_template(ROOT / "template.yaml")["Resources"]
+    max_receives = resources[queue]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    assert max_receives >= 4 * REFRESH_AFTER_RECEIVES
+    assert sum(retry_delay(n) for n in range(1, max_receives)) > 3600  # over an hour of back-off
