@@ -299,6 +299,19 @@ def stored_messages(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return found
 
 
+def confirm_missing(plan: dict[str, Any], stored: dict[str, dict[str, Any]], wanted: list[str]) -> None:
+    """Look up by id what the history pages did not list: a message stored but missing from its conversation's
+    history is a listing fault, not a lost message."""
+    headers = {"Authorization": f"Bearer {plan['admin_key']}"}
+    with httpx.Client(base_url=plan["api_url"], headers=headers, timeout=REQUEST_TIMEOUT_SECONDS) as api:
+        for message_id in wanted:
+            if message_id in stored:
+                continue
+            response = api.get(f"/v1/messages/{message_id}")
+            if response.status_code == 200:
+                stored[message_id] = {**response.json(), "missing_from_history": True}
+
+
 def wait_for_drain(plan: dict[str, Any], accepted: list[dict[str, Any]], timeout: float) -> tuple[bool, float]:
     """Until no accepted message is PENDING; (drained, when)."""
     wanted = {a["message_id"] for a in accepted}
@@ -360,7 +373,10 @@ def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sen
             figures["sent_twice"] += 1
             examples["sent_twice"].append(message_id)
         if kind not in {"delivered", "failed"}:
-            examples[kind].append(message_id)
+            examples[kind].append(f"{message_id} (platform 2xx: {at_platform})")
+        if (stored.get(message_id) or {}).get("missing_from_history"):
+            figures["missing_from_history"] += 1
+            examples["missing_from_history"].append(message_id)
     gave_up_stored = sum(1 for body in sent.gave_up if body["message_id"] in stored)
     return {
         "accepted": len(sent.accepted),
@@ -373,6 +389,7 @@ def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sen
         "failed_without_reason": figures["failed_without_reason"],
         "failed_but_delivered": figures["failed_but_delivered"],
         "sent_but_not_at_platform": figures["sent_but_not_at_platform"],
+        "missing_from_history": figures["missing_from_history"],
         "client_gave_up": len(sent.gave_up),
         "rejected": len(sent.rejected),
         "client_gave_up_but_stored": gave_up_stored,
@@ -410,6 +427,7 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
             drained, drained_at = wait_for_drain(plan, sent.accepted, options.drain_timeout_seconds)
             time.sleep(5.0)  # a send still in flight at the platform is counted too
             stored = stored_messages(plan)
+            confirm_missing(plan, stored, [a["message_id"] for a in sent.accepted])
             result = check(whatsapp, stored, sent)
             result |= {
                 "drained": drained,
@@ -428,7 +446,8 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     figures = (
         "accepted delivered failed lost sent_twice out_of_order stuck_pending failed_without_reason "
-        "failed_but_delivered sent_but_not_at_platform client_gave_up client_gave_up_but_stored rejected"
+        "failed_but_delivered sent_but_not_at_platform missing_from_history client_gave_up client_gave_up_but_stored "
+        "rejected"
     ).split()
     lines = ["| figure | count |", "| --- | --- |", *(f"| {name} | {result[name]} |" for name in figures)]
     lines.append(f"| time to drain after the last fault | {result['drain_seconds_after_last_fault']} s |")

@@ -58,14 +58,11 @@ def test_every_accepted_message_is_stored_and_ends_sent_or_failed_with_a_reason(
     assert figures["drained"], figures
     assert figures["accepted"] == 300 and figures["client_gave_up"] == figures["rejected"] == 0, figures
     assert figures["delivered"] + figures["failed"] == figures["accepted"], figures
-    for hole in ("lost", "stuck_pending", "failed_without_reason", "failed_but_delivered", "sent_but_not_at_platform"):
+    holes = ("lost", "stuck_pending", "failed_without_reason", "failed_but_delivered", "sent_but_not_at_platform")
+    for hole in (*holes, "missing_from_history"):
         assert figures[hole] == 0, (hole, figures)
 
 
-# Order per conversation and exactly one platform call under these faults need the message path's rework
-# (ordering per conversation, attempt before the call and receipt after it) on the `delivery` branch: seen
-# here before it landed, 4 of 300 out of order, 0 sent twice. Remove the mark once both branches are merged.
-@pytest.mark.xfail(reason="ordering and exactly-once under faults land with the delivery branch", strict=False)
 def test_every_delivered_message_reached_the_platform_once_and_in_order(figures: dict[str, Any]) -> None:
     assert figures["sent_twice"] == 0, figures["examples"]
     assert figures["out_of_order"] == 0, figures["examples"]
