@@ -79,6 +79,29 @@ def whatsapp_webhook() -> Response[str]:
     return json_response(200, {"received": len(events)})
 
 
+@app.post("/webhooks/telegram")
+def telegram_webhook() -> Response[str]:
+    body = raw_body(app.current_event, settings.max_body_bytes)
+    events = bootstrap.webhook_service().receive(Platform.TELEGRAM, app.current_event.headers, body)
+    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
+    return json_response(200, {"received": len(events)})
+
+
+@app.get("/webhooks/instagram")
+def instagram_subscription() -> Response[str]:
+    params = app.current_event.query_string_parameters or {}
+    challenge = bootstrap.webhook_service().subscription_challenge(Platform.INSTAGRAM, params)
+    return Response(status_code=200, content_type="text/plain", body=challenge)
+
+
+@app.post("/webhooks/instagram")
+def instagram_webhook() -> Response[str]:
+    body = raw_body(app.current_event, settings.max_body_bytes)
+    events = bootstrap.webhook_service().receive(Platform.INSTAGRAM, app.current_event.headers, body)
+    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
+    return json_response(200, {"received": len(events)})
+
+
 @app.get("/health")
 def health() -> Response[str]:
     report = bootstrap.health_monitor().report()

@@ -34,6 +34,7 @@ class StatusReportDetail(BaseModel):
     status: MessageStatus
     at: datetime
     detail: str | None = None
+    channel_id: str | None = None
 
 
 class ChannelStatusEvent(BaseModel):

@@ -200,7 +200,8 @@ def sqs_visibility() -> SqsVisibility:
 
 @lru_cache
 def status_service() -> StatusService:
-    return StatusService(MongoMessageStore(mongo()), event_buffer())
+    db = mongo()
+    return StatusService(MongoMessageStore(db), event_buffer(), MongoConversationStore(db))
 
 
 @lru_cache

@@ -138,6 +138,18 @@ class ChannelRepository(ABC):
     def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
         """Enabled channels of a platform without their credentials, oldest first."""
 
+    @abstractmethod
+    def channel_for_account(self, platform: Platform, account_id: str) -> ChannelConfig | None:
+        """The enabled channel of the platform account a webhook names (decrypting that channel only), or None."""
+
+    @abstractmethod
+    def channel_for_webhook_secret(self, platform: Platform, secret_digest: str) -> ChannelConfig | None:
+        """The enabled channel whose webhook secret has this SHA-256 hex digest (Telegram), or None."""
+
+    @abstractmethod
+    def backfill_webhook_keys(self, platform: Platform | None = None) -> int:
+        """Give channels stored before webhook keys existed their account and secret digest; returns how many."""
+
 
 class ApiKeyRepository(ABC):
     """API keys, stored as hashes only (PostgreSQL)."""
@@ -165,10 +177,6 @@ class ConversationStore(ABC):
     def get_conversation(self, conversation_id: str) -> Conversation | None: ...
 
     @abstractmethod
-    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
-        """The conversation with the newest activity that `user_id` takes part in on `platform`."""
-
-    @abstractmethod
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         """True when some conversation has both users among its participants."""
 
@@ -187,17 +195,26 @@ class ConversationStore(ABC):
         """Up to `limit` conversations (of `participant`, or all) older in (last_activity_at, id) than `before`,
         newest activity first."""
 
+    @abstractmethod
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        """The one-to-one conversation with the newest activity that `user_id` takes part in on the channel."""
+
+    @abstractmethod
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        """Store a new conversation; False (storing nothing) when one with its id exists already."""
+
 
 class MessageStore(ABC):
     """Messages and their status history (MongoDB)."""
 
     @abstractmethod
-    def add_message(self, message: Message) -> Message | None:
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         """Store a new message as the next of its conversation; None when a message with that id exists already.
 
         The sequence (`message.sequence` is ignored) and the conversation's `message_count` and activity are
         written atomically with the message: sequences are gap-free and the count exact, whoever sends at once.
-        Returns the message as stored.
+        Returns the message as stored. `events` (here and below) are kept on the message with the change they
+        report, in the same write, until EventOutbox.published forgets them.
         """
 
     @abstractmethod
@@ -223,7 +240,15 @@ class MessageStore(ABC):
         (settled, or another invocation holds an attempt)."""
 
     @abstractmethod
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         """The platform's receipt for `attempt`: SENT with its platform id, attempt closed. True when recorded
         as that attempt's outcome; False when the attempt had been settled meanwhile (the id is kept all the
         same, so status webhooks still find the message)."""
@@ -238,7 +263,14 @@ class MessageStore(ABC):
         `troubled_since` (kept from the first time)."""
 
     @abstractmethod
-    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         """FAILED with the reason in `entry`, closing `attempt` (or requiring none open when None).
         False when the message was settled already or the attempt is not the open one."""
 
@@ -250,8 +282,9 @@ class MessageStore(ABC):
         *,
         platform_message_id: str | None = None,
         dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
     ) -> bool:
-        """Record `entry` in the history and move the status when it is a forward move.
+        """Record `entry` in the history and move the status when it is a forward move (keeping `events` then).
 
         Returns True when the current status changed. A report whose `dedupe_key` was applied before
         changes nothing at all.
@@ -292,14 +325,20 @@ class EventPublisher(ABC):
 
 
 class EventOutbox(ABC):
-    """Events the bus did not take, kept (MongoDB) until they are published."""
+    """Events not published yet (MongoDB): on their message, written with the change, or in an outbox."""
 
     @abstractmethod
-    def keep(self, events: Sequence[DomainEvent]) -> None: ...
+    def keep(self, events: Sequence[DomainEvent]) -> None:
+        """Keep events the bus did not take (those about a message are kept on it already)."""
+
+    @abstractmethod
+    def published(self, events: Sequence[DomainEvent]) -> None:
+        """Forget events the bus took, wherever they are kept."""
 
     @abstractmethod
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
-        """Up to `limit` kept events, oldest first, each with its outbox id."""
+        """Up to `limit` kept events, each with its outbox id; an event on a message only once it is older than
+        the live path's chance to publish it."""
 
     @abstractmethod
     def remove(self, outbox_ids: Sequence[str]) -> None: ...

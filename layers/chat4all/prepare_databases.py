@@ -15,10 +15,18 @@ import sys
 from dataclasses import dataclass
 
 from chat4all import bootstrap
+from chat4all.adapters.aws import KmsCredentialCipher
 from chat4all.adapters.mongo import ensure_indexes
-from chat4all.adapters.postgres import PostgresApiKeyRepository, PostgresDatabase, migrate, set_app_role_password
+from chat4all.adapters.postgres import (
+    PostgresApiKeyRepository,
+    PostgresChannelRepository,
+    PostgresDatabase,
+    migrate,
+    set_app_role_password,
+)
 from chat4all.adapters.recovery import ensure_recovery_indexes
 from chat4all.config import APP_ROLE
+from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.services.identity import ensure_admin_key
 
 
@@ -38,11 +46,29 @@ def prepare_databases(
             set_app_role_password(owner, app_password)
         ensure_indexes(bootstrap.mongo())
         ensure_recovery_indexes(bootstrap.mongo())
+        backfill_channel_keys(owner)
         if admin_api_key:
             ensure_admin_key(PostgresApiKeyRepository(owner), admin_api_key)
     finally:
         owner.close()
     return SetupReport(applied, bool(admin_api_key))
+
+
+def backfill_channel_keys(owner: PostgresDatabase) -> int:
+    """Give channels stored before migration 0003 their webhook lookup keys, decrypting them with KMS.
+
+    Best effort: without a key configured or with KMS unreachable it does nothing, and the first webhook that
+    misses backfills instead (WebhookService). Returns how many channels were filled.
+    """
+    key_id = bootstrap.settings().credentials_key_id
+    if not key_id:
+        return 0
+    channels = PostgresChannelRepository(owner, KmsCredentialCipher(bootstrap.aws_client("kms"), key_id))
+    try:
+        return channels.backfill_webhook_keys()
+    except DependencyUnavailableError as exc:
+        print(f"channel webhook keys not backfilled now ({exc.detail}); the first webhook will", file=sys.stderr)
+        return 0
 
 
 def main() -> int:

@@ -6,6 +6,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.contact import email_key, phones_of
+from chat4all.domain.credentials import channel_keys
 from chat4all.domain.errors import (
     ConflictError,
     CredentialsUnreadableError,
@@ -16,6 +17,7 @@ from chat4all.domain.models import (
     ChannelInfo,
     ChannelRef,
     Conversation,
+    ConversationType,
     DeliveryAttempt,
     Direction,
     DomainEvent,
@@ -125,8 +127,18 @@ class InMemoryChannelRepository(ChannelRepository):
         self.unavailable = False  # KMS or PostgreSQL down
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
+        self._refuse_taken(channel.channel_id, channel.platform, channel.credentials)
         self.channels[channel.channel_id] = channel
         self.audit.append(audit)
+
+    def _refuse_taken(self, channel_id: str, platform: Platform, credentials: dict[str, str]) -> None:
+        account, digest = _keys(platform, credentials)
+        for other in self.channels.values():
+            if other.channel_id == channel_id or other.platform != platform:
+                continue
+            other_account, other_digest = _keys(other.platform, other.credentials)
+            if (account is not None and other_account == account) or (digest is not None and other_digest == digest):
+                raise ConflictError(f"another {platform} channel has this account")
 
     def get_channel(self, channel_id: str) -> ChannelConfig | None:
         if self.unavailable:
@@ -166,6 +178,8 @@ class InMemoryChannelRepository(ChannelRepository):
             raise NotFoundError(f"channel {channel_id} not found")
         before = _info(channel)
         after = change(before)
+        if credentials is not None:
+            self._refuse_taken(channel_id, channel.platform, credentials)
         self.channels[channel_id] = dataclasses.replace(
             channel,
             name=after.name,
@@ -182,6 +196,29 @@ class InMemoryChannelRepository(ChannelRepository):
         if channel is None:
             raise NotFoundError(f"channel {channel_id} not found")
         self.audit.append(audit(_info(channel)))
+
+    def channel_for_account(self, platform: Platform, account_id: str) -> ChannelConfig | None:
+        return self._enabled_where(platform, lambda c: _keys(platform, c.credentials)[0] == account_id)
+
+    def channel_for_webhook_secret(self, platform: Platform, secret_digest: str) -> ChannelConfig | None:
+        return self._enabled_where(platform, lambda c: _keys(platform, c.credentials)[1] == secret_digest)
+
+    def _enabled_where(self, platform: Platform, match: Callable[[ChannelConfig], bool]) -> ChannelConfig | None:
+        for channel in self.channels.values():
+            if channel.platform == platform and channel.enabled and match(channel):
+                return self.get_channel(channel.channel_id)
+        return None
+
+    def backfill_webhook_keys(self, platform: Platform | None = None) -> int:
+        return 0  # keys are derived from the credentials on every lookup here
+
+
+def _keys(platform: Platform, credentials: dict[str, str]) -> tuple[str | None, str | None]:
+    """The channel's webhook keys; none for the partial credentials some unit tests give their channels."""
+    try:
+        return channel_keys(platform, credentials)
+    except KeyError:
+        return None, None
 
 
 def _info(channel: ChannelConfig) -> ChannelInfo:
@@ -225,14 +262,6 @@ class InMemoryConversationStore(ConversationStore):
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         return self.conversations.get(conversation_id)
-
-    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
-        mine = [
-            c
-            for c in self.conversations.values()
-            if c.primary_channel == platform and c.participant(user_id) is not None
-        ]
-        return max(mine, key=lambda c: c.last_activity_at, default=None)
 
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
         return any(
@@ -283,16 +312,34 @@ class InMemoryConversationStore(ConversationStore):
         found.sort(key=lambda c: (c.last_activity_at, c.conversation_id), reverse=True)
         return found[:limit]
 
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        mine = [
+            c
+            for c in self.conversations.values()
+            if c.channel_id == channel_id
+            and c.conversation_type is ConversationType.ONE_TO_ONE
+            and c.participant(user_id) is not None
+        ]
+        return max(mine, key=lambda c: c.last_activity_at, default=None)
+
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        if conversation.conversation_id in self.conversations:
+            return False
+        self.add_conversation(conversation)
+        return True
+
 
 class InMemoryMessageStore(MessageStore):
     def __init__(self, conversations: InMemoryConversationStore | None = None) -> None:
         self.conversations = conversations or InMemoryConversationStore()
         self.messages: dict[str, Message] = {}
         self.applied: set[str] = set()
+        self.kept_events: list[DomainEvent] = []  # events written with their change
 
-    def add_message(self, message: Message) -> Message | None:
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         if message.message_id in self.messages:
             return None
+        self.kept_events.extend(events)
         sequence = self.conversations.next_sequence(message.conversation_id, message.created_at)
         stored = dataclasses.replace(message, sequence=sequence)
         self.messages[message.message_id] = stored
@@ -346,10 +393,19 @@ class InMemoryMessageStore(MessageStore):
             return message.in_flight is None
         return message.in_flight is not None and message.in_flight.number == attempt
 
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         if not self._open(message_id, attempt):
             self.append_status(message_id, entry, platform_message_id=platform_message_id)
             return False
+        self.kept_events.extend(events)
         message = self.messages[message_id]
         self._replace(
             message_id,
@@ -374,10 +430,18 @@ class InMemoryMessageStore(MessageStore):
         since = min(troubled_since, message.troubled_since or troubled_since)
         self._replace(message_id, retry_at=retry_at, troubled_since=since, troubles=message.troubles + 1)
 
-    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         message = self.messages[message_id]
         if message.status is not MessageStatus.PENDING or not self._open(message_id, attempt):
             return False
+        self.kept_events.extend(events)
         self._replace(
             message_id,
             status=MessageStatus.FAILED,
@@ -398,6 +462,7 @@ class InMemoryMessageStore(MessageStore):
         *,
         platform_message_id: str | None = None,
         dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
     ) -> bool:
         if dedupe_key is not None and dedupe_key in self.applied:
             return False
@@ -409,6 +474,7 @@ class InMemoryMessageStore(MessageStore):
         if platform_message_id is not None:
             changes["platform_message_id"] = platform_message_id
         if moved:
+            self.kept_events.extend(events)
             changes["status"] = entry.status
             if entry.status is MessageStatus.FAILED:
                 changes["error"] = entry.detail
@@ -439,6 +505,10 @@ class InMemoryEventOutbox(EventOutbox):
     def keep(self, events: Sequence[DomainEvent]) -> None:
         for event in events:
             self.kept[f"e{len(self.kept) + 1}-{id(event)}"] = event
+
+    def published(self, events: Sequence[DomainEvent]) -> None:
+        gone = {id(event) for event in events}
+        self.kept = {key: event for key, event in self.kept.items() if id(event) not in gone}
 
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
         return list(self.kept.items())[:limit]

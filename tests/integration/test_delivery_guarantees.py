@@ -44,7 +44,7 @@ from chat4all.services.messages import MessageService
 from chat4all.services.notifications import EventBuffer, EventRelay
 from tests.fakes.in_memory import InMemoryEventPublisher, InMemoryOutboundQueue
 from tests.integration.test_message_path import send, wait_for_status
-from tests.support.waiting import alive, wait_until
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -324,25 +324,30 @@ def test_route_killed_during_the_platform_call_is_one_call_and_failed_as_unknown
         return answer(path, body)
 
     monkeypatch.setattr(fake_whatsapp, "_answer", slow_answer)
-    # WHEN the route function is SIGKILLed while its call is under way
-    accepted = send(api, setup, "killed mid-call")
+    # WHEN the route function, invoked with the message's job, is SIGKILLed while its call is under way (the job
+    # is handed over directly: a batch killed in SQS's hands would come back only after the queue's 180 s
+    # visibility timeout, and LocalStack then also holds back other groups' postponed records)
+    [message_id] = store_without_enqueueing(setup, "killed mid-call")
+    event = sqs_event(message_id, setup.conversation_id)
+    results: list[Any] = []
+    invocation = threading.Thread(target=lambda: results.append(platform.invoke("RouteFunction", event)))
+    invocation.start()
     wait_until(entered.is_set, what="the platform call")
     assert platform.runtime is not None
     killed = platform.runtime.container_pids().get("RouteFunction", [])
     for pid in killed:
         os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not any(alive(pid) for pid in killed), what="the route containers' end")
+    invocation.join(30)
+    assert [r.error_type for r in results] == ["Runtime.ExitError"]
     release.set()
-    # AND the job comes again and again (SQS brings the killed batch back after its visibility timeout, 180 s;
-    # here it is handed to the route function directly, every second, as a redrive would)
+    # AND the job comes again and again, as SQS's redelivery or a redrive would bring it
     deadline = time.monotonic() + 90
-    while status_of(api, accepted["message_id"])["status"] == "PENDING":
+    while status_of(api, message_id)["status"] == "PENDING":
         assert time.monotonic() < deadline, "the message stayed PENDING"
-        # (the first invocation may still meet a container the runtime has not yet seen die, as in Lambda)
-        platform.invoke("RouteFunction", sqs_event(accepted["message_id"], setup.conversation_id))
+        assert platform.invoke("RouteFunction", event).ok
         time.sleep(1)
     # THEN the message is FAILED with its reason once the dead invocation's time is over, never sent again
-    status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
+    status = api.call("GET", f"/v1/messages/{message_id}/status").json()
     assert status["history"][-1]["detail"].startswith("outcome unknown")
     time.sleep(1)
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
@@ -426,18 +431,19 @@ class CountingEvents:
     def __init__(self, real: Any) -> None:
         self.real = real
         self.calls: list[int] = []
+        self.entries: list[list[dict[str, Any]]] = []
 
     def put_events(self, **kwargs: Any) -> Any:
         self.calls.append(len(kwargs["Entries"]))
+        self.entries.append(kwargs["Entries"])
         return self.real.put_events(**kwargs)
 
 
 def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(platform: LocalPlatform) -> None:
     # GIVEN the real bus (LocalStack) and the real outbox (MongoDB)
     db = bootstrap.mongo()
-    outbox = MongoEventOutbox(db)
-    for outbox_id, _ in outbox.pending(1000):  # what other tests left
-        outbox.remove([outbox_id])
+    outbox = MongoEventOutbox(db, relay_after=timedelta(days=1))  # events kept on messages: the next test
+    outbox.remove([outbox_id for outbox_id, _ in outbox.pending(1000)])  # what other tests left
     client = CountingEvents(bootstrap.aws_client("events"))
     bus = EventBridgePublisher(client, bootstrap.settings().event_bus_name)
     buffer = EventBuffer(bus, outbox)
@@ -520,3 +526,47 @@ def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(pla
     again = conversations.get_conversation(conversation.conversation_id)
     assert again is not None and again.message_count == 4
     assert messages.add_message(stored) is None  # the same id again stores nothing
+
+
+def test_events_kept_on_messages_by_a_process_that_died_are_published_by_the_relay(
+    platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup
+) -> None:
+    # GIVEN messages accepted by a process that died before publishing their events (its flush never ran)
+    setup = whatsapp_conversation
+    ids = store_without_enqueueing(setup, "e1", "e2", "e3")
+    db = bootstrap.mongo()
+    kept = {doc["_id"]: doc["pending_events"] for doc in db.messages.find({"_id": {"$in": ids}})}
+    assert {message_id: [e["detail_type"] for e in events] for message_id, events in kept.items()} == {
+        message_id: ["MessageAccepted"] for message_id in ids
+    }
+    # WHEN the relay runs (here without the grace it gives the live path)
+    client = CountingEvents(bootstrap.aws_client("events"))
+    relay = EventRelay(
+        EventBridgePublisher(client, bootstrap.settings().event_bus_name),
+        MongoEventOutbox(db, relay_after=timedelta(0)),
+    )
+    published = 0
+    while batch := relay.publish_pending_events(limit=50):
+        published += batch
+    # THEN the bus got them (with the time of the change, not of publishing), and nothing is kept any more
+    sent = [json.loads(entry["Detail"]) for call in client.entries for entry in call]
+    mine = [d for d in sent if d["message_id"] in ids]
+    assert sorted(d["message_id"] for d in mine) == sorted(ids)
+    assert {d["status"] for d in mine} == {"PENDING"}
+    assert all(d["at"] == kept[d["message_id"]][0]["detail"]["at"] for d in mine)
+    assert published >= 3
+    assert [doc.get("pending_events") for doc in db.messages.find({"_id": {"$in": ids}})] == [[], [], []]
+
+
+def test_the_live_path_forgets_the_events_it_published(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # a message sent through the whole platform: its MessageAccepted and MessageSent events were published
+    # by ingest and route, and are no longer kept on it
+    setup = whatsapp_conversation
+    accepted = send(api, setup, "events")
+    wait_for_status(api, accepted["message_id"], "SENT")
+    wait_until(
+        lambda: bootstrap.mongo().messages.find_one({"_id": accepted["message_id"]})["pending_events"] == [],
+        what="the published events forgotten",
+    )

@@ -25,6 +25,8 @@ class FakeInstagram:
     def __init__(self, port: int = 0) -> None:
         self.accounts: dict[str, str] = {}  # access token -> ig_user_id
         self.calls: list[tuple[str, str, dict[str, str], dict[str, Any]]] = []  # (method, path, headers, body)
+        self.sent: list[tuple[str, str, str]] = []  # messages accepted: (recipient id, text, message_id)
+        self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # recipient id -> scripted answers
         self._lock = threading.Lock()
         fake = self
 
@@ -39,7 +41,7 @@ class FakeInstagram:
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 with fake._lock:
                     fake.calls.append((self.command, self.path, headers, body if isinstance(body, dict) else {}))
-                status, reply = fake._answer(self.command, self.path, headers)
+                status, reply = fake._answer(self.command, self.path, headers, body if isinstance(body, dict) else {})
                 payload = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -61,7 +63,9 @@ class FakeInstagram:
         with self._lock:
             self.accounts[access_token] = ig_user_id
 
-    def _answer(self, method: str, target: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+    def _answer(
+        self, method: str, target: str, headers: dict[str, str], body: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
         url = urlsplit(target)
         token = headers.get("authorization", "").removeprefix("Bearer ").strip()
         token = token or parse_qs(url.query).get("access_token", [""])[0]
@@ -73,12 +77,81 @@ class FakeInstagram:
         if method == "GET" and path == "/me":
             return 200, {"user_id": ig_user_id, "username": f"chat4all_{ig_user_id}", "id": f"app-{ig_user_id}"}
         if method == "POST" and path == f"/{ig_user_id}/messages":
-            return 200, {"recipient_id": "recipient", "message_id": f"aWdf{uuid.uuid4().hex}"}
+            recipient, message = body.get("recipient"), body.get("message")
+            if not isinstance(recipient, dict) or not isinstance(message, dict) or not message.get("text"):
+                return 400, {"error": {"message": "(#100) Invalid parameter", "type": "IGApiException", "code": 100}}
+            with self._lock:
+                queue = self._failures.get(str(recipient.get("id")))
+                failure = queue.pop(0) if queue else None
+            if failure is not None:
+                return failure
+            mid = f"aWdf{uuid.uuid4().hex}"
+            with self._lock:
+                self.sent.append((str(recipient.get("id")), str(message["text"]), mid))
+            return 200, {"recipient_id": recipient.get("id"), "message_id": mid}
         return 400, {"error": {"message": "Unsupported request", "type": "IGApiException", "code": 100}}
+
+    def fail_next(self, recipient: str, *failures: tuple[int, dict[str, Any]]) -> None:
+        """The next sends to `recipient` answer with these (status, body) pairs, in order."""
+        with self._lock:
+            self._failures.setdefault(recipient, []).extend(failures)
+
+    def sent_to(self, recipient: str) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return [s for s in self.sent if s[0] == recipient]
 
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+SERVER_ERROR = (500, {"error": {"message": "An unexpected error has occurred.", "type": "OAuthException", "code": 2}})
+
+
+def _envelope(ig_user_id: str, item: dict[str, Any]) -> bytes:
+    payload = {
+        "object": "instagram",
+        "entry": [{"id": ig_user_id, "time": int(time.time() * 1000), "messaging": [item]}],
+    }
+    return json.dumps(payload).encode()
+
+
+def messaging_webhook(
+    ig_user_id: str,
+    sender: str,
+    mid: str,
+    *,
+    text: str | None = None,
+    attachment: str | None = None,
+    timestamp_ms: int | None = None,
+) -> bytes:
+    """An Instagram messaging webhook body with one message (entry[].messaging[].message)."""
+    message: dict[str, Any] = {"mid": mid}
+    if text is not None:
+        message["text"] = text
+    if attachment is not None:
+        message["attachments"] = [{"type": attachment, "payload": {"url": f"https://lookaside.example/{mid}"}}]
+    if sender == ig_user_id:
+        message["is_echo"] = True
+    recipient = "9001" if sender == ig_user_id else ig_user_id
+    item = {
+        "sender": {"id": sender},
+        "recipient": {"id": recipient},
+        "timestamp": timestamp_ms or int(time.time() * 1000),
+        "message": message,
+    }
+    return _envelope(ig_user_id, item)
+
+
+def read_webhook(ig_user_id: str, reader: str, mid: str, *, timestamp_ms: int | None = None) -> bytes:
+    """An Instagram messaging webhook body saying `reader` has read our message `mid` (messaging[].read)."""
+    item = {
+        "sender": {"id": reader},
+        "recipient": {"id": ig_user_id},
+        "timestamp": timestamp_ms or int(time.time() * 1000),
+        "read": {"mid": mid},
+    }
+    return _envelope(ig_user_id, item)
 
 
 if __name__ == "__main__":

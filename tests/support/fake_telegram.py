@@ -25,7 +25,8 @@ class FakeTelegram:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []  # (token, method, body)
         self.refused_tokens: set[str] = set()
         self._lock = threading.Lock()
-        self._next_message_id = 1
+        self._next_message_id: dict[str, int] = {}
+        self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # chat id -> scripted answers
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,12 +79,41 @@ class FakeTelegram:
                 },
             }
         if method == "sendMessage":
-            with self._lock:
-                message_id, self._next_message_id = self._next_message_id, self._next_message_id + 1
-            chat = {"id": body.get("chat_id"), "type": "private"}
-            result = {"message_id": message_id, "date": int(time.time()), "chat": chat, "text": body.get("text")}
-            return 200, {"ok": True, "result": result}
+            return self._send_message(body)
         return 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
+
+    def _send_message(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            queue = self._failures.get(str(body.get("chat_id")))
+            failure = queue.pop(0) if queue else None
+        if failure is not None:
+            return failure
+        if "chat_id" not in body:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat_id is empty"}
+        if not isinstance(body.get("text"), str) or not body["text"]:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"}
+        chat_id = body["chat_id"]
+        with self._lock:  # as Telegram numbers them: per chat, so two chats both have a message 1
+            message_id = self._next_message_id.get(str(chat_id), 1)
+            self._next_message_id[str(chat_id)] = message_id + 1
+        chat = {"id": chat_id, "type": "private"}
+        result = {"message_id": message_id, "date": int(time.time()), "chat": chat, "text": body.get("text")}
+        return 200, {"ok": True, "result": result}
+
+    def incoming(self, chat_id: int, update_id: int, **message: Any) -> tuple[int, bytes]:
+        """A person's message in their chat with the bot, as the Update Telegram would post to the webhook.
+
+        Telegram numbers a chat's messages in one sequence, both directions: this takes the next number.
+        """
+        with self._lock:
+            message_id = self._next_message_id.get(str(chat_id), 1)
+            self._next_message_id[str(chat_id)] = message_id + 1
+        return message_id, update(update_id, chat_id=chat_id, message_id=message_id, **message)
+
+    def fail_next(self, chat_id: int, *failures: tuple[int, dict[str, Any]]) -> None:
+        """The next sendMessage calls to the chat answer with these (status, body) pairs, in order."""
+        with self._lock:
+            self._failures.setdefault(str(chat_id), []).extend(failures)
 
     def called(self, method: str) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
@@ -92,6 +122,54 @@ class FakeTelegram:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+TOO_MANY_REQUESTS = (
+    429,
+    {
+        "ok": False,
+        "error_code": 429,
+        "description": "Too Many Requests: retry after 1",
+        "parameters": {"retry_after": 1},
+    },
+)
+BOT_BLOCKED = (403, {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"})
+
+
+def update(
+    update_id: int,
+    *,
+    chat_id: int,
+    message_id: int,
+    text: str | None = None,
+    first_name: str = "Ana",
+    date: int | None = None,
+    photo: bool = False,
+    caption: str | None = None,
+    location: tuple[float, float] | None = None,
+    chat_type: str = "private",
+) -> bytes:
+    """A Telegram Bot API `Update` with a `message` as a webhook delivers it (the sender is the chat's user)."""
+    sender = {"id": chat_id, "is_bot": False, "first_name": first_name, "language_code": "pt-br"}
+    chat: dict[str, Any] = {"id": chat_id, "type": chat_type}
+    if chat_type == "private":
+        chat["first_name"] = first_name
+    else:
+        sender["id"] = 4242
+    message: dict[str, Any] = {"message_id": message_id, "from": sender, "chat": chat, "date": date or int(time.time())}
+    if text is not None:
+        message["text"] = text
+    if photo:
+        sizes = [(90, 51, 1234), (320, 180, 15321)]
+        message["photo"] = [
+            {"file_id": f"AgACAgEAAxkBAAI{w}", "file_unique_id": f"AQAD{w}", "width": w, "height": h, "file_size": n}
+            for w, h, n in sizes
+        ]
+    if caption is not None:
+        message["caption"] = caption
+    if location is not None:
+        message["location"] = {"latitude": location[0], "longitude": location[1]}
+    return json.dumps({"update_id": update_id, "message": message}).encode()
 
 
 if __name__ == "__main__":

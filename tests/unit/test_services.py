@@ -310,11 +310,19 @@ class BlinkingStore(InMemoryMessageStore):
         super().__init__(conversations)
         self.failures = failures
 
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         if self.failures:
             self.failures -= 1
             raise DependencyUnavailableError("MongoDB is unavailable")
-        return super().record_sent(message_id, attempt, entry, platform_message_id)
+        return super().record_sent(message_id, attempt, entry, platform_message_id, events=events)
 
 
 def test_a_short_mongodb_blink_after_the_call_still_records_sent() -> None:
@@ -468,6 +476,23 @@ def test_a_queue_failure_after_storing_is_still_accepted_and_enqueued_by_the_ret
     assert queue.enqueued == [(command.message_id, world.conversation.conversation_id)]
     assert accepted.sequence == 1
     assert len(world.messages.messages) == 1
+
+
+def test_each_event_is_written_with_the_change_it_reports(world: World) -> None:
+    world.connector.script = [None, ChannelRejectedError("400", status_code=400)]
+    first = world.message_service.accept(world.send("one"), ADMIN)
+    second = world.message_service.accept(world.send("two"), ADMIN)
+    run(world)
+    kept = [(e.detail_type, e.message_id, e.detail["status"]) for e in world.messages.kept_events]
+    assert kept == [
+        ("MessageAccepted", first.message_id, "PENDING"),
+        ("MessageAccepted", second.message_id, "PENDING"),
+        ("MessageSent", first.message_id, "SENT"),
+        ("MessageFailed", second.message_id, "FAILED"),
+    ]
+    # and the publisher got the same events, with the time of each change
+    assert [e[2] for e in world.events.events] == [e.detail for e in world.messages.kept_events]
+    assert world.messages.kept_events[2].detail["at"] == world.now.isoformat()
 
 
 def test_events_of_a_unit_of_work_go_out_together_and_refused_ones_are_kept_then_relayed() -> None:

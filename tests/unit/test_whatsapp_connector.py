@@ -58,6 +58,7 @@ def test_parses_statuses_with_errors() -> None:
             "wamid.HBgLMTY1MDM4Nzk0MzkVAgARGBJDQjZCMzlEQUE4OTJBMTE4RTUA",
             MessageStatus.DELIVERED,
             datetime.fromtimestamp(1750263773, UTC),
+            account_id="106540352242922",
         ),
         StatusReport(
             Platform.WHATSAPP,
@@ -65,6 +66,7 @@ def test_parses_statuses_with_errors() -> None:
             MessageStatus.FAILED,
             datetime.fromtimestamp(1750263774, UTC),
             "131047: Re-engagement message",
+            account_id="106540352242922",
         ),
     ]
 
@@ -79,8 +81,47 @@ def test_parses_inbound_text() -> None:
             "Sheena Nelson",
             "Does it come in another color?",
             datetime.fromtimestamp(1749416383, UTC),
+            account_id="106540352242922",
         )
     ]
+
+
+def test_the_account_a_webhook_names() -> None:
+    payload = json.loads((FIXTURES / "message_text.json").read_text())
+    assert connector().account_ids(payload) == ["106540352242922"]
+    # a change without metadata names no number and carries nothing to attribute
+    del payload["entry"][0]["changes"][0]["value"]["metadata"]
+    assert connector().account_ids(payload) == []
+    assert connector().parse_webhook(payload) == []
+
+
+@pytest.mark.parametrize(
+    ("message", "kind", "content"),
+    [
+        (
+            {"type": "image", "image": {"id": "MEDIA1", "mime_type": "image/jpeg", "caption": "the red one"}},
+            "image",
+            "the red one",
+        ),
+        ({"type": "document", "document": {"id": "MEDIA2", "filename": "invoice.pdf"}}, "document", None),
+        (
+            {"type": "location", "location": {"latitude": -23.5, "longitude": -46.6, "name": "Loja"}},
+            "location",
+            "-23.5,-46.6 Loja",
+        ),
+        ({"type": "reaction", "reaction": {"message_id": "wamid.X", "emoji": "\U0001f44d"}}, "reaction", "\U0001f44d"),
+        ({"type": "unsupported", "errors": [{"code": 131051}]}, "unsupported", None),
+    ],
+)
+def test_non_text_messages_are_kept_with_their_type(message: dict[str, Any], kind: str, content: str | None) -> None:
+    payload = json.loads((FIXTURES / "message_text.json").read_text())
+    original = payload["entry"][0]["changes"][0]["value"]["messages"][0]
+    payload["entry"][0]["changes"][0]["value"]["messages"] = [
+        {"from": original["from"], "id": original["id"], "timestamp": original["timestamp"], **message}
+    ]
+    [event] = connector().parse_webhook(payload)
+    assert isinstance(event, InboundMessage)
+    assert (event.message_type, event.text, event.platform_user_id) == (kind, content, "16505551234")
 
 
 @pytest.mark.parametrize(

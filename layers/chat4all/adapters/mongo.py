@@ -7,6 +7,7 @@ import dataclasses
 import random
 import time
 import uuid
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
@@ -46,6 +47,9 @@ DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 300, "connectTimeoutMS": 1000
 # Writes a re-run relies on (the message with its sequence, an attempt before its platform call, the receipt
 # after it) are acknowledged only once they are in the journal of a majority.
 DURABLE = WriteConcern(w="majority", j=True)
+# an event kept on its message is the live path's to publish for this long; then the relay takes it up
+RELAY_AFTER = timedelta(seconds=30)
+MESSAGE_EVENT = "message:"
 # concurrent senders in one conversation conflict on its sequence counter; each retries its transaction
 SEQUENCE_TRANSACTION_ATTEMPTS = 50
 
@@ -80,11 +84,13 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
             db.messages.drop_index("platform_message_id_unique")
         db.messages.create_index("platform_message_id", unique=True, sparse=True, name="platform_message_id_sparse")
         db.conversations.create_index([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)])
-        db.conversations.create_index(
-            [("participants.user_id", ASCENDING), ("primary_channel", ASCENDING), ("last_activity_at", DESCENDING)]
-        )
         db.outbox.create_index([("kept_at", ASCENDING)])
+        # events kept on their message until published: the relay finds the old ones through this index
+        db.messages.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
         db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
+        db.conversations.create_index(
+            [("participants.user_id", ASCENDING), ("channel_id", ASCENDING), ("last_activity_at", DESCENDING)]
+        )
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -102,6 +108,7 @@ def _message_doc(message: Message) -> dict[str, Any]:
         "created_at": message.created_at,
         "request_fingerprint": message.request_fingerprint,
         "applied_reports": [],
+        "message_type": message.message_type,
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
     }
 
@@ -111,6 +118,22 @@ def _entry_doc(entry: StatusEntry) -> dict[str, Any]:
     if entry.detail:
         doc["detail"] = entry.detail
     return doc
+
+
+def _event_docs(events: Sequence[DomainEvent]) -> list[dict[str, Any]]:
+    now = utcnow()
+    return [
+        {"id": e.event_id, "source": e.source, "detail_type": e.detail_type, "detail": e.detail, "kept_at": now}
+        for e in events
+    ]
+
+
+def _pushes(entry: StatusEntry, events: Sequence[DomainEvent]) -> dict[str, Any]:
+    """The history entry, and the events that report it, in one update."""
+    push: dict[str, Any] = {"history": _entry_doc(entry)}
+    if events:
+        push["pending_events"] = {"$each": _event_docs(events)}
+    return push
 
 
 def _message(doc: dict[str, Any]) -> Message:
@@ -141,6 +164,7 @@ def _message(doc: dict[str, Any]) -> Message:
         retry_at=doc.get("retry_at"),
         troubled_since=doc.get("troubled_since"),
         troubles=int(doc.get("troubles", 0)),
+        message_type=doc.get("message_type", "text"),
     )
 
 
@@ -164,14 +188,14 @@ class MongoMessageStore(MessageStore):
         self.conversations = db.conversations
         self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
 
-    def add_message(self, message: Message) -> Message | None:
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
         client = self.db.client
         for attempt in range(SEQUENCE_TRANSACTION_ATTEMPTS):
             try:
                 with client.start_session() as session:
                     with session.start_transaction(write_concern=DURABLE):
-                        stored = self._insert_next(message, session)
+                        stored = self._insert_next(message, events, session)
                 return stored
             except DuplicateKeyError:
                 with _translated():
@@ -187,7 +211,7 @@ class MongoMessageStore(MessageStore):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not a secret
         raise DependencyUnavailableError(f"conversation {message.conversation_id} is too busy to take a message")
 
-    def _insert_next(self, message: Message, session: ClientSession) -> Message:
+    def _insert_next(self, message: Message, events: Sequence[DomainEvent], session: ClientSession) -> Message:
         conversation = self.db.conversations.find_one_and_update(
             {"_id": message.conversation_id},
             {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": message.created_at}},
@@ -198,7 +222,10 @@ class MongoMessageStore(MessageStore):
         if conversation is None:
             raise DependencyUnavailableError(f"conversation {message.conversation_id} vanished")
         stored = dataclasses.replace(message, sequence=int(conversation["last_sequence"]))
-        self.collection.insert_one(_message_doc(stored), session=session)
+        doc = _message_doc(stored)
+        if events:
+            doc["pending_events"] = _event_docs(events)
+        self.collection.insert_one(doc, session=session)
         return stored
 
     def _repair_counter(self, conversation_id: str) -> None:
@@ -228,11 +255,9 @@ class MongoMessageStore(MessageStore):
     ) -> list[Message]:
         # The server reads every index entry a query matches before it applies the limit, so a page of the
         # newest 50 in a conversation of 10,000 would read 10,000: ask for a window of sequences instead,
-        # widening it only where gaps or the `since` filter leave the page short.
+        # widening it only where gaps or the `since` filter leave the page short. (See docs/MONGODB.md.)
         upper = before_sequence if before_sequence is not None else self._sequence_bound(conversation_id)
         query: dict[str, Any] = {"conversation_id": conversation_id}
-        if since is not None:
-            query["created_at"] = {"$gte": since}
         window = limit
         with _translated():
             while True:
@@ -242,8 +267,14 @@ class MongoMessageStore(MessageStore):
                 else:
                     lower = max(upper - window, 0)
                     query["sequence"] = {"$gte": lower, "$lt": upper}
-                docs = list(self.collection.find(query).sort("sequence", DESCENDING).limit(limit))
-                if len(docs) >= limit or lower <= 0:
+                docs = list(
+                    self.collection.find(query).sort("sequence", DESCENDING).limit(limit if since is None else 0)
+                )
+                reached_join = False
+                if since is not None:  # filtered here: with created_at in the query SecantusDB scans the collection
+                    reached_join = any(d["created_at"] < since for d in docs)
+                    docs = [d for d in docs if d["created_at"] >= since][:limit]
+                if len(docs) >= limit or lower <= 0 or reached_join:
                     return [_message(d) for d in docs]
                 window *= 4
 
@@ -275,7 +306,15 @@ class MongoMessageStore(MessageStore):
             )
         return int(doc["delivery_attempts"]) if doc else None
 
-    def record_sent(self, message_id: str, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         with _translated():
             done = self.durable.update_one(
                 {
@@ -286,7 +325,7 @@ class MongoMessageStore(MessageStore):
                 },
                 {
                     "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
-                    "$push": {"history": _entry_doc(entry)},
+                    "$push": _pushes(entry, events),
                     "$unset": {"attempt": "", "retry_at": "", "troubled_since": "", "troubles": ""},
                 },
             )
@@ -320,7 +359,14 @@ class MongoMessageStore(MessageStore):
                 },
             )
 
-    def settle_failed(self, message_id: str, entry: StatusEntry, *, attempt: int | None = None) -> bool:
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
         query: dict[str, Any] = {"_id": message_id, "status": MessageStatus.PENDING.value}
         query["attempt"] = {"$exists": attempt is not None}
         if attempt is not None:
@@ -330,7 +376,7 @@ class MongoMessageStore(MessageStore):
                 query,
                 {
                     "$set": {"status": MessageStatus.FAILED.value},
-                    "$push": {"history": _entry_doc(entry)},
+                    "$push": _pushes(entry, events),
                     "$unset": {"attempt": "", "retry_at": ""},
                 },
             )
@@ -343,6 +389,7 @@ class MongoMessageStore(MessageStore):
         *,
         platform_message_id: str | None = None,
         dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
     ) -> bool:
         base: dict[str, Any] = {"_id": message_id}
         if dedupe_key is not None:
@@ -355,7 +402,8 @@ class MongoMessageStore(MessageStore):
             forward_set["platform_message_id"] = platform_message_id
         predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
         with _translated():
-            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, {**push, "$set": forward_set})
+            forward = {**push, "$push": _pushes(entry, events), "$set": forward_set}
+            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, forward)
             if moved.modified_count:
                 return True
             # not a forward move (late or repeated): keep it in the history only, unless it is a replay
@@ -393,68 +441,89 @@ class MongoConversationStore(ConversationStore):
             doc = self.collection.find_one({"_id": conversation_id})
         return _conversation(doc) if doc else None
 
-    def latest_for(self, user_id: str, platform: Platform) -> Conversation | None:
-        with _translated():
-            doc = self.collection.find_one(
-                {"participants.user_id": user_id, "primary_channel": platform.value},
-                sort=[("last_activity_at", DESCENDING)],
-            )
-        return _conversation(doc) if doc else None
-
     def share_conversation(self, user_id: str, other_user_id: str) -> bool:
+        # the other user's conversations through the index, checked here: SecantusDB scans the whole
+        # collection for a filter on two values of one field
         with _translated():
-            found = self.collection.find_one(
-                {"$and": [{"participants.user_id": user_id}, {"participants.user_id": other_user_id}]},
-                projection={"_id": 1},
-            )
-        return found is not None
+            docs = self.collection.find({"participants.user_id": other_user_id}, projection={"participants.user_id": 1})
+            return any(any(p["user_id"] == user_id for p in doc["participants"]) for doc in docs)
 
     def add_participant(self, conversation_id: str, participant: Participant, capacity: int) -> Conversation | None:
         # one conditional update, so concurrent additions can neither exceed the capacity nor add anyone twice
+        # (update_one: SecantusDB finds {_id, ...} by its _id there, but scans the collection in findAndModify)
         with _translated():
-            doc = self.collection.find_one_and_update(
+            added = self.collection.update_one(
                 {
                     "_id": conversation_id,
                     "participants.user_id": {"$ne": participant.user_id},
                     f"participants.{capacity - 1}": {"$exists": False},
                 },
                 {"$push": {"participants": {"user_id": participant.user_id, "joined_at": participant.joined_at}}},
-                return_document=ReturnDocument.AFTER,
             )
-        return _conversation(doc) if doc else None
+        return self.get_conversation(conversation_id) if added.modified_count else None
 
     def remove_participant(self, conversation_id: str, user_id: str) -> Conversation | None:
         with _translated():
-            doc = self.collection.find_one_and_update(
+            removed = self.collection.update_one(
                 {"_id": conversation_id, "participants.user_id": user_id, "participants.1": {"$exists": True}},
                 {"$pull": {"participants": {"user_id": user_id}}},
-                return_document=ReturnDocument.AFTER,
             )
-        return _conversation(doc) if doc else None
+        return self.get_conversation(conversation_id) if removed.modified_count else None
 
     def conversations_page(
         self, participant: str | None, *, limit: int, before: tuple[datetime, str] | None
     ) -> list[Conversation]:
         query: dict[str, Any] = {} if participant is None else {"participants.user_id": participant}
         if before is not None:
-            at, conversation_id = before
-            query["$or"] = [
-                {"last_activity_at": {"$lt": at}},
-                {"last_activity_at": at, "_id": {"$lt": conversation_id}},
-            ]
+            # `$lte` on the time and the id compared here: SecantusDB plans an `$or` as a collection scan
+            query["last_activity_at"] = {"$lte": before[0]}
+        found: list[Conversation] = []
+        skip = 0
         with _translated():
-            docs = (
-                self.collection.find(query).sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+            while len(found) < limit:
+                batch = list(
+                    self.collection.find(query)
+                    .sort([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
+                    .skip(skip)
+                    .limit(limit + 1)
+                )
+                conversations = [_conversation(d) for d in batch]
+                found += [
+                    c for c in conversations if before is None or (c.last_activity_at, c.conversation_id) < before
+                ]
+                if len(batch) <= limit:
+                    break
+                skip += len(batch)
+        return found[:limit]
+
+    def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
+        with _translated():
+            # the type is checked here: a field outside the index makes SecantusDB scan the collection
+            docs = self.collection.find({"participants.user_id": user_id, "channel_id": channel_id}).sort(
+                "last_activity_at", DESCENDING
             )
-            return [_conversation(d) for d in docs]
+            doc = next((d for d in docs if d["conversation_type"] == ConversationType.ONE_TO_ONE.value), None)
+        return _conversation(doc) if doc else None
+
+    def add_conversation_once(self, conversation: Conversation) -> bool:
+        try:
+            self.add_conversation(conversation)
+        except DuplicateKeyError:
+            return False
+        return True
 
 
 class MongoEventOutbox(EventOutbox):
-    def __init__(self, db: Database[dict[str, Any]]) -> None:
+    """Events about a message live on the message (written with their change); any other in `outbox`."""
+
+    def __init__(self, db: Database[dict[str, Any]], *, relay_after: timedelta = RELAY_AFTER) -> None:
         self.collection = db.outbox.with_options(write_concern=DURABLE)
+        self.messages = db.messages
+        self.relay_after = relay_after
 
     def keep(self, events: Sequence[DomainEvent]) -> None:
-        if not events:
+        homeless = [e for e in events if e.message_id is None]
+        if not homeless:
             return
         now = utcnow()
         docs = [
@@ -465,20 +534,44 @@ class MongoEventOutbox(EventOutbox):
                 "detail_type": e.detail_type,
                 "detail": e.detail,
             }
-            for e in events
+            for e in homeless
         ]
         with _translated():
             self.collection.insert_many(docs, ordered=False)
 
+    def published(self, events: Sequence[DomainEvent]) -> None:
+        self._pull([(e.message_id, e.event_id) for e in events if e.message_id is not None])
+
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
+        found: list[tuple[str, DomainEvent]] = []
+        cutoff = utcnow() - self.relay_after
         with _translated():
-            docs = list(self.collection.find().sort("kept_at", ASCENDING).limit(limit))
-        return [(d["_id"], DomainEvent(d["detail_type"], d["detail"], d["source"])) for d in docs]
+            for doc in self.collection.find().sort("kept_at", ASCENDING).limit(limit):
+                found.append((doc["_id"], DomainEvent(doc["detail_type"], doc["detail"], doc["source"])))
+            if len(found) < limit:
+                query = {"pending_events.kept_at": {"$lte": cutoff}}
+                for doc in self.messages.find(query, projection={"pending_events": 1}).limit(limit - len(found)):
+                    for e in doc.get("pending_events", []):
+                        if e["kept_at"] <= cutoff and len(found) < limit:
+                            event = DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["_id"])
+                            found.append((f"{MESSAGE_EVENT}{doc['_id']}/{e['id']}", event))
+        return found
 
     def remove(self, outbox_ids: Sequence[str]) -> None:
-        if outbox_ids:
+        on_messages = [i.removeprefix(MESSAGE_EVENT).split("/", 1) for i in outbox_ids if i.startswith(MESSAGE_EVENT)]
+        self._pull([(message_id, event_id) for message_id, event_id in on_messages])
+        own = [i for i in outbox_ids if not i.startswith(MESSAGE_EVENT)]
+        if own:
             with _translated():
-                self.collection.delete_many({"_id": {"$in": list(outbox_ids)}})
+                self.collection.delete_many({"_id": {"$in": own}})
+
+    def _pull(self, events: list[tuple[str, str]]) -> None:
+        if events:
+            with _translated():
+                self.messages.update_many(
+                    {"_id": {"$in": list({message_id for message_id, _ in events})}},
+                    {"$pull": {"pending_events": {"id": {"$in": [event_id for _, event_id in events]}}}},
+                )
 
 
 class MongoCheck(DependencyCheck):

@@ -15,8 +15,10 @@ from psycopg.types.json import Jsonb
 
 from chat4all.config import APP_ROLE
 from chat4all.domain.contact import email_key
+from chat4all.domain.credentials import channel_keys
 from chat4all.domain.errors import (
     ConflictError,
+    CredentialsUnreadableError,
     DependencyUnavailableError,
     FieldError,
     NotFoundError,
@@ -372,6 +374,25 @@ def _channel_info(row: dict[str, Any]) -> ChannelInfo:
     )
 
 
+# the credential a second channel with the same account or Telegram secret would repeat
+_ACCOUNT_FIELDS = {
+    Platform.WHATSAPP: "credentials.phone_number_id",
+    Platform.INSTAGRAM: "credentials.ig_user_id",
+    Platform.TELEGRAM: "credentials.bot_token",
+}
+
+
+def _account_taken(platform: Platform, exc: pg_errors.UniqueViolation) -> ConflictError:
+    if exc.diag.constraint_name == "channels_webhook_secret_digest_key":
+        field, what = "credentials.secret_token", "this secret_token"
+    else:
+        field, what = _ACCOUNT_FIELDS[platform], "this account"
+    return ConflictError(
+        f"another {platform} channel has {what}: webhooks must name exactly one channel",
+        errors=[FieldError(field, "is another channel's already")],
+    )
+
+
 def _channel_ref(row: dict[str, Any]) -> ChannelRef:
     return ChannelRef(str(row["channel_id"]), Platform(row["platform"]), row["enabled"])
 
@@ -398,23 +419,29 @@ class PostgresChannelRepository(ChannelRepository):
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
         ciphertext = self.cipher.encrypt(channel.credentials, encryption_context(channel.channel_id, channel.platform))
-        with self.db.transaction() as cur:
-            cur.execute(
-                "INSERT INTO channels (channel_id, platform, name, credentials_ciphertext, credentials_bound,"
-                " enabled, default_agent_id, created_at, updated_at)"
-                " VALUES (%s, %s, %s, %s, true, %s, %s, %s, %s)",
-                (
-                    channel.channel_id,
-                    channel.platform.value,
-                    channel.name,
-                    ciphertext,
-                    channel.enabled,
-                    channel.default_agent_id,
-                    channel.created_at,
-                    channel.updated_at,
-                ),
-            )
-            _write_audit(cur, audit)
+        account_id, secret_digest = channel_keys(channel.platform, channel.credentials)
+        try:
+            with self.db.transaction() as cur:
+                cur.execute(
+                    "INSERT INTO channels (channel_id, platform, name, credentials_ciphertext, credentials_bound,"
+                    " enabled, default_agent_id, created_at, updated_at, account_id, webhook_secret_digest)"
+                    " VALUES (%s, %s, %s, %s, true, %s, %s, %s, %s, %s, %s)",
+                    (
+                        channel.channel_id,
+                        channel.platform.value,
+                        channel.name,
+                        ciphertext,
+                        channel.enabled,
+                        channel.default_agent_id,
+                        channel.created_at,
+                        channel.updated_at,
+                        account_id,
+                        secret_digest,
+                    ),
+                )
+                _write_audit(cur, audit)
+        except pg_errors.UniqueViolation as exc:
+            raise _account_taken(channel.platform, exc) from exc
 
     def get_channel(self, channel_id: str) -> ChannelConfig | None:
         with self.db.transaction() as cur:
@@ -465,26 +492,44 @@ class PostgresChannelRepository(ChannelRepository):
         credentials: dict[str, str] | None,
         audit: Callable[[ChannelInfo, ChannelInfo], AuditEntry],
     ) -> ChannelInfo:
-        with self.db.transaction() as cur:
-            cur.execute("SELECT * FROM channels WHERE channel_id = %s FOR UPDATE", (channel_id,))
-            row = cur.fetchone()
-            if row is None:
-                raise NotFoundError(f"channel {channel_id} not found")
-            before = _channel_info(row)
-            after = change(before)
-            if after == before and credentials is None:
-                return before
-            ciphertext, bound = bytes(row["credentials_ciphertext"]), row["credentials_bound"]
-            if credentials is not None:
-                ciphertext = self.cipher.encrypt(credentials, encryption_context(channel_id, before.platform))
-                bound = True
-            cur.execute(
-                "UPDATE channels SET name = %s, enabled = %s, default_agent_id = %s, credentials_ciphertext = %s,"
-                " credentials_bound = %s, updated_at = %s WHERE channel_id = %s",
-                (after.name, after.enabled, after.default_agent_id, ciphertext, bound, after.updated_at, channel_id),
-            )
-            _write_audit(cur, audit(before, after))
-            return after
+        platform = Platform.WHATSAPP
+        try:
+            with self.db.transaction() as cur:
+                cur.execute("SELECT * FROM channels WHERE channel_id = %s FOR UPDATE", (channel_id,))
+                row = cur.fetchone()
+                if row is None:
+                    raise NotFoundError(f"channel {channel_id} not found")
+                before = _channel_info(row)
+                platform = before.platform
+                after = change(before)
+                if after == before and credentials is None:
+                    return before
+                ciphertext, bound = bytes(row["credentials_ciphertext"]), row["credentials_bound"]
+                account_id, secret_digest = row["account_id"], row["webhook_secret_digest"]
+                if credentials is not None:
+                    ciphertext = self.cipher.encrypt(credentials, encryption_context(channel_id, before.platform))
+                    bound = True
+                    account_id, secret_digest = channel_keys(before.platform, credentials)
+                cur.execute(
+                    "UPDATE channels SET name = %s, enabled = %s, default_agent_id = %s, credentials_ciphertext = %s,"
+                    " credentials_bound = %s, updated_at = %s, account_id = %s, webhook_secret_digest = %s"
+                    " WHERE channel_id = %s",
+                    (
+                        after.name,
+                        after.enabled,
+                        after.default_agent_id,
+                        ciphertext,
+                        bound,
+                        after.updated_at,
+                        account_id,
+                        secret_digest,
+                        channel_id,
+                    ),
+                )
+                _write_audit(cur, audit(before, after))
+                return after
+        except pg_errors.UniqueViolation as exc:
+            raise _account_taken(platform, exc) from exc
 
     def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
         with self.db.transaction() as cur:
@@ -493,6 +538,63 @@ class PostgresChannelRepository(ChannelRepository):
             if row is None:
                 raise NotFoundError(f"channel {channel_id} not found")
             _write_audit(cur, audit(_channel_info(row)))
+
+    def channel_for_account(self, platform: Platform, account_id: str) -> ChannelConfig | None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT * FROM channels WHERE platform = %s AND account_id = %s AND enabled",
+                (platform.value, account_id),
+            )
+            row = cur.fetchone()
+        return self._channel(row) if row else None
+
+    def channel_for_webhook_secret(self, platform: Platform, secret_digest: str) -> ChannelConfig | None:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT * FROM channels WHERE platform = %s AND webhook_secret_digest = %s AND enabled",
+                (platform.value, secret_digest),
+            )
+            row = cur.fetchone()
+        return self._channel(row) if row else None
+
+    def backfill_webhook_keys(self, platform: Platform | None = None) -> int:
+        """Fill account_id and webhook_secret_digest of rows stored before migration 0003, decrypting only those.
+
+        Returns how many rows were filled. A row that does not decrypt, or whose account another channel has,
+        stays as it is (logged). Only rows of `platform` when it is given.
+        """
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT * FROM channels WHERE account_id IS NULL AND (%s::text IS NULL OR platform = %s)"
+                " ORDER BY created_at, channel_id",
+                (platform.value if platform else None, platform.value if platform else None),
+            )
+            rows = cur.fetchall()
+        filled = 0
+        for row in rows:
+            try:
+                channel = self._channel(row)
+            except CredentialsUnreadableError:
+                logger.warning(
+                    "channel not backfilled: its credentials cannot be decrypted",
+                    extra={"channel_id": str(row["channel_id"])},
+                )
+                continue
+            account_id, secret_digest = channel_keys(channel.platform, channel.credentials)
+            try:
+                with self.db.transaction() as cur:
+                    cur.execute(
+                        "UPDATE channels SET account_id = %s, webhook_secret_digest = %s"
+                        " WHERE channel_id = %s AND account_id IS NULL",
+                        (account_id, secret_digest, channel.channel_id),
+                    )
+                    filled += cur.rowcount
+            except pg_errors.UniqueViolation:
+                logger.warning(
+                    "channel not backfilled: another channel has its account or secret",
+                    extra={"channel_id": channel.channel_id},
+                )
+        return filled
 
 
 class PostgresApiKeyRepository(ApiKeyRepository):

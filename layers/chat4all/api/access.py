@@ -33,6 +33,9 @@ ROLE_TABLE: dict[str, Access] = {
     "GET /health": Access.PUBLIC,
     "GET /webhooks/whatsapp": Access.PUBLIC,
     "POST /webhooks/whatsapp": Access.PUBLIC,
+    "POST /webhooks/telegram": Access.PUBLIC,
+    "GET /webhooks/instagram": Access.PUBLIC,
+    "POST /webhooks/instagram": Access.PUBLIC,
     # users and identities: admin only, except reading a user (itself and people it shares a conversation with)
     "POST /v1/users": Access.ADMIN,
     "GET /v1/users/{user_id}": Access.SCOPED,

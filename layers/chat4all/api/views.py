@@ -137,6 +137,7 @@ def message_view(message: Message) -> dict[str, Any]:
         "conversation_id": message.conversation_id,
         "sender_id": message.sender_id,
         "content": message.content,
+        "message_type": message.message_type,
         "file_id": message.file_id,
         "direction": message.direction.value,
         "channel": message.channel.value,

@@ -25,6 +25,8 @@ class ChannelConnector(ABC):
 
     platform: ClassVar[Platform]
     credentials_model: ClassVar[type[ChannelCredentials]]
+    # the header whose value names the channel (Telegram's secret token); None where the body names the account
+    webhook_secret_header: ClassVar[str | None] = None
 
     def __init__(self, api_base: str, http: httpx.Client | None = None) -> None:
         self.api_base = api_base.rstrip("/")
@@ -34,9 +36,22 @@ class ChannelConnector(ABC):
     def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
         """True when the request was signed with this channel's secret."""
 
+    def account_ids(self, payload: dict[str, Any]) -> list[str]:
+        """The installed accounts a webhook body names (before it is verified: the body is untrusted).
+
+        Platforms that name the account in the body (WhatsApp phone_number_id, Instagram entry id) override it;
+        Telegram names the bot by the secret token header instead. Never raises: a body whose shape is wrong
+        names what it names, and is refused as unattributable (401) before its shape is judged (400).
+        """
+        return []
+
     @abstractmethod
-    def parse_webhook(self, payload: dict[str, Any]) -> list[InboundMessage | StatusReport]:
-        """Normalise a verified webhook body into inbound messages and status reports."""
+    def parse_webhook(
+        self, payload: dict[str, Any], account_id: str | None = None
+    ) -> list[InboundMessage | StatusReport]:
+        """Normalise a verified webhook body into inbound messages and status reports, each with the
+        account it named (`account_id`). `account_id` is the account of the channel the webhook was
+        attributed to, for platforms whose bodies do not name it (Telegram)."""
 
     @abstractmethod
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
@@ -84,3 +99,12 @@ def hmac_sha256_matches(secret: str, raw_body: bytes, signature_header: str | No
         return False
     expected = hmac.new(secret.encode(), raw_body, hashlib.sha256).hexdigest()
     return hmac.compare_digest(expected, signature_header[len(prefix) :].strip().lower())
+
+
+def strings_at(payload: Any, *path: str) -> list[str]:
+    """Every string at `path` in untrusted JSON, where a path step into a list means each item of it."""
+    found: list[Any] = [payload]
+    for step in path:
+        found = [item.get(step) for item in found if isinstance(item, dict)]
+        found = [x for item in found for x in (item if isinstance(item, list) else [item])]
+    return [item for item in found if isinstance(item, str) and item]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector, hmac_sha256_matches
+from chat4all.channels.base import ChannelConnector, hmac_sha256_matches, strings_at
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
 from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
@@ -39,14 +39,51 @@ class _Contact(_Lenient):
     profile: dict[str, Any] = {}
 
 
+class _Media(_Lenient):
+    id: str | None = None
+    caption: str | None = None
+
+
+class _Location(_Lenient):
+    latitude: float | None = None
+    longitude: float | None = None
+    name: str | None = None
+    address: str | None = None
+
+
+class _Reaction(_Lenient):
+    message_id: str | None = None
+    emoji: str | None = None
+
+
 class _InboundMessage(_Lenient):
     id: str
     from_: str
     timestamp: str
     type: str
     text: _Text | None = None
+    image: _Media | None = None
+    video: _Media | None = None
+    document: _Media | None = None
+    audio: _Media | None = None
+    sticker: _Media | None = None
+    location: _Location | None = None
+    reaction: _Reaction | None = None
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=lambda f: f.rstrip("_"))
+
+    def content(self) -> str | None:
+        """The text, or what stands for it in a message of another type (caption, place, emoji)."""
+        if self.text is not None:
+            return self.text.body
+        media = self.image or self.video or self.document or self.audio or self.sticker
+        if media is not None:
+            return media.caption
+        if self.location is not None:
+            return location_text(self.location.latitude, self.location.longitude, self.location.name)
+        if self.reaction is not None:
+            return self.reaction.emoji or None
+        return None
 
 
 class _StatusError(_Lenient):
@@ -63,7 +100,13 @@ class _Status(_Lenient):
     errors: list[_StatusError] = []
 
 
+class _Metadata(_Lenient):
+    phone_number_id: str
+
+
 class _Value(_Lenient):
+    # absent from changes of other webhook fields (template status and the like), which name no number
+    metadata: _Metadata | None = None
     contacts: list[_Contact] = []
     messages: list[_InboundMessage] = []
     statuses: list[_Status] = []
@@ -83,11 +126,25 @@ class _Envelope(_Lenient):
     entry: list[_Entry]
 
 
+def location_text(latitude: float | None, longitude: float | None, name: str | None = None) -> str | None:
+    """A shared place as stored in a message's content: "lat,long" and its name when it has one."""
+    if latitude is None or longitude is None:
+        return name
+    return f"{latitude},{longitude}" + (f" {name}" if name else "")
+
+
 def _timestamp(raw: str) -> datetime:
     try:
         return datetime.fromtimestamp(int(raw), UTC)
     except (ValueError, OverflowError, OSError) as exc:
         raise BadRequestError(f"timestamp {raw!r} is not a UNIX time") from exc
+
+
+def _envelope(payload: dict[str, Any]) -> _Envelope:
+    try:
+        return _Envelope.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequestError(f"not a WhatsApp webhook body: {exc.errors()[0]['msg']}") from exc
 
 
 class WhatsAppConnector(ChannelConnector):
@@ -105,32 +162,37 @@ class WhatsAppConnector(ChannelConnector):
             return None
         return params.get("hub.challenge", "")
 
-    def parse_webhook(self, payload: dict[str, Any]) -> list[InboundMessage | StatusReport]:
-        try:
-            envelope = _Envelope.model_validate(payload)
-        except ValidationError as exc:
-            raise BadRequestError(f"not a WhatsApp webhook body: {exc.errors()[0]['msg']}") from exc
+    def account_ids(self, payload: dict[str, Any]) -> list[str]:
+        return sorted(set(strings_at(payload, "entry", "changes", "value", "metadata", "phone_number_id")))
+
+    def parse_webhook(
+        self, payload: dict[str, Any], account_id: str | None = None
+    ) -> list[InboundMessage | StatusReport]:
         events: list[InboundMessage | StatusReport] = []
-        for entry in envelope.entry:
+        for entry in _envelope(payload).entry:
             for change in entry.changes:
+                if change.value.metadata is None:
+                    continue
+                account = change.value.metadata.phone_number_id
                 names = {c.wa_id: c.profile.get("name") for c in change.value.contacts}
-                events.extend(self._inbound(m, names) for m in change.value.messages if m.text is not None)
-                events.extend(self._status(s) for s in change.value.statuses if s.status in STATUS_MAP)
+                events.extend(self._inbound(m, names, account) for m in change.value.messages)
+                events.extend(self._status(s, account) for s in change.value.statuses if s.status in STATUS_MAP)
         return events
 
-    def _inbound(self, message: _InboundMessage, names: dict[str, Any]) -> InboundMessage:
-        assert message.text is not None
+    def _inbound(self, message: _InboundMessage, names: dict[str, Any], account: str) -> InboundMessage:
         name = names.get(message.from_)
         return InboundMessage(
             platform=Platform.WHATSAPP,
             platform_message_id=message.id,
             platform_user_id=message.from_,
             sender_name=name if isinstance(name, str) else None,
-            text=message.text.body,
+            text=message.content(),
             at=_timestamp(message.timestamp),
+            message_type=message.type[:40] or "unknown",
+            account_id=account,
         )
 
-    def _status(self, status: _Status) -> StatusReport:
+    def _status(self, status: _Status, account: str) -> StatusReport:
         detail = "; ".join(f"{e.code}: {e.title or e.message}" for e in status.errors) or None
         return StatusReport(
             platform=Platform.WHATSAPP,
@@ -138,6 +200,7 @@ class WhatsAppConnector(ChannelConnector):
             status=STATUS_MAP[status.status],
             at=_timestamp(status.timestamp),
             detail=detail,
+            account_id=account,
         )
 
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:

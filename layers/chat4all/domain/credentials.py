@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import hashlib
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from chat4all.domain.errors import FieldError, ValidationFailedError
 from chat4all.domain.models import Platform
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 # tokens and secrets as the platforms issue them: visible ASCII (they travel in HTTP headers and URLs)
 Secret = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,1024}$")]
@@ -61,3 +65,22 @@ def parse_credentials(platform: Platform, raw: Any) -> dict[str, str]:
         ]
         raise ValidationFailedError(f"these are not {platform} channel credentials", errors=errors) from None
     return {name: str(value) for name, value in model.model_dump().items()}
+
+
+def webhook_secret_digest(secret: str) -> str:
+    """How a channel's webhook secret is looked up without decrypting every channel: its SHA-256, in hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def channel_keys(platform: Platform, credentials: Mapping[str, str]) -> tuple[str, str | None]:
+    """What a channel is found by when a webhook arrives, stored in plaintext beside the ciphertext.
+
+    The account the platform names in its webhooks (WhatsApp phone_number_id, Instagram ig_user_id; for
+    Telegram the bot's id, the part of the token before the colon, which identifies the bot but is no secret),
+    and for Telegram the digest of the secret_token its webhooks carry in a header.
+    """
+    if platform is Platform.WHATSAPP:
+        return credentials["phone_number_id"], None
+    if platform is Platform.INSTAGRAM:
+        return credentials["ig_user_id"], None
+    return credentials["bot_token"].split(":", 1)[0], webhook_secret_digest(credentials["secret_token"])

@@ -240,14 +240,24 @@ class Message:
     troubled_since: datetime | None = None
     troubles: int = 0
 
+    # what the message is: "text", or for inbound messages the platform's kind of non-text message
+    # ("image", "video", "audio", "document", "sticker", "location", "reaction", ...)
+    message_type: str = "text"
+
 
 @dataclass(frozen=True)
 class DomainEvent:
-    """One event for the bus; `detail["at"]` is the time of the change it reports."""
+    """One event for the bus; `detail["at"]` is the time of the change it reports.
+
+    An event about a message (`message_id`) is kept on that message, written with the change it reports,
+    until it is published (`event_id` tells it apart there).
+    """
 
     detail_type: str
     detail: dict[str, Any]
     source: str = "chat4all"
+    event_id: str = ""
+    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -273,6 +283,10 @@ class StatusReport:
     status: MessageStatus
     at: datetime
     detail: str | None = None
+    # the installed channel whose webhook reported it; the message is looked for among that channel's only
+    channel_id: str | None = None
+    # the account the webhook named (WhatsApp phone_number_id, Instagram entry id), while it is attributed
+    account_id: str | None = None
 
     @property
     def dedupe_key(self) -> str:
@@ -281,11 +295,15 @@ class StatusReport:
 
 @dataclass(frozen=True)
 class InboundMessage:
-    """A message a person sent us on a platform."""
+    """A message a person sent us on a platform: text, or another kind (`message_type`) with its caption,
+    place or emoji as `text` where it has one."""
 
     platform: Platform
     platform_message_id: str
     platform_user_id: str
     sender_name: str | None
-    text: str
+    text: str | None
     at: datetime
+    message_type: str = "text"
+    # the account the webhook named (WhatsApp phone_number_id, Instagram entry id), while it is attributed
+    account_id: str | None = None

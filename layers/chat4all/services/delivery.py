@@ -24,7 +24,7 @@ from chat4all.domain.errors import (
     DependencyUnavailableError,
 )
 from chat4all.domain.models import MessageStatus, OutboundMessage, StatusEntry, utcnow
-from chat4all.services.notifications import notify
+from chat4all.services.notifications import announce, message_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -179,9 +179,15 @@ class DeliveryService:
 
     def _record_sent(self, message: Message, attempt: int, receipt: ProviderReceipt) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.SENT, self.clock())
+        event = message_event(
+            "MessageSent", message, MessageStatus.SENT, at=entry.at, platform_message_id=receipt.platform_message_id
+        )
+        recorded = False
         for pause in (*RECORD_PAUSES_SECONDS, None):
             try:
-                self.messages.record_sent(message.message_id, attempt, entry, receipt.platform_message_id)
+                recorded = self.messages.record_sent(
+                    message.message_id, attempt, entry, receipt.platform_message_id, events=[event]
+                )
                 break
             except DependencyUnavailableError:
                 if pause is None:
@@ -192,14 +198,8 @@ class DeliveryService:
                     )
                     raise
                 self.sleep(pause)
-        notify(
-            self.events,
-            "MessageSent",
-            message,
-            MessageStatus.SENT,
-            at=entry.at,
-            platform_message_id=receipt.platform_message_id,
-        )
+        if recorded:
+            announce(self.events, event)
         return DeliveryOutcome(
             message.message_id, MessageStatus.SENT, receipt.platform_message_id, conversation_id=message.conversation_id
         )
@@ -278,9 +278,10 @@ class DeliveryService:
         self, message: Message, reason: str, attempt: int | None = None, dead_letter: bool = False
     ) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.FAILED, self.clock(), reason)
-        if self.messages.settle_failed(message.message_id, entry, attempt=attempt):
+        event = message_event("MessageFailed", message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
+        if self.messages.settle_failed(message.message_id, entry, attempt=attempt, events=[event]):
             logger.warning("message %s failed: %s", message.message_id, reason)
-            notify(self.events, "MessageFailed", message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
+            announce(self.events, event)
         return DeliveryOutcome(
             message.message_id,
             MessageStatus.FAILED,

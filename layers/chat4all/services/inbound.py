@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 from typing import TYPE_CHECKING
@@ -57,12 +58,13 @@ class InboundService:
         if self.messages.get_message(message_id) is not None:
             return None
         sender_id = self._sender(channel, inbound)
-        conversation = self.conversations.latest_for(sender_id, inbound.platform) or self._open(channel, sender_id)
+        conversation = self._conversation_on(channel, sender_id)
+        content = inbound.text
         message = Message(
             message_id=message_id,
             conversation_id=conversation.conversation_id,
             sender_id=sender_id,
-            content=inbound.text,
+            content=content,
             file_id=None,
             channel=inbound.platform,
             direction=Direction.INBOUND,
@@ -70,8 +72,9 @@ class InboundService:
             status=MessageStatus.DELIVERED,
             history=[StatusEntry(MessageStatus.DELIVERED, inbound.at)],
             created_at=utcnow(),
-            request_fingerprint=hashlib.sha256(inbound.text.encode()).hexdigest(),
+            request_fingerprint=hashlib.sha256(f"{inbound.message_type}:{content or ''}".encode()).hexdigest(),
             platform_message_id=inbound.platform_message_id,
+            message_type=inbound.message_type,
         )
         stored = self.messages.add_message(message)
         if stored is None:
@@ -115,18 +118,36 @@ class InboundService:
             return winner
         return user.user_id
 
-    def _open(self, channel: ChannelConfig, customer_id: str) -> Conversation:
-        """A new conversation on the channel; an agent joins it to answer."""
+    def _conversation_on(self, channel: ChannelConfig, customer_id: str) -> Conversation:
+        """The person's open one-to-one conversation on this channel, or a new one with the channel's default
+        agent (without one, the customer alone until an agent is added).
+
+        Concurrent first messages of one person agree on the new conversation: its id derives from the channel
+        and the person, so only one insert wins and the others read it back.
+        """
+        found = self.conversations.open_on_channel(customer_id, channel.channel_id)
+        if found is not None:
+            return found
         now = utcnow()
+        participants = [Participant(customer_id, now)]
+        if channel.default_agent_id is not None and channel.default_agent_id != customer_id:
+            participants.append(Participant(channel.default_agent_id, now))
         conversation = Conversation(
-            conversation_id=str(uuid.uuid4()),
+            conversation_id=str(uuid.uuid5(INBOUND_NAMESPACE, f"conversation:{channel.channel_id}:{customer_id}")),
             conversation_type=ConversationType.ONE_TO_ONE,
-            participants=[Participant(customer_id, now)],
+            participants=participants,
             primary_channel=channel.platform,
             message_count=0,
             last_activity_at=now,
             created_at=now,
             channel_id=channel.channel_id,
         )
+        if self.conversations.add_conversation_once(conversation):
+            return conversation
+        found = self.conversations.open_on_channel(customer_id, channel.channel_id)
+        if found is not None:
+            return found
+        # the derived id is taken by a conversation the person has left since: start a fresh one
+        conversation = dataclasses.replace(conversation, conversation_id=str(uuid.uuid4()))
         self.conversations.add_conversation(conversation)
         return conversation

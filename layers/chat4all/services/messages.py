@@ -16,7 +16,7 @@ from chat4all.domain.errors import (
 )
 from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
 from chat4all.services.auth import require_self_or_admin
-from chat4all.services.notifications import notify
+from chat4all.services.notifications import announce, message_event
 
 if TYPE_CHECKING:
     from chat4all.domain.commands import SendMessage
@@ -88,7 +88,8 @@ class MessageService:
             created_at=now,
             request_fingerprint=command.fingerprint,
         )
-        stored = self.messages.add_message(message)
+        accepted_event = message_event("MessageAccepted", message, at=now)
+        stored = self.messages.add_message(message, events=[accepted_event])
         if stored is None:
             # a concurrent request with the same id stored it first: the same answer as a replay
             existing = self.messages.get_message(command.message_id)
@@ -96,7 +97,7 @@ class MessageService:
                 raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
             return self._replay(existing, command)
         self._enqueue(stored)
-        notify(self.events, "MessageAccepted", stored, at=now)
+        announce(self.events, accepted_event)
         return _accepted(stored)
 
     def _enqueue(self, message: Message) -> None:

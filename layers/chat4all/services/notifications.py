@@ -2,9 +2,9 @@
 
 The message store is the record; an event is published after the record is written and never at its
 expense (a send is not repeated because its event could not be published). Events the bus does not take
-are kept in the outbox and published again by `EventRelay.publish_pending_events`, so each is published at
-least once, except in the window docs/GUARANTEES.md names (a process that dies between its write and its
-flush).
+are kept and published again by `EventRelay.publish_pending_events`. An event about a message is written on
+the message in the same update as the change it reports, and forgotten there once the bus took it, so a
+process that dies before publishing it loses nothing: each event is published at least once.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import uuid
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.models import DomainEvent, utcnow
@@ -35,6 +36,27 @@ def event_detail(message: Message, status: MessageStatus | None = None, at: date
         "channel": message.channel.value,
         "at": (at or utcnow()).isoformat(),
     }
+
+
+def message_event(
+    detail_type: str,
+    message: Message,
+    status: MessageStatus | None = None,
+    *,
+    at: datetime | None = None,
+    **extra: str,
+) -> DomainEvent:
+    """An event about a message, to be written with the change it reports (the store keeps it until published)."""
+    detail = {**event_detail(message, status, at), **extra}
+    return DomainEvent(detail_type, detail, event_id=str(uuid.uuid4()), message_id=message.message_id)
+
+
+def announce(events: EventPublisher, *kept: DomainEvent) -> None:
+    """Hand events that are kept on their message to the publisher (a failure leaves them kept)."""
+    try:
+        events.publish_many(kept)
+    except Exception:
+        logger.exception("could not publish %s", ", ".join(e.detail_type for e in kept))
 
 
 def notify(
@@ -88,6 +110,11 @@ class EventBuffer(EventPublisher):
         except Exception:
             logger.exception("the event bus failed")
             failed = list(events)
+        refused = {id(event) for event in failed}
+        try:
+            self.outbox.published([event for event in events if id(event) not in refused])
+        except Exception:  # they stay kept on their messages: the relay publishes them again (at least once)
+            logger.exception("could not mark published events")
         if failed:
             keep(self.outbox, failed)
         return len(events) - len(failed)
@@ -127,6 +154,8 @@ class EventRelay:
         if not kept:
             return 0
         failed = {id(event) for event in self.bus.publish_many([event for _, event in kept])}
+        if failed:
+            logger.warning("the bus took %d of %d kept events", len(kept) - len(failed), len(kept))
         published = [outbox_id for outbox_id, event in kept if id(event) not in failed]
         self.outbox.remove(published)
         return len(published)

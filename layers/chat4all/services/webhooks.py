@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from chat4all.domain.credentials import channel_keys, webhook_secret_digest
 from chat4all.domain.errors import BadRequestError, CredentialsUnreadableError, ForbiddenError, UnauthorizedError
 from chat4all.domain.models import InboundMessage, StatusReport
 from chat4all.domain.untrusted import loads_untrusted
@@ -56,19 +58,57 @@ class WebhookService:
     def receive(
         self, platform: Platform, headers: Mapping[str, str], raw_body: bytes
     ) -> list[InboundMessage | StatusReport]:
-        """Verify and dispatch; returns what the body carried. Unsigned or forged bodies change nothing."""
+        """Attribute the webhook to the channel it names, verify it with that channel's secret only, and
+        dispatch it; returns what the body carried. Unsigned, forged or misattributed bodies change nothing."""
         connector = self.connectors[platform]
-        channel = self._signing_channel(connector, platform, headers, raw_body)
-        payload = loads_untrusted(raw_body)
-        if not isinstance(payload, dict):
-            raise BadRequestError("webhook body is not a JSON object")
-        events = connector.parse_webhook(payload)
+        if connector.webhook_secret_header is not None:
+            # Telegram: the bot is named by the secret token its webhooks carry, not by the body
+            secret = headers.get(connector.webhook_secret_header)
+            channel = self._channel(platform, secret_digest=webhook_secret_digest(secret)) if secret else None
+            if channel is None or not connector.verify_webhook(channel.credentials, headers, raw_body):
+                raise UnauthorizedError(f"{platform} webhook secret token does not match any channel")
+            account = channel_keys(platform, channel.credentials)[0]
+            attributed = {account: channel}
+            events = connector.parse_webhook(_object(raw_body), account_id=account)
+        else:
+            payload = _object(raw_body)
+            attributed = {}
+            for account in connector.account_ids(payload) or [""]:
+                named = self._channel(platform, account_id=account) if account else None
+                if named is None or not connector.verify_webhook(named.credentials, headers, raw_body):
+                    raise UnauthorizedError(f"{platform} webhook is not signed by the channel it names")
+                attributed[account] = named
+            events = connector.parse_webhook(payload)
+        if any((event.account_id or "") not in attributed for event in events):
+            raise UnauthorizedError(f"{platform} webhook names an account its signature was not checked for")
         for event in events:
+            channel = attributed[event.account_id or ""]
             if isinstance(event, StatusReport):
-                self.events.publish(STATUS_EVENT_TYPE, status_report_detail(event), source=STATUS_EVENT_SOURCE)
+                report = dataclasses.replace(event, channel_id=channel.channel_id)
+                self.events.publish(STATUS_EVENT_TYPE, status_report_detail(report), source=STATUS_EVENT_SOURCE)
             else:
                 self.inbound.receive(channel, event)
         return events
+
+    def _channel(
+        self, platform: Platform, *, account_id: str | None = None, secret_digest: str | None = None
+    ) -> ChannelConfig | None:
+        """The enabled channel with this account or webhook secret digest, decrypting that one only.
+
+        Channels stored before the lookup columns existed are backfilled the first time a webhook misses.
+        """
+        for attempt in range(2):
+            try:
+                if account_id is not None:
+                    channel = self.channels.channel_for_account(platform, account_id)
+                else:
+                    channel = self.channels.channel_for_webhook_secret(platform, secret_digest or "")
+            except CredentialsUnreadableError:
+                logger.warning("webhook refused: the %s channel it names cannot decrypt its credentials", platform)
+                return None
+            if channel is not None or attempt or not self.channels.backfill_webhook_keys(platform):
+                return channel
+        return None
 
     def _readable_channels(self, platform: Platform) -> Iterator[ChannelConfig]:
         """The enabled channels of a platform whose credentials decrypt; one that does not blocks no other."""
@@ -81,10 +121,9 @@ class WebhookService:
             if channel is not None:
                 yield channel
 
-    def _signing_channel(
-        self, connector: ChannelConnector, platform: Platform, headers: Mapping[str, str], raw_body: bytes
-    ) -> ChannelConfig:
-        for channel in self._readable_channels(platform):
-            if connector.verify_webhook(channel.credentials, headers, raw_body):
-                return channel
-        raise UnauthorizedError(f"{platform} webhook signature does not match any channel")
+
+def _object(raw_body: bytes) -> dict[str, Any]:
+    payload = loads_untrusted(raw_body)
+    if not isinstance(payload, dict):
+        raise BadRequestError("webhook body is not a JSON object")
+    return payload

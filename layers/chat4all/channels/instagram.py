@@ -1,0 +1,160 @@
+"""Instagram messaging (Instagram API with Instagram Login): text sending, signed `entry[].messaging[]` webhooks
+with messages, reactions and read receipts."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chat4all.channels.base import ChannelConnector, hmac_sha256_matches, strings_at
+from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
+from chat4all.domain.errors import BadRequestError, ChannelRetryableError
+from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from chat4all.domain.models import OutboundMessage
+
+# Instagram's attachment types, as message types where the names differ
+ATTACHMENT_TYPES = {"file": "document"}
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _Party(_Lenient):
+    id: str
+
+
+class _Attachment(_Lenient):
+    type: str
+
+
+class _Message(_Lenient):
+    mid: str
+    text: str | None = None
+    attachments: list[_Attachment] = []
+    is_echo: bool = False
+    is_deleted: bool = False
+
+
+class _Read(_Lenient):
+    mid: str
+
+
+class _Reaction(_Lenient):
+    mid: str
+    action: str | None = None
+    emoji: str | None = None
+    reaction: str | None = None
+
+
+class _Messaging(_Lenient):
+    sender: _Party
+    recipient: _Party
+    timestamp: int
+    message: _Message | None = None
+    read: _Read | None = None
+    reaction: _Reaction | None = None
+
+
+class _Entry(_Lenient):
+    id: str
+    messaging: list[_Messaging] = []
+
+
+class _Envelope(_Lenient):
+    object: str | None = None
+    entry: list[_Entry]
+
+
+def _envelope(payload: dict[str, Any]) -> _Envelope:
+    try:
+        return _Envelope.model_validate(payload)
+    except ValidationError as exc:
+        raise BadRequestError(f"not an Instagram messaging webhook body: {exc.errors()[0]['msg']}") from exc
+
+
+def _at(milliseconds: int) -> datetime:
+    try:
+        return datetime.fromtimestamp(milliseconds / 1000, UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise BadRequestError(f"timestamp {milliseconds!r} is not a UNIX time in milliseconds") from exc
+
+
+class InstagramConnector(ChannelConnector):
+    platform = Platform.INSTAGRAM
+    credentials_model: ClassVar[type[ChannelCredentials]] = InstagramCredentials
+
+    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
+        return hmac_sha256_matches(credentials["app_secret"], raw_body, headers.get("x-hub-signature-256"))
+
+    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+        if params.get("hub.mode") != "subscribe":
+            return None
+        token = params.get("hub.verify_token", "")
+        if not hmac.compare_digest(token.encode(), credentials["verify_token"].encode()):
+            return None
+        return params.get("hub.challenge", "")
+
+    def account_ids(self, payload: dict[str, Any]) -> list[str]:
+        return sorted(set(strings_at(payload, "entry", "id")))
+
+    def parse_webhook(
+        self, payload: dict[str, Any], account_id: str | None = None
+    ) -> list[InboundMessage | StatusReport]:
+        events: list[InboundMessage | StatusReport] = []
+        for entry in _envelope(payload).entry:
+            for item in entry.messaging:
+                # the account's own messages come back as echoes (sender is the account): not inbound
+                if item.sender.id == entry.id:
+                    continue
+                event = self._event(item, entry.id)
+                if event is not None:
+                    events.append(event)
+        return events
+
+    def _event(self, item: _Messaging, account: str) -> InboundMessage | StatusReport | None:
+        at = _at(item.timestamp)
+        if item.read is not None:
+            return StatusReport(Platform.INSTAGRAM, item.read.mid, MessageStatus.READ, at, account_id=account)
+        if item.message is not None and not item.message.is_echo and not item.message.is_deleted:
+            message = item.message
+            kind = "text"
+            if message.attachments:
+                kind = ATTACHMENT_TYPES.get(message.attachments[0].type, message.attachments[0].type)[:40]
+            return self._inbound(item, message.mid, message.text, kind, account)
+        if item.reaction is not None and item.reaction.action != "unreact":
+            reaction = item.reaction
+            # a reaction has no id of its own: the message it is on, who reacted and when
+            pmid = f"{reaction.mid}:reaction:{item.sender.id}:{item.timestamp}"
+            return self._inbound(item, pmid, reaction.emoji or reaction.reaction, "reaction", account)
+        return None
+
+    def _inbound(self, item: _Messaging, pmid: str, text: str | None, kind: str, account: str) -> InboundMessage:
+        return InboundMessage(
+            platform=Platform.INSTAGRAM,
+            platform_message_id=pmid,
+            platform_user_id=item.sender.id,
+            sender_name=None,
+            text=text,
+            at=_at(item.timestamp),
+            message_type=kind,
+            account_id=account,
+        )
+
+    def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
+        reply = self.post_json(
+            f"{self.api_base}/{credentials['ig_user_id']}/messages",
+            {"recipient": {"id": message.recipient}, "message": {"text": message.text}},
+            headers={"Authorization": f"Bearer {credentials['access_token']}"},
+        )
+        platform_message_id = reply.get("message_id")
+        if not isinstance(platform_message_id, str) or not platform_message_id:
+            raise ChannelRetryableError(f"Instagram reply has no message_id: {str(reply)[:300]}")
+        return ProviderReceipt(platform_message_id=platform_message_id)

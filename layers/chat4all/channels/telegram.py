@@ -1,0 +1,199 @@
+"""Telegram Bot API: text sending with sendMessage, webhook `Update`s verified by their secret token header.
+
+Telegram numbers messages per chat, and a person's private chat has the same id with every bot, so a message
+is named `<bot id>:<chat id>:<message_id>` as its platform_message_id: unique across the installed bots.
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from chat4all.channels.base import ChannelConnector
+from chat4all.channels.whatsapp import location_text
+from chat4all.domain.credentials import ChannelCredentials, TelegramCredentials
+from chat4all.domain.errors import BadRequestError, ChannelRetryableError
+from chat4all.domain.models import InboundMessage, Platform, ProviderReceipt
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from chat4all.domain.models import OutboundMessage, StatusReport
+
+SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name, not a secret
+# the kinds of message Telegram sends besides text, in the order a message is classified by
+MEDIA_KINDS = ("photo", "video", "animation", "document", "audio", "voice", "video_note", "sticker")
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class _User(_Lenient):
+    id: int
+    is_bot: bool = False
+    first_name: str | None = None
+    last_name: str | None = None
+    username: str | None = None
+
+    def name(self) -> str | None:
+        full = " ".join(part for part in (self.first_name, self.last_name) if part)
+        return full or self.username
+
+
+class _Chat(_Lenient):
+    id: int
+    type: str
+
+
+class _Location(_Lenient):
+    latitude: float
+    longitude: float
+
+
+class _Venue(_Lenient):
+    location: _Location
+    title: str | None = None
+
+
+class _Sticker(_Lenient):
+    emoji: str | None = None
+
+
+class _Message(_Lenient):
+    message_id: int
+    date: int
+    chat: _Chat
+    from_: _User | None = None
+    text: str | None = None
+    caption: str | None = None
+    location: _Location | None = None
+    venue: _Venue | None = None
+    contact: dict[str, Any] | None = None
+    sticker: _Sticker | None = None
+    photo: list[dict[str, Any]] | None = None
+    video: dict[str, Any] | None = None
+    animation: dict[str, Any] | None = None
+    document: dict[str, Any] | None = None
+    audio: dict[str, Any] | None = None
+    voice: dict[str, Any] | None = None
+    video_note: dict[str, Any] | None = None
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=lambda f: f.rstrip("_"))
+
+    def kind(self) -> tuple[str, str | None]:
+        """The message's type and its content (the text, a caption, a place, a sticker's emoji)."""
+        if self.text is not None:
+            return "text", self.text
+        where = self.venue.location if self.venue is not None else self.location
+        if where is not None:
+            return "location", location_text(where.latitude, where.longitude, self.venue.title if self.venue else None)
+        if self.contact is not None:
+            return "contact", str(self.contact.get("phone_number") or "") or None
+        if self.sticker is not None:
+            return "sticker", self.sticker.emoji
+        for kind in MEDIA_KINDS:
+            if getattr(self, kind) is not None:
+                return ("image" if kind == "photo" else kind), self.caption
+        return "unsupported", self.caption
+
+
+class _ReactionType(_Lenient):
+    type: str
+    emoji: str | None = None
+
+
+class _Reaction(_Lenient):
+    chat: _Chat
+    message_id: int
+    date: int
+    user: _User | None = None
+    new_reaction: list[_ReactionType] = []
+
+
+class _Update(_Lenient):
+    update_id: int
+    message: _Message | None = None
+    message_reaction: _Reaction | None = None
+
+
+def _at(unix: int) -> datetime:
+    try:
+        return datetime.fromtimestamp(unix, UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise BadRequestError(f"date {unix!r} is not a UNIX time") from exc
+
+
+def telegram_message_id(bot_id: str, chat_id: int | str, message_id: int | str) -> str:
+    return f"{bot_id}:{chat_id}:{message_id}"
+
+
+class TelegramConnector(ChannelConnector):
+    platform = Platform.TELEGRAM
+    credentials_model: ClassVar[type[ChannelCredentials]] = TelegramCredentials
+    webhook_secret_header: ClassVar[str | None] = SECRET_HEADER
+
+    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
+        given = headers.get(SECRET_HEADER)
+        return given is not None and hmac.compare_digest(given.encode(), credentials["secret_token"].encode())
+
+    def parse_webhook(
+        self, payload: dict[str, Any], account_id: str | None = None
+    ) -> list[InboundMessage | StatusReport]:
+        """Messages people send the bot in a private chat, and their reactions; anything else is ignored.
+
+        `account_id` is the bot's id (the channel the secret token named): Telegram's bodies do not name the bot.
+        """
+        try:
+            update = _Update.model_validate(payload)
+        except ValidationError as exc:
+            raise BadRequestError(f"not a Telegram Update: {exc.errors()[0]['msg']}") from exc
+        bot = account_id or "0"
+        message, reaction = update.message, update.message_reaction
+        if message is not None and message.chat.type == "private" and message.from_ and not message.from_.is_bot:
+            kind, content = message.kind()
+            return [
+                InboundMessage(
+                    platform=Platform.TELEGRAM,
+                    platform_message_id=telegram_message_id(bot, message.chat.id, message.message_id),
+                    platform_user_id=str(message.from_.id),
+                    sender_name=message.from_.name(),
+                    text=content,
+                    at=_at(message.date),
+                    message_type=kind,
+                    account_id=account_id,
+                )
+            ]
+        if reaction is not None and reaction.chat.type == "private" and reaction.user and not reaction.user.is_bot:
+            emoji = next((r.emoji for r in reaction.new_reaction if r.emoji), None)
+            target = telegram_message_id(bot, reaction.chat.id, reaction.message_id)
+            return [
+                InboundMessage(
+                    platform=Platform.TELEGRAM,
+                    # a reaction has no id of its own: the message it is on, and when
+                    platform_message_id=f"{target}:reaction:{reaction.date}",
+                    platform_user_id=str(reaction.user.id),
+                    sender_name=reaction.user.name(),
+                    text=emoji,
+                    at=_at(reaction.date),
+                    message_type="reaction",
+                    account_id=account_id,
+                )
+            ]
+        return []
+
+    def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
+        chat_id: int | str = int(message.recipient) if message.recipient.lstrip("-").isdigit() else message.recipient
+        reply = self.post_json(
+            f"{self.api_base}/bot{credentials['bot_token']}/sendMessage", {"chat_id": chat_id, "text": message.text}
+        )
+        result = reply.get("result")
+        if reply.get("ok") is not True or not isinstance(result, dict) or "message_id" not in result:
+            raise ChannelRetryableError(f"Telegram reply has no result.message_id: {str(reply)[:300]}")
+        chat = result.get("chat")
+        sent_to = chat.get("id", chat_id) if isinstance(chat, dict) else chat_id
+        bot_id = credentials["bot_token"].split(":", 1)[0]
+        return ProviderReceipt(platform_message_id=telegram_message_id(bot_id, sent_to, result["message_id"]))
