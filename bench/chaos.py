@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
 
 SERVERS = ("postgres", "mongo", "redis", "localstack")
-FUNCTIONS = ("RouteFunction", "IngestFunction", "StatusFunction")
+# the status function only works when platforms report statuses, which this traffic does not make
+FUNCTIONS = ("RouteFunction", "IngestFunction")
 PLATFORM_FAULTS = ("platform-kill", "platform-slow", "platform-429", "platform-500")
 ALL_FAULTS = (*SERVERS, *(f"kill-{f}" for f in FUNCTIONS), *PLATFORM_FAULTS)
 REQUEST_TIMEOUT_SECONDS = 15.0
@@ -343,7 +344,7 @@ def classify(item: dict[str, Any] | None, at_platform: int) -> str:
     return "delivered" if at_platform else "sent_but_not_at_platform"
 
 
-def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sent) -> dict[str, Any]:
+def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sent, t0: float) -> dict[str, Any]:
     """The figures: each accepted message at the platform (2xx answers only) and in the API."""
     by_text = {a["content"]: a for a in sent.accepted}
     delivered_at_platform: Counter[str] = Counter()
@@ -373,7 +374,8 @@ def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sen
             figures["sent_twice"] += 1
             examples["sent_twice"].append(message_id)
         if kind not in {"delivered", "failed"}:
-            examples[kind].append(f"{message_id} (platform 2xx: {at_platform})")
+            accepted_at = message["at"] - t0
+            examples[kind].append(f"{message_id} (accepted at {accepted_at:.1f} s, platform 2xx: {at_platform})")
         if (stored.get(message_id) or {}).get("missing_from_history"):
             figures["missing_from_history"] += 1
             examples["missing_from_history"].append(message_id)
@@ -428,7 +430,7 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
             time.sleep(5.0)  # a send still in flight at the platform is counted too
             stored = stored_messages(plan)
             confirm_missing(plan, stored, [a["message_id"] for a in sent.accepted])
-            result = check(whatsapp, stored, sent)
+            result = check(whatsapp, stored, sent, t0)
             result |= {
                 "drained": drained,
                 "drain_seconds_after_last_fault": round(drained_at - last_fault_end, 1),
