@@ -33,6 +33,9 @@ def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
         "--port", str(port),
         "--storage-path", str(data_dir),
         "--log-level", "INFO",
+        # a journaled (j:true) transaction commit survives SIGKILL only with this: without it SecantusDB lost
+        # 5 of 820 acknowledged w:majority,j:true transactions to a SIGKILL (0 of 1,819 with it)
+        "--sync-on-commit",
     ]  # fmt: skip
     process = ManagedProcess("mongo", argv, cwd=state_dir, log_path=state_dir / "logs" / "mongo.log")
     # journaled writes: an acknowledged write survives the server being killed (without, SecantusDB loses the
