@@ -344,7 +344,8 @@ def test_route_killed_during_the_platform_call_is_one_call_and_failed_as_unknown
     deadline = time.monotonic() + 90
     while status_of(api, message_id)["status"] == "PENDING":
         assert time.monotonic() < deadline, "the message stayed PENDING"
-        assert platform.invoke("RouteFunction", event).ok
+        # (an idle container killed with the busy one may take an invocation before the runtime sees it gone)
+        platform.invoke("RouteFunction", event)
         time.sleep(1)
     # THEN the message is FAILED with its reason once the dead invocation's time is over, never sent again
     status = api.call("GET", f"/v1/messages/{message_id}/status").json()

@@ -294,17 +294,22 @@ class MongoMessageStore(MessageStore):
         return _message(doc) if doc and doc["direction"] == Direction.OUTBOUND.value else None
 
     def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
+        # update_one, then read: SecantusDB plans a findAndModify on `_id` plus other fields as a collection
+        # scan (docs/MONGODB.md). Once claimed, nobody else changes the count until the attempt is closed.
         with _translated():
-            doc = self.durable.find_one_and_update(
+            claimed = self.durable.update_one(
                 {"_id": message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
                 {
                     "$inc": {"delivery_attempts": 1},
                     "$set": {"attempt": {"started_at": started_at, "lease_until": lease_until}},
                 },
-                projection={"delivery_attempts": 1},
-                return_document=ReturnDocument.AFTER,
             )
-        return int(doc["delivery_attempts"]) if doc else None
+            if not claimed.modified_count:
+                return None
+            doc = self.collection.find_one({"_id": message_id}, projection={"delivery_attempts": 1})
+        if doc is None:
+            raise DependencyUnavailableError(f"message {message_id} vanished while claiming it")
+        return int(doc["delivery_attempts"])
 
     def record_sent(
         self,
