@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test unit lint format clean system-packages bench
+.PHONY: dev test unit lint format clean system-packages bench redrive chaos
 
 $(STAMP): layers/requirements.txt requirements-dev.txt
 	@[ -n "$(PYTHON313)" ] || { echo "Python 3.13 is required (pyenv 3.13.0 or python3.13 on PATH)"; exit 1; }
@@ -24,6 +24,15 @@ test: $(STAMP) system-packages lint
 
 bench: $(STAMP) system-packages
 	$(PY) -m bench.load
+
+# dead-lettered records of the running `make dev` stack back to their queues (safe to run twice)
+redrive: $(STAMP)
+	$(PY) -m devstack.redrive
+
+# fault injection: N messages while servers, functions and the platform fail one at a time (bench/chaos.py);
+# CHAOS_ARGS="--messages 2000" for a shorter run
+chaos: $(STAMP) system-packages
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -119,35 +120,62 @@ def cpu_between(before: CpuSample, after: CpuSample, groups: dict[str, list[int]
 
 
 class WhatsAppServer:
-    """tests/support/fake_whatsapp.py run as `python -m`, its printed requests collected in arrival order."""
+    """tests/support/fake_whatsapp.py run as `python -m`, its printed requests collected in arrival order.
 
-    def __init__(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "tests.support.fake_whatsapp", "0"],
+    It can be killed (SIGKILL) and started again on the same port, and told to be slow or to fail for a while
+    (bench/chaos.py); what it printed before it died is kept.
+    """
+
+    def __init__(self, port: int = 0) -> None:
+        self.port = port
+        self.url = ""
+        self.received: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self.process: subprocess.Popen[str] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - this interpreter, this repository's module
+            [sys.executable, "-u", "-m", "tests.support.fake_whatsapp", str(self.port)],
             stdout=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         assert self.process.stdout is not None
         first = self.process.stdout.readline().strip()
         self.url = first.removeprefix("WHATSAPP_API_BASE=")
-        self.received: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
-        threading.Thread(target=self._read, daemon=True).start()
+        self.port = int(self.url.split(":")[2].split("/")[0])
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
 
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
             with self._lock:
                 self.received.append(json.loads(line))
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.received)
 
     def contents(self) -> list[tuple[str, str]]:
         """(recipient, text) of every request received so far, in arrival order."""
         with self._lock:
             return [(r["body"].get("to", ""), r["body"].get("text", {}).get("body", "")) for r in self.received]
 
+    def fault(self, seconds: float, status: int | None = None, delay: float = 0.0) -> None:
+        """For `seconds`, every send waits `delay` s and then answers `status` (when given)."""
+        body = {"seconds": seconds, "status": status, "delay": delay}
+        httpx.post(f"http://127.0.0.1:{self.port}/_fault", json=body, timeout=10).raise_for_status()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
     def close(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
 
 
 def wait_delivered(whatsapp: WhatsAppServer, accepted: list[dict[str, Any]], timeout: float) -> float:

@@ -344,6 +344,13 @@ class LambdaService:
     def container_pids(self) -> dict[str, list[int]]:
         return {name: [c.pid for c in pool.containers if c.pid is not None] for name, pool in self.pools.items()}
 
+    def busy_container_pids(self) -> dict[str, list[int]]:
+        """The containers running an invocation right now (fetched with /next, not answered yet)."""
+        return {
+            name: [c.pid for c in pool.containers if c.pid is not None and c.current is not None]
+            for name, pool in self.pools.items()
+        }
+
     # ------------------------------------------------------------------ containers
 
     async def spawn(self, container: Container) -> asyncio.subprocess.Process:

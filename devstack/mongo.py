@@ -33,9 +33,14 @@ def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
         "--port", str(port),
         "--storage-path", str(data_dir),
         "--log-level", "INFO",
+        # a journaled (j:true) transaction commit survives SIGKILL only with this: without it SecantusDB lost
+        # 5 of 820 acknowledged w:majority,j:true transactions to a SIGKILL (0 of 1,819 with it)
+        "--sync-on-commit",
     ]  # fmt: skip
     process = ManagedProcess("mongo", argv, cwd=state_dir, log_path=state_dir / "logs" / "mongo.log")
-    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    # journaled writes: an acknowledged write survives the server being killed (without, SecantusDB loses the
+    # last ones, as mongod with j:false does); "stored before 202" depends on it
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true&journal=true"
     start_until_ready(process, lambda: _ping(uri), timeout=60.0, group=group, port=port)
     return uri, process
 

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
+    from devstack.template import QueueSubscription
+
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 
@@ -87,6 +89,7 @@ class LocalRuntime:
         self.sqs_sources: list[SqsEventSource] = []
         self.schedules: list[ScheduleSource] = []
         self._sqs_clients: list[AsyncSqsClient] = []
+        self._sqs_source_parts: list[tuple[QueueSubscription, AsyncSqsClient, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -179,22 +182,45 @@ class LocalRuntime:
                 limit = min(limit, subscription.maximum_concurrency)
             client = AsyncSqsClient(self.aws_endpoint_url, REGION, "test", "test", connections=limit + 2)
             self._sqs_clients.append(client)
-            source = SqsEventSource(
-                subscription=subscription,
-                queue_url=self.resolve({"Ref": subscription.queue_logical_id}),
-                queue_arn=self.resolve({"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]}),
-                sqs=client,
-                invoke=service.invoke,
-                max_pollers=limit,
-                wait_seconds=self.options.sqs_wait_seconds,
-                log=self.log,
-            )
-            source.start()
-            self.sqs_sources.append(source)
+            self._sqs_source_parts.append((subscription, client, limit))
+            self.sqs_sources.append(self._sqs_source(subscription, client, limit))
         for schedule in schedule_subscriptions(self.template):
             source_ = ScheduleSource(schedule, service.invoke, clock=self.options.schedule_clock, log=self.log)
             source_.start()
             self.schedules.append(source_)
+
+    def _sqs_source(self, subscription: QueueSubscription, client: AsyncSqsClient, limit: int) -> SqsEventSource:
+        assert self.resolve is not None and self.lambda_service is not None
+        source = SqsEventSource(
+            subscription=subscription,
+            queue_url=self.resolve({"Ref": subscription.queue_logical_id}),
+            queue_arn=self.resolve({"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]}),
+            sqs=client,
+            invoke=self.lambda_service.invoke,
+            max_pollers=limit,
+            wait_seconds=self.options.sqs_wait_seconds,
+            log=self.log,
+        )
+        source.start()
+        return source
+
+    def set_event_sources_enabled(self, function: str, enabled: bool) -> None:
+        """Lambda's UpdateEventSourceMapping(Enabled=...) for every SQS mapping of a function: a disabled
+        mapping stops polling (a batch in flight is let finish), an enabled one polls again."""
+
+        async def change() -> None:
+            for subscription, client, limit in self._sqs_source_parts:
+                if subscription.function != function:
+                    continue
+                running = [s for s in self.sqs_sources if s.subscription is subscription]
+                if enabled and not running:
+                    self.sqs_sources.append(self._sqs_source(subscription, client, limit))
+                elif not enabled:
+                    for source in running:
+                        self.sqs_sources.remove(source)
+                        await source.stop()
+
+        self._call(change(), STOP_TIMEOUT_SECONDS)
 
     async def _stop(self) -> None:
         await asyncio.gather(*(source.stop() for source in self.sqs_sources), *(s.stop() for s in self.schedules))
@@ -206,6 +232,7 @@ class LocalRuntime:
         if self.http is not None:
             await self.http.stop()
         self.sqs_sources.clear()
+        self._sqs_source_parts.clear()
         self.schedules.clear()
 
     # -------------------------------------------------------------------- use
@@ -241,6 +268,17 @@ class LocalRuntime:
 
         async def pids() -> dict[str, list[int]]:
             return service.container_pids()
+
+        return self._call(pids(), 10)
+
+    def busy_container_pids(self) -> dict[str, list[int]]:
+        """The container processes of each function that are running an invocation right now."""
+        if self.lambda_service is None or self._loop is None:
+            return {}
+        service = self.lambda_service
+
+        async def pids() -> dict[str, list[int]]:
+            return service.busy_container_pids()
 
         return self._call(pids(), 10)
 

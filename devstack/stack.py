@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import sys
@@ -49,6 +50,17 @@ LOCAL_AWS_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_DEV": "false",
 }
+# written while a stack runs on a state dir: where its API and queues are (devstack/redrive.py reads it)
+RUNNING_FILE = "running.json"
+QUEUE_VARIABLES = {
+    "ROUTE_QUEUE_URL": "RouteQueue",
+    "ROUTE_DEAD_LETTER_QUEUE_URL": "RouteDeadLetterQueue",
+    "STATUS_QUEUE_URL": "StatusQueue",
+    "STATUS_DEAD_LETTER_QUEUE_URL": "StatusDeadLetterQueue",
+}
+# run once at start (and after LocalStack restarts): every message still PENDING goes back on the new queue
+SWEEPER_FUNCTION = "SweeperFunction"
+START_SWEEP_TIMEOUT = 120.0
 # servers interrupted while starting hold nothing worth a graceful stop; a starting LocalStack ignores SIGTERM
 INTERRUPTED_START_GRACE_SECONDS = 2.0
 CHANNEL_ENV = ("WHATSAPP_API_BASE", "TELEGRAM_API_BASE", "INSTAGRAM_API_BASE")
@@ -60,6 +72,7 @@ ENV_PARAMETERS = {
     "CHAT4ALL_JWT_ISSUER": "JwtIssuer",
     "CHAT4ALL_JWT_AUDIENCE": "JwtAudience",
     "CHAT4ALL_JWT_JWKS_URL": "JwtJwksUrl",
+    "CHAT4ALL_SWEEP_PENDING_AFTER_SECONDS": "SweepPendingAfterSeconds",
 }
 
 
@@ -129,6 +142,31 @@ def _start_localstack(state_dir: Path, group: ProcessGroup) -> tuple[str, Manage
     return start_localstack(state_dir, group)
 
 
+def _start_localstack_again(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
+    from devstack.localstack import start_localstack
+
+    return start_localstack(state_dir, group)
+
+
+class _SamePort(ProcessGroup):
+    """The stack's process group, handing out one given port: a server restarted where the functions expect it."""
+
+    def __init__(self, group: ProcessGroup, port: int) -> None:
+        super().__init__(preferred_ports=True)
+        self._group = group
+        self._port = port
+
+    def port_for(self, preferred: int) -> int:
+        return self._port
+
+    def add(self, process: ManagedProcess) -> None:
+        self._group.add(process)
+
+    @property
+    def closed(self) -> bool:
+        return self._group.closed
+
+
 def _start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
     from devstack.postgres import start_postgres
 
@@ -182,6 +220,7 @@ class LocalPlatform:
         self.runtime: LocalRuntime | None = None
         self.api_url = ""
         self.admin_api_key = ""
+        self._parameters: dict[str, str] = {}
         self._lock = threading.Lock()
 
     @property
@@ -262,6 +301,7 @@ class LocalPlatform:
             value = opts.channel_api_bases.get(name) or opts.environ.get(name)
             if value:
                 parameters[key] = value
+        self._parameters = parameters
         opts.log(f"deploying the AWS resources of template.yaml to {self.urls['aws']} ...")
         self.stack = deploy_stack(
             self.urls["aws"], TEMPLATE_PATH, opts.stack_name, parameters, state_dir=opts.state_dir.resolve()
@@ -314,6 +354,77 @@ class LocalPlatform:
         )
         self.runtime.start(http_port=free_port() if self.options.port == 0 else self.options.port)
         self.api_url = self.runtime.api_url
+        self.take_up_pending_messages()
+        self._write_running_file()
+
+    def queue_environment(self) -> dict[str, str]:
+        """Where this stack's queues are, as the functions and `python -m chat4all.redrive` name them."""
+        assert self.stack is not None
+        env = {"AWS_ENDPOINT_URL": self.urls["aws"], **LOCAL_AWS_ENV}
+        for variable, logical_id in QUEUE_VARIABLES.items():
+            env[variable] = self.stack.resolve({"Ref": logical_id})
+        return env
+
+    def _write_running_file(self) -> None:
+        """What tools run beside `make dev` (make redrive) need to reach this stack; removed at stop."""
+        path = self.options.state_dir / RUNNING_FILE
+        path.write_text(json.dumps({"api_url": self.api_url, "environment": self.queue_environment()}, indent=2))
+
+    def take_up_pending_messages(self) -> None:
+        """Run the sweeper once for every PENDING message, whatever its age.
+
+        LocalStack keeps nothing across a restart: messages that were in flight when the stack stopped (or
+        LocalStack died) are PENDING in MongoDB with no record in the new queue. In AWS the queue survives and
+        the scheduled sweeps are enough; locally this is the start's own sweep.
+        """
+        if self.runtime is None or SWEEPER_FUNCTION not in self.template["Resources"]:
+            return
+        result = self.runtime.invoke(SWEEPER_FUNCTION, {"pending_after_seconds": 0}, timeout=START_SWEEP_TIMEOUT)
+        if not result.ok:
+            # the scheduled sweeps take them up later; a start is not refused for it
+            self.options.log(f"the start-up sweep failed ({result.error_type}); the scheduled sweeps will retry")
+            return
+        report = result.json() or {}
+        if report.get("found"):
+            self.options.log(f"messages PENDING from an earlier run, re-enqueued: {report.get('requeued')}")
+
+    # -------------------------------------------------------------------- faults (bench/chaos.py)
+    def server_process(self, name: str) -> ManagedProcess:
+        """The running process of one of the servers this stack started: localstack, postgres, mongo, redis."""
+        for process in reversed(self.group.processes):
+            if process.name == name and process.is_running():
+                return process
+        raise LookupError(f"no running {name} server of this stack")
+
+    def restart_server(self, name: str) -> None:
+        """Start a server of this stack again, on the port the functions know, after it died.
+
+        LocalStack comes back empty: the template's resources are deployed again (same names, so the same
+        queue URLs; the KMS keys with the same id and material) and the start-up sweep re-enqueues what the
+        lost queues held.
+        """
+        urls_key = {"localstack": "aws", "postgres": "postgres_server", "mongo": "mongo_server", "redis": "redis"}
+        launchers = {
+            "localstack": _start_localstack_again,
+            "postgres": _start_postgres,
+            "mongo": _start_mongo,
+            "redis": _start_redis,
+        }
+        port = urlsplit(self.urls[urls_key[name]]).port
+        assert port is not None
+        launchers[name](self.options.state_dir.resolve(), _SamePort(self.group, port))
+        if name == "localstack":
+            from devstack.localstack import deploy_stack
+
+            assert self.stack is not None
+            self.stack = deploy_stack(
+                self.urls["aws"],
+                TEMPLATE_PATH,
+                self.options.stack_name,
+                self._parameters,
+                state_dir=self.options.state_dir.resolve(),
+            )
+            self.take_up_pending_messages()
 
     def invoke(self, logical_id: str, event: Any) -> InvocationResult:
         """Invoke a function of the template (by logical id) as Lambda's Invoke does, and wait for its answer."""
@@ -342,6 +453,7 @@ class LocalPlatform:
                 self.runtime.stop()
                 self.runtime = None
             self.group.stop_all(grace)
+            (self.options.state_dir / RUNNING_FILE).unlink(missing_ok=True)
             self.state_lock.release()
 
     def __enter__(self) -> LocalPlatform:

@@ -31,6 +31,7 @@ from chat4all.adapters.postgres import (
     PostgresDatabase,
     PostgresUserRepository,
 )
+from chat4all.adapters.recovery import MongoPendingMessages, SqsRouteRequeue
 from chat4all.channels import CONNECTOR_TYPES
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
@@ -43,6 +44,7 @@ from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
 from chat4all.services.messages import MessageService
 from chat4all.services.notifications import EventBuffer, EventRelay
+from chat4all.services.recovery import RecoveryService
 from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
 
@@ -200,6 +202,18 @@ def sqs_visibility() -> SqsVisibility:
 def status_service() -> StatusService:
     db = mongo()
     return StatusService(MongoMessageStore(db), event_buffer(), MongoConversationStore(db))
+
+
+@lru_cache
+def recovery_service() -> RecoveryService:
+    config = settings()
+    return RecoveryService(
+        MongoPendingMessages(mongo()),
+        SqsRouteRequeue(aws_client("sqs"), config.require("route_queue_url")),
+        status_service(),
+        event_buffer(),
+        pending_after_seconds=config.sweep_pending_after_seconds,
+    )
 
 
 @lru_cache

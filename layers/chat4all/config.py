@@ -38,6 +38,7 @@ class Settings(BaseModel):
     route_queue_url: str | None = None
     route_dead_letter_queue_url: str | None = None
     status_queue_url: str | None = None
+    status_dead_letter_queue_url: str | None = None
     credentials_key_id: str | None = None
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
@@ -51,6 +52,8 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     # how long a message may wait on unavailable dependencies before delivery gives up on it (FAILED)
     delivery_trouble_seconds: int = Field(default=300, gt=0)
+    # the sweeper re-enqueues outbound messages PENDING for longer than this
+    sweep_pending_after_seconds: int = Field(default=120, ge=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

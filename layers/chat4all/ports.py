@@ -401,3 +401,41 @@ class DependencyCheck(ABC):
     @abstractmethod
     def check(self) -> None:
         """Return when the dependency answers; raise otherwise."""
+
+
+@dataclass(frozen=True)
+class PendingJob:
+    """An outbound message still PENDING: what the route queue needs to take it up again."""
+
+    message_id: str
+    conversation_id: str
+    sequence: int
+
+
+class PendingMessages(ABC):
+    """What recovery needs of the message store: stale PENDING messages, and settling one as FAILED."""
+
+    @abstractmethod
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        """Outbound messages still PENDING that were created before `created_before`, at most `limit`, in
+        conversation and sequence order."""
+
+    @abstractmethod
+    def fail_if_pending(self, message_id: str, entry: StatusEntry) -> Message | None:
+        """Move an outbound message that is still PENDING (never sent) to `entry` (FAILED), atomically.
+
+        Returns the message as it now is when this call moved it; None when it was settled already (sent,
+        failed), does not exist or is inbound: whoever settled it first published its event.
+        """
+
+
+class RouteRequeue(ABC):
+    """Puts PENDING messages back on the route queue, in batches."""
+
+    @abstractmethod
+    def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
+        """Enqueue `jobs` (in their order, one group per conversation); how many SQS took.
+
+        `round_id` names the sweep: enqueues of one message in one round are deduplicated, so sweeps that
+        run at once add one record, not two.
+        """

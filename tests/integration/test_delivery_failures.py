@@ -51,12 +51,18 @@ def test_three_failures_make_it_failed_and_dead_lettered(
     api: Api, platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
+    assert platform.runtime is not None
     fake_whatsapp.fail_next(setup.customer_phone, UNAVAILABLE, UNAVAILABLE, UNAVAILABLE)
-    accepted = send(api, setup, "doomed")
-    status = wait_for_status(api, accepted["message_id"], "FAILED", timeout=40)
-    assert "gave up after 3 attempts" in status["history"][-1]["detail"]
-    assert [c.answered for c in fake_whatsapp.sent_to(setup.customer_phone)] == [503, 503, 503]
-    bodies = [json.loads(m["Body"]) for m in dead_letters(platform)]
+    # the dead-letter consumer would take the record at once (tests/integration/test_recovery.py)
+    platform.runtime.set_event_sources_enabled("DeadLetterFunction", False)
+    try:
+        accepted = send(api, setup, "doomed")
+        status = wait_for_status(api, accepted["message_id"], "FAILED", timeout=40)
+        assert "gave up after 3 attempts" in status["history"][-1]["detail"]
+        assert [c.answered for c in fake_whatsapp.sent_to(setup.customer_phone)] == [503, 503, 503]
+        bodies = [json.loads(m["Body"]) for m in dead_letters(platform)]
+    finally:
+        platform.runtime.set_event_sources_enabled("DeadLetterFunction", True)
     assert {"message_id": accepted["message_id"], "conversation_id": setup.conversation_id} in bodies
     time.sleep(3)  # nothing tries it again
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 3

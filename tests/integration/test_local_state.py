@@ -1,5 +1,8 @@
 """`make dev` as a new user runs it: from a private clone, stopped and started again, interrupted, port taken.
 
+A message still in flight when the stack stops (the platform failed its first attempt) is delivered after the
+next start: LocalStack's queues are new then, and the start's sweep puts every PENDING message back on them.
+
 Each test runs `python -m devstack` (what `make dev` runs) as a child process in a clone of this working tree
 inside a 0700 directory, the way `mktemp -d` or root's home are, and talks to it over HTTP only.
 """
@@ -24,11 +27,12 @@ import pytest
 
 from devstack.processes import free_port, port_in_use
 from devstack.state import external_home
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from tests.support.fake_whatsapp import FakeWhatsApp
+    from tests.support.fake_whatsapp import FakeWhatsApp, RecordedRequest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # servers the user may point at; unset here, so the stack starts and stops its own
@@ -84,6 +88,10 @@ def processes_under(*paths: Path) -> list[str]:
         if any(needle in cwd or needle in cmdline for needle in needles):
             found.append(f"{proc.name}: {cmdline[:160]} (cwd {cwd})")
     return found
+
+
+def platform_calls(fake: FakeWhatsApp, text: str) -> list[RecordedRequest]:
+    return [r for r in list(fake.requests) if r.body.get("text", {}).get("body") == text]
 
 
 class DevStack:
@@ -169,11 +177,16 @@ class Client:
         body = {"platform": "WHATSAPP", "name": f"line {phone_number_id}", "credentials": credentials}
         return str(self.created("/v1/channels", body)["channel_id"])
 
-    def send_until_sent(self, conversation_id: str, sender_id: str, content: str) -> str:
+    def send(self, conversation_id: str, sender_id: str, content: str) -> str:
         body = {"conversation_id": conversation_id, "sender_id": sender_id, "content": content}
         response = self.http.post("/v1/messages", json=body)
         assert response.status_code == 202, response.text
-        message_id = str(response.json()["message_id"])
+        return str(response.json()["message_id"])
+
+    def send_until_sent(self, conversation_id: str, sender_id: str, content: str) -> str:
+        return self.wait_until_sent(self.send(conversation_id, sender_id, content), content)
+
+    def wait_until_sent(self, message_id: str, content: str) -> str:
         deadline = time.monotonic() + 90
         while True:
             status = self.http.get(f"/v1/messages/{message_id}/status").json()
@@ -206,8 +219,15 @@ def test_a_private_clone_runs_stops_and_starts_again_with_everything_it_made(
     assert first_conversation["channel_id"] == channel_a  # the only one then
     conversation_id = first_conversation["conversation_id"]
     api.send_until_sent(conversation_id, agent, "before the restart")
-
-    assert first.interrupt() == 0, first.output
+    # in flight when the stack stops: the platform fails the first attempt, and the stack stops before the retry
+    fake_whatsapp.fault(seconds=600, status=503)
+    try:
+        in_flight = api.send(conversation_id, agent, "in flight at the stop")
+        wait_until(lambda: platform_calls(fake_whatsapp, "in flight at the stop"), 60, "the first attempt")
+        assert first.interrupt() == 0, first.output
+    finally:
+        fake_whatsapp.fault(seconds=0)
+    assert [r.answered for r in platform_calls(fake_whatsapp, "in flight at the stop")] == [503]
     assert processes_under(private_clone, external_home(state_dir)) == []
     assert not port_in_use(port)
 
@@ -217,6 +237,8 @@ def test_a_private_clone_runs_stops_and_starts_again_with_everything_it_made(
     assert api.http.get(f"/v1/users/{customer['user_id']}").json()["external_identities"][0]["platform_user_id"] == (
         phone
     )
+    # the start's sweep put it back on the new queue, ahead of what is sent now
+    api.wait_until_sent(in_flight, "in flight at the stop")
     api.send_until_sent(conversation_id, agent, "after the restart, same channel")
     channel_b = api.channel(line_b)
     second_conversation = api.created(
@@ -225,17 +247,21 @@ def test_a_private_clone_runs_stops_and_starts_again_with_everything_it_made(
     api.send_until_sent(second_conversation, agent, "after the restart, new channel")
 
     sent = [
-        (r.path.split("/")[-2], r.body["text"]["body"]) for r in fake_whatsapp.requests if r.body.get("to") == phone
+        (r.path.split("/")[-2], r.body["text"]["body"])
+        for r in fake_whatsapp.requests
+        if r.body.get("to") == phone and r.answered == 200
     ]
     assert sent == [
         (line_a, "before the restart"),
+        (line_a, "in flight at the stop"),
         (line_a, "after the restart, same channel"),
         (line_b, "after the restart, new channel"),
     ]
     history = api.http.get(f"/v1/conversations/{conversation_id}/messages?limit=50").json()["items"]
     assert [(m["sequence"], m["content"], m["status"]) for m in history] == [
         (1, "before the restart", "SENT"),
-        (2, "after the restart, same channel", "SENT"),
+        (2, "in flight at the stop", "SENT"),
+        (3, "after the restart, same channel", "SENT"),
     ]
 
     assert second.interrupt() == 0, second.output

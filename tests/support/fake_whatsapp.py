@@ -10,7 +10,10 @@ import time
 import uuid
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @dataclass(frozen=True)
@@ -28,14 +31,24 @@ class ScriptedFailure:
     body: dict[str, Any]
 
 
-class FakeWhatsApp:
-    """Records every send, answers like graph.facebook.com, and can be told to fail the next calls."""
+FAULT_PATH = "/_fault"
 
-    def __init__(self, port: int = 0) -> None:
+
+class FakeWhatsApp:
+    """Records every send, answers like graph.facebook.com, and can be told to fail the next calls.
+
+    `on_request` sees every recorded send before its answer is written (a recorder that must not lose a send
+    the caller was told about). `fault()` (or POST /_fault with its arguments as JSON) makes every send slow,
+    or answer one status, for a while: what bench/chaos.py does to it.
+    """
+
+    def __init__(self, port: int = 0, on_request: Callable[[RecordedRequest], None] | None = None) -> None:
         self.requests: list[RecordedRequest] = []
         self.lookups: list[tuple[str, dict[str, str]]] = []  # GET /{phone_number_id}: (path, headers)
         self.refused_tokens: set[str] = set()
+        self.on_request = on_request
         self._failures: dict[str, list[ScriptedFailure]] = {}
+        self._fault: tuple[float, int | None, float] = (0.0, None, 0.0)  # (until, status, delay)
         self._lock = threading.Lock()
         fake = self
 
@@ -59,11 +72,19 @@ class FakeWhatsApp:
                     body = json.loads(raw)
                 except ValueError:
                     body = {}
+                if self.path == FAULT_PATH:
+                    fake.fault(**body)
+                    self.send_response(204)
+                    self.end_headers()
+                    return
                 status, reply, wamid = fake._answer(self.path, body)
+                recorded = RecordedRequest(
+                    self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, wamid
+                )
                 with fake._lock:
-                    fake.requests.append(
-                        RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()}, body, status, wamid)
-                    )
+                    fake.requests.append(recorded)
+                if fake.on_request is not None:
+                    fake.on_request(recorded)
                 payload = json.dumps(reply).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
@@ -106,8 +127,21 @@ class FakeWhatsApp:
         with self._lock:
             self._failures.setdefault(recipient, []).extend(failures)
 
+    def fault(self, seconds: float, status: int | None = None, delay: float = 0.0) -> None:
+        """For `seconds`, every send waits `delay` seconds and then answers `status` (when given) instead."""
+        with self._lock:
+            self._fault = (time.monotonic() + seconds, status, delay)
+
     def _answer(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any], str | None]:
         recipient = str(body.get("to", ""))
+        with self._lock:
+            until, status, delay = self._fault
+        if time.monotonic() < until:
+            time.sleep(delay)
+            if status == RATE_LIMITED.status:
+                return RATE_LIMITED.status, RATE_LIMITED.body, None
+            if status is not None:
+                return status, {"error": {"message": "Internal error", "code": 1}}, None
         with self._lock:
             queue = self._failures.get(recipient)
             if queue:
@@ -228,16 +262,24 @@ if __name__ == "__main__":
     # `python -m tests.support.fake_whatsapp [port]`: a WhatsApp-format server for trying the platform by hand
     import sys
 
-    fake = FakeWhatsApp(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    def show(request: RecordedRequest) -> None:
+        # printed before the answer is written: a send the caller was told about is never missing from the output
+        auth = request.headers.get("authorization")
+        line = {
+            "path": request.path,
+            "authorization": auth,
+            "body": request.body,
+            "answered": request.answered,
+            "platform_message_id": request.platform_message_id,
+        }
+        with printing:
+            print(json.dumps(line), flush=True)
+
+    printing = threading.Lock()
+    fake = FakeWhatsApp(int(sys.argv[1]) if len(sys.argv) > 1 else 0, on_request=show)
     print(f"WHATSAPP_API_BASE={fake.url}", flush=True)
-    shown = 0
     try:
         while True:
-            time.sleep(0.5)
-            new = fake.requests[shown:]
-            shown += len(new)
-            for request in new:
-                auth = request.headers.get("authorization")
-                print(json.dumps({"path": request.path, "authorization": auth, "body": request.body}), flush=True)
+            time.sleep(3600)
     except KeyboardInterrupt:
         fake.close()

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from devstack.template import http_routes, load_template, queue_subscriptions
+from devstack.template import http_routes, load_template, queue_subscriptions, schedule_subscriptions
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,7 +23,7 @@ def test_cfn_lint_finds_nothing() -> None:
 
 def test_consumers_report_partial_batch_failures() -> None:
     subscriptions = {s.function: s for s in queue_subscriptions(load_template(ROOT / "template.yaml"))}
-    assert set(subscriptions) == {"RouteFunction", "StatusFunction"}
+    assert set(subscriptions) == {"RouteFunction", "StatusFunction", "DeadLetterFunction"}
     assert all(s.report_batch_item_failures for s in subscriptions.values())
     assert subscriptions["RouteFunction"].queue_logical_id == "RouteQueue"
 
@@ -41,5 +41,16 @@ def test_every_function_has_a_handler_module() -> None:
     template = load_template(ROOT / "template.yaml")
     functions = {r.function for r in http_routes(template)} | {s.function for s in queue_subscriptions(template)}
     for logical_id in functions:
+        code_uri = template["Resources"][logical_id]["Properties"]["CodeUri"]
+        assert (ROOT / code_uri / "app.py").is_file(), logical_id
+
+
+def test_each_dead_letter_queue_has_a_consumer_and_the_sweeper_runs_on_a_schedule() -> None:
+    template = load_template(ROOT / "template.yaml")
+    consumed = {s.queue_logical_id: s.function for s in queue_subscriptions(template)}
+    assert consumed["RouteDeadLetterQueue"] == consumed["StatusDeadLetterQueue"] == "DeadLetterFunction"
+    schedules = {s.function: s.expression for s in schedule_subscriptions(template)}
+    assert schedules == {"SweeperFunction": "rate(1 minute)"}
+    for logical_id in ("DeadLetterFunction", "SweeperFunction"):
         code_uri = template["Resources"][logical_id]["Properties"]["CodeUri"]
         assert (ROOT / code_uri / "app.py").is_file(), logical_id

@@ -1,0 +1,139 @@
+"""DeadLetter: settles what lands in the dead-letter queues, so that nothing stays there unseen.
+
+- a route record (route dead-letter queue, FIFO): its message, if still PENDING and never sent, becomes FAILED
+  with the reason and a MessageFailed event; a message settled already is left as it is;
+- a status report (status dead-letter queue): applied once more; when no message has its platform id it is
+  logged and counted (StatusDeadLettersDropped) as dropped, with the reason.
+
+A record that cannot be settled because a dependency is down is retried with back-off, up to
+DEAD_LETTER_GIVE_UP_RECEIVES receives; then it is logged and counted as not settled (its message, still
+PENDING, is taken up again by the sweeper).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import BaseModel, Field, ValidationError
+
+from chat4all import bootstrap
+from chat4all.consumers import consume_batch
+from chat4all.domain.errors import DependencyUnavailableError
+from chat4all.domain.models import MessageStatus, Platform, StatusReport
+from chat4all.observability import logger, metrics, tracer
+from chat4all.services.recovery import DEAD_LETTER_GIVE_UP_RECEIVES, StatusSettlement, dead_letter_reason
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+settings = bootstrap.settings()
+
+
+class RouteJob(BaseModel):
+    message_id: str
+    conversation_id: str
+
+
+class StatusReportDetail(BaseModel):
+    platform: Platform
+    platform_message_id: str
+    status: MessageStatus
+    at: datetime
+    detail: str | None = None
+
+
+class ChannelStatusEvent(BaseModel):
+    """The EventBridge envelope of a status report, as the status queue (and so its dead-letter queue) holds it."""
+
+    detail_type: str = Field(alias="detail-type")
+    detail: StatusReportDetail
+
+
+def _receives(record: SQSRecord) -> int:
+    return int(record.attributes.approximate_receive_count or 1)
+
+
+def _count(name: str) -> None:
+    metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+
+def route_record(record: SQSRecord) -> None:
+    try:
+        job = RouteJob.model_validate_json(record.body)
+    except ValidationError:
+        logger.error("dead-lettered route record dropped: not a route job", extra={"body": record.body[:500]})
+        _count("RouteDeadLettersDropped")
+        return
+    reason_attribute = record.message_attributes.get("reason")
+    reason = dead_letter_reason(reason_attribute.string_value if reason_attribute else None)
+    try:
+        settled = bootstrap.recovery_service().settle_dead_route(job.message_id, reason)
+    except DependencyUnavailableError:
+        if _receives(record) < DEAD_LETTER_GIVE_UP_RECEIVES:
+            raise
+        logger.exception("dead-lettered route record not settled", extra={"message_id": job.message_id})
+        _count("RouteDeadLettersNotSettled")
+        return
+    _count("RouteDeadLettersSettled" if settled else "RouteDeadLettersAlreadySettled")
+    logger.info("route dead letter", extra={"message_id": job.message_id, "failed_now": settled, "reason": reason})
+
+
+def status_record(record: SQSRecord) -> None:
+    try:
+        detail = ChannelStatusEvent.model_validate_json(record.body).detail
+    except ValidationError:
+        logger.error("dead-lettered status record dropped: not a status report", extra={"body": record.body[:500]})
+        _count("StatusDeadLettersDropped")
+        return
+    try:
+        outcome = bootstrap.recovery_service().settle_dead_status(StatusReport(**detail.model_dump()))
+    except DependencyUnavailableError:
+        if _receives(record) < DEAD_LETTER_GIVE_UP_RECEIVES:
+            raise
+        logger.exception(
+            "dead-lettered status report dropped", extra={"platform_message_id": detail.platform_message_id}
+        )
+        _count("StatusDeadLettersDropped")
+        return
+    if outcome.settlement is StatusSettlement.DROPPED:
+        logger.warning(
+            "dead-lettered status report dropped",
+            extra={"platform_message_id": detail.platform_message_id, "reason": outcome.reason},
+        )
+        _count("StatusDeadLettersDropped")
+    else:
+        _count("StatusDeadLettersApplied")
+        logger.info(
+            "dead-lettered status report applied",
+            extra={"platform_message_id": detail.platform_message_id, "outcome": str(outcome.settlement)},
+        )
+
+
+def _queue_name(url_or_arn: str) -> str:
+    return url_or_arn.rstrip("/").replace(":", "/").rsplit("/", 1)[-1]
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    records = event.get("Records") or []
+    route_dlq = settings.require("route_dead_letter_queue_url")
+    # one event source mapping per queue: a batch comes from one queue
+    from_route = bool(records) and _queue_name(records[0].get("eventSourceARN", "")) == _queue_name(route_dlq)
+    try:
+        return dict(
+            consume_batch(
+                event,
+                context,
+                route_record if from_route else status_record,
+                fifo=from_route,
+                queue_url=route_dlq if from_route else settings.require("status_dead_letter_queue_url"),
+                visibility=bootstrap.sqs_visibility(),
+            )
+        )
+    finally:
+        bootstrap.event_buffer().flush()  # MessageFailed, MessageStatusChanged: one PutEvents, or the outbox

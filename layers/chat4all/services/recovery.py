@@ -1,0 +1,136 @@
+"""Recovery: settling what the dead-letter queues hold, and taking up again what was left PENDING.
+
+Two things end up where nothing reads them on their own: a route record that SQS moved to the route
+dead-letter queue (its receive count ran out) while the message was still PENDING, and a status report
+that SQS moved to the status dead-letter queue. And a message can stay PENDING with no record anywhere:
+stored, then the enqueue failed or the process died; or the queue itself lost it (LocalStack keeps
+nothing across a restart). The dead-letter consumer settles the first two, the sweeper the third.
+
+Both are safe to run at any time, concurrently with each other and with the route function: settling
+is one conditional write (only a message still PENDING and never sent becomes FAILED), and re-enqueueing
+a PENDING message is harmless because the route function never sends a message that was sent or
+settled already.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from chat4all.domain.errors import StatusTargetMissingError
+from chat4all.domain.models import MessageStatus, StatusEntry, utcnow
+from chat4all.services.notifications import notify
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from datetime import datetime
+
+    from chat4all.domain.models import StatusReport
+    from chat4all.ports import EventPublisher, PendingMessages, RouteRequeue
+    from chat4all.services.statuses import StatusService
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PENDING_AFTER_SECONDS = 120
+# at most this many messages per sweep; the rest wait for the next one (oldest first)
+SWEEP_LIMIT = 5000
+# enqueues of one message within one round share a deduplication id: sweeps running at once (a retried
+# invocation, a start-up sweep next to a scheduled one) add one record, and a message still PENDING gets
+# at most one more record per round
+SWEEP_ROUND_SECONDS = 300
+# a dead-lettered record that cannot be settled (its dependency stays down) is retried this many times
+DEAD_LETTER_GIVE_UP_RECEIVES = 20
+
+
+class StatusSettlement(StrEnum):
+    APPLIED = "applied"
+    KEPT_IN_HISTORY = "kept in history"
+    DROPPED = "dropped"
+
+
+@dataclass(frozen=True)
+class StatusDeadLetterOutcome:
+    settlement: StatusSettlement
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    found: int
+    requeued: int
+    events_published: int = 0
+
+
+def dead_letter_reason(reason: str | None) -> str:
+    """Why a route record is in the dead-letter queue: the route function's own reason when it put it there,
+    else SQS's redrive (the route queue's maxReceiveCount ran out before the message was settled)."""
+    if reason:
+        return f"dead-lettered: {reason}"
+    return "dead-lettered: the route queue's receive limit was reached before the message was delivered"
+
+
+class RecoveryService:
+    def __init__(
+        self,
+        pending: PendingMessages,
+        requeue: RouteRequeue,
+        statuses: StatusService,
+        events: EventPublisher,
+        *,
+        pending_after_seconds: int = DEFAULT_PENDING_AFTER_SECONDS,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.pending = pending
+        self.requeue = requeue
+        self.statuses = statuses
+        self.events = events
+        self.pending_after_seconds = pending_after_seconds
+        self.clock = clock
+
+    # ------------------------------------------------------------------ dead-letter queues
+
+    def settle_dead_route(self, message_id: str, reason: str) -> bool:
+        """A route record in the dead-letter queue: its message FAILED with `reason` when still PENDING.
+
+        True when this call settled it (and published MessageFailed); False when it was settled already.
+        """
+        message = self.pending.fail_if_pending(message_id, StatusEntry(MessageStatus.FAILED, self.clock(), reason))
+        if message is None:
+            return False
+        logger.warning("message %s failed: %s", message_id, reason)
+        notify(self.events, "MessageFailed", message, MessageStatus.FAILED)
+        return True
+
+    def settle_dead_status(self, report: StatusReport) -> StatusDeadLetterOutcome:
+        """A status report in the dead-letter queue, applied once more.
+
+        Its message may have become known since (the report overtook the route function's write for longer
+        than the status queue's receives allowed): then it is applied as usual. A report for a platform id
+        that no message has is dropped with that reason. Dependency errors propagate, so the record is
+        retried (see DEAD_LETTER_GIVE_UP_RECEIVES).
+        """
+        try:
+            moved = self.statuses.apply(report)
+        except StatusTargetMissingError as exc:
+            return StatusDeadLetterOutcome(StatusSettlement.DROPPED, exc.detail)
+        return StatusDeadLetterOutcome(StatusSettlement.APPLIED if moved else StatusSettlement.KEPT_IN_HISTORY)
+
+    # ------------------------------------------------------------------ sweeper
+
+    def sweep(self, pending_after_seconds: int | None = None, limit: int = SWEEP_LIMIT) -> SweepReport:
+        """Put every outbound message PENDING for longer than `pending_after_seconds` back on the route queue.
+
+        0 takes up every PENDING message: what the local stack does at start, when the queues are new.
+        """
+        after = self.pending_after_seconds if pending_after_seconds is None else pending_after_seconds
+        now = self.clock()
+        jobs = self.pending.stale_pending(now - timedelta(seconds=after), limit)
+        if not jobs:
+            return SweepReport(0, 0)
+        round_id = str(int(now.timestamp()) // SWEEP_ROUND_SECONDS)
+        requeued = self.requeue.requeue(jobs, round_id)
+        logger.info("sweep: %d PENDING messages older than %d s, %d re-enqueued", len(jobs), after, requeued)
+        return SweepReport(len(jobs), requeued)
