@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+import pymongo
 from psycopg import sql
 
 from devstack.processes import (
@@ -489,7 +490,9 @@ def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterato
 
             bootstrap.postgres().close()
             mongo = bootstrap.mongo()
-            mongo.client.drop_database(mongo.name)
+            # dropping a database of 10,000 messages takes longer than the functions' 5 s socket timeout
+            with pymongo.timeout(120):
+                mongo.client.drop_database(mongo.name)
             mongo.client.close()  # before its server stops: closing afterwards waits for a server that is gone
             drop_postgres_database(platform.urls["postgres_server"], options.database_name)
         finally:
