@@ -64,42 +64,42 @@ def post_message() -> Response[str]:
     return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
 
 
+def answer_subscription(platform: Platform) -> Response[str]:
+    params = app.current_event.query_string_parameters or {}
+    challenge = bootstrap.webhook_service().subscription_challenge(platform, params)
+    return Response(status_code=200, content_type="text/plain", body=challenge)
+
+
+def receive_webhook(platform: Platform) -> Response[str]:
+    body = raw_body(app.current_event, settings.max_body_bytes)
+    events = bootstrap.webhook_service().receive(platform, app.current_event.headers, body)
+    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
+    return json_response(200, {"received": len(events)})
+
+
 @app.get("/webhooks/whatsapp")
 def whatsapp_subscription() -> Response[str]:
-    params = app.current_event.query_string_parameters or {}
-    challenge = bootstrap.webhook_service().subscription_challenge(Platform.WHATSAPP, params)
-    return Response(status_code=200, content_type="text/plain", body=challenge)
+    return answer_subscription(Platform.WHATSAPP)
 
 
 @app.post("/webhooks/whatsapp")
 def whatsapp_webhook() -> Response[str]:
-    body = raw_body(app.current_event, settings.max_body_bytes)
-    events = bootstrap.webhook_service().receive(Platform.WHATSAPP, app.current_event.headers, body)
-    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
-    return json_response(200, {"received": len(events)})
+    return receive_webhook(Platform.WHATSAPP)
 
 
 @app.post("/webhooks/telegram")
 def telegram_webhook() -> Response[str]:
-    body = raw_body(app.current_event, settings.max_body_bytes)
-    events = bootstrap.webhook_service().receive(Platform.TELEGRAM, app.current_event.headers, body)
-    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
-    return json_response(200, {"received": len(events)})
+    return receive_webhook(Platform.TELEGRAM)
 
 
 @app.get("/webhooks/instagram")
 def instagram_subscription() -> Response[str]:
-    params = app.current_event.query_string_parameters or {}
-    challenge = bootstrap.webhook_service().subscription_challenge(Platform.INSTAGRAM, params)
-    return Response(status_code=200, content_type="text/plain", body=challenge)
+    return answer_subscription(Platform.INSTAGRAM)
 
 
 @app.post("/webhooks/instagram")
 def instagram_webhook() -> Response[str]:
-    body = raw_body(app.current_event, settings.max_body_bytes)
-    events = bootstrap.webhook_service().receive(Platform.INSTAGRAM, app.current_event.headers, body)
-    metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
-    return json_response(200, {"received": len(events)})
+    return receive_webhook(Platform.INSTAGRAM)
 
 
 @app.get("/health")

@@ -93,6 +93,21 @@ class ChannelConnector(ABC):
         return payload
 
 
+class MetaWebhookConnector(ChannelConnector):
+    """Meta's webhooks (WhatsApp, Instagram): `X-Hub-Signature-256` with the app secret, hub subscription checks."""
+
+    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
+        return hmac_sha256_matches(credentials["app_secret"], raw_body, headers.get("x-hub-signature-256"))
+
+    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+        if params.get("hub.mode") != "subscribe":
+            return None
+        token = params.get("hub.verify_token", "")
+        if not hmac.compare_digest(token.encode(), credentials["verify_token"].encode()):
+            return None
+        return params.get("hub.challenge", "")
+
+
 def hmac_sha256_matches(secret: str, raw_body: bytes, signature_header: str | None, prefix: str = "sha256=") -> bool:
     """Constant-time check of a Meta-style `sha256=<hex>` signature over the raw body."""
     if not signature_header or not signature_header.startswith(prefix):

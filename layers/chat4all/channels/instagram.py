@@ -3,13 +3,12 @@ with messages, reactions and read receipts."""
 
 from __future__ import annotations
 
-import hmac
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector, hmac_sha256_matches, strings_at
+from chat4all.channels.base import MetaWebhookConnector, strings_at
 from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
 from chat4all.domain.errors import BadRequestError, ChannelRetryableError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
@@ -87,20 +86,9 @@ def _at(milliseconds: int) -> datetime:
         raise BadRequestError(f"timestamp {milliseconds!r} is not a UNIX time in milliseconds") from exc
 
 
-class InstagramConnector(ChannelConnector):
+class InstagramConnector(MetaWebhookConnector):
     platform = Platform.INSTAGRAM
     credentials_model: ClassVar[type[ChannelCredentials]] = InstagramCredentials
-
-    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
-        return hmac_sha256_matches(credentials["app_secret"], raw_body, headers.get("x-hub-signature-256"))
-
-    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
-        if params.get("hub.mode") != "subscribe":
-            return None
-        token = params.get("hub.verify_token", "")
-        if not hmac.compare_digest(token.encode(), credentials["verify_token"].encode()):
-            return None
-        return params.get("hub.challenge", "")
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
         return sorted(set(strings_at(payload, "entry", "id")))

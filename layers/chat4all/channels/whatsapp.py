@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hmac
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector, hmac_sha256_matches, strings_at
+from chat4all.channels.base import MetaWebhookConnector, strings_at
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
 from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
@@ -147,20 +146,9 @@ def _envelope(payload: dict[str, Any]) -> _Envelope:
         raise BadRequestError(f"not a WhatsApp webhook body: {exc.errors()[0]['msg']}") from exc
 
 
-class WhatsAppConnector(ChannelConnector):
+class WhatsAppConnector(MetaWebhookConnector):
     platform = Platform.WHATSAPP
     credentials_model: ClassVar[type[ChannelCredentials]] = WhatsAppCredentials
-
-    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
-        return hmac_sha256_matches(credentials["app_secret"], raw_body, headers.get("x-hub-signature-256"))
-
-    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
-        if params.get("hub.mode") != "subscribe":
-            return None
-        token = params.get("hub.verify_token", "")
-        if not hmac.compare_digest(token.encode(), credentials["verify_token"].encode()):
-            return None
-        return params.get("hub.challenge", "")
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
         return sorted(set(strings_at(payload, "entry", "changes", "value", "metadata", "phone_number_id")))
