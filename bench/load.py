@@ -304,6 +304,7 @@ def measured_phase(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict
     def on_start() -> None:
         marks["cpu"] = CpuSample.take()
         marks["log_offset"] = log.stat().st_size
+        print(f"{plan['mode']} phase started", file=sys.stderr, flush=True)  # a profiler can attach now
 
     result, _ = run_client(plan, on_start)
     wait_delivered(whatsapp, result["accepted"], DRAIN_TIMEOUT_SECONDS)

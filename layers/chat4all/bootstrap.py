@@ -171,7 +171,7 @@ def conversation_service() -> ConversationService:
 @lru_cache
 def message_service() -> MessageService:
     db = mongo()
-    return MessageService(MongoMessageStore(db), MongoConversationStore(db), users(), outbound_queue(), event_buffer())
+    return MessageService(MongoMessageStore(db), MongoConversationStore(db), users(), outbound_queue())
 
 
 @lru_cache

@@ -28,6 +28,15 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class StoredOutbound:
+    """An outbound message as stored, and whether its conversation needs a route job enqueued for it."""
+
+    message: Message
+    # False when a job of the conversation is already queued or running: that run sends this message too
+    needs_route_job: bool
+
+
+@dataclass(frozen=True)
 class AuditEntry:
     """One append-only audit record, written in the same transaction as the change it describes.
 
@@ -218,6 +227,20 @@ class MessageStore(ABC):
         """
 
     @abstractmethod
+    def add_outbound(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> StoredOutbound | None:
+        """`add_message` for a message to deliver, which also marks its conversation as having route work.
+
+        `needs_route_job` is True when no job was marked (or the mark is stale): the caller enqueues one. A
+        route run unmarks the conversation with `release_route_job` when it finds no more work, and then looks
+        once more, so a message stored at any moment is either seen by that run or gets a job of its own.
+        """
+
+    @abstractmethod
+    def release_route_job(self, conversation_id: str) -> bool:
+        """The conversation's route job ends (or was never enqueued): the next outbound message needs one.
+        False when the conversation was not marked (nobody counts on this job for a message)."""
+
+    @abstractmethod
     def get_message(self, message_id: str) -> Message | None: ...
 
     @abstractmethod
@@ -234,10 +257,10 @@ class MessageStore(ABC):
         """The conversation's lowest-sequence outbound message that is still PENDING, or None."""
 
     @abstractmethod
-    def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
-        """Claim a PENDING message with no open attempt and record the attempt durably (journaled) before the
-        platform call; returns the attempt's number, from 1, or None when the message cannot be claimed
-        (settled, or another invocation holds an attempt)."""
+    def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
+        """Claim a PENDING message, as it was read, with no open attempt, and record the attempt durably
+        (journaled) before the platform call; returns the attempt's number, from 1, or None when the message
+        cannot be claimed (settled, or another invocation holds or held an attempt since it was read)."""
 
     @abstractmethod
     def record_sent(

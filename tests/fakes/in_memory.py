@@ -33,6 +33,7 @@ from chat4all.ports import (
     EventPublisher,
     MessageStore,
     OutboundQueue,
+    StoredOutbound,
     UserRepository,
 )
 
@@ -335,13 +336,28 @@ class InMemoryMessageStore(MessageStore):
         self.messages: dict[str, Message] = {}
         self.applied: set[str] = set()
         self.kept_events: list[DomainEvent] = []  # events written with their change
+        self.route_marked: set[str] = set()  # conversations marked as having a route job
+
+    def add_outbound(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> StoredOutbound | None:
+        stored = self.add_message(message, events=events)
+        if stored is None:
+            return None
+        needed = stored.conversation_id not in self.route_marked
+        self.route_marked.add(stored.conversation_id)
+        return StoredOutbound(stored, needed)
+
+    def release_route_job(self, conversation_id: str) -> bool:
+        if conversation_id not in self.route_marked:
+            return False
+        self.route_marked.discard(conversation_id)
+        return True
 
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         if message.message_id in self.messages:
             return None
         self.kept_events.extend(events)
         sequence = self.conversations.next_sequence(message.conversation_id, message.created_at)
-        stored = dataclasses.replace(message, sequence=sequence)
+        stored = dataclasses.replace(message, sequence=sequence, unpublished_events=tuple(events))
         self.messages[message.message_id] = stored
         return stored
 
@@ -379,9 +395,12 @@ class InMemoryMessageStore(MessageStore):
         first = min(waiting, key=lambda m: m.sequence, default=None)
         return first if first is not None and first.direction is Direction.OUTBOUND else None
 
-    def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
+    def begin_attempt(self, read: Message, started_at: datetime, lease_until: datetime) -> int | None:
+        message_id = read.message_id
         message = self.messages[message_id]
         if message.status is not MessageStatus.PENDING or message.in_flight is not None:
+            return None
+        if message.attempts != read.attempts:
             return None
         number = message.attempts + 1
         self._replace(message_id, attempts=number, in_flight=DeliveryAttempt(number, started_at, lease_until))

@@ -70,7 +70,6 @@ def store_without_enqueueing(setup: WhatsAppSetup, *contents: str) -> list[str]:
         MongoConversationStore(db),
         bootstrap.users(),
         InMemoryOutboundQueue(),
-        InMemoryEventPublisher(),
     )
     return [
         service.accept(SendMessage(str(uuid.uuid4()), setup.conversation_id, setup.agent_id, content), ADMIN).message_id
@@ -205,7 +204,7 @@ class CrashingConnector:
 
 
 class CrashingBeforeTheAttempt(MongoMessageStore):
-    def begin_attempt(self, message_id: str, started_at: Any, lease_until: Any) -> int | None:
+    def begin_attempt(self, message: Any, started_at: Any, lease_until: Any) -> int | None:
         raise Crash("died before recording the attempt")
 
 
@@ -563,7 +562,7 @@ def test_the_live_path_forgets_the_events_it_published(
     api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     # a message sent through the whole platform: its MessageAccepted and MessageSent events were published
-    # by ingest and route, and are no longer kept on it
+    # by route (both with its batch), and are no longer kept on it
     setup = whatsapp_conversation
     accepted = send(api, setup, "events")
     wait_for_status(api, accepted["message_id"], "SENT")

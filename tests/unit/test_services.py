@@ -105,7 +105,7 @@ class World:
             ),
             ADMIN,
         )
-        self.message_service = MessageService(self.messages, self.conversations, self.users, self.queue, self.events)
+        self.message_service = MessageService(self.messages, self.conversations, self.users, self.queue)
         self.delivery = DeliveryService(
             self.messages,
             self.conversations,
@@ -142,11 +142,11 @@ def test_accept_stores_pending_with_next_sequence_and_enqueues(world: World) -> 
     second = world.message_service.accept(world.send("two"), ADMIN)
     assert (first.sequence, second.sequence) == (1, 2)
     assert world.messages.get_message(first.message_id).status is MessageStatus.PENDING  # type: ignore[union-attr]
-    assert world.queue.enqueued == [
-        (first.message_id, world.conversation.conversation_id),
-        (second.message_id, world.conversation.conversation_id),
-    ]
-    assert [e[1] for e in world.events.events] == ["MessageAccepted", "MessageAccepted"]
+    # one job for the conversation: the run it starts sends the second message too
+    assert world.queue.enqueued == [(first.message_id, world.conversation.conversation_id)]
+    # each MessageAccepted is kept on its message, for route to publish with the events of its batch
+    assert [e.detail_type for e in world.messages.kept_events] == ["MessageAccepted", "MessageAccepted"]
+    assert world.events.events == []
 
 
 def test_replay_is_the_same_answer_and_another_body_is_conflict(world: World) -> None:
@@ -269,7 +269,7 @@ def test_an_open_attempt_waits_for_its_lease_then_fails_as_unknown_without_a_cal
     first = world.message_service.accept(world.send("m1"), ADMIN)
     second = world.message_service.accept(world.send("m2"), ADMIN)
     lease = world.now + timedelta(seconds=20)
-    assert world.messages.begin_attempt(first.message_id, world.now, lease) == 1
+    assert world.messages.begin_attempt(world.messages.messages[first.message_id], world.now, lease) == 1
     # WHEN another run comes while the lease lasts, it waits for it (the call may still be under way)
     assert run(world).retry_after_seconds == 21
     assert world.connector.sent == []
@@ -450,6 +450,57 @@ def test_a_failing_event_bus_neither_fails_nor_repeats_a_send(world: World) -> N
     assert len(world.connector.sent) == 1
 
 
+def test_a_conversation_has_one_route_job_at_a_time_and_gets_a_new_one_once_its_run_ended(world: World) -> None:
+    conversation_id = world.conversation.conversation_id
+    first = world.message_service.accept(world.send("one"), ADMIN)
+    world.message_service.accept(world.send("two"), ADMIN)
+    assert world.queue.enqueued == [(first.message_id, conversation_id)]
+    # the run the job starts sends both, and ends by unmarking the conversation
+    assert [o.status for o in run(world).outcomes] == [MessageStatus.SENT, MessageStatus.SENT]
+    assert conversation_id not in world.messages.route_marked
+    third = world.message_service.accept(world.send("three"), ADMIN)
+    assert world.queue.enqueued[1:] == [(third.message_id, conversation_id)]
+    assert [m.text for m in world.connector.sent] == ["one", "two"]
+
+
+class SendsWhileUnmarking(InMemoryMessageStore):
+    """A message accepted by another request between the run's last look and its unmarking of the conversation."""
+
+    def __init__(self, world: World) -> None:
+        super().__init__(world.conversations)
+        self.world = world
+        self.late: str | None = None
+
+    def release_route_job(self, conversation_id: str) -> bool:
+        if self.late is None:
+            self.late = self.world.message_service.accept(self.world.send("late"), ADMIN).message_id
+        return super().release_route_job(conversation_id)
+
+
+def test_a_message_stored_while_the_run_ends_is_sent_by_that_run_without_a_job_of_its_own(world: World) -> None:
+    store = SendsWhileUnmarking(world)
+    world.messages = world.message_service.messages = world.delivery.messages = store
+    first = world.message_service.accept(world.send("first"), ADMIN)
+    outcomes = run(world).outcomes
+    # the late message found the conversation marked (no job for it) and the run's last look found it
+    assert [job[0] for job in world.queue.enqueued] == [first.message_id]
+    assert [(o.message_id, o.status) for o in outcomes] == [
+        (first.message_id, MessageStatus.SENT),
+        (store.late, MessageStatus.SENT),
+    ]
+    assert [m.text for m in world.connector.sent] == ["first", "late"]
+
+
+def test_a_message_whose_job_could_not_be_enqueued_unmarks_its_conversation(world: World) -> None:
+    world.message_service.queue = queue = FailingOnceQueue()
+    world.message_service.accept(world.send("not enqueued"), ADMIN)
+    assert queue.enqueued == []
+    # the next message of the conversation enqueues a job, which sends both
+    second = world.message_service.accept(world.send("next"), ADMIN)
+    assert queue.enqueued == [(second.message_id, world.conversation.conversation_id)]
+    assert [o.status for o in run(world).outcomes] == [MessageStatus.SENT, MessageStatus.SENT]
+
+
 class FailingOnceQueue(InMemoryOutboundQueue):
     def __init__(self) -> None:
         super().__init__()
@@ -490,8 +541,10 @@ def test_each_event_is_written_with_the_change_it_reports(world: World) -> None:
         ("MessageSent", first.message_id, "SENT"),
         ("MessageFailed", second.message_id, "FAILED"),
     ]
-    # and the publisher got the same events, with the time of each change
-    assert [e[2] for e in world.events.events] == [e.detail for e in world.messages.kept_events]
+    # and the publisher got the same events, with the time of each change: each MessageAccepted when route
+    # took its message, ahead of what route did with it
+    kept = world.messages.kept_events
+    assert [e[2] for e in world.events.events] == [kept[0].detail, kept[2].detail, kept[1].detail, kept[3].detail]
     assert world.messages.kept_events[2].detail["at"] == world.now.isoformat()
 
 

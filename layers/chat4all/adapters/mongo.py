@@ -27,7 +27,7 @@ from chat4all.domain.models import (
     StatusEntry,
     utcnow,
 )
-from chat4all.ports import ConversationStore, DependencyCheck, EventOutbox, MessageStore
+from chat4all.ports import ConversationStore, DependencyCheck, EventOutbox, MessageStore, StoredOutbound
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -52,6 +52,9 @@ RELAY_AFTER = timedelta(seconds=30)
 MESSAGE_EVENT = "message:"
 # concurrent senders in one conversation conflict on its sequence counter; each retries its transaction
 SEQUENCE_TRANSACTION_ATTEMPTS = 50
+# a conversation marked as having a route job for longer than this gets another one with each message (the
+# mark's job may have been lost: a crash between the commit and SendMessage, a dead-lettered job)
+ROUTE_JOB_STALE = timedelta(seconds=60)
 
 
 def connect(uri: str) -> Database[dict[str, Any]]:
@@ -165,6 +168,10 @@ def _message(doc: dict[str, Any]) -> Message:
         troubled_since=doc.get("troubled_since"),
         troubles=int(doc.get("troubles", 0)),
         message_type=doc.get("message_type", "text"),
+        unpublished_events=tuple(
+            DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["_id"])
+            for e in doc.get("pending_events", ())
+        ),
     )
 
 
@@ -189,13 +196,26 @@ class MongoMessageStore(MessageStore):
         self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
 
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
+        stored = self._add(message, events, route_job=False)
+        return stored.message if stored else None
+
+    def add_outbound(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> StoredOutbound | None:
+        return self._add(message, events, route_job=True)
+
+    def release_route_job(self, conversation_id: str) -> bool:
+        with _translated():
+            # by `_id` alone: the server plans `_id` plus a condition on another field as a collection scan
+            done = self.conversations.update_one({"_id": conversation_id}, {"$unset": {"route_job_at": ""}})
+        return bool(done.modified_count)
+
+    def _add(self, message: Message, events: Sequence[DomainEvent], *, route_job: bool) -> StoredOutbound | None:
         """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
         client = self.db.client
         for attempt in range(SEQUENCE_TRANSACTION_ATTEMPTS):
             try:
                 with client.start_session() as session:
                     with session.start_transaction(write_concern=DURABLE):
-                        stored = self._insert_next(message, events, session)
+                        stored = self._insert_next(message, events, session, route_job=route_job)
                 return stored
             except DuplicateKeyError:
                 with _translated():
@@ -211,11 +231,21 @@ class MongoMessageStore(MessageStore):
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # noqa: S311 - jitter, not a secret
         raise DependencyUnavailableError(f"conversation {message.conversation_id} is too busy to take a message")
 
-    def _insert_next(self, message: Message, events: Sequence[DomainEvent], session: ClientSession) -> Message:
+    def _insert_next(
+        self, message: Message, events: Sequence[DomainEvent], session: ClientSession, *, route_job: bool
+    ) -> StoredOutbound:
+        change: dict[str, Any] = {
+            "$inc": {"last_sequence": 1, "message_count": 1},
+            "$max": {"last_activity_at": message.created_at},
+        }
+        # the mark keeps the time of the job it stands for ($min: set when absent, else left as it is)
+        marked_at = message.created_at.replace(microsecond=message.created_at.microsecond // 1000 * 1000)
+        if route_job:
+            change["$min"] = {"route_job_at": marked_at}
         conversation = self.db.conversations.find_one_and_update(
             {"_id": message.conversation_id},
-            {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": message.created_at}},
-            projection={"last_sequence": 1},
+            change,
+            projection={"last_sequence": 1, "route_job_at": 1},
             return_document=ReturnDocument.AFTER,
             session=session,
         )
@@ -226,7 +256,9 @@ class MongoMessageStore(MessageStore):
         if events:
             doc["pending_events"] = _event_docs(events)
         self.collection.insert_one(doc, session=session)
-        return stored
+        job_at = conversation.get("route_job_at")
+        needs_job = route_job and (job_at is None or job_at >= marked_at or marked_at - job_at > ROUTE_JOB_STALE)
+        return StoredOutbound(stored, needs_job)
 
     def _repair_counter(self, conversation_id: str) -> None:
         """A sequence taken without the counter (data from before the counter moved with the insert)."""
@@ -293,23 +325,24 @@ class MongoMessageStore(MessageStore):
             )
         return _message(doc) if doc and doc["direction"] == Direction.OUTBOUND.value else None
 
-    def begin_attempt(self, message_id: str, started_at: datetime, lease_until: datetime) -> int | None:
-        # update_one, then read: SecantusDB plans a findAndModify on `_id` plus other fields as a collection
-        # scan (docs/MONGODB.md). Once claimed, nobody else changes the count until the attempt is closed.
+    def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
+        # update_one on the count as it was read (no findAndModify: SecantusDB plans one on `_id` plus other
+        # fields as a collection scan, docs/MONGODB.md), so the new number is known without reading it back
+        counted: dict[str, Any] = (
+            {"delivery_attempts": message.attempts} if message.attempts else {"delivery_attempts": {"$exists": False}}
+        )
         with _translated():
             claimed = self.durable.update_one(
-                {"_id": message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
+                {"_id": message.message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}}
+                | counted,
                 {
-                    "$inc": {"delivery_attempts": 1},
-                    "$set": {"attempt": {"started_at": started_at, "lease_until": lease_until}},
+                    "$set": {
+                        "attempt": {"started_at": started_at, "lease_until": lease_until},
+                        "delivery_attempts": message.attempts + 1,
+                    }
                 },
             )
-            if not claimed.modified_count:
-                return None
-            doc = self.collection.find_one({"_id": message_id}, projection={"delivery_attempts": 1})
-        if doc is None:
-            raise DependencyUnavailableError(f"message {message_id} vanished while claiming it")
-        return int(doc["delivery_attempts"])
+        return message.attempts + 1 if claimed.modified_count else None
 
     def record_sent(
         self,

@@ -258,6 +258,8 @@ class Message:
     # what the message is: "text", or for inbound messages the platform's kind of non-text message
     # ("image", "video", "audio", "document", "sticker", "location", "reaction", ...)
     message_type: str = "text"
+    # events written with a change of this message and not yet taken by the bus (the outbox on the message)
+    unpublished_events: tuple[DomainEvent, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -117,10 +117,20 @@ class DeliveryService:
         """
         outcomes: list[DeliveryOutcome] = []
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
+        announced: set[str] = set()
         while True:
             message = self.messages.next_unsettled(conversation_id)
             if message is None:
+                # unmark the conversation, then look once more: a message stored before the unmark is seen
+                # here, one stored after it enqueued a job of its own (MessageStore.add_outbound)
+                if self.messages.release_route_job(conversation_id):
+                    message = self.messages.next_unsettled(conversation_id)
+            if message is None:
                 return ConversationProgress(outcomes)
+            if message.message_id not in announced:
+                # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
+                announced.add(message.message_id)
+                announce(self.events, *message.unpublished_events)
             now = self.clock()
             attempt = message.in_flight
             if attempt is not None:
@@ -150,7 +160,7 @@ class DeliveryService:
         except DependencyUnavailableError as exc:
             return self._troubled(message, exc.detail)
         started = self.clock()
-        attempt = self.messages.begin_attempt(message.message_id, started, lease_until)
+        attempt = self.messages.begin_attempt(message, started, lease_until)
         if attempt is None:  # another invocation claimed it a moment ago
             return LEASE_GRACE_SECONDS
         # from here on, an exception leaves the attempt open: a later run settles it, it never sends again

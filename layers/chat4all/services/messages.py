@@ -16,12 +16,12 @@ from chat4all.domain.errors import (
 )
 from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
 from chat4all.services.auth import require_self_or_admin
-from chat4all.services.notifications import announce, message_event
+from chat4all.services.notifications import message_event
 
 if TYPE_CHECKING:
     from chat4all.domain.commands import SendMessage
-    from chat4all.domain.models import Principal
-    from chat4all.ports import ConversationStore, EventPublisher, MessageStore, OutboundQueue, UserRepository
+    from chat4all.domain.models import Conversation, Principal
+    from chat4all.ports import ConversationStore, MessageStore, OutboundQueue, UserRepository
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +42,54 @@ class MessageService:
         conversations: ConversationStore,
         users: UserRepository,
         queue: OutboundQueue,
-        events: EventPublisher,
     ) -> None:
         self.messages = messages
         self.conversations = conversations
         self.users = users
         self.queue = queue
-        self.events = events
 
     def accept(self, command: SendMessage, principal: Principal) -> AcceptedMessage:
         """Validate, store PENDING with the conversation's next sequence, and enqueue for delivery."""
         require_self_or_admin(principal, command.sender_id)
-        existing = self.messages.get_message(command.message_id)
-        if existing is not None:
+        try:
+            conversation = self._check(command)
+        except (ValidationFailedError, ForbiddenError):
+            # a retry of an accepted message gets its 202 (or a 409) even if the conversation changed since;
+            # a new message is not looked up first: the insert itself tells a duplicate (see below)
+            if (existing := self.messages.get_message(command.message_id)) is not None:
+                return self._replay(existing, command)
+            raise
+        now = utcnow()
+        message = Message(
+            message_id=command.message_id,
+            conversation_id=conversation.conversation_id,
+            sender_id=command.sender_id,
+            content=command.content,
+            file_id=command.file_id,
+            channel=command.channel_type or conversation.primary_channel,
+            direction=Direction.OUTBOUND,
+            sequence=0,  # the store gives it the conversation's next sequence as it stores it
+            status=MessageStatus.PENDING,
+            history=[StatusEntry(MessageStatus.PENDING, now)],
+            created_at=now,
+            request_fingerprint=command.fingerprint,
+        )
+        accepted_event = message_event("MessageAccepted", message, at=now)
+        added = self.messages.add_outbound(message, events=[accepted_event])
+        if added is None:
+            # a concurrent request with the same id stored it first: the same answer as a replay
+            existing = self.messages.get_message(command.message_id)
+            if existing is None:
+                raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
             return self._replay(existing, command)
+        if added.needs_route_job and not self._enqueue(added.message):
+            self._release(added.message.conversation_id)
+        # MessageAccepted stays kept on the message: route publishes it with the events of its batch (one
+        # PutEvents for both), and the sweeper's relay publishes it should route not come to it in time
+        return _accepted(added.message)
+
+    def _check(self, command: SendMessage) -> Conversation:
+        """The conversation a new message goes to, if the sender may send it there."""
         if command.file_id is not None:
             raise ValidationFailedError(
                 "file messages are not available yet", errors=[FieldError("file_id", "not supported yet")]
@@ -73,40 +107,26 @@ class MessageService:
             )
         if conversation.participant(command.sender_id) is None:
             raise ForbiddenError("the sender is not a participant of this conversation")
-        now = utcnow()
-        message = Message(
-            message_id=command.message_id,
-            conversation_id=conversation.conversation_id,
-            sender_id=command.sender_id,
-            content=command.content,
-            file_id=command.file_id,
-            channel=command.channel_type or conversation.primary_channel,
-            direction=Direction.OUTBOUND,
-            sequence=0,  # the store gives it the conversation's next sequence as it stores it
-            status=MessageStatus.PENDING,
-            history=[StatusEntry(MessageStatus.PENDING, now)],
-            created_at=now,
-            request_fingerprint=command.fingerprint,
-        )
-        accepted_event = message_event("MessageAccepted", message, at=now)
-        stored = self.messages.add_message(message, events=[accepted_event])
-        if stored is None:
-            # a concurrent request with the same id stored it first: the same answer as a replay
-            existing = self.messages.get_message(command.message_id)
-            if existing is None:
-                raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
-            return self._replay(existing, command)
-        self._enqueue(stored)
-        announce(self.events, accepted_event)
-        return _accepted(stored)
+        return conversation
 
-    def _enqueue(self, message: Message) -> None:
+    def _enqueue(self, message: Message) -> bool:
         """The message is stored: a queue failure does not undo the 202. The route function finds it anyway
         when the conversation's next job runs, and the sweeper re-enqueues what waits too long."""
         try:
             self.queue.enqueue(message.message_id, message.conversation_id)
         except DependencyUnavailableError:
             logger.warning("message %s stored but not enqueued; the sweeper will", message.message_id)
+            return False
+        return True
+
+    def _release(self, conversation_id: str) -> None:
+        """No job went out for the conversation: unmark it, so that its next message enqueues one."""
+        try:
+            self.messages.release_route_job(conversation_id)
+        except DependencyUnavailableError:
+            logger.warning(
+                "conversation %s stays marked as having a route job until the mark is stale", conversation_id
+            )
 
     def _replay(self, existing: Message, command: SendMessage) -> AcceptedMessage:
         if existing.request_fingerprint != command.fingerprint or existing.sender_id != command.sender_id:
