@@ -40,7 +40,11 @@ def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
     process = ManagedProcess("mongo", argv, cwd=state_dir, log_path=state_dir / "logs" / "mongo.log")
     # journaled writes: an acknowledged write survives the server being killed (without, SecantusDB loses the
     # last ones, as mongod with j:false does); "stored before 202" depends on it
-    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true&journal=true"
+    # retryWrites=false: SecantusDB 0.7.0b3 keeps every retryable write's reply for 30 minutes (up to 10,000) and
+    # scans them all, and sorts them once full, on each write: the bookkeeping cost grew with the server's
+    # age until it was the largest single item of its CPU (docs/MONGODB.md). The functions' writes are
+    # conditional, and a failed one is retried by the code that made it (e.g. a receipt, 0.2 to 2 s apart).
+    uri = f"mongodb://127.0.0.1:{port}/?directConnection=true&journal=true&retryWrites=false"
     start_until_ready(process, lambda: _ping(uri), timeout=60.0, group=group, port=port)
     return uri, process
 

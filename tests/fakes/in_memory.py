@@ -277,6 +277,7 @@ class InMemoryConversationStore(ConversationStore):
             conversation,
             message_count=conversation.message_count + 1,
             last_activity_at=max(at, conversation.last_activity_at),
+            last_sequence=self.sequences[conversation_id],
         )
         return self.sequences[conversation_id]
 

@@ -9,6 +9,7 @@ function's process while its platform call is under way.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -570,3 +571,72 @@ def test_the_live_path_forgets_the_events_it_published(
         lambda: bootstrap.mongo().messages.find_one({"_id": accepted["message_id"]})["pending_events"] == [],
         what="the published events forgotten",
     )
+
+
+def test_a_conversation_is_marked_for_one_route_job_until_its_run_releases_it(platform: LocalPlatform) -> None:
+    db = bootstrap.mongo()
+    conversations, messages = MongoConversationStore(db), MongoMessageStore(db)
+    now = utcnow()
+    conversation = Conversation(str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 0, now, now)
+    conversations.add_conversation(conversation)
+
+    def outbound(text: str) -> Message:
+        return Message(
+            str(uuid.uuid4()), conversation.conversation_id, "someone", text, None, Platform.WHATSAPP,
+            Direction.OUTBOUND, 0, MessageStatus.PENDING, [], utcnow(), "",
+        )  # fmt: skip
+
+    def needs_job(text: str) -> bool:
+        added = messages.add_outbound(outbound(text))
+        assert added is not None
+        return added.needs_route_job
+
+    # the first message of a quiet conversation needs a job, the next ones are that job's run's to send
+    assert [needs_job("m1"), needs_job("m2"), needs_job("m3")] == [True, False, False]
+    # an inbound message neither needs nor takes the mark
+    assert messages.add_message(dataclasses.replace(outbound("in"), direction=Direction.INBOUND)) is not None
+    # the run ends: the conversation is released once, and its next message needs a job again
+    assert messages.release_route_job(conversation.conversation_id) is True
+    assert messages.release_route_job(conversation.conversation_id) is False
+    assert needs_job("m4") is True
+    # a mark older than ROUTE_JOB_STALE (its job may have been lost) gets every message a job of its own
+    stale = utcnow() - mongo_adapter.ROUTE_JOB_STALE - timedelta(seconds=1)
+    db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"route_job_at": stale}})
+    assert [needs_job("m5"), needs_job("m6")] == [True, True]
+    doc = db.conversations.find_one({"_id": conversation.conversation_id})
+    assert doc is not None and doc["last_sequence"] == 7 and doc["message_count"] == 7
+
+
+def test_concurrent_senders_to_a_quiet_conversation_enqueue_at_least_one_job_and_the_run_sends_all(
+    whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    # GIVEN 8 requests accepting messages at once into one conversation, as 8 ingest containers would
+    setup = whatsapp_conversation
+    db = bootstrap.mongo()
+    queue = InMemoryOutboundQueue()
+    service = MessageService(MongoMessageStore(db), MongoConversationStore(db), bootstrap.users(), queue)
+    barrier = threading.Barrier(8)
+    accepted: list[str] = []
+
+    def accept(n: int) -> None:
+        barrier.wait()
+        command = SendMessage(str(uuid.uuid4()), setup.conversation_id, setup.agent_id, f"c{n}")
+        accepted.append(service.accept(command, ADMIN).message_id)
+
+    threads = [threading.Thread(target=accept, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    # THEN at least one job was enqueued (two only if two marked it in the same millisecond), and the run one job
+    # starts sends all 8, in sequence order, and releases the conversation
+    assert 1 <= len(queue.enqueued) <= 2
+    delivery = bootstrap.delivery_service()
+    progress = delivery.deliver_conversation(setup.conversation_id, utcnow() + timedelta(seconds=30))
+    assert sorted(o.message_id for o in progress.outcomes) == sorted(accepted)
+    assert {o.status for o in progress.outcomes} == {MessageStatus.SENT}
+    in_sequence = sorted(db.messages.find({"_id": {"$in": accepted}}), key=lambda m: m["sequence"])
+    texts = [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)]
+    assert texts == [m["content"] for m in in_sequence]
+    doc = db.conversations.find_one({"_id": setup.conversation_id})
+    assert doc is not None and "route_job_at" not in doc

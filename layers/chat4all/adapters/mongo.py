@@ -185,6 +185,7 @@ def _conversation(doc: dict[str, Any]) -> Conversation:
         last_activity_at=doc["last_activity_at"],
         created_at=doc["created_at"],
         channel_id=doc.get("channel_id"),
+        last_sequence=doc.get("last_sequence"),
     )
 
 

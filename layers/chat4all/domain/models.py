@@ -207,6 +207,8 @@ class Conversation:
     last_activity_at: datetime
     created_at: datetime
     channel_id: str | None = None
+    # the highest sequence taken so far (None for a conversation stored before the counter existed)
+    last_sequence: int | None = None
 
     def participant(self, user_id: str) -> Participant | None:
         return next((p for p in self.participants if p.user_id == user_id), None)

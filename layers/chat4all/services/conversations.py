@@ -155,8 +155,13 @@ class ConversationService:
         if not principal.is_admin and principal.user_id is not None:
             member = conversation.participant(principal.user_id)
             since = member.joined_at if member else None
+        upper: int | None
+        if before:
+            upper = decode_cursor(before)
+        else:  # the newest page: below the counter as read with the conversation (no second read for it)
+            upper = conversation.last_sequence + 1 if conversation.last_sequence is not None else None
         newest_first = self.messages.conversation_page(
-            conversation_id, limit=limit + 1, before_sequence=decode_cursor(before) if before else None, since=since
+            conversation_id, limit=limit + 1, before_sequence=upper, since=since
         )
         page = newest_first[:limit]
         next_cursor = encode_cursor(page[-1].sequence) if len(newest_first) > limit else None
