@@ -253,8 +253,8 @@ class MessageStore(ABC):
         """Up to `limit` messages with sequence < before_sequence created at or after `since`, newest first."""
 
     @abstractmethod
-    def next_unsettled(self, conversation_id: str) -> Message | None:
-        """The conversation's lowest-sequence outbound message that is still PENDING, or None."""
+    def unsettled(self, conversation_id: str, limit: int) -> list[Message]:
+        """The conversation's lowest-sequence outbound messages that are still PENDING, up to `limit`, in order."""
 
     @abstractmethod
     def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.contact import email_key, phones_of
@@ -387,14 +388,16 @@ class InMemoryMessageStore(MessageStore):
         ]
         return sorted(found, key=lambda m: m.sequence, reverse=True)[:limit]
 
-    def next_unsettled(self, conversation_id: str) -> Message | None:
-        waiting = [
-            m
-            for m in self.messages.values()
-            if m.conversation_id == conversation_id and m.status is MessageStatus.PENDING
-        ]
-        first = min(waiting, key=lambda m: m.sequence, default=None)
-        return first if first is not None and first.direction is Direction.OUTBOUND else None
+    def unsettled(self, conversation_id: str, limit: int) -> list[Message]:
+        waiting = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if m.conversation_id == conversation_id and m.status is MessageStatus.PENDING
+            ),
+            key=lambda m: m.sequence,
+        )
+        return list(itertools.takewhile(lambda m: m.direction is Direction.OUTBOUND, waiting))[:limit]
 
     def begin_attempt(self, read: Message, started_at: datetime, lease_until: datetime) -> int | None:
         message_id = read.message_id

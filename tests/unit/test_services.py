@@ -26,6 +26,7 @@ from chat4all.domain.models import (
     Direction,
     DomainEvent,
     InboundMessage,
+    Message,
     MessageStatus,
     Platform,
     Principal,
@@ -442,7 +443,6 @@ class BrokenEventBus(InMemoryEventPublisher):
 
 
 def test_a_failing_event_bus_neither_fails_nor_repeats_a_send(world: World) -> None:
-    world.message_service.events = BrokenEventBus()
     world.delivery.events = BrokenEventBus()
     world.message_service.accept(world.send("hi"), ADMIN)
     assert [o.status for o in run(world).outcomes] == [MessageStatus.SENT]
@@ -461,6 +461,26 @@ def test_a_conversation_has_one_route_job_at_a_time_and_gets_a_new_one_once_its_
     third = world.message_service.accept(world.send("three"), ADMIN)
     assert world.queue.enqueued[1:] == [(third.message_id, conversation_id)]
     assert [m.text for m in world.connector.sent] == ["one", "two"]
+
+
+def test_a_run_reads_pending_messages_ten_at_a_time_and_sends_them_in_sequence_order(world: World) -> None:
+    texts = [f"m{n}" for n in range(23)]
+    for text in texts:
+        world.message_service.accept(world.send(text), ADMIN)
+    reads: list[int] = []
+    unsettled = world.messages.unsettled
+
+    def counted(conversation_id: str, limit: int) -> list[Message]:
+        found = unsettled(conversation_id, limit)
+        reads.append(len(found))
+        return found
+
+    world.messages.unsettled = counted  # type: ignore[method-assign]
+    outcomes = run(world).outcomes
+    assert [o.status for o in outcomes] == [MessageStatus.SENT] * 23
+    assert [m.text for m in world.connector.sent] == texts
+    # three windows (10, 10, 3), then the look after the conversation was released
+    assert reads == [10, 10, 3, 0]
 
 
 class SendsWhileUnmarking(InMemoryMessageStore):
@@ -543,8 +563,8 @@ def test_each_event_is_written_with_the_change_it_reports(world: World) -> None:
     ]
     # and the publisher got the same events, with the time of each change: each MessageAccepted when route
     # took its message, ahead of what route did with it
-    kept = world.messages.kept_events
-    assert [e[2] for e in world.events.events] == [kept[0].detail, kept[2].detail, kept[1].detail, kept[3].detail]
+    events = world.messages.kept_events
+    assert [e[2] for e in world.events.events] == [events[i].detail for i in (0, 2, 1, 3)]
     assert world.messages.kept_events[2].detail["at"] == world.now.isoformat()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import random
 import time
 import uuid
@@ -318,13 +319,15 @@ class MongoMessageStore(MessageStore):
         last = doc.get("last_sequence") if doc else None
         return last + 1 if isinstance(last, int) else None
 
-    def next_unsettled(self, conversation_id: str) -> Message | None:
+    def unsettled(self, conversation_id: str, limit: int) -> list[Message]:
         with _translated():
-            doc = self.collection.find_one(
-                {"conversation_id": conversation_id, "status": MessageStatus.PENDING.value},
-                sort=[("sequence", ASCENDING)],
+            docs = list(
+                self.collection.find({"conversation_id": conversation_id, "status": MessageStatus.PENDING.value})
+                .sort("sequence", ASCENDING)
+                .limit(limit)
             )
-        return _message(doc) if doc and doc["direction"] == Direction.OUTBOUND.value else None
+        outbound = itertools.takewhile(lambda doc: doc["direction"] == Direction.OUTBOUND.value, docs)
+        return [_message(doc) for doc in outbound]
 
     def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
         # update_one on the count as it was read (no findAndModify: SecantusDB plans one on `_id` plus other

@@ -46,6 +46,8 @@ SEND_MARGIN = timedelta(seconds=15)
 # pauses between tries of recording a receipt: a short MongoDB blip must not turn a sent message into "unknown"
 RECORD_PAUSES_SECONDS = (0.2, 0.5, 1.0, 2.0)
 LEASE_GRACE_SECONDS = 1.0
+# PENDING messages read at once: one query for the next ten, not one per message
+WINDOW = 10
 
 
 class UndeliverableError(Chat4AllError):
@@ -118,15 +120,22 @@ class DeliveryService:
         outcomes: list[DeliveryOutcome] = []
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
         announced: set[str] = set()
+        window = self.messages.unsettled(conversation_id, WINDOW)
+        more = len(window) == WINDOW
         while True:
-            message = self.messages.next_unsettled(conversation_id)
-            if message is None:
+            if not window and more:
+                window = self.messages.unsettled(conversation_id, WINDOW)
+                more = len(window) == WINDOW
+            if not window:
                 # unmark the conversation, then look once more: a message stored before the unmark is seen
                 # here, one stored after it enqueued a job of its own (MessageStore.add_outbound)
-                if self.messages.release_route_job(conversation_id):
-                    message = self.messages.next_unsettled(conversation_id)
-            if message is None:
-                return ConversationProgress(outcomes)
+                if not self.messages.release_route_job(conversation_id):
+                    return ConversationProgress(outcomes)
+                window = self.messages.unsettled(conversation_id, WINDOW)
+                more = len(window) == WINDOW
+                if not window:
+                    return ConversationProgress(outcomes)
+            message = window.pop(0)
             if message.message_id not in announced:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
