@@ -70,7 +70,7 @@ def route_record(record: SQSRecord) -> None:
     reason_attribute = record.message_attributes.get("reason")
     reason = dead_letter_reason(reason_attribute.string_value if reason_attribute else None)
     try:
-        settled = bootstrap.recovery_service().settle_dead_route(job.message_id, reason)
+        settled = bootstrap.recovery_service().settle_dead_route(job.message_id, job.conversation_id, reason)
     except DependencyUnavailableError:
         if _receives(record) < DEAD_LETTER_GIVE_UP_RECEIVES:
             raise

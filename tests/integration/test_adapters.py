@@ -18,6 +18,9 @@ from chat4all.adapters import mongo
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.domain.models import Conversation, ConversationType, Direction, Message, MessageStatus, Platform
 
+# a sender id of the same form as a real user's: the API's schema says a sender_id is a UUID
+SOMEONE = str(uuid.uuid4())
+
 if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
     from tests.integration.conftest import WhatsAppSetup
@@ -91,7 +94,7 @@ def test_history_pages_are_right_across_sequence_gaps_and_join_points(platform: 
         # written as such a store did, with its own sequences (the adapter now takes the next one itself)
         db.messages.insert_one(mongo._message_doc(
             Message(
-                str(uuid.uuid4()), conversation.conversation_id, "someone", f"m{n}", None, Platform.WHATSAPP,
+                str(uuid.uuid4()), conversation.conversation_id, SOMEONE, f"m{n}", None, Platform.WHATSAPP,
                 Direction.OUTBOUND, n, MessageStatus.PENDING, [], start + timedelta(seconds=n), "",
             )
         ))  # fmt: skip
@@ -123,7 +126,7 @@ def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(
     wamid = f"wamid.{uuid.uuid4().hex}"
     start = datetime.now(UTC)
     message = Message(
-        str(uuid.uuid4()), str(uuid.uuid4()), "someone", "hi", None, Platform.WHATSAPP, Direction.OUTBOUND, 1,
+        str(uuid.uuid4()), str(uuid.uuid4()), SOMEONE, "hi", None, Platform.WHATSAPP, Direction.OUTBOUND, 1,
         MessageStatus.SENT, [], start, "", platform_message_id=wamid,
     )  # fmt: skip
     db.messages.insert_one(mongo._message_doc(message))

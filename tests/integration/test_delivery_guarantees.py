@@ -47,6 +47,9 @@ from tests.fakes.in_memory import InMemoryEventPublisher, InMemoryOutboundQueue
 from tests.integration.test_message_path import send, wait_for_status
 from tests.support.waiting import wait_until
 
+# a sender id of the same form as a real user's: the API's schema says a sender_id is a UUID
+SOMEONE = str(uuid.uuid4())
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -514,7 +517,7 @@ def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(pla
 
     def message(n: int) -> Message:
         return Message(
-            str(uuid.uuid4()), conversation.conversation_id, "someone", f"m{n}", None, Platform.WHATSAPP,
+            str(uuid.uuid4()), conversation.conversation_id, SOMEONE, f"m{n}", None, Platform.WHATSAPP,
             Direction.OUTBOUND, n, MessageStatus.PENDING, [], now, "",
         )  # fmt: skip
 
@@ -582,7 +585,7 @@ def test_a_conversation_is_marked_for_one_route_job_until_its_run_releases_it(pl
 
     def outbound(text: str) -> Message:
         return Message(
-            str(uuid.uuid4()), conversation.conversation_id, "someone", text, None, Platform.WHATSAPP,
+            str(uuid.uuid4()), conversation.conversation_id, SOMEONE, text, None, Platform.WHATSAPP,
             Direction.OUTBOUND, 0, MessageStatus.PENDING, [], utcnow(), "",
         )  # fmt: skip
 

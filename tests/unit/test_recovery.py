@@ -108,12 +108,16 @@ def world() -> World:
 def test_a_dead_lettered_pending_message_fails_once_with_its_reason(world: World) -> None:
     world.add(message("m1", "c1", 1, 30))
     reason = dead_letter_reason(None)
-    assert world.recovery.settle_dead_route("m1", reason) is True
-    assert world.recovery.settle_dead_route("m1", reason) is False  # a redelivered record changes nothing
+    assert world.recovery.settle_dead_route("m1", "c1", reason) is True
+    assert world.recovery.settle_dead_route("m1", "c1", reason) is False  # a redelivered record changes nothing
     failed = world.store.messages["m1"]
     assert failed.status is MessageStatus.FAILED
     assert failed.history[-1].detail == reason
     assert [(kind, detail["status"]) for _, kind, detail in world.events.events] == [("MessageFailed", "FAILED")]
+    # each time, a fresh job for the conversation replaces the dead-lettered one (deduplicated by its round)
+    assert [
+        (round_id, [(j.message_id, j.conversation_id) for j in jobs]) for round_id, jobs in world.requeue.rounds
+    ] == [("dead-letter", [("m1", "c1")])] * 2
 
 
 def test_a_dead_lettered_record_of_a_settled_or_inbound_message_changes_nothing(world: World) -> None:
@@ -123,7 +127,7 @@ def test_a_dead_lettered_record_of_a_settled_or_inbound_message_changes_nothing(
         message("failed", "c1", 3, 30, status=MessageStatus.FAILED),
     )
     for message_id in ("sent", "inbound", "failed", "unknown"):
-        assert world.recovery.settle_dead_route(message_id, dead_letter_reason("gave up")) is False
+        assert world.recovery.settle_dead_route(message_id, "c1", dead_letter_reason("gave up")) is False
     assert world.store.messages["sent"].status is MessageStatus.SENT
     assert world.events.events == []
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
 from chat4all.domain.models import MessageStatus, StatusEntry, utcnow
+from chat4all.ports import PendingJob
 from chat4all.services.notifications import notify
 
 if TYPE_CHECKING:
@@ -43,6 +44,10 @@ SWEEP_LIMIT = 5000
 SWEEP_ROUND_SECONDS = 300
 # a dead-lettered record that cannot be settled (its dependency stays down) is retried this many times
 DEAD_LETTER_GIVE_UP_RECEIVES = 20
+
+
+# the dedupe round of the job that replaces a dead-lettered one (one replacement per record, however redelivered)
+DEAD_LETTER_ROUND = "dead-letter"
 
 
 class StatusSettlement(StrEnum):
@@ -92,17 +97,20 @@ class RecoveryService:
 
     # ------------------------------------------------------------------ dead-letter queues
 
-    def settle_dead_route(self, message_id: str, reason: str) -> bool:
+    def settle_dead_route(self, message_id: str, conversation_id: str, reason: str) -> bool:
         """A route record in the dead-letter queue: its message FAILED with `reason` when still PENDING.
 
-        True when this call settled it (and published MessageFailed); False when it was settled already.
+        The record was its conversation's route job, which later messages of the conversation may count on
+        (MessageStore.add_outbound): a fresh job replaces it, whose run sends what is left and then releases
+        the conversation. True when this call settled the message (and published MessageFailed); False when
+        it was settled already.
         """
         message = self.pending.fail_if_pending(message_id, StatusEntry(MessageStatus.FAILED, self.clock(), reason))
-        if message is None:
-            return False
-        logger.warning("message %s failed: %s", message_id, reason)
-        notify(self.events, "MessageFailed", message, MessageStatus.FAILED)
-        return True
+        if message is not None:
+            logger.warning("message %s failed: %s", message_id, reason)
+            notify(self.events, "MessageFailed", message, MessageStatus.FAILED)
+        self.requeue.requeue([PendingJob(message_id, conversation_id, 0)], DEAD_LETTER_ROUND)
+        return message is not None
 
     def settle_dead_status(self, report: StatusReport) -> StatusDeadLetterOutcome:
         """A status report in the dead-letter queue, applied once more.
