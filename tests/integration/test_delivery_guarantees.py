@@ -506,20 +506,32 @@ def test_a_dependency_down_for_route_is_retried_then_failed_with_its_reason(
     assert [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)] == ["after the outage"]
 
 
+def stored_conversation(conversations: MongoConversationStore, *, message_count: int) -> Conversation:
+    """A conversation without participants, stored directly (the adapter tests need no API around it)."""
+    now = utcnow()
+    conversation = Conversation(
+        str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, message_count, now, now
+    )
+    conversations.add_conversation(conversation)
+    return conversation
+
+
+def outbound_message(conversation: Conversation, text: str, *, sequence: int = 0) -> Message:
+    return Message(
+        str(uuid.uuid4()), conversation.conversation_id, SOMEONE, text, None, Platform.WHATSAPP,
+        Direction.OUTBOUND, sequence, MessageStatus.PENDING, [], utcnow(), "",
+    )  # fmt: skip
+
+
 def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(platform: LocalPlatform) -> None:
     # GIVEN a conversation whose messages 1..3 were stored before the counter moved with them, the counter at 1
     db = bootstrap.mongo()
     conversations, messages = MongoConversationStore(db), MongoMessageStore(db)
-    now = utcnow()
-    conversation = Conversation(str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 1, now, now)
-    conversations.add_conversation(conversation)
+    conversation = stored_conversation(conversations, message_count=1)
     db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"last_sequence": 1}})
 
     def message(n: int) -> Message:
-        return Message(
-            str(uuid.uuid4()), conversation.conversation_id, SOMEONE, f"m{n}", None, Platform.WHATSAPP,
-            Direction.OUTBOUND, n, MessageStatus.PENDING, [], now, "",
-        )  # fmt: skip
+        return outbound_message(conversation, f"m{n}", sequence=n)
 
     for n in (1, 2, 3):
         db.messages.insert_one(mongo_adapter._message_doc(message(n)))
@@ -579,25 +591,18 @@ def test_the_live_path_forgets_the_events_it_published(
 def test_a_conversation_is_marked_for_one_route_job_until_its_run_releases_it(platform: LocalPlatform) -> None:
     db = bootstrap.mongo()
     conversations, messages = MongoConversationStore(db), MongoMessageStore(db)
-    now = utcnow()
-    conversation = Conversation(str(uuid.uuid4()), ConversationType.ONE_TO_ONE, [], Platform.WHATSAPP, 0, now, now)
-    conversations.add_conversation(conversation)
-
-    def outbound(text: str) -> Message:
-        return Message(
-            str(uuid.uuid4()), conversation.conversation_id, SOMEONE, text, None, Platform.WHATSAPP,
-            Direction.OUTBOUND, 0, MessageStatus.PENDING, [], utcnow(), "",
-        )  # fmt: skip
+    conversation = stored_conversation(conversations, message_count=0)
 
     def needs_job(text: str) -> bool:
-        added = messages.add_outbound(outbound(text))
+        added = messages.add_outbound(outbound_message(conversation, text))
         assert added is not None
         return added.needs_route_job
 
     # the first message of a quiet conversation needs a job, the next ones are that job's run's to send
     assert [needs_job("m1"), needs_job("m2"), needs_job("m3")] == [True, False, False]
     # an inbound message neither needs nor takes the mark
-    assert messages.add_message(dataclasses.replace(outbound("in"), direction=Direction.INBOUND)) is not None
+    inbound = dataclasses.replace(outbound_message(conversation, "in"), direction=Direction.INBOUND)
+    assert messages.add_message(inbound) is not None
     # the run ends: the conversation is released once, and its next message needs a job again
     assert messages.release_route_job(conversation.conversation_id) is True
     assert messages.release_route_job(conversation.conversation_id) is False
