@@ -27,7 +27,7 @@ from chat4all.domain.models import MessageStatus, OutboundMessage, StatusEntry, 
 from chat4all.services.notifications import announce, message_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Iterator, Mapping
     from datetime import datetime
 
     from chat4all.channels.base import ChannelConnector
@@ -120,22 +120,7 @@ class DeliveryService:
         outcomes: list[DeliveryOutcome] = []
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
         announced: set[str] = set()
-        window = self.messages.unsettled(conversation_id, WINDOW)
-        more = len(window) == WINDOW
-        while True:
-            if not window and more:
-                window = self.messages.unsettled(conversation_id, WINDOW)
-                more = len(window) == WINDOW
-            if not window:
-                # unmark the conversation, then look once more: a message stored before the unmark is seen
-                # here, one stored after it enqueued a job of its own (MessageStore.add_outbound)
-                if not self.messages.release_route_job(conversation_id):
-                    return ConversationProgress(outcomes)
-                window = self.messages.unsettled(conversation_id, WINDOW)
-                more = len(window) == WINDOW
-                if not window:
-                    return ConversationProgress(outcomes)
-            message = window.pop(0)
+        for message in self._unsettled(conversation_id):
             if message.message_id not in announced:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
@@ -157,6 +142,25 @@ class DeliveryService:
             if not isinstance(step, DeliveryOutcome):
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)
+        return ConversationProgress(outcomes)
+
+    def _unsettled(self, conversation_id: str) -> Iterator[Message]:
+        """The conversation's PENDING messages in sequence order, read WINDOW at a time.
+
+        When none is left, the conversation's route-job mark is removed and it is read once more: a message
+        stored before the removal is still seen here, one stored after it enqueued a job of its own
+        (MessageStore.add_outbound). A caller that stops early leaves the mark: its job comes back.
+        """
+        just_released = False
+        while True:
+            window = self.messages.unsettled(conversation_id, WINDOW)
+            yield from window
+            if len(window) == WINDOW:
+                just_released = False
+                continue
+            if (just_released and not window) or not self.messages.release_route_job(conversation_id):
+                return
+            just_released = True
 
     def _deliver(
         self, message: Message, lease_until: datetime, routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]]
