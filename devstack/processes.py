@@ -166,8 +166,8 @@ class ManagedProcess:
 
 
 def free_port(preferred: int | None = None) -> int:
-    """Return `preferred` if nothing listens there, else a free ephemeral port."""
-    if preferred is not None and not port_in_use(preferred):
+    """Return `preferred` if a server could listen there, else a free ephemeral port."""
+    if preferred is not None and not port_in_use(preferred) and _bindable(preferred):
         return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -182,9 +182,25 @@ def require_free_port(port: int, variable: str) -> int:
     """`port` itself, or PortInUseError naming it and the variable that chooses it; 0 means any free port."""
     if port == 0:
         return free_port()
-    if port_in_use(port):
+    if port_in_use(port) or not _bindable(port):
         raise PortInUseError(f"port {port} is already in use by another program; stop it or set {variable}")
     return port
+
+
+def _bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind `port` now.
+
+    Nothing listening is not enough: the preferred ports lie in Linux's ephemeral range, so the local end of
+    an outgoing connection can hold one, and a server's bind then fails with "Address already in use".
+    SO_REUSEADDR as servers set it, so a connection lingering in TIME_WAIT does not count.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from devstack.processes import ManagedProcess, ProcessFailedError, process_tree_owns_port, start_until_ready
+from devstack.processes import (
+    ManagedProcess,
+    ProcessFailedError,
+    free_port,
+    process_tree_owns_port,
+    start_until_ready,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -94,6 +100,26 @@ def test_a_port_shared_through_so_reuseport_is_not_ours(tmp_path: Path) -> None:
             assert not process_tree_owns_port(listener.pid, shared)
         finally:
             listener.stop()
+
+
+def test_a_preferred_port_held_by_an_outgoing_connection_is_not_handed_out() -> None:
+    # CI saw PostgreSQL fail three times on its preferred port: nothing listened there, but the local end of
+    # a client connection held it (the preferred ports lie in the ephemeral range)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        with socket.socket() as client:
+            client.connect(server.getsockname())
+            held = client.getsockname()[1]
+            with socket.socket() as would_be_server:
+                with pytest.raises(OSError):
+                    would_be_server.bind(("127.0.0.1", held))
+            assert free_port(held) != held
+        assert free_port(server.getsockname()[1]) != server.getsockname()[1]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        unused = probe.getsockname()[1]
+    assert free_port(unused) == unused
 
 
 LISTEN_AND_WAIT = """
