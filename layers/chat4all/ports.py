@@ -231,14 +231,22 @@ class MessageStore(ABC):
         """`add_message` for a message to deliver, which also marks its conversation as having route work.
 
         `needs_route_job` is True when no job was marked (or the mark is stale): the caller enqueues one. A
-        route run unmarks the conversation with `release_route_job` when it finds no more work, and then looks
-        once more, so a message stored at any moment is either seen by that run or gets a job of its own.
+        route run unmarks the conversation with `finish_route_job` when it finds no more work, only if no
+        message was stored since it read the counter, so a message stored at any moment is either seen by that
+        run or gets a job of its own.
         """
 
     @abstractmethod
     def release_route_job(self, conversation_id: str) -> bool:
         """The conversation's route job ends (or was never enqueued): the next outbound message needs one.
         False when the conversation was not marked (nobody counts on this job for a message)."""
+
+    @abstractmethod
+    def finish_route_job(self, conversation_id: str, last_sequence: int) -> bool:
+        """A route run found no more work after reading the conversation's counter as `last_sequence`: unmark
+        the conversation unless a message was stored since. True when done (unmarked, or it was not marked);
+        False when the counter moved: the run looks again (a message stored after this is enqueued by its
+        sender, who finds no mark)."""
 
     @abstractmethod
     def get_message(self, message_id: str) -> Message | None: ...

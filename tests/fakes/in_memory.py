@@ -354,6 +354,13 @@ class InMemoryMessageStore(MessageStore):
         self.route_marked.discard(conversation_id)
         return True
 
+    def finish_route_job(self, conversation_id: str, last_sequence: int) -> bool:
+        conversation = self.conversations.get_conversation(conversation_id)
+        if conversation is None or conversation.last_sequence != last_sequence:
+            return False
+        self.route_marked.discard(conversation_id)
+        return True
+
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         if message.message_id in self.messages:
             return None

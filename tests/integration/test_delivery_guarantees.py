@@ -613,6 +613,12 @@ def test_a_conversation_is_marked_for_one_route_job_until_its_run_releases_it(pl
     assert [needs_job("m5"), needs_job("m6")] == [True, True]
     doc = db.conversations.find_one({"_id": conversation.conversation_id})
     assert doc is not None and doc["last_sequence"] == 7 and doc["message_count"] == 7
+    # a run that read the counter at 6 and found no more work leaves the mark: m7 came since, it looks again
+    assert messages.finish_route_job(conversation.conversation_id, 6) is False
+    assert "route_job_at" in db.conversations.find_one({"_id": conversation.conversation_id})
+    assert messages.finish_route_job(conversation.conversation_id, 7) is True
+    assert "route_job_at" not in db.conversations.find_one({"_id": conversation.conversation_id})
+    assert needs_job("m8") is True
 
 
 def test_concurrent_senders_to_a_quiet_conversation_enqueue_at_least_one_job_and_the_run_sends_all(

@@ -213,6 +213,15 @@ class MongoMessageStore(MessageStore):
             done = self.conversations.update_one({"_id": conversation_id}, {"$unset": {"route_job_at": ""}})
         return bool(done.modified_count)
 
+    def finish_route_job(self, conversation_id: str, last_sequence: int) -> bool:
+        with _translated():
+            # the sequence transaction moves the counter and reads the mark in one write to this document, so
+            # this update is ordered before it (that sender sees no mark, and enqueues) or after it (no match)
+            done = self.conversations.update_one(
+                {"_id": conversation_id, "last_sequence": last_sequence}, {"$unset": {"route_job_at": ""}}
+            )
+        return bool(done.matched_count)
+
     def _add(self, message: Message, events: Sequence[DomainEvent], *, route_job: bool) -> StoredOutbound | None:
         """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
         client = self.db.client

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from chat4all.channels.base import ChannelConnector
-    from chat4all.domain.models import ChannelConfig, Message, Platform, ProviderReceipt
+    from chat4all.domain.models import ChannelConfig, Conversation, Message, Platform, ProviderReceipt
     from chat4all.ports import ChannelRepository, ConversationStore, EventPublisher, MessageStore, UserRepository
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ class DeliveryService:
         outcomes: list[DeliveryOutcome] = []
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
         announced: set[str] = set()
-        for message in self._unsettled(conversation_id):
+        conversation = self.conversations.get_conversation(conversation_id)
+        for message in self._unsettled(conversation_id, conversation):
             if message.message_id not in announced:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
@@ -138,36 +139,46 @@ class DeliveryService:
                 return ConversationProgress(outcomes, (message.retry_at - now).total_seconds())
             if now + self.send_margin > lease_until:
                 return ConversationProgress(outcomes, 0)
-            step = self._deliver(message, lease_until, routes)
+            step = self._deliver(message, conversation, lease_until, routes)
             if not isinstance(step, DeliveryOutcome):
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)
         return ConversationProgress(outcomes)
 
-    def _unsettled(self, conversation_id: str) -> Iterator[Message]:
+    def _unsettled(self, conversation_id: str, conversation: Conversation | None) -> Iterator[Message]:
         """The conversation's PENDING messages in sequence order, read WINDOW at a time.
 
-        When none is left, the conversation's route-job mark is removed and it is read once more: a message
-        stored before the removal is still seen here, one stored after it enqueued a job of its own
-        (MessageStore.add_outbound). A caller that stops early leaves the mark: its job comes back.
+        When none is left, the conversation's route-job mark is removed if its counter has not moved since it
+        was read (before the windows): a message stored before that is in a window, one stored after it
+        enqueued a job of its own (MessageStore.add_outbound). If the counter moved, it is read again and the
+        windows with it. A caller that stops early leaves the mark: its job comes back.
         """
-        just_released = False
+        counter = conversation.last_sequence if conversation is not None else None
         while True:
             window = self.messages.unsettled(conversation_id, WINDOW)
             yield from window
             if len(window) == WINDOW:
-                just_released = False
                 continue
-            if (just_released and not window) or not self.messages.release_route_job(conversation_id):
+            if counter is None:
+                # a conversation without a counter (or gone): unmark, and look once more for a late message
+                if self.messages.release_route_job(conversation_id):
+                    yield from self.messages.unsettled(conversation_id, WINDOW)
                 return
-            just_released = True
+            if self.messages.finish_route_job(conversation_id, counter):
+                return
+            current = self.conversations.get_conversation(conversation_id)
+            counter = current.last_sequence if current is not None else None
 
     def _deliver(
-        self, message: Message, lease_until: datetime, routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]]
+        self,
+        message: Message,
+        conversation: Conversation | None,
+        lease_until: datetime,
+        routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]],
     ) -> DeliveryOutcome | float:
         """One message: its outcome, or the seconds after which it can be tried again."""
         try:
-            channel, outbound = self._prepare(message, routes)
+            channel, outbound = self._prepare(message, conversation, routes)
         except UndeliverableError as exc:
             return self._fail(message, exc.detail)
         except DependencyUnavailableError as exc:
@@ -248,21 +259,23 @@ class DeliveryService:
         return float(delay)
 
     def _prepare(
-        self, message: Message, routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]]
+        self,
+        message: Message,
+        conversation: Conversation | None,
+        routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]],
     ) -> tuple[ChannelConfig, OutboundMessage]:
         """The channel and the recipient's platform id; looked up once per sender and platform in a run."""
         if message.content is None:
             raise UndeliverableError("message has no text content")
         key = (message.sender_id, message.channel)
         if key not in routes:
-            routes[key] = self._route(message)
+            routes[key] = self._route(message, conversation)
         channel, recipient = routes[key]
         return channel, OutboundMessage(message.message_id, recipient, message.content)
 
-    def _route(self, message: Message) -> tuple[ChannelConfig, str]:
+    def _route(self, message: Message, conversation: Conversation | None) -> tuple[ChannelConfig, str]:
         if message.channel not in self.connectors:
             raise UndeliverableError(f"no connector for {message.channel}")
-        conversation = self.conversations.get_conversation(message.conversation_id)
         if conversation is None:
             raise UndeliverableError(f"conversation {message.conversation_id} does not exist")
         recipients = [p.user_id for p in conversation.participants if p.user_id != message.sender_id]
