@@ -6,9 +6,7 @@ from datetime import timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-import boto3
 import redis
-from botocore.config import Config
 
 from chat4all.adapters.aws import (
     EventBridgeCheck,
@@ -20,6 +18,7 @@ from chat4all.adapters.aws import (
     SqsOutboundQueue,
     SqsVisibility,
 )
+from chat4all.adapters.aws_api import AwsJsonApi
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.jwt import JwksTokenVerifier
 from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoEventOutbox, MongoMessageStore, connect
@@ -55,8 +54,6 @@ if TYPE_CHECKING:
     from chat4all.channels.base import ChannelConnector
     from chat4all.ports import DependencyCheck
 
-AWS_CLIENT_CONFIG = Config(connect_timeout=3, read_timeout=10, retries={"max_attempts": 3, "mode": "standard"})
-
 
 @lru_cache
 def settings() -> Settings:
@@ -64,11 +61,9 @@ def settings() -> Settings:
 
 
 @lru_cache
-def aws_client(service: Literal["sqs", "events", "kms"]) -> Any:
+def aws_client(service: Literal["sqs", "events", "kms"]) -> AwsJsonApi:
     config = settings()
-    return boto3.client(
-        service, region_name=config.aws_region, endpoint_url=config.aws_endpoint_url, config=AWS_CLIENT_CONFIG
-    )
+    return AwsJsonApi(service, region=config.aws_region, endpoint_url=config.aws_endpoint_url)
 
 
 @lru_cache

@@ -19,14 +19,13 @@ import uuid
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
 import httpx
 import pytest
-from botocore.config import Config
 
 from chat4all import bootstrap
 from chat4all.adapters import mongo as mongo_adapter
 from chat4all.adapters.aws import EventBridgePublisher
+from chat4all.adapters.aws_api import AwsJsonApi
 from chat4all.adapters.mongo import MongoConversationStore, MongoEventOutbox, MongoMessageStore
 from chat4all.domain.commands import SendMessage
 from chat4all.domain.models import (
@@ -429,18 +428,20 @@ def test_a_database_that_is_down_is_a_quick_503_and_recovers(
 # ------------------------------------------------------------------------------------------------ events
 
 
-class CountingEvents:
-    """The real EventBridge client, counting PutEvents calls."""
+class CountingEvents(AwsJsonApi):
+    """The real EventBridge API, counting PutEvents calls."""
 
-    def __init__(self, real: Any) -> None:
-        self.real = real
+    def __init__(self) -> None:
+        settings = bootstrap.settings()
+        super().__init__("events", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
         self.calls: list[int] = []
         self.entries: list[list[dict[str, Any]]] = []
 
-    def put_events(self, **kwargs: Any) -> Any:
-        self.calls.append(len(kwargs["Entries"]))
-        self.entries.append(kwargs["Entries"])
-        return self.real.put_events(**kwargs)
+    def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        if operation == "PutEvents":
+            self.calls.append(len(params["Entries"]))
+            self.entries.append(params["Entries"])
+        return super().call(operation, params)
 
 
 def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(platform: LocalPlatform) -> None:
@@ -448,7 +449,7 @@ def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(p
     db = bootstrap.mongo()
     outbox = MongoEventOutbox(db, relay_after=timedelta(days=1))  # events kept on messages: the next test
     outbox.remove([outbox_id for outbox_id, _ in outbox.pending(1000)])  # what other tests left
-    client = CountingEvents(bootstrap.aws_client("events"))
+    client = CountingEvents()
     bus = EventBridgePublisher(client, bootstrap.settings().event_bus_name)
     buffer = EventBuffer(bus, outbox)
     run = uuid.uuid4().hex
@@ -460,12 +461,7 @@ def test_events_go_out_in_batches_and_what_the_bus_refuses_waits_in_the_outbox(p
     assert client.calls == [10, 10, 3]
     assert outbox.pending(100) == []
     # WHEN the bus cannot be reached (its endpoint moved to a port where nothing listens)
-    down = boto3.client(
-        "events",
-        endpoint_url="http://127.0.0.1:9",
-        region_name="us-east-1",
-        config=Config(connect_timeout=1, retries={"max_attempts": 1}),
-    )
+    down = AwsJsonApi("events", region="us-east-1", endpoint_url="http://127.0.0.1:9", connect_timeout=1, attempts=1)
     refusing = EventBuffer(EventBridgePublisher(down, bootstrap.settings().event_bus_name), outbox)
     for n in range(12):
         refusing.publish("MessageSent", {"run": run, "n": n})
@@ -556,7 +552,7 @@ def test_events_kept_on_messages_by_a_process_that_died_are_published_by_the_rel
         message_id: ["MessageAccepted"] for message_id in ids
     }
     # WHEN the relay runs (here without the grace it gives the live path)
-    client = CountingEvents(bootstrap.aws_client("events"))
+    client = CountingEvents()
     relay = EventRelay(
         EventBridgePublisher(client, bootstrap.settings().event_bus_name),
         MongoEventOutbox(db, relay_after=timedelta(0)),

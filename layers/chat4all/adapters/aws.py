@@ -1,15 +1,15 @@
-"""AWS adapters: SQS, EventBridge and KMS, each over an injected boto3 client."""
+"""AWS adapters: SQS, EventBridge and KMS, each over an injected AwsJsonApi (chat4all.adapters.aws_api)."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from chat4all.adapters.aws_api import AwsApiError
 from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
 from chat4all.observability import logger
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
@@ -17,6 +17,7 @@ from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, E
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+    from chat4all.adapters.aws_api import AwsJsonApi
     from chat4all.domain.models import DomainEvent
 
 
@@ -37,8 +38,8 @@ PERMANENT_KMS_ERRORS = frozenset(
 def _translated(service: str) -> Iterator[None]:
     try:
         yield
-    except (BotoCoreError, ClientError) as exc:
-        # the SDK's message names endpoints and resources: it is logged, never answered
+    except AwsApiError as exc:
+        # the error names endpoints and resources: it is logged, never answered
         logger.warning("AWS call failed", extra={"service": service, "error": repr(exc)[:500]})
         raise DependencyUnavailableError(f"{service} is unavailable") from exc
 
@@ -46,51 +47,58 @@ def _translated(service: str) -> Iterator[None]:
 class SqsOutboundQueue(OutboundQueue):
     """The FIFO route queue: one message group per conversation, deduplicated by message id."""
 
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
 
     def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         with _translated("SQS"):
-            self.sqs.send_message(
-                QueueUrl=self.queue_url,
-                MessageBody=json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
-                MessageGroupId=conversation_id,
-                MessageDeduplicationId=dedupe_key or message_id,
+            self.sqs.call(
+                "SendMessage",
+                {
+                    "QueueUrl": self.queue_url,
+                    "MessageBody": json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
+                    "MessageGroupId": conversation_id,
+                    "MessageDeduplicationId": dedupe_key or message_id,
+                },
             )
 
 
 class SqsDeadLetterQueue(DeadLetterQueue):
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
 
     def dead_letter(self, body: str, group_id: str, reason: str) -> None:
         with _translated("SQS"):
-            self.sqs.send_message(
-                QueueUrl=self.queue_url,
-                MessageBody=body,
-                MessageGroupId=group_id,
-                MessageDeduplicationId=hashlib.sha256(body.encode()).hexdigest(),
-                MessageAttributes={"reason": {"DataType": "String", "StringValue": reason[:1000]}},
+            self.sqs.call(
+                "SendMessage",
+                {
+                    "QueueUrl": self.queue_url,
+                    "MessageBody": body,
+                    "MessageGroupId": group_id,
+                    "MessageDeduplicationId": hashlib.sha256(body.encode()).hexdigest(),
+                    "MessageAttributes": {"reason": {"DataType": "String", "StringValue": reason[:1000]}},
+                },
             )
 
 
 class SqsVisibility:
     """Makes a received record visible again after a delay: the consumer's back-off between attempts."""
 
-    def __init__(self, sqs: Any) -> None:
+    def __init__(self, sqs: AwsJsonApi) -> None:
         self.sqs = sqs
 
     def postpone(self, queue_url: str, receipt_handle: str, delay_seconds: int) -> None:
         with _translated("SQS"):
-            self.sqs.change_message_visibility(
-                QueueUrl=queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=delay_seconds
+            self.sqs.call(
+                "ChangeMessageVisibility",
+                {"QueueUrl": queue_url, "ReceiptHandle": receipt_handle, "VisibilityTimeout": delay_seconds},
             )
 
 
 class EventBridgePublisher(EventPublisher):
-    def __init__(self, events: Any, bus_name: str) -> None:
+    def __init__(self, events: AwsJsonApi, bus_name: str) -> None:
         self.events = events
         self.bus_name = bus_name
 
@@ -102,7 +110,7 @@ class EventBridgePublisher(EventPublisher):
             "EventBusName": self.bus_name,
         }
         with _translated("EventBridge"):
-            result = self.events.put_events(Entries=[entry])
+            result = self.events.call("PutEvents", {"Entries": [entry]})
         if result.get("FailedEntryCount"):
             failure = result["Entries"][0]
             raise DependencyUnavailableError(f"EventBridge refused {detail_type}: {failure.get('ErrorMessage')}")
@@ -123,7 +131,7 @@ class EventBridgePublisher(EventPublisher):
             ]
             try:
                 with _translated("EventBridge"):
-                    result = self.events.put_events(Entries=entries)
+                    result = self.events.call("PutEvents", {"Entries": entries})
             except DependencyUnavailableError:
                 failed.extend(chunk)
                 continue
@@ -137,40 +145,39 @@ class KmsCredentialCipher(CredentialCipher):
     """Channel credentials as KMS ciphertext bound to an encryption context; plaintext is cached per container,
     keyed by ciphertext and context (a bounded LRU)."""
 
-    def __init__(self, kms: Any, key_id: str) -> None:
+    def __init__(self, kms: AwsJsonApi, key_id: str) -> None:
         self.kms = kms
         self.key_id = key_id
         self._decrypt_cached = functools.lru_cache(maxsize=256)(self._decrypt)
 
     def encrypt(self, credentials: dict[str, str], context: dict[str, str] | None = None) -> bytes:
+        params: dict[str, Any] = {
+            "KeyId": self.key_id,
+            "Plaintext": base64.b64encode(json.dumps(credentials, sort_keys=True).encode()).decode(),
+        }
+        if context:
+            params["EncryptionContext"] = context
         with _translated("KMS"):
-            result = self.kms.encrypt(
-                KeyId=self.key_id,
-                Plaintext=json.dumps(credentials, sort_keys=True).encode(),
-                **({"EncryptionContext": context} if context else {}),
-            )
-        return bytes(result["CiphertextBlob"])
+            result = self.kms.call("Encrypt", params)
+        return base64.b64decode(result["CiphertextBlob"])
 
     def decrypt(self, ciphertext: bytes, context: dict[str, str] | None = None) -> dict[str, str]:
         frozen = tuple(sorted(context.items())) if context else ()
         return dict(self._decrypt_cached(ciphertext, frozen))
 
     def _decrypt(self, ciphertext: bytes, context: tuple[tuple[str, str], ...]) -> dict[str, str]:
+        params: dict[str, Any] = {"CiphertextBlob": base64.b64encode(ciphertext).decode()}
+        if context:
+            params["EncryptionContext"] = dict(context)
         try:
-            result = self.kms.decrypt(
-                CiphertextBlob=ciphertext, **({"EncryptionContext": dict(context)} if context else {})
-            )
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code", "")
-            if code in PERMANENT_KMS_ERRORS:
+            result = self.kms.call("Decrypt", params)
+        except AwsApiError as exc:
+            if exc.code in PERMANENT_KMS_ERRORS:
                 # also ciphertext bound to another channel: its encryption context does not match this one
-                raise CredentialsUnreadableError(f"credentials cannot be decrypted (KMS {code})") from exc
+                raise CredentialsUnreadableError(f"credentials cannot be decrypted (KMS {exc.code})") from exc
             logger.warning("AWS call failed", extra={"service": "KMS", "error": repr(exc)[:500]})
             raise DependencyUnavailableError("KMS is unavailable") from exc
-        except BotoCoreError as exc:
-            logger.warning("AWS call failed", extra={"service": "KMS", "error": repr(exc)[:500]})
-            raise DependencyUnavailableError("KMS is unavailable") from exc
-        decoded: dict[str, str] = json.loads(result["Plaintext"])
+        decoded: dict[str, str] = json.loads(base64.b64decode(result["Plaintext"]))
         return decoded
 
 
@@ -178,24 +185,24 @@ class SqsCheck(DependencyCheck):
     name = "sqs"
     iam_actions = ("sqs:GetQueueAttributes",)
 
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
 
     def check(self) -> None:
-        self.sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])
+        self.sqs.call("GetQueueAttributes", {"QueueUrl": self.queue_url, "AttributeNames": ["QueueArn"]})
 
 
 class EventBridgeCheck(DependencyCheck):
     name = "eventbridge"
     iam_actions = ("events:DescribeEventBus",)
 
-    def __init__(self, events: Any, bus_name: str) -> None:
+    def __init__(self, events: AwsJsonApi, bus_name: str) -> None:
         self.events = events
         self.bus_name = bus_name
 
     def check(self) -> None:
-        self.events.describe_event_bus(Name=self.bus_name)
+        self.events.call("DescribeEventBus", {"Name": self.bus_name})
 
 
 class RedisCheck(DependencyCheck):

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from pymongo.database import Database
 
+    from chat4all.adapters.aws_api import AwsJsonApi
     from chat4all.domain.models import Message, StatusEntry
 
 PENDING_INDEX = "status_created_at"
@@ -81,7 +82,7 @@ class MongoPendingMessages(PendingMessages):
 class SqsRouteRequeue(RouteRequeue):
     """The route queue's records as ingest writes them, one group per conversation, deduplicated per round."""
 
-    def __init__(self, sqs: Any, queue_url: str) -> None:
+    def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
         self.sqs = sqs
         self.queue_url = queue_url
 
@@ -100,7 +101,7 @@ class SqsRouteRequeue(RouteRequeue):
                 for i, job in enumerate(chunk)
             ]
             with _aws_translated("SQS"):
-                result = self.sqs.send_message_batch(QueueUrl=self.queue_url, Entries=entries)
+                result = self.sqs.call("SendMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries})
             taken += len(result.get("Successful", []))
             failures += [f"{chunk[int(f['Id'])].message_id}: {f.get('Code')}" for f in result.get("Failed", [])]
         if failures:
