@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     )
 
 
+# the message to store (its sequence is the store's to give) and the events kept with it, made from its conversation
+type OutboundDraft = Callable[[Conversation], tuple[Message, Sequence[DomainEvent]]]
+
+
 @dataclass(frozen=True)
 class StoredOutbound:
     """An outbound message as stored, and whether its conversation needs a route job enqueued for it."""
@@ -227,9 +231,12 @@ class MessageStore(ABC):
         """
 
     @abstractmethod
-    def add_outbound(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> StoredOutbound | None:
-        """`add_message` for a message to deliver, which also marks its conversation as having route work.
+    def add_outbound(self, conversation_id: str, at: datetime, draft: OutboundDraft) -> StoredOutbound | None:
+        """`add_message` for a message to deliver at `at`, which also marks its conversation as having route work.
 
+        `draft` makes the message and the events kept with it from the conversation as this write reads it, so
+        the sender's right to send is checked on the conversation the message joins; whatever it raises
+        (ForbiddenError) undoes the write. NotFoundError when the conversation does not exist.
         `needs_route_job` is True when no job was marked (or the mark is stale): the caller enqueues one. A
         route run unmarks the conversation with `finish_route_job` when it finds no more work, only if no
         message was stored since it read the counter, so a message stored at any moment is either seen by that

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from chat4all.domain.models import ApiKey, ChannelConfig, ExternalIdentity, Platform, StatusEntry, User
-    from chat4all.ports import AuditEntry
+    from chat4all.ports import AuditEntry, OutboundDraft
 
 
 class InMemoryUserRepository(UserRepository):
@@ -340,7 +340,11 @@ class InMemoryMessageStore(MessageStore):
         self.kept_events: list[DomainEvent] = []  # events written with their change
         self.route_marked: set[str] = set()  # conversations marked as having a route job
 
-    def add_outbound(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> StoredOutbound | None:
+    def add_outbound(self, conversation_id: str, at: datetime, draft: OutboundDraft) -> StoredOutbound | None:
+        conversation = self.conversations.get_conversation(conversation_id)
+        if conversation is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        message, events = draft(conversation)
         stored = self.add_message(message, events=events)
         if stored is None:
             return None

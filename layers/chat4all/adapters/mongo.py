@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo import ASCENDING, DESCENDING, MongoClient, ReturnDocument, WriteConcern
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from chat4all.domain.errors import DependencyUnavailableError
+from chat4all.domain.errors import DependencyUnavailableError, NotFoundError
 from chat4all.domain.models import (
     Conversation,
     ConversationType,
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from pymongo.client_session import ClientSession
     from pymongo.collection import Collection
     from pymongo.database import Database
+
+    from chat4all.ports import OutboundDraft
 
 DEFAULT_DATABASE = "chat4all"
 # A server that is down is found out within a second, so the API answers 503 then, not after a long wait.
@@ -193,6 +195,14 @@ def _conversation(doc: dict[str, Any]) -> Conversation:
     )
 
 
+class _Drafted(Exception):
+    """The insert met a duplicate key: the message id (known once drafted) tells a repeat from a stale counter."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.message_id = message_id
+
+
 class MongoMessageStore(MessageStore):
     def __init__(self, db: Database[dict[str, Any]]) -> None:
         self.db = db
@@ -201,11 +211,11 @@ class MongoMessageStore(MessageStore):
         self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
 
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
-        stored = self._add(message, events, route_job=False)
+        stored = self._add(message.conversation_id, message.created_at, lambda _: (message, events), route_job=False)
         return stored.message if stored else None
 
-    def add_outbound(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> StoredOutbound | None:
-        return self._add(message, events, route_job=True)
+    def add_outbound(self, conversation_id: str, at: datetime, draft: OutboundDraft) -> StoredOutbound | None:
+        return self._add(conversation_id, at, draft, route_job=True)
 
     def release_route_job(self, conversation_id: str) -> bool:
         with _translated():
@@ -222,7 +232,9 @@ class MongoMessageStore(MessageStore):
             )
         return bool(done.matched_count)
 
-    def _add(self, message: Message, events: Sequence[DomainEvent], *, route_job: bool) -> StoredOutbound | None:
+    def _add(
+        self, conversation_id: str, at: datetime, draft: OutboundDraft, *, route_job: bool
+    ) -> StoredOutbound | None:
         """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
         client = self.db.client
         deadline = time.monotonic() + SEQUENCE_TRANSACTION_SECONDS
@@ -232,13 +244,13 @@ class MongoMessageStore(MessageStore):
             try:
                 with client.start_session() as session:
                     with session.start_transaction(write_concern=DURABLE):
-                        stored = self._insert_next(message, events, session, route_job=route_job)
+                        stored = self._insert_next(conversation_id, at, draft, session, route_job=route_job)
                 return stored
-            except DuplicateKeyError:
+            except _Drafted as drafted:
                 with _translated():
-                    if self.collection.count_documents({"_id": message.message_id}, limit=1):
+                    if self.collection.count_documents({"_id": drafted.message_id}, limit=1):
                         return None
-                    self._repair_counter(message.conversation_id)
+                    self._repair_counter(conversation_id)
             except ConnectionFailure as exc:
                 raise DependencyUnavailableError("MongoDB is unavailable") from exc
             except PyMongoError as exc:
@@ -247,35 +259,35 @@ class MongoMessageStore(MessageStore):
                 # a concurrent sender moved the counter first: start again after a short, jittered pause
                 first, longest = SEQUENCE_RETRY_PAUSE_SECONDS
                 time.sleep(random.uniform(0, min(longest, first * 2 ** min(attempt, 10))))  # noqa: S311 - jitter
-        raise DependencyUnavailableError(f"conversation {message.conversation_id} is too busy to take a message")
+        raise DependencyUnavailableError(f"conversation {conversation_id} is too busy to take a message")
 
     def _insert_next(
-        self, message: Message, events: Sequence[DomainEvent], session: ClientSession, *, route_job: bool
+        self, conversation_id: str, at: datetime, draft: OutboundDraft, session: ClientSession, *, route_job: bool
     ) -> StoredOutbound:
-        change: dict[str, Any] = {
-            "$inc": {"last_sequence": 1, "message_count": 1},
-            "$max": {"last_activity_at": message.created_at},
-        }
+        change: dict[str, Any] = {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": at}}
         # the mark keeps the time of the job it stands for ($min: set when absent, else left as it is)
-        marked_at = message.created_at.replace(microsecond=message.created_at.microsecond // 1000 * 1000)
+        marked_at = at.replace(microsecond=at.microsecond // 1000 * 1000)
         if route_job:
             change["$min"] = {"route_job_at": marked_at}
-        conversation = self.db.conversations.find_one_and_update(
-            {"_id": message.conversation_id},
-            change,
-            projection={"last_sequence": 1, "route_job_at": 1},
-            return_document=ReturnDocument.AFTER,
-            session=session,
+        # the whole conversation as it was before this transaction's change: the draft checks the sender on it,
+        # and the mark read here tells whether this send is the one that set it (the transactions on one
+        # conversation are serialised by this write, so exactly one of concurrent senders finds it absent)
+        doc = self.db.conversations.find_one_and_update(
+            {"_id": conversation_id}, change, return_document=ReturnDocument.BEFORE, session=session
         )
-        if conversation is None:
-            raise DependencyUnavailableError(f"conversation {message.conversation_id} vanished")
-        stored = dataclasses.replace(message, sequence=int(conversation["last_sequence"]))
-        doc = _message_doc(stored)
+        if doc is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        message, events = draft(_conversation(doc))
+        stored = dataclasses.replace(message, sequence=int(doc.get("last_sequence") or 0) + 1)
+        record = _message_doc(stored)
         if events:
-            doc["pending_events"] = _event_docs(events)
-        self.collection.insert_one(doc, session=session)
-        job_at = conversation.get("route_job_at")
-        needs_job = route_job and (job_at is None or job_at >= marked_at or marked_at - job_at > ROUTE_JOB_STALE)
+            record["pending_events"] = _event_docs(events)
+        try:
+            self.collection.insert_one(record, session=session)
+        except DuplicateKeyError as exc:
+            raise _Drafted(message.message_id) from exc
+        job_at = doc.get("route_job_at")
+        needs_job = route_job and (job_at is None or marked_at - job_at > ROUTE_JOB_STALE)
         return StoredOutbound(stored, needs_job)
 
     def _repair_counter(self, conversation_id: str) -> None:

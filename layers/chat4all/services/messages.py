@@ -19,8 +19,10 @@ from chat4all.services.auth import require_self_or_admin
 from chat4all.services.notifications import message_event
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from chat4all.domain.commands import SendMessage
-    from chat4all.domain.models import Conversation, Principal
+    from chat4all.domain.models import Conversation, DomainEvent, Principal
     from chat4all.ports import ConversationStore, MessageStore, OutboundQueue, UserRepository
 
 logger = logging.getLogger(__name__)
@@ -51,31 +53,22 @@ class MessageService:
     def accept(self, command: SendMessage, principal: Principal) -> AcceptedMessage:
         """Validate, store PENDING with the conversation's next sequence, and enqueue for delivery."""
         require_self_or_admin(principal, command.sender_id)
+        now = utcnow()
         try:
-            conversation = self._check(command)
+            self._check_sender(command)
+            try:
+                added = self.messages.add_outbound(command.conversation_id, now, lambda c: _draft(command, c, now))
+            except NotFoundError:
+                raise ValidationFailedError(
+                    "unknown conversation",
+                    errors=[FieldError("conversation_id", f"no conversation {command.conversation_id}")],
+                ) from None
         except (ValidationFailedError, ForbiddenError):
             # a retry of an accepted message gets its 202 (or a 409) even if the conversation changed since;
             # a new message is not looked up first: the insert itself tells a duplicate (see below)
             if (existing := self.messages.get_message(command.message_id)) is not None:
                 return self._replay(existing, command)
             raise
-        now = utcnow()
-        message = Message(
-            message_id=command.message_id,
-            conversation_id=conversation.conversation_id,
-            sender_id=command.sender_id,
-            content=command.content,
-            file_id=command.file_id,
-            channel=command.channel_type or conversation.primary_channel,
-            direction=Direction.OUTBOUND,
-            sequence=0,  # the store gives it the conversation's next sequence as it stores it
-            status=MessageStatus.PENDING,
-            history=[StatusEntry(MessageStatus.PENDING, now)],
-            created_at=now,
-            request_fingerprint=command.fingerprint,
-        )
-        accepted_event = message_event("MessageAccepted", message, at=now)
-        added = self.messages.add_outbound(message, events=[accepted_event])
         if added is None:
             # a concurrent request with the same id stored it first: the same answer as a replay
             existing = self.messages.get_message(command.message_id)
@@ -88,26 +81,17 @@ class MessageService:
         # PutEvents for both), and the sweeper's relay publishes it should route not come to it in time
         return _accepted(added.message)
 
-    def _check(self, command: SendMessage) -> Conversation:
-        """The conversation a new message goes to, if the sender may send it there."""
+    def _check_sender(self, command: SendMessage) -> None:
+        """What can be checked before the conversation is read (in the transaction that stores the message)."""
         if command.file_id is not None:
             raise ValidationFailedError(
                 "file messages are not available yet", errors=[FieldError("file_id", "not supported yet")]
-            )
-        conversation = self.conversations.get_conversation(command.conversation_id)
-        if conversation is None:
-            raise ValidationFailedError(
-                "unknown conversation",
-                errors=[FieldError("conversation_id", f"no conversation {command.conversation_id}")],
             )
         sender = self.users.get_user(command.sender_id)
         if sender is None or not sender.active:
             raise ValidationFailedError(
                 "unknown sender", errors=[FieldError("sender_id", f"no active user {command.sender_id}")]
             )
-        if conversation.participant(command.sender_id) is None:
-            raise ForbiddenError("the sender is not a participant of this conversation")
-        return conversation
 
     def _enqueue(self, message: Message) -> bool:
         """The message is stored: a queue failure does not undo the 202. The route function finds it anyway
@@ -147,6 +131,27 @@ class MessageService:
             if member is None:
                 raise ForbiddenError("only participants can read this message")
         return message
+
+
+def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> tuple[Message, list[DomainEvent]]:
+    """The message a participant sends into the conversation, as it is stored, and its MessageAccepted."""
+    if conversation.participant(command.sender_id) is None:
+        raise ForbiddenError("the sender is not a participant of this conversation")
+    message = Message(
+        message_id=command.message_id,
+        conversation_id=conversation.conversation_id,
+        sender_id=command.sender_id,
+        content=command.content,
+        file_id=command.file_id,
+        channel=command.channel_type or conversation.primary_channel,
+        direction=Direction.OUTBOUND,
+        sequence=0,  # the store gives it the conversation's next sequence as it stores it
+        status=MessageStatus.PENDING,
+        history=[StatusEntry(MessageStatus.PENDING, now)],
+        created_at=now,
+        request_fingerprint=command.fingerprint,
+    )
+    return message, [message_event("MessageAccepted", message, at=now)]
 
 
 def _accepted(message: Message) -> AcceptedMessage:
