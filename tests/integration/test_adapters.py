@@ -16,7 +16,15 @@ from pymongo.errors import DuplicateKeyError
 
 from chat4all.adapters import mongo
 from chat4all.adapters.idempotency import RedisIdempotencyStore
-from chat4all.domain.models import Conversation, ConversationType, Direction, Message, MessageStatus, Platform
+from chat4all.domain.models import (
+    Conversation,
+    ConversationType,
+    Direction,
+    Message,
+    MessageStatus,
+    Participant,
+    Platform,
+)
 
 # a sender id of the same form as a real user's: the API's schema says a sender_id is a UUID
 SOMEONE = str(uuid.uuid4())
@@ -161,3 +169,37 @@ class _FindRecorder(monitoring.CommandListener):
 
     def failed(self, event: monitoring.CommandFailedEvent) -> None:
         pass
+
+
+def test_the_open_conversation_on_a_channel_is_found_without_the_index_earlier_versions_made(
+    platform: LocalPlatform,
+) -> None:
+    # GIVEN a database from an earlier version, with its (participant, channel, activity) index
+    db = mongo.connect(platform.urls["mongo"])
+    db.conversations.create_index(
+        [("participants.user_id", 1), ("channel_id", 1), ("last_activity_at", -1)], name=mongo.OLD_CHANNEL_INDEX
+    )
+    # WHEN the indexes are ensured at start
+    mongo.ensure_indexes(db)
+    # THEN that index is gone (a send's write to the conversation no longer maintains it)
+    assert mongo.OLD_CHANNEL_INDEX not in db.conversations.index_information()
+    # AND a customer's open one-to-one conversation on a channel is the newest of those on that channel
+    store = mongo.MongoConversationStore(db)
+    customer, channel = str(uuid.uuid4()), str(uuid.uuid4())
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def conversation(kind: ConversationType, channel_id: str, minutes: int) -> str:
+        stored = Conversation(
+            str(uuid.uuid4()), kind, [Participant(customer, start)], Platform.WHATSAPP, 0,
+            start + timedelta(minutes=minutes), start, channel_id,
+        )  # fmt: skip
+        store.add_conversation(stored)
+        return stored.conversation_id
+
+    conversation(ConversationType.ONE_TO_ONE, channel, 1)
+    newest = conversation(ConversationType.ONE_TO_ONE, channel, 2)
+    conversation(ConversationType.ONE_TO_ONE, str(uuid.uuid4()), 3)  # another channel
+    conversation(ConversationType.GROUP, channel, 4)  # not one-to-one
+    found = store.open_on_channel(customer, channel)
+    assert found is not None and found.conversation_id == newest
+    assert store.open_on_channel(customer, str(uuid.uuid4())) is None

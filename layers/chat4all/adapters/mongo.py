@@ -61,6 +61,7 @@ SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
 # a conversation marked as having a route job for longer than this gets another one with each message (the
 # mark's job may have been lost: a crash between the commit and SendMessage, a dead-lettered job)
 ROUTE_JOB_STALE = timedelta(seconds=60)
+OLD_CHANNEL_INDEX = "participants.user_id_1_channel_id_1_last_activity_at_-1"
 
 
 def connect(uri: str) -> Database[dict[str, Any]]:
@@ -97,9 +98,9 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
         # events kept on their message until published: the relay finds the old ones through this index
         db.messages.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
         db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
-        db.conversations.create_index(
-            [("participants.user_id", ASCENDING), ("channel_id", ASCENDING), ("last_activity_at", DESCENDING)]
-        )
+        # an index of earlier versions, for the open conversation on a channel (now read through the one above)
+        if OLD_CHANNEL_INDEX in db.conversations.index_information():
+            db.conversations.drop_index(OLD_CHANNEL_INDEX)
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -568,11 +569,18 @@ class MongoConversationStore(ConversationStore):
 
     def open_on_channel(self, user_id: str, channel_id: str) -> Conversation | None:
         with _translated():
-            # the type is checked here: a field outside the index makes SecantusDB scan the collection
-            docs = self.collection.find({"participants.user_id": user_id, "channel_id": channel_id}).sort(
-                "last_activity_at", DESCENDING
+            # a customer is in few conversations: the channel and type are checked here, so the index on
+            # (participant, activity) serves this as well as a listing, and each send's write to a conversation
+            # maintains one index fewer (SecantusDB rewrites every index entry of a document it updates)
+            docs = self.collection.find({"participants.user_id": user_id}).sort("last_activity_at", DESCENDING)
+            doc = next(
+                (
+                    d
+                    for d in docs
+                    if d.get("channel_id") == channel_id and d["conversation_type"] == ConversationType.ONE_TO_ONE.value
+                ),
+                None,
             )
-            doc = next((d for d in docs if d["conversation_type"] == ConversationType.ONE_TO_ONE.value), None)
         return _conversation(doc) if doc else None
 
     def add_conversation_once(self, conversation: Conversation) -> bool:
