@@ -1,0 +1,97 @@
+"""The signed JSON client for SQS, EventBridge and KMS, against a local HTTP server that answers as AWS does."""
+
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from chat4all.adapters.aws import SqsOutboundQueue
+from chat4all.adapters.aws_api import AwsApiError, AwsJsonApi
+from chat4all.domain.errors import DependencyUnavailableError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class FakeAws:
+    """Answers each request with the next scripted (status, body); records what it was sent."""
+
+    def __init__(self) -> None:
+        self.script: list[tuple[int, dict[str, Any]]] = []
+        self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append((dict(self.headers.items()), body))
+                status, answer = fake.script.pop(0) if fake.script else (200, {})
+                payload = json.dumps(answer).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/x-amz-json-1.0")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAws]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "session-token")
+    fake = FakeAws()
+    yield fake
+    fake.server.shutdown()
+
+
+def test_a_call_is_a_signed_json_post_naming_its_operation(aws: FakeAws) -> None:
+    aws.script = [(200, {"MessageId": "m-1"})]
+    api = AwsJsonApi("sqs", region="eu-west-1", endpoint_url=aws.url)
+    assert api.call("SendMessage", {"QueueUrl": "q", "MessageBody": "b"}) == {"MessageId": "m-1"}
+    headers, body = aws.requests[0]
+    assert body == {"QueueUrl": "q", "MessageBody": "b"}
+    assert headers["X-Amz-Target"] == "AmazonSQS.SendMessage"
+    assert headers["Content-Type"] == "application/x-amz-json-1.0"
+    assert headers["Authorization"].startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/eu-west-1/sqs/aws4_request" in headers["Authorization"]
+    assert headers["X-Amz-Security-Token"] == "session-token"
+
+
+def test_throttling_and_server_errors_are_tried_again_and_a_refusal_is_not(aws: FakeAws) -> None:
+    api = AwsJsonApi("events", region="us-east-1", endpoint_url=aws.url)
+    aws.script = [(400, {"__type": "ThrottlingException"}), (500, {}), (200, {"FailedEntryCount": 0})]
+    assert api.call("PutEvents", {"Entries": []}) == {"FailedEntryCount": 0}
+    assert len(aws.requests) == 3
+    aws.script = [(400, {"__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": "no such queue"})]
+    with pytest.raises(AwsApiError) as refused:
+        api.call("PutEvents", {"Entries": []})
+    assert (refused.value.code, refused.value.message, refused.value.status) == (
+        "QueueDoesNotExist",
+        "no such queue",
+        400,
+    )
+    assert len(aws.requests) == 4
+
+
+def test_a_dependency_that_keeps_failing_or_cannot_be_reached_is_unavailable(aws: FakeAws) -> None:
+    api = AwsJsonApi("sqs", region="us-east-1", endpoint_url=aws.url, attempts=2)
+    aws.script = [(503, {}), (503, {})]
+    with pytest.raises(DependencyUnavailableError):
+        SqsOutboundQueue(api, "q").enqueue("m", "c")
+    assert len(aws.requests) == 2
+    nowhere = AwsJsonApi("sqs", region="us-east-1", endpoint_url="http://127.0.0.1:9", attempts=1)
+    with pytest.raises(DependencyUnavailableError) as down:
+        SqsOutboundQueue(nowhere, "q").enqueue("m", "c")
+    # what the caller may show names no host or port
+    assert "127.0.0.1" not in str(down.value) and "9" not in str(down.value)
