@@ -20,15 +20,20 @@ if TYPE_CHECKING:
 class FakeAws:
     """Answers each request with the next scripted (status, body); records what it was sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keep_alive: bool = False) -> None:
         self.script: list[tuple[int, dict[str, Any]]] = []
+        self.drop_after_answer = False  # close a kept-alive connection without saying so, as an idle timeout does
         self.requests: list[tuple[dict[str, str], dict[str, Any]]] = []
+        self.client_ports: list[int] = []
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append((dict(self.headers.items()), body))
+                fake.client_ports.append(self.client_address[1])
                 status, answer = fake.script.pop(0) if fake.script else (200, {})
                 payload = json.dumps(answer).encode()
                 self.send_response(status)
@@ -36,6 +41,8 @@ class FakeAws:
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
+                if fake.drop_after_answer:
+                    self.close_connection = True
 
             def log_message(self, *args: Any) -> None:
                 pass
@@ -95,3 +102,24 @@ def test_a_dependency_that_keeps_failing_or_cannot_be_reached_is_unavailable(aws
         SqsOutboundQueue(nowhere, "q").enqueue("m", "c")
     # what the caller may show names no host or port
     assert "127.0.0.1" not in str(down.value) and "9" not in str(down.value)
+
+
+def test_a_kept_alive_connection_the_server_closed_is_replaced_within_the_same_try(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    aws = FakeAws(keep_alive=True)
+    try:
+        api = AwsJsonApi("sqs", region="us-east-1", endpoint_url=aws.url, attempts=1)
+        api.call("GetQueueAttributes", {"QueueUrl": "q"})
+        api.call("GetQueueAttributes", {"QueueUrl": "q"})
+        assert len(set(aws.client_ports)) == 1  # kept alive
+        aws.drop_after_answer = True
+        api.call("GetQueueAttributes", {"QueueUrl": "q"})
+        aws.drop_after_answer = False
+        # the next call finds its connection closed: a new one, no error, no retry pause
+        assert api.call("GetQueueAttributes", {"QueueUrl": "q"}) == {}
+        assert len(aws.requests) == 4 and len(set(aws.client_ports)) == 2
+    finally:
+        aws.server.shutdown()
