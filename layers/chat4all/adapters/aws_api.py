@@ -4,8 +4,9 @@ boto3 runs every call through its event hooks, parameter validation, endpoint ru
 in a `py-spy` profile of the message path that was ~16% of ingest's CPU (one SendMessage per send) and
 ~18% of route's (one PutEvents per batch). These APIs speak plain JSON (`X-Amz-Target: <prefix>.<Operation>`),
 so one signed POST on a kept-alive connection does the same work. The standard library's HTTP client, not
-httpx: measured against LocalStack on this project's machine, the caller's CPU per SendMessage was 2.5-2.7 ms
-with boto3, 1.9-2.2 ms signed over httpx (of which signing 0.23 ms) and less over http.client (docs/BENCHMARKS.md).
+httpx: measured against LocalStack on this project's machine (`python -m bench.aws_calls`), the caller's CPU per
+SendMessage was 2.0-2.7 ms with boto3, 1.9-2.2 ms signed over httpx (signing alone 0.23 ms) and 0.9-1.1 ms signed
+over http.client (docs/BENCHMARKS.md).
 Credentials come from botocore's chain (the Lambda environment's role credentials, refreshed as they expire).
 """
 
