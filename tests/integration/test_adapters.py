@@ -20,6 +20,7 @@ from chat4all.domain.models import (
     Conversation,
     ConversationType,
     Direction,
+    DomainEvent,
     Message,
     MessageStatus,
     Participant,
@@ -154,6 +155,57 @@ def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(
     with pytest.raises(DuplicateKeyError):
         db.messages.insert_one({"_id": str(uuid.uuid4()), "platform_message_id": wamid})
     client.close()
+
+
+def test_published_events_are_forgotten_a_few_messages_per_update(platform: LocalPlatform) -> None:
+    # SecantusDB matches each message's events against the update's whole `$in` list while it holds the
+    # collection's write lock: one update for hundreds of messages stalled every send's insert for seconds
+    updates: list[dict[str, Any]] = []
+    recorder = _UpdateRecorder(updates)
+    client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], event_listeners=[recorder])
+    db = client.get_default_database(mongo.DEFAULT_DATABASE)
+    outbox = mongo.MongoEventOutbox(db)
+    conversation_id = str(uuid.uuid4())
+    # GIVEN 25 messages, each with two events kept, and a third event on each that the bus has not taken yet
+    message_ids = [str(uuid.uuid4()) for _ in range(25)]
+    published: list[DomainEvent] = []
+    for sequence, message_id in enumerate(message_ids, start=1):
+        events = [
+            DomainEvent("MessageSent", {"n": n}, event_id=str(uuid.uuid4()), message_id=message_id) for n in range(3)
+        ]
+        doc = {"_id": message_id, "conversation_id": conversation_id, "sequence": sequence}
+        db.messages.insert_one({**doc, "pending_events": mongo._event_docs(events)})
+        published += events[:2]
+    # WHEN the two published ones of every message are forgotten
+    outbox.published(published)
+    # THEN only each message's unpublished event is left
+    for message_id in message_ids:
+        doc = db.messages.find_one({"_id": message_id})
+        assert doc is not None
+        assert [e["detail"]["n"] for e in doc["pending_events"]] == [2]
+    # AND it took three updates of at most 10 messages, each naming only its own messages' events
+    assert [len(u["q"]["_id"]["$in"]) for u in updates] == [10, 10, 5]
+    for update in updates:
+        ids = set(update["q"]["_id"]["$in"])
+        pulled = set(update["u"]["$pull"]["pending_events"]["id"]["$in"])
+        assert pulled == {e.event_id for e in published if e.message_id in ids}
+    db.messages.delete_many({"_id": {"$in": message_ids}})
+    client.close()
+
+
+class _UpdateRecorder(monitoring.CommandListener):
+    def __init__(self, updates: list[dict[str, Any]]) -> None:
+        self.updates = updates
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        if event.command_name == "update" and event.command.get("update") == "messages":
+            self.updates.extend(dict(statement) for statement in event.command["updates"])
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
 
 
 class _FindRecorder(monitoring.CommandListener):

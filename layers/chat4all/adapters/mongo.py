@@ -57,6 +57,8 @@ MESSAGE_EVENT = "message:"
 # a jittered pause that doubles from 2 ms up to 50 ms, for up to 5 s (16 clients on one conversation: 50 tries
 # with pauses under 2 ms * try left 3 of 1,559 sends without a sequence)
 SEQUENCE_TRANSACTION_SECONDS = 5.0
+# messages whose published events one update forgets (MongoEventOutbox._pull)
+PULL_CHUNK = 10
 SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
 # a conversation marked as having a route job for longer than this gets another one with each message (the
 # mark's job may have been lost: a crash between the commit and SendMessage, a dead-lettered job)
@@ -644,11 +646,22 @@ class MongoEventOutbox(EventOutbox):
                 self.collection.delete_many({"_id": {"$in": own}})
 
     def _pull(self, events: list[tuple[str, str]]) -> None:
-        if events:
+        """Forget published events on their messages, PULL_CHUNK messages per update.
+
+        SecantusDB matches each message's events against the update's whole `$in` list while it holds the
+        collection's write lock (server CPU per update: 10 messages 7 ms, 100 64 ms, 400 0.49 s); a route run
+        through a busy conversation forgets hundreds at once, and every send's insert waited 4-5 s behind it.
+        """
+        by_message: dict[str, list[str]] = {}
+        for message_id, event_id in events:
+            by_message.setdefault(message_id, []).append(event_id)
+        message_ids = list(by_message)
+        for start in range(0, len(message_ids), PULL_CHUNK):
+            chunk = message_ids[start : start + PULL_CHUNK]
             with _translated():
                 self.messages.update_many(
-                    {"_id": {"$in": list({message_id for message_id, _ in events})}},
-                    {"$pull": {"pending_events": {"id": {"$in": [event_id for _, event_id in events]}}}},
+                    {"_id": {"$in": chunk}},
+                    {"$pull": {"pending_events": {"id": {"$in": [e for m in chunk for e in by_message[m]]}}}},
                 )
 
 
