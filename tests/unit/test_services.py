@@ -590,6 +590,21 @@ def test_events_of_a_unit_of_work_go_out_together_and_refused_ones_are_kept_then
     assert relay.publish_pending_events(10) == 0
 
 
+def test_a_long_unit_of_work_publishes_as_it_goes_in_whole_put_events() -> None:
+    bus = CountingBus()
+    buffer = EventBuffer(bus, InMemoryEventOutbox(), flush_at=20)
+    for n in range(19):
+        buffer.publish("MessageSent", {"n": n})
+    assert bus.calls == []
+    buffer.publish_many([DomainEvent("MessageSent", {"n": 19}), DomainEvent("MessageSent", {"n": 20})])
+    assert [[e.detail["n"] for e in call] for call in bus.calls] == [list(range(21))]
+    for n in range(21, 25):
+        buffer.publish("MessageSent", {"n": n})
+    assert buffer.flush() == 4
+    assert [len(call) for call in bus.calls] == [21, 4]
+    assert buffer.flush() == 0
+
+
 @dataclass
 class CountingBus(InMemoryEventPublisher):
     calls: list[list[DomainEvent]] = field(default_factory=list)

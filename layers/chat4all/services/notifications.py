@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# events an EventBuffer collects before it publishes them without waiting for the end of its unit of work
+FLUSH_AT = 20
+
 
 def event_detail(message: Message, status: MessageStatus | None = None, at: datetime | None = None) -> dict[str, str]:
     return {
@@ -82,21 +85,27 @@ class EventBuffer(EventPublisher):
 
     `flush` publishes them (at most 10 per call, the bus's limit) and keeps what the bus refused in the
     outbox; only when the outbox cannot be written either is an event lost, and then it is logged whole.
+    A long unit of work (route working through a busy conversation) publishes every `flush_at` events as it
+    goes: the bus takes 10 per call, so this costs no call more than one flush at the end, and the events of
+    its first messages do not wait for its last.
     """
 
-    def __init__(self, bus: EventPublisher, outbox: EventOutbox) -> None:
+    def __init__(self, bus: EventPublisher, outbox: EventOutbox, *, flush_at: int = FLUSH_AT) -> None:
         self.bus = bus
         self.outbox = outbox
+        self.flush_at = flush_at
         self._pending: list[DomainEvent] = []
         self._lock = threading.Lock()
 
     def publish(self, detail_type: str, detail: dict[str, Any], *, source: str = "chat4all") -> None:
-        with self._lock:
-            self._pending.append(DomainEvent(detail_type, detail, source))
+        self.publish_many([DomainEvent(detail_type, detail, source)])
 
     def publish_many(self, events: Sequence[DomainEvent]) -> list[DomainEvent]:
         with self._lock:
             self._pending.extend(events)
+            full = len(self._pending) >= self.flush_at
+        if full:
+            self.flush()
         return []
 
     def flush(self) -> int:
