@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
-    from devstack.template import QueueSubscription
+    from devstack.template import FunctionConfig, QueueSubscription
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -42,8 +42,11 @@ STOP_TIMEOUT_SECONDS = 30.0
 
 @dataclass
 class RuntimeOptions:
-    # how many containers a function without ReservedConcurrentExecutions may run at once on this machine
+    # how many containers a function without ReservedConcurrentExecutions or Metadata.LocalConcurrency may run
+    # at once on this machine
     default_concurrency: int = LOCAL_DEFAULT_CONCURRENCY
+    # CHAT4ALL_FUNCTION_CONCURRENCY: every function without ReservedConcurrentExecutions runs this many
+    concurrency_override: int | None = None
     idle_timeout_seconds: float = 300.0
     # Lambda allows 10 s; a loaded 2-core machine importing a function's dependencies may need more
     init_timeout_seconds: float = 20.0
@@ -57,7 +60,7 @@ class RuntimeOptions:
         """CHAT4ALL_FUNCTION_CONCURRENCY and CHAT4ALL_FUNCTION_IDLE_SECONDS override the defaults."""
         options = cls()
         if environ.get("CHAT4ALL_FUNCTION_CONCURRENCY"):
-            options.default_concurrency = int(environ["CHAT4ALL_FUNCTION_CONCURRENCY"])
+            options.concurrency_override = int(environ["CHAT4ALL_FUNCTION_CONCURRENCY"])
         if environ.get("CHAT4ALL_FUNCTION_IDLE_SECONDS"):
             options.idle_timeout_seconds = float(environ["CHAT4ALL_FUNCTION_IDLE_SECONDS"])
         return options
@@ -99,7 +102,6 @@ class LocalRuntime:
         specs = []
         for logical_id in function_names(self.template):
             config = function_config(self.template, logical_id)
-            concurrency = config.reserved_concurrency
             specs.append(
                 FunctionSpec(
                     name=logical_id,
@@ -109,11 +111,22 @@ class LocalRuntime:
                     environment=self.function_environment(logical_id),
                     timeout_seconds=float(config.timeout_seconds),
                     memory_mb=config.memory_mb,
-                    concurrency=self.options.default_concurrency if concurrency is None else concurrency,
+                    concurrency=self._concurrency(config),
                     runtime=config.runtime,
                 )
             )
         return specs
+
+    def _concurrency(self, config: FunctionConfig) -> int:
+        """ReservedConcurrentExecutions caps a function in AWS too; the rest is how this machine shares out."""
+        for containers in (
+            config.reserved_concurrency,
+            self.options.concurrency_override,
+            config.local_concurrency,
+        ):
+            if containers is not None:
+                return containers
+        return self.options.default_concurrency
 
     def start(self, http_port: int | None = None) -> LocalRuntime:
         """Start Lambda, and the HTTP API on 127.0.0.1:http_port (0: any free port; None: no HTTP API)."""

@@ -235,6 +235,9 @@ class FunctionConfig:
     memory_mb: int
     reserved_concurrency: int | None
     layer_paths: tuple[str, ...]
+    # the resource's `Metadata.LocalConcurrency`: containers the local runtime gives it when nothing caps it
+    # (AWS ignores resource Metadata)
+    local_concurrency: int | None = None
 
 
 def _functions(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -429,6 +432,9 @@ def function_config(template: dict[str, Any], logical_id: str) -> FunctionConfig
     global_layers = template.get("Globals", {}).get("Function", {}).get("Layers") or []
     layers = [*global_layers, *(props.get("Layers") or [])]  # SAM puts the Globals' layers first
     reserved = _global_function_property(template, props, "ReservedConcurrentExecutions", None)
+    local = (template["Resources"][logical_id].get("Metadata") or {}).get("LocalConcurrency")
+    if local is not None and (not isinstance(local, int) or isinstance(local, bool) or local < 1):
+        raise ValueError(f"{logical_id}: Metadata.LocalConcurrency must be a positive integer, not {local!r}")
     return FunctionConfig(
         logical_id=logical_id,
         code_uri=function_code_uri(template, logical_id),
@@ -438,4 +444,5 @@ def function_config(template: dict[str, Any], logical_id: str) -> FunctionConfig
         memory_mb=int(_global_function_property(template, props, "MemorySize", 128)),
         reserved_concurrency=None if reserved is None else int(reserved),
         layer_paths=tuple(_layer_path(template, logical_id, layer) for layer in layers),
+        local_concurrency=local,
     )

@@ -12,6 +12,7 @@ import pytest
 
 from devstack.authorizers import InvalidAuthorizerResponseError, policy_allows
 from devstack.lambda_service import InvocationResult
+from devstack.runtime import LocalRuntime, RuntimeOptions
 from devstack.schedules import Schedule, ScheduleExpressionError, scheduled_event
 from devstack.sqs_source import InvalidBatchResponseError, SqsEventSource, failed_message_ids
 from devstack.template import (
@@ -47,6 +48,37 @@ def test_function_config_applies_globals_and_its_own_values() -> None:
     assert function_config(TEST_TEMPLATE, "LimitedFunction").reserved_concurrency == 2
     ingest = function_config(ROOT_TEMPLATE, "IngestFunction")
     assert (ingest.code_uri, ingest.layer_paths, ingest.runtime) == ("functions/ingest/", ("layers/",), "python3.13")
+
+
+def test_containers_per_function_reserved_then_the_override_then_local_metadata_then_the_default() -> None:
+    def function(metadata: dict[str, Any] | None = None, **properties: Any) -> dict[str, Any]:
+        resource = {"Type": "AWS::Serverless::Function", "Properties": {"CodeUri": "f/", **properties}}
+        return {**resource, "Metadata": metadata} if metadata is not None else resource
+
+    template = {
+        "Resources": {
+            "Capped": function({"LocalConcurrency": 9}, ReservedConcurrentExecutions=2),
+            "Busy": function({"LocalConcurrency": 6}),
+            "Plain": function(),
+        }
+    }
+
+    def containers(options: RuntimeOptions) -> dict[str, int]:
+        here = Path()
+        runtime = LocalRuntime(template, here, function_environment=lambda _: {}, log_dir=here, options=options)
+        return {spec.name: spec.concurrency for spec in runtime.function_specs()}
+
+    assert containers(RuntimeOptions.from_env({})) == {"Capped": 2, "Busy": 6, "Plain": 4}
+    assert containers(RuntimeOptions.from_env({"CHAT4ALL_FUNCTION_CONCURRENCY": "1"})) == {
+        "Capped": 2,
+        "Busy": 1,
+        "Plain": 1,
+    }
+    assert function_config(ROOT_TEMPLATE, "IngestFunction").local_concurrency == 6
+    for bad in (0, "6", True):
+        template["Resources"]["Busy"]["Metadata"] = {"LocalConcurrency": bad}
+        with pytest.raises(ValueError, match=r"Busy: Metadata\.LocalConcurrency"):
+            function_config(template, "Busy")
 
 
 def test_routes_take_the_default_authorizer_unless_they_opt_out() -> None:
