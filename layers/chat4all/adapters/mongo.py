@@ -57,9 +57,9 @@ MESSAGE_EVENT = "message:"
 # a jittered pause that doubles from 2 ms up to 50 ms, for up to 5 s (16 clients on one conversation: 50 tries
 # with pauses under 2 ms * try left 3 of 1,559 sends without a sequence)
 SEQUENCE_TRANSACTION_SECONDS = 5.0
+SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
 # messages whose published events one update forgets (MongoEventOutbox._pull)
 PULL_CHUNK = 10
-SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
 # a conversation marked as having a route job for longer than this gets another one with each message (the
 # mark's job may have been lost: a crash between the commit and SendMessage, a dead-lettered job)
 ROUTE_JOB_STALE = timedelta(seconds=60)
