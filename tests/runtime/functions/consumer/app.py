@@ -11,6 +11,13 @@ import uuid
 from pathlib import Path
 
 
+def record(path, data):
+    """Whole or not at all: the test polls the folder while batches are written (it once read an empty file)."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(data))
+    partial.replace(path)
+
+
 def lambda_handler(event, context):
     started = time.time()
     records = event["Records"]
@@ -19,7 +26,7 @@ def lambda_handler(event, context):
     first_receive = [r for r in records if r["attributes"]["ApproximateReceiveCount"] == "1"]
     bodies = [json.loads(r["body"]) for r in records]
     if any(b.get("hang_first") for b in bodies) and first_receive:
-        (folder / f"hung-{uuid.uuid4().hex}.json").write_text(json.dumps({"pid": os.getpid()}))
+        record(folder / f"hung-{uuid.uuid4().hex}.json", {"pid": os.getpid()})
         time.sleep(60)
     time.sleep(float(os.environ["BATCH_SECONDS"]))
     failures = [{"itemIdentifier": r["messageId"]} for r in first_receive if json.loads(r["body"]).get("fail_first")]
@@ -38,5 +45,5 @@ def lambda_handler(event, context):
             for r in records
         ],
     }
-    (folder / f"batch-{uuid.uuid4().hex}.json").write_text(json.dumps(batch))
+    record(folder / f"batch-{uuid.uuid4().hex}.json", batch)
     return {"batchItemFailures": failures}

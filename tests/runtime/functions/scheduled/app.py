@@ -7,5 +7,8 @@ from pathlib import Path
 
 
 def lambda_handler(event, context):
-    (Path(os.environ["RECORD_DIR"]) / f"scheduled-{uuid.uuid4().hex}.json").write_text(json.dumps(event))
+    # whole or not at all: the test polls the folder while events are written
+    partial = Path(os.environ["RECORD_DIR"]) / f"scheduled-{uuid.uuid4().hex}.partial"
+    partial.write_text(json.dumps(event))
+    partial.replace(partial.with_suffix(".json"))
     return {"ok": True}
