@@ -18,7 +18,7 @@ from chat4all.adapters.aws import (
     SqsOutboundQueue,
     SqsVisibility,
 )
-from chat4all.adapters.aws_api import AwsJsonApi
+from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.jwt import JwksTokenVerifier
 from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoEventOutbox, MongoMessageStore, connect
@@ -49,6 +49,7 @@ from chat4all.services.webhooks import WebhookService
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.idempotency.persistence.redis import RedisClientProtocol
+    from botocore.credentials import Credentials
     from pymongo.database import Database
 
     from chat4all.channels.base import ChannelConnector
@@ -61,9 +62,16 @@ def settings() -> Settings:
 
 
 @lru_cache
+def aws_credentials() -> Credentials:
+    return resolve_credentials()
+
+
+@lru_cache
 def aws_client(service: Literal["sqs", "events", "kms"]) -> AwsJsonApi:
     config = settings()
-    return AwsJsonApi(service, region=config.aws_region, endpoint_url=config.aws_endpoint_url)
+    return AwsJsonApi(
+        service, region=config.aws_region, endpoint_url=config.aws_endpoint_url, credentials=aws_credentials()
+    )
 
 
 @lru_cache

@@ -18,11 +18,14 @@ import random
 import threading
 import time
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import botocore.session
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
+
+if TYPE_CHECKING:
+    from botocore.credentials import Credentials
 
 # service name -> (X-Amz-Target prefix, JSON protocol version)
 PROTOCOLS = {
@@ -62,6 +65,14 @@ class AwsApiError(Exception):
         return self.status is None or self.status >= 500 or self.code in RETRYABLE_CODES
 
 
+def resolve_credentials(service: str = "AWS") -> Credentials:
+    """botocore's credential chain (environment, role credentials refreshed as they expire), as boto3 would."""
+    credentials = botocore.session.get_session().get_credentials()
+    if credentials is None:
+        raise AwsApiError("NoCredentials", f"no AWS credentials for {service}")
+    return credentials
+
+
 class AwsJsonApi:
     """One AWS JSON API: `call("SendMessage", {...})` returns the parsed answer or raises AwsApiError."""
 
@@ -74,15 +85,14 @@ class AwsJsonApi:
         connect_timeout: float = 3.0,
         read_timeout: float = 10.0,
         attempts: int = 3,
+        credentials: Credentials | None = None,
     ) -> None:
         self.service = service
         self.target_prefix, version = PROTOCOLS[service]
         self.content_type = f"application/x-amz-json-{version}"
         self.url = (endpoint_url or f"https://{service}.{region}.amazonaws.com").rstrip("/") + "/"
-        credentials = botocore.session.get_session().get_credentials()
-        if credentials is None:
-            raise AwsApiError("NoCredentials", f"no AWS credentials for {service}")
-        self.credentials = credentials
+        # a container's clients share one resolution (bootstrap passes it): the chain costs ~7 ms of cold start
+        self.credentials = credentials or resolve_credentials(service)
         self.region = region
         self.attempts = attempts
         self.connect_timeout = connect_timeout
