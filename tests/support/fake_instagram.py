@@ -10,6 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.support.json_reply import send_json
+
 INVALID_TOKEN = {
     "error": {
         "message": "Invalid OAuth access token - Cannot parse access token",
@@ -42,12 +44,7 @@ class FakeInstagram:
                 with fake._lock:
                     fake.calls.append((self.command, self.path, headers, body if isinstance(body, dict) else {}))
                 status, reply = fake._answer(self.command, self.path, headers, body if isinstance(body, dict) else {})
-                payload = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, reply)
 
             do_GET = do_POST = _serve
 

@@ -9,6 +9,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.json_reply import send_json
+
 BOT_PATH = re.compile(r"^/bot(?P<token>[^/]+)/(?P<method>[A-Za-z]+)$")
 UNAUTHORIZED = {"ok": False, "error_code": 401, "description": "Unauthorized"}
 
@@ -38,12 +40,7 @@ class FakeTelegram:
                 except ValueError:
                     body = {}
                 status, reply = fake._answer(self.path.split("?")[0], body if isinstance(body, dict) else {})
-                payload = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, reply)
 
             do_GET = do_POST = _serve
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
+from tests.support.json_reply import send_json
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -58,12 +60,7 @@ class FakeWhatsApp:
                 with fake._lock:
                     fake.lookups.append((self.path, headers))
                 status, reply = fake._lookup(self.path, headers.get("authorization", ""))
-                payload = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, reply)
 
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
@@ -85,12 +82,7 @@ class FakeWhatsApp:
                     fake.requests.append(recorded)
                 if fake.on_request is not None:
                     fake.on_request(recorded)
-                payload = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, reply)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -14,6 +14,8 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from tests.support.json_reply import send_json
+
 
 @dataclass(frozen=True)
 class SigningKey:
@@ -53,12 +55,8 @@ class LocalIssuer:
                     return
                 with issuer._lock:
                     issuer.fetches += 1
-                    body = json.dumps({"keys": [k.public_jwk() for k in issuer.published]}).encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                    keys = [k.public_jwk() for k in issuer.published]
+                send_json(self, 200, {"keys": keys})
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass

@@ -12,6 +12,7 @@ import pytest
 from chat4all.adapters.aws import SqsOutboundQueue
 from chat4all.adapters.aws_api import AwsApiError, AwsJsonApi
 from chat4all.domain.errors import DependencyUnavailableError
+from tests.support.json_reply import send_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,12 +36,7 @@ class FakeAws:
                 fake.requests.append((dict(self.headers.items()), body))
                 fake.client_ports.append(self.client_address[1])
                 status, answer = fake.script.pop(0) if fake.script else (200, {})
-                payload = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/x-amz-json-1.0")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                send_json(self, status, answer, content_type="application/x-amz-json-1.0")
                 if fake.drop_after_answer:
                     self.close_connection = True
 
