@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chat4all.channels import base as channels_base
 from chat4all.channels.whatsapp import WhatsAppConnector
 from chat4all.domain.errors import (
     BadRequestError,
@@ -164,6 +165,25 @@ def test_send_request_and_receipt() -> None:
         "type": "text",
         "text": {"body": "hello"},
     }
+
+
+def test_an_http_client_is_made_on_the_first_send_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[httpx.Client] = []
+
+    def make_client() -> httpx.Client:
+        reply = {"messaging_product": "whatsapp", "messages": [{"id": "wamid.X"}]}
+        made.append(httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=reply))))
+        return made[-1]
+
+    monkeypatch.setattr(channels_base, "http_client", make_client)
+    wa = WhatsAppConnector("https://graph.example/v21.0")
+    body = (FIXTURES / "message_text.json").read_bytes()
+    assert wa.verify_webhook(CREDENTIALS, {"x-hub-signature-256": signature(body)}, body)
+    assert wa.parse_webhook(json.loads(body))
+    assert made == []  # a webhook needs no client (ingest never sends)
+    for n in range(3):
+        assert wa.send(CREDENTIALS, OutboundMessage(f"m{n}", "+5511999990000", "hi")).platform_message_id == "wamid.X"
+    assert len(made) == 1
 
 
 @pytest.mark.parametrize(

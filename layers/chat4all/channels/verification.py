@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from chat4all.channels.base import DEFAULT_TIMEOUT
+from chat4all.channels.base import http_client
 from chat4all.domain.errors import DependencyUnavailableError, FieldError, ValidationFailedError
 from chat4all.domain.models import Platform
 from chat4all.observability import logger
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class PlatformCredentialVerifier(CredentialVerifier):
     def __init__(self, api_bases: Mapping[Platform, str], http: httpx.Client | None = None) -> None:
         self.api_bases = {platform: base.rstrip("/") for platform, base in api_bases.items()}
-        self.http = http or httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self.http = http or http_client()
 
     def verify(self, platform: Platform, credentials: dict[str, str]) -> None:
         base = self.api_bases[platform]

@@ -1,0 +1,160 @@
+"""CPU of each kind of request, by process: `python -m bench.op_cost [--requests 300]`.
+
+Starts the platform as bench/load.py does, then sends one kind of request at a time, sequentially on one
+kept-alive connection (and the sends also from 8 clients at once), and divides the CPU each process of the
+stack used (read from /proc, until every message was delivered) by the number of requests: where the mix's
+CPU per message goes, without a profiler's own cost in the figures. `--mongo-operations` then repeats each
+kind with the MongoDB server's profiler on and counts its operations per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import cycle
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from bench.load import CpuSample, WhatsAppServer, cpu_between, set_up, stack_processes, wait_delivered
+from devstack.stack import throwaway_platform
+from tests.support.fake_whatsapp import message_webhook, sign
+
+if TYPE_CHECKING:
+    from devstack.stack import LocalPlatform
+
+Request = Callable[[httpx.Client, dict[str, Any]], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Kind:
+    label: str
+    request: Request
+    clients: int = 1
+
+
+def health(client: httpx.Client, _conversation: dict[str, Any]) -> None:
+    client.get("/health").raise_for_status()
+
+
+def history(client: httpx.Client, conversation: dict[str, Any]) -> None:
+    client.get(f"/v1/conversations/{conversation['conversation_id']}/messages?limit=50").raise_for_status()
+
+
+def send(client: httpx.Client, conversation: dict[str, Any]) -> dict[str, Any]:
+    content = f"cost {uuid.uuid4().hex}"
+    body = {"conversation_id": conversation["conversation_id"], "sender_id": conversation["agent_id"]}
+    client.post("/v1/messages", json={**body, "content": content}).raise_for_status()
+    return {"content": content}
+
+
+def webhook_of(channel: dict[str, str]) -> Request:
+    def webhook(client: httpx.Client, conversation: dict[str, Any]) -> None:
+        raw = message_webhook(
+            channel["phone_number_id"], f"wamid.cost.{uuid.uuid4().hex}", conversation["customer_phone"], "C", "hi"
+        )
+        headers = {"X-Hub-Signature-256": sign(channel["app_secret"], raw), "Content-Type": "application/json"}
+        client.post("/webhooks/whatsapp", content=raw, headers=headers).raise_for_status()
+
+    return webhook
+
+
+@dataclass
+class Cost:
+    cpu_ms: dict[str, float]  # CPU per request by process
+    mongo_operations: dict[str, float] = field(default_factory=dict)  # per request, by operation and collection
+
+
+def measure(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict[str, Any], kind: Kind, count: int) -> Cost:
+    """`count` requests of one kind from `kind.clients` kept-alive connections, until all were delivered."""
+    headers = {"Authorization": f"Bearer {platform.admin_api_key}"}
+    conversations = cycle(plan["conversations"])
+    jobs = [next(conversations) for _ in range(count)]
+    sessions = [httpx.Client(base_url=platform.api_url, headers=headers, timeout=60) for _ in range(kind.clients)]
+    for session in sessions:
+        health(session, {})  # the connection is open before the measurement
+    before = CpuSample.take()
+    with ThreadPoolExecutor(max_workers=kind.clients) as pool:
+        chunks = [jobs[i :: kind.clients] for i in range(kind.clients)]
+        results = pool.map(lambda pair: [kind.request(pair[0], c) for c in pair[1]], zip(sessions, chunks, strict=True))
+        accepted = [r for chunk in results for r in chunk if r is not None]
+    wait_delivered(whatsapp, accepted, 120)
+    time.sleep(0.5)  # route's unmark and the events' publication follow the delivery
+    after = CpuSample.take()
+    for session in sessions:
+        session.close()
+    used = cpu_between(before, after, stack_processes(platform))
+    return Cost({name: seconds * 1000 / count for name, seconds in used.items() if seconds > 0})
+
+
+def count_mongo_operations(
+    platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict[str, Any], kind: Kind, count: int
+) -> dict[str, float]:
+    """The same requests again with the server's profiler on (it costs the server several times the CPU, so
+    this is a pass of its own): MongoDB operations per request."""
+    from chat4all import bootstrap  # the layer is importable once the platform is up
+
+    database = bootstrap.mongo().client[bootstrap.mongo().name]
+    started = datetime.now(UTC)
+    database.command("profile", 2)
+    try:
+        measure(platform, whatsapp, plan, kind, count)
+    finally:
+        database.command("profile", 0)
+    operations = Counter(
+        f"{entry['op']} {entry.get('ns', '').split('.', 1)[-1]}"
+        for entry in database.system.profile.find({"ts": {"$gte": started}})
+        if entry.get("command", {}).get("profile") is None
+    )
+    return {name: round(n / count, 2) for name, n in operations.most_common()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--mongo-operations", action="store_true", help="also count MongoDB operations per request")
+    arguments = parser.parse_args()
+    whatsapp = WhatsAppServer()
+    try:
+        with throwaway_platform("opcost", {"WHATSAPP_API_BASE": whatsapp.url}) as platform:
+            plan = set_up(platform, 8, 50, whatsapp)
+            kinds = [
+                Kind("GET /health", health),
+                Kind("history page of 50", history),
+                Kind("signed inbound webhook", webhook_of(plan["channel"])),
+                Kind("send, one at a time", send),
+                Kind("send, 8 clients at once", send, clients=8),
+            ]
+            costs = {kind.label: measure(platform, whatsapp, plan, kind, arguments.requests) for kind in kinds}
+            if arguments.mongo_operations:
+                for kind in kinds:
+                    costs[kind.label].mongo_operations = count_mongo_operations(
+                        platform, whatsapp, plan, kind, arguments.requests
+                    )
+    finally:
+        whatsapp.close()
+    report(costs, arguments.requests)
+
+
+def report(costs: dict[str, Cost], requests: int) -> None:
+    rows = [cost.cpu_ms for cost in costs.values()]
+    names = sorted({name for row in rows for name in row}, key=lambda name: -sum(row.get(name, 0) for row in rows))
+    print(f"\n### CPU per request, by process ({requests} requests of each kind)\n")
+    print("| ms per request | " + " | ".join(costs) + " |")
+    print("| --- |" + " --- |" * len(costs))
+    for name in names:
+        print(f"| {name} | " + " | ".join(f"{row.get(name, 0):.2f}" for row in rows) + " |")
+    print("| **all** | " + " | ".join(f"{sum(row.values()):.2f}" for row in rows) + " |")
+    for label, cost in costs.items():
+        if cost.mongo_operations:
+            print(f"\nMongoDB operations per request, {label}: {cost.mongo_operations}")
+
+
+if __name__ == "__main__":
+    main()
