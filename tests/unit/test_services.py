@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,7 @@ from chat4all.domain.models import (
     Role,
     StatusEntry,
     StatusReport,
+    User,
     UserType,
 )
 from chat4all.services.conversations import ConversationService
@@ -174,6 +176,31 @@ def test_agent_cannot_send_as_someone_else(world: World) -> None:
     agent_key = Principal("k", Role.AGENT, world.agent.user_id)
     with pytest.raises(ForbiddenError):
         world.message_service.accept(world.send(sender=world.customer.user_id), agent_key)
+
+
+class CountingUsers(InMemoryUserRepository):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def get_user(self, user_id: str) -> User | None:
+        self.reads.append(user_id)
+        return super().get_user(user_id)
+
+
+def test_the_sender_is_read_only_when_authentication_did_not_already_find_it_active() -> None:
+    world = World(users=CountingUsers())
+    users = world.users
+    assert isinstance(users, CountingUsers)
+    users.reads.clear()
+    world.message_service.accept(world.send("as itself"), Principal("k", Role.AGENT, world.agent.user_id))
+    assert users.reads == []  # the authenticated caller is this active user
+    world.message_service.accept(world.send("by an admin"), ADMIN)
+    assert users.reads == [world.agent.user_id]
+    # an admin sending as a deactivated participant is refused
+    users.users[world.agent.user_id] = dataclasses.replace(users.users[world.agent.user_id], active=False)
+    with pytest.raises(ValidationFailedError, match="unknown sender"):
+        world.message_service.accept(world.send("as a deactivated user"), ADMIN)
 
 
 def run(world: World) -> ConversationProgress:
