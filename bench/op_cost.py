@@ -1,7 +1,8 @@
 """CPU of each kind of request, by process: `python -m bench.op_cost [--requests 300]`.
 
 Starts the platform as bench/load.py does, then sends one kind of request at a time, sequentially on one
-kept-alive connection (and the sends also from 8 clients at once), and divides the CPU each process of the
+kept-alive connection (the sends also from 8 clients at once, with the admin key and with each
+conversation's agent's own key), and divides the CPU each process of the
 stack used (read from /proc, until every message was delivered) by the number of requests: where the mix's
 CPU per message goes, without a profiler's own cost in the figures. `--mongo-operations` then repeats each
 kind with the MongoDB server's profiler on and counts its operations per request.
@@ -47,11 +48,27 @@ def history(client: httpx.Client, conversation: dict[str, Any]) -> None:
     client.get(f"/v1/conversations/{conversation['conversation_id']}/messages?limit=50").raise_for_status()
 
 
-def send(client: httpx.Client, conversation: dict[str, Any]) -> dict[str, Any]:
+def send(client: httpx.Client, conversation: dict[str, Any], *, as_agent: bool = False) -> dict[str, Any]:
     content = f"cost {uuid.uuid4().hex}"
     body = {"conversation_id": conversation["conversation_id"], "sender_id": conversation["agent_id"]}
-    client.post("/v1/messages", json={**body, "content": content}).raise_for_status()
+    headers = {"Authorization": f"Bearer {conversation['agent_key']}"} if as_agent else None
+    client.post("/v1/messages", json={**body, "content": content}, headers=headers).raise_for_status()
     return {"content": content}
+
+
+def send_as_agent(client: httpx.Client, conversation: dict[str, Any]) -> dict[str, Any]:
+    return send(client, conversation, as_agent=True)
+
+
+def give_agents_keys(platform: LocalPlatform, plan: dict[str, Any]) -> None:
+    """An API key of each conversation's agent (role agent, bound to that user), in the plan."""
+    headers = {"Authorization": f"Bearer {platform.admin_api_key}"}
+    with httpx.Client(base_url=platform.api_url, headers=headers, timeout=60) as api:
+        for conversation in plan["conversations"]:
+            body = {"name": "op-cost agent", "role": "agent", "user_id": conversation["agent_id"]}
+            response = api.post("/v1/api-keys", json=body)
+            response.raise_for_status()
+            conversation["agent_key"] = response.json()["api_key"]
 
 
 def webhook_of(channel: dict[str, str]) -> Request:
@@ -124,12 +141,14 @@ def main() -> None:
     try:
         with throwaway_platform("opcost", {"WHATSAPP_API_BASE": whatsapp.url}) as platform:
             plan = set_up(platform, 8, 50, whatsapp)
+            give_agents_keys(platform, plan)
             kinds = [
                 Kind("GET /health", health),
                 Kind("history page of 50", history),
                 Kind("signed inbound webhook", webhook_of(plan["channel"])),
                 Kind("send, one at a time", send),
                 Kind("send, 8 clients at once", send, clients=8),
+                Kind("send with the agent's key, 8 clients", send_as_agent, clients=8),
             ]
             costs = {kind.label: measure(platform, whatsapp, plan, kind, arguments.requests) for kind in kinds}
             if arguments.mongo_operations:
