@@ -132,8 +132,8 @@ def test_history_pages_are_right_across_sequence_gaps_and_join_points(platform: 
 def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(platform: LocalPlatform) -> None:
     # a status webhook looks its message up by platform id: a collection scan would cost every webhook the
     # whole history of the platform
-    finds: list[dict[str, Any]] = []
-    client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], event_listeners=[_FindRecorder(finds)])
+    recorder = _MessagesCommands("find")
+    client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], event_listeners=[recorder])
     db = client.get_default_database(mongo.DEFAULT_DATABASE)
     store = mongo.MongoMessageStore(db)
     wamid = f"wamid.{uuid.uuid4().hex}"
@@ -147,6 +147,7 @@ def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(
     assert found is not None and found.message_id == message.message_id
     assert store.find_by_platform_id(Platform.INSTAGRAM, wamid) is None
     # the query the adapter sent is planned on the index
+    finds = [command["filter"] for command in recorder.commands]
     assert finds, "the adapter sent no find"
     plan = db.messages.find(finds[0]).explain()["queryPlanner"]["winningPlan"]
     assert plan["stage"] == "FETCH", plan
@@ -160,8 +161,7 @@ def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(
 def test_published_events_are_forgotten_a_few_messages_per_update(platform: LocalPlatform) -> None:
     # SecantusDB matches each message's events against the update's whole `$in` list while it holds the
     # collection's write lock: one update for hundreds of messages stalled every send's insert for seconds
-    updates: list[dict[str, Any]] = []
-    recorder = _UpdateRecorder(updates)
+    recorder = _MessagesCommands("update")
     client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], event_listeners=[recorder])
     db = client.get_default_database(mongo.DEFAULT_DATABASE)
     outbox = mongo.MongoEventOutbox(db)
@@ -184,6 +184,7 @@ def test_published_events_are_forgotten_a_few_messages_per_update(platform: Loca
         assert doc is not None
         assert [e["detail"]["n"] for e in doc["pending_events"]] == [2]
     # AND it took three updates of at most 10 messages, each naming only its own messages' events
+    updates = [statement for command in recorder.commands for statement in command["updates"]]
     assert [len(u["q"]["_id"]["$in"]) for u in updates] == [10, 10, 5]
     for update in updates:
         ids = set(update["q"]["_id"]["$in"])
@@ -193,28 +194,16 @@ def test_published_events_are_forgotten_a_few_messages_per_update(platform: Loca
     client.close()
 
 
-class _UpdateRecorder(monitoring.CommandListener):
-    def __init__(self, updates: list[dict[str, Any]]) -> None:
-        self.updates = updates
+class _MessagesCommands(monitoring.CommandListener):
+    """The commands of one kind (find, update) a client sends to the messages collection, as sent."""
+
+    def __init__(self, command_name: str) -> None:
+        self.command_name = command_name
+        self.commands: list[dict[str, Any]] = []
 
     def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "update" and event.command.get("update") == "messages":
-            self.updates.extend(dict(statement) for statement in event.command["updates"])
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
-class _FindRecorder(monitoring.CommandListener):
-    def __init__(self, filters: list[dict[str, Any]]) -> None:
-        self.filters = filters
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        if event.command_name == "find" and event.command.get("find") == "messages":
-            self.filters.append(dict(event.command["filter"]))
+        if event.command_name == self.command_name and event.command.get(self.command_name) == "messages":
+            self.commands.append(dict(event.command))
 
     def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
         pass
