@@ -52,8 +52,7 @@ if TYPE_CHECKING:
     from botocore.credentials import Credentials
     from pymongo.database import Database
 
-    from chat4all.channels.base import ChannelConnector
-    from chat4all.ports import DependencyCheck
+    from chat4all.ports import ChannelConnector, DependencyCheck
 
 
 @lru_cache

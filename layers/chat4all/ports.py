@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Mapping, Sequence
     from datetime import datetime
 
+    from chat4all.domain.credentials import ChannelCredentials
     from chat4all.domain.models import (
         ApiKey,
         AuditRecord,
@@ -19,12 +20,17 @@ if TYPE_CHECKING:
         Conversation,
         DomainEvent,
         ExternalIdentity,
+        InboundMessage,
         Message,
+        OutboundMessage,
         Participant,
         Platform,
+        ProviderReceipt,
         StatusEntry,
+        StatusReport,
         User,
     )
+    from chat4all.domain.wire import RouteJob
 
 
 # the message to store (its sequence is the store's to give) and the events kept with it, made from its conversation
@@ -342,7 +348,8 @@ class DeadLetterQueue(ABC):
     """Where work goes that was given up on, for an operator to inspect and redrive."""
 
     @abstractmethod
-    def dead_letter(self, body: str, group_id: str, reason: str) -> None: ...
+    def dead_letter(self, job: RouteJob, reason: str) -> None:
+        """A copy of the route job of a message given up on, with why (the message is FAILED already)."""
 
 
 class EventPublisher(ABC):
@@ -402,6 +409,54 @@ class AuditLog(ABC):
     @abstractmethod
     def entries(self, *, entity_id: str | None, limit: int, before_entry_id: int | None) -> list[AuditRecord]:
         """Up to `limit` entries, newest first, optionally of one entity and older than `before_entry_id`."""
+
+
+class ChannelConnector(ABC):
+    """One platform: webhook verification and parsing, and sending (`chat4all.channels` has one per platform).
+
+    It exchanges domain data only: `OutboundMessage` in and `ProviderReceipt` out, `InboundMessage` and
+    `StatusReport` from webhooks; a failed send raises `ChannelRetryableError`, `ChannelRejectedError` or
+    `ChannelOutcomeUnknownError` (`chat4all.domain.errors`).
+    """
+
+    platform: ClassVar[Platform]
+    credentials_model: ClassVar[type[ChannelCredentials]]
+    # the header whose value names the channel (Telegram's secret token); None where the body names the account
+    webhook_secret_header: ClassVar[str | None] = None
+
+    @abstractmethod
+    def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
+        """True when the request was signed with this channel's secret."""
+
+    def account_ids(self, payload: dict[str, Any]) -> list[str]:
+        """The installed accounts a webhook body names (before it is verified: the body is untrusted).
+
+        Platforms that name the account in the body (WhatsApp phone_number_id, Instagram entry id) override it;
+        Telegram names the bot by the secret token header instead. Never raises: a body whose shape is wrong
+        names what it names, and is refused as unattributable (401) before its shape is judged (400).
+        """
+        return []
+
+    @abstractmethod
+    def parse_webhook(
+        self, payload: dict[str, Any], account_id: str | None = None
+    ) -> list[InboundMessage | StatusReport]:
+        """Normalise a verified webhook body into inbound messages and status reports, each with the
+        account it named (`account_id`). `account_id` is the account of the channel the webhook was
+        attributed to, for platforms whose bodies do not name it (Telegram)."""
+
+    @abstractmethod
+    def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
+        """Put one message on the platform.
+
+        Raises ChannelRetryableError when it surely did not arrive (no connection, 429, 5xx),
+        ChannelRejectedError when the platform refused it for good (other 4xx), and ChannelOutcomeUnknownError
+        when the request left and no usable answer came back (it may have arrived: never send it again).
+        """
+
+    def subscription_challenge(self, credentials: Mapping[str, str], params: Mapping[str, str]) -> str | None:
+        """The challenge to echo for a subscription check, or None when it is not for this channel."""
+        return None
 
 
 class CredentialVerifier(ABC):

@@ -54,8 +54,8 @@ SOMEONE = str(uuid.uuid4())
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from chat4all.channels.base import ChannelConnector
     from chat4all.domain.models import OutboundMessage, ProviderReceipt
+    from chat4all.ports import ChannelConnector
     from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_whatsapp import FakeWhatsApp

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chat4all.channels import base as channels_base
+from chat4all.channels import http as channels_http
 from chat4all.channels.whatsapp import WhatsAppConnector
 from chat4all.domain.errors import (
     BadRequestError,
@@ -175,7 +175,7 @@ def test_an_http_client_is_made_on_the_first_send_only(monkeypatch: pytest.Monke
         made.append(httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=reply))))
         return made[-1]
 
-    monkeypatch.setattr(channels_base, "http_client", make_client)
+    monkeypatch.setattr(channels_http, "http_client", make_client)
     wa = WhatsAppConnector("https://graph.example/v21.0")
     body = (FIXTURES / "message_text.json").read_bytes()
     assert wa.verify_webhook(CREDENTIALS, {"x-hub-signature-256": signature(body)}, body)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from chat4all.channels.base import ChannelConnector
+from chat4all.channels.http import HttpConnector
 from chat4all.channels.instagram import InstagramConnector
 from chat4all.channels.telegram import TelegramConnector
 from chat4all.channels.whatsapp import WhatsAppConnector
-from chat4all.domain.credentials import ChannelCredentials
 from chat4all.domain.models import Platform
 
-CONNECTOR_TYPES: dict[Platform, type[ChannelConnector]] = {
+CONNECTOR_TYPES: dict[Platform, type[HttpConnector]] = {
     Platform.WHATSAPP: WhatsAppConnector,
     Platform.TELEGRAM: TelegramConnector,
     Platform.INSTAGRAM: InstagramConnector,
@@ -17,8 +16,7 @@ CONNECTOR_TYPES: dict[Platform, type[ChannelConnector]] = {
 
 __all__ = [
     "CONNECTOR_TYPES",
-    "ChannelConnector",
-    "ChannelCredentials",
+    "HttpConnector",
     "InstagramConnector",
     "TelegramConnector",
     "WhatsAppConnector",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.base import ChannelConnector
+from chat4all.channels.http import HttpConnector
 from chat4all.channels.whatsapp import location_text
 from chat4all.domain.credentials import ChannelCredentials, TelegramCredentials
 from chat4all.domain.errors import BadRequestError, ChannelRetryableError
@@ -131,7 +131,7 @@ def telegram_message_id(bot_id: str, chat_id: int | str, message_id: int | str) 
     return f"{bot_id}:{chat_id}:{message_id}"
 
 
-class TelegramConnector(ChannelConnector):
+class TelegramConnector(HttpConnector):
     platform = Platform.TELEGRAM
     credentials_model: ClassVar[type[ChannelCredentials]] = TelegramCredentials
     webhook_secret_header: ClassVar[str | None] = SECRET_HEADER

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from chat4all.channels.base import http_client
+from chat4all.channels.http import http_client
 from chat4all.domain.errors import DependencyUnavailableError, FieldError, ValidationFailedError
 from chat4all.domain.models import Platform
 from chat4all.observability import logger

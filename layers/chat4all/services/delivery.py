@@ -30,9 +30,15 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
     from datetime import datetime
 
-    from chat4all.channels.base import ChannelConnector
     from chat4all.domain.models import ChannelConfig, Conversation, Message, Platform, ProviderReceipt
-    from chat4all.ports import ChannelRepository, ConversationStore, EventPublisher, MessageStore, UserRepository
+    from chat4all.ports import (
+        ChannelConnector,
+        ChannelRepository,
+        ConversationStore,
+        EventPublisher,
+        MessageStore,
+        UserRepository,
+    )
 
 logger = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from chat4all.domain.untrusted import loads_untrusted
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
-    from chat4all.channels.base import ChannelConnector
     from chat4all.domain.models import ChannelConfig, Platform
-    from chat4all.ports import ChannelRepository, EventPublisher
+    from chat4all.ports import ChannelConnector, ChannelRepository, EventPublisher
     from chat4all.services.inbound import InboundService
 
 logger = logging.getLogger(__name__)
