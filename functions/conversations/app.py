@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler import Response
 
 from chat4all import bootstrap
 from chat4all.api.access import caller
-from chat4all.api.app import create_resolver, json_response
+from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.requests import parse_body, parse_query, resource_id
 from chat4all.api.schemas import AddParticipantRequest, ConversationListQuery, CreateConversationRequest, HistoryQuery
 from chat4all.api.views import conversation_page_view, conversation_view, page_view
@@ -78,4 +78,4 @@ def list_messages(conversation_id: str) -> Response[str]:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return serve(app, event, context)

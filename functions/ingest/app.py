@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.idempotency.serialization.dataclass import 
 
 from chat4all import bootstrap
 from chat4all.api.access import caller
-from chat4all.api.app import create_resolver, json_response
+from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.requests import parse_body, raw_body
 from chat4all.api.schemas import SendMessageRequest
 from chat4all.api.views import accepted_view
@@ -115,6 +115,6 @@ def health() -> Response[str]:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
     try:
-        return app.resolve(event, context)
+        return serve(app, event, context)
     finally:
         bootstrap.event_buffer().flush()

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 
 from chat4all import bootstrap
 from chat4all.api.access import caller
-from chat4all.api.app import create_resolver, json_response
+from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.requests import resource_id
 from chat4all.api.views import message_status_view, message_view
 from chat4all.consumers import consume_batch
@@ -89,4 +89,4 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             )
         finally:
             bootstrap.event_buffer().flush()  # the batch's events in one PutEvents
-    return app.resolve(event, context)
+    return serve(app, event, context)

@@ -1,32 +1,56 @@
-"""The role table covers every route of the template, and the function side reads the authorizer's context."""
+"""The role table covers every route of the template, and each function authenticates its own requests."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
+import yaml
+from aws_lambda_powertools.event_handler import Response
 
-from chat4all.api.access import (
-    ROLE_TABLE,
-    Access,
-    allowed_methods,
-    caller_context,
-    is_catch_all,
-    principal_from,
-    refusal_context,
-)
+from chat4all.api.access import ROLE_TABLE, Access, allowed_methods
+from chat4all.api.app import DEADLINE_MARGIN_SECONDS, create_resolver, serve
 from chat4all.domain.errors import DependencyUnavailableError, UnauthorizedError
 from chat4all.domain.models import Principal, Role
-from devstack.template import DEFAULT_ROUTE, http_authorizers, http_routes, load_template
 
-TEMPLATE = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+
+TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
+
+
+class _CloudFormationLoader(yaml.SafeLoader):
+    """Reads template.yaml with its short-form intrinsics (!Ref, !GetAtt ...) as plain values."""
+
+
+_CloudFormationLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+TEMPLATE: dict[str, Any] = yaml.load(TEMPLATE_PATH.read_text(), Loader=_CloudFormationLoader)
+
+
+def http_events() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (name, event["Properties"])
+        for name, resource in TEMPLATE["Resources"].items()
+        if resource["Type"] == "AWS::Serverless::Function"
+        for event in resource["Properties"].get("Events", {}).values()
+        if event["Type"] == "HttpApi"
+    ]
 
 
 def test_every_route_of_the_template_is_in_the_role_table_and_nothing_else() -> None:
-    served = {f"{r.method} {r.path}" for r in http_routes(TEMPLATE) if r.path != DEFAULT_ROUTE}
+    served = {f"{p['Method']} {p['Path']}" for _, p in http_events() if "Path" in p}
     assert set(ROLE_TABLE) == served
+    # and the one route without a path is API Gateway's $default, answered by ingest's resolver (404/405)
+    assert [name for name, p in http_events() if "Path" not in p] == ["IngestFunction"]
+
+
+def test_no_authorizer_sits_in_front_of_the_functions() -> None:
+    assert "Auth" not in TEMPLATE["Resources"]["HttpApi"]["Properties"]
+    assert all("Auth" not in properties for _, properties in http_events())
+    assert "AuthorizerFunction" not in TEMPLATE["Resources"]
 
 
 def test_allowed_methods_come_from_the_table() -> None:
@@ -37,58 +61,145 @@ def test_allowed_methods_come_from_the_table() -> None:
     assert allowed_methods("/v1/users//identities") == []
 
 
-def test_public_routes_are_exactly_those_without_the_authorizer() -> None:
-    for route in http_routes(TEMPLATE):
-        if is_catch_all(DEFAULT_ROUTE if route.path == DEFAULT_ROUTE else f"{route.method} {route.path}"):
-            assert route.authorizer is None
-            continue
-        public = ROLE_TABLE[f"{route.method} {route.path}"] is Access.PUBLIC
-        assert public == (route.authorizer is None), route
-        if route.path.startswith("/v1"):
-            assert route.authorizer == "BearerAuthorizer", route
+# ------------------------------------------------------------------ the middleware, through a real resolver
 
 
-def test_the_authorizer_never_lets_api_gateway_answer_for_it() -> None:
-    (authorizer,) = http_authorizers(TEMPLATE).values()
-    assert authorizer.function == "AuthorizerFunction"
-    assert authorizer.simple_responses and authorizer.payload_version == "2.0"
-    # no identity source: a missing Authorization header reaches the authorizer instead of API Gateway's own 401
-    assert authorizer.identity_headers == ()
-    api = TEMPLATE["Resources"]["HttpApi"]["Properties"]["Auth"]["Authorizers"]["BearerAuthorizer"]
-    # and no result cache, which could not be invalidated when a key is revoked or a user deactivated
-    assert api["Identity"]["ReauthorizeEvery"] == 0
+class Credentials:
+    """A stand-in Authenticator: who each bearer header is, or what checking it raises."""
+
+    def __init__(self) -> None:
+        self.seen: list[str | None] = []
+        self.down = False
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        self.seen.append(authorization)
+        if self.down:
+            raise DependencyUnavailableError("the database is unavailable")
+        if authorization == "Bearer admin-key":
+            return Principal("key-admin", Role.ADMIN)
+        if authorization == "Bearer agent-key":
+            return Principal("key-agent", Role.AGENT, "user-1")
+        raise UnauthorizedError("unknown or revoked API key, or its user is deactivated")
 
 
-def event(context: dict[str, Any] | None) -> APIGatewayProxyEventV2:
-    request_context: dict[str, Any] = {"requestId": "req-1", "http": {"sourceIp": "198.51.100.7", "method": "GET"}}
-    if context is not None:
-        request_context["authorizer"] = {"lambda": context}
-    return APIGatewayProxyEventV2({"routeKey": "GET /v1/users/{user_id}", "requestContext": request_context})
+class FakeContext:
+    def __init__(self, remaining_ms: int) -> None:
+        self.remaining_ms = remaining_ms
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms
 
 
-def test_a_verified_caller_travels_with_request_id_and_source_ip() -> None:
-    principal = Principal("key-1", Role.AGENT, "user-1")
-    received = principal_from(event(caller_context(principal)))
-    assert received == Principal("key-1", Role.AGENT, "user-1", "req-1", "198.51.100.7")
-    admin = principal_from(event(caller_context(Principal("key-2", Role.ADMIN))))
-    assert (admin.role, admin.user_id) == (Role.ADMIN, None)
+def resolver(credentials: Credentials) -> tuple[APIGatewayHttpResolver, list[Principal]]:
+    app = create_resolver(authenticate=credentials.authenticate)
+    seen: list[Principal] = []
+
+    def record() -> Response[str]:
+        from chat4all.api.access import caller
+
+        seen.append(caller(app))
+        return Response(status_code=200, content_type="application/json", body="{}")
+
+    app.get("/v1/audit-log")(record)
+    app.get("/v1/users/<user_id>")(lambda user_id: record())
+    app.get("/health")(lambda: Response(status_code=200, content_type="application/json", body="{}"))
+    return app, seen
 
 
-@pytest.mark.parametrize(
-    "context",
-    [
-        None,
-        {},
-        refusal_context(UnauthorizedError("unknown or revoked API key")),
-        {"key_id": "k", "role": "superuser"},
-        {"role": "admin"},
-    ],
-)
-def test_no_verified_caller_is_401(context: dict[str, Any] | None) -> None:
-    with pytest.raises(UnauthorizedError):
-        principal_from(event(context))
+def request(route_key: str, path: str, authorization: str | None = None) -> dict[str, Any]:
+    method, _, _ = route_key.partition(" ")
+    headers = {"authorization": authorization} if authorization else {}
+    return {
+        "version": "2.0",
+        "routeKey": route_key,
+        "rawPath": path,
+        "headers": headers,
+        "requestContext": {
+            "requestId": "req-1",
+            "stage": "$default",
+            "http": {"method": method, "path": path, "sourceIp": "198.51.100.7"},
+        },
+    }
 
 
-def test_an_authorizer_that_could_not_ask_the_database_is_503() -> None:
-    with pytest.raises(DependencyUnavailableError):
-        principal_from(event(refusal_context(DependencyUnavailableError("the database is unavailable"))))
+def answer(app: APIGatewayHttpResolver, event: dict[str, Any], remaining_ms: int = 30_000) -> tuple[int, Any]:
+    result = serve(app, event, FakeContext(remaining_ms))  # type: ignore[arg-type]
+    return result["statusCode"], json.loads(result["body"]) if result.get("body") else None
+
+
+def test_a_verified_caller_reaches_the_route_with_request_id_and_source_ip() -> None:
+    credentials = Credentials()
+    app, seen = resolver(credentials)
+    status, _ = answer(app, request("GET /v1/users/{user_id}", "/v1/users/u", "Bearer agent-key"))
+    assert status == 200
+    assert seen == [Principal("key-agent", Role.AGENT, "user-1", "req-1", "198.51.100.7")]
+    assert credentials.seen == ["Bearer agent-key"]
+
+
+@pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc"])
+def test_no_valid_credential_is_a_401_problem(authorization: str | None) -> None:
+    app, seen = resolver(Credentials())
+    result = serve(app, request("GET /v1/audit-log", "/v1/audit-log", authorization), FakeContext(30_000))  # type: ignore[arg-type]
+    assert result["statusCode"] == 401
+    assert result["headers"]["Content-Type"] == "application/problem+json"
+    assert json.loads(result["body"])["status"] == 401
+    assert seen == []
+
+
+def test_an_agent_on_an_admin_operation_is_403_and_an_admin_passes() -> None:
+    app, seen = resolver(Credentials())
+    assert answer(app, request("GET /v1/audit-log", "/v1/audit-log", "Bearer agent-key"))[0] == 403
+    assert seen == []
+    assert answer(app, request("GET /v1/audit-log", "/v1/audit-log", "Bearer admin-key"))[0] == 200
+    assert [p.key_id for p in seen] == ["key-admin"]
+
+
+def test_credentials_that_cannot_be_checked_are_a_503_problem() -> None:
+    credentials = Credentials()
+    credentials.down = True
+    app, _ = resolver(credentials)
+    status, body = answer(app, request("GET /v1/audit-log", "/v1/audit-log", "Bearer admin-key"))
+    assert (status, body["status"]) == (503, 503)
+
+
+def test_public_routes_do_not_authenticate() -> None:
+    credentials = Credentials()
+    app, _ = resolver(credentials)
+    assert answer(app, request("GET /health", "/health"))[0] == 200
+    assert credentials.seen == []
+    assert Access.PUBLIC is ROLE_TABLE["GET /health"]
+
+
+# ------------------------------------------------------------------ the function answers, never the gateway
+
+
+def test_a_request_still_running_near_the_timeout_is_answered_503_by_the_function() -> None:
+    app, _ = resolver(Credentials())
+    stalled: list[float] = []
+
+    @app.get("/v1/users/<user_id>/link-suggestions")
+    def stall(user_id: str) -> Response[str]:
+        started = time.monotonic()
+        try:
+            time.sleep(5)  # a dependency that stalls
+        finally:
+            stalled.append(time.monotonic() - started)
+        return Response(status_code=200, content_type="application/json", body="{}")
+
+    remaining_ms = int((DEADLINE_MARGIN_SECONDS + 0.2) * 1000)
+    event = request("GET /v1/users/{user_id}/link-suggestions", "/v1/users/u/link-suggestions", "Bearer admin-key")
+    result = serve(app, event, FakeContext(remaining_ms))  # type: ignore[arg-type]
+    assert result["statusCode"] == 503
+    assert result["headers"]["Content-Type"] == "application/problem+json"
+    assert result["headers"]["Retry-After"] == "1"
+    assert stalled and stalled[0] < 1.0  # interrupted at the deadline, not after the 5 s stall
+    # and the timer is gone: a later request is not interrupted
+    assert answer(app, request("GET /v1/users/{user_id}", "/v1/users/u", "Bearer admin-key"))[0] == 200
+
+
+def test_an_exception_outside_the_routes_is_a_500_problem() -> None:
+    app, _ = resolver(Credentials())
+    result = serve(app, {"not": "an API Gateway event"}, FakeContext(30_000))  # type: ignore[arg-type]
+    assert result["statusCode"] == 500
+    body = json.loads(result["body"])
+    assert body["status"] == 500 and "Traceback" not in result["body"]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
@@ -105,6 +105,13 @@ class PostgresDatabase:
                 raise ValidationFailedError(
                     "a value cannot be stored", errors=[FieldError("body", "not storable")]
                 ) from exc
+            except BaseException:
+                # interrupted mid-command (the request's deadline): the connection still waits for that
+                # command's answer and would refuse every later one, so it is dropped
+                if self._conn is not None and self._conn.pgconn.transaction_status == pq.TransactionStatus.ACTIVE:
+                    self._conn.close()
+                    self._conn = None
+                raise
 
     def close(self) -> None:
         with self._lock:

@@ -1,29 +1,34 @@
 """Who may call which operation: the contract's role table, enforced for every route of every function.
 
-Authentication happens once, in the API Gateway Lambda authorizer (functions/authorizer). It always lets
-the request through and hands on, in `requestContext.authorizer.lambda`, either the verified caller or why
-there is none; API Gateway's own 401/403 bodies are not problem JSON, so the refusals are made here, by
-the resolver middleware every function gets from `create_resolver()`. See docs/AUTH.md.
+Every HTTP function authenticates its own requests, here: the resolver middleware every function gets from
+`create_resolver()` verifies the bearer credential against PostgreSQL (an API key, or an OAuth2 JWT) before
+any route runs, and applies the role table. There is no API Gateway authorizer: it would be a second Lambda
+invocation per request, and its refusals are not problem JSON. See docs/AUTH.md.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from chat4all.domain.errors import DependencyUnavailableError, ForbiddenError, UnauthorizedError
-from chat4all.domain.models import Principal, Role
+from chat4all.domain.errors import ForbiddenError, UnauthorizedError
+from chat4all.domain.models import Principal
 from chat4all.observability import logger
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aws_lambda_powertools.event_handler import Response
     from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
     from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+
+    type Middleware = Callable[[ApiGatewayResolver, NextMiddleware], Response[Any]]
     from aws_lambda_powertools.utilities.data_classes import APIGatewayProxyEventV2
 
 
 class Access(StrEnum):
-    PUBLIC = "public"  # no bearer auth (the platform's own signature, or none): the authorizer does not run
+    PUBLIC = "public"  # no bearer auth (the platform's own signature, or none)
     ADMIN = "admin"  # admins only; an agent gets 403
     SCOPED = "scoped"  # admins, and agents within their own user and conversations (decided by the service)
 
@@ -85,65 +90,39 @@ def allowed_methods(path: str) -> list[str]:
     return sorted(allowed)
 
 
-# ------------------------------------------------------------------ the authorizer's context, both ends
-
-_UNAVAILABLE = "unavailable"
-_UNAUTHORIZED = "unauthorized"
-
-
-def caller_context(principal: Principal) -> dict[str, str]:
-    """What the authorizer hands on for a verified caller (flat strings: all an authorizer context holds)."""
-    return {"key_id": principal.key_id, "role": principal.role.value, "user_id": principal.user_id or ""}
-
-
-def refusal_context(error: UnauthorizedError | DependencyUnavailableError) -> dict[str, str]:
-    """What the authorizer hands on when it could not verify the caller."""
-    kind = _UNAVAILABLE if isinstance(error, DependencyUnavailableError) else _UNAUTHORIZED
-    return {"error": kind, "detail": error.detail}
-
-
-def principal_from(event: APIGatewayProxyEventV2) -> Principal:
-    """The caller the authorizer verified, or the 401 (or 503) it could not get past."""
-    context: dict[str, Any] = event.request_context.authorizer.get_lambda
-    error = context.get("error")
-    if error == _UNAVAILABLE:
-        raise DependencyUnavailableError("authentication is unavailable; retry shortly")
-    if error or not context.get("key_id"):
-        raise UnauthorizedError(str(context.get("detail") or "the request carries no valid credentials"))
-    try:
-        role = Role(context["role"])
-    except (KeyError, ValueError):
-        raise UnauthorizedError("the request carries no valid credentials") from None
-    return Principal(
-        key_id=str(context["key_id"]),
-        role=role,
-        user_id=str(context.get("user_id") or "") or None,
-        request_id=event.request_context.request_id or None,
-        source_ip=event.request_context.http.source_ip or None,
-    )
-
-
 # ------------------------------------------------------------------ the function side
 
 
-def enforce_role_table(app: ApiGatewayResolver, next_middleware: NextMiddleware) -> Response[Any]:
-    """Resolver middleware: 401 without a verified caller, 403 for an agent on an admin operation."""
-    event: APIGatewayProxyEventV2 = app.current_event  # type: ignore[assignment]
-    route_key = event.route_key
-    access = Access.PUBLIC if is_catch_all(route_key) else ROLE_TABLE.get(route_key)
-    if access is None:
-        logger.error("route is not in the role table", extra={"route_key": route_key})
-        raise ForbiddenError("this operation is not open to any role")
-    if access is not Access.PUBLIC:
-        principal = principal_from(event)
-        if access is Access.ADMIN and not principal.is_admin:
-            raise ForbiddenError("this operation needs an admin")
-        app.context["principal"] = principal
-    return next_middleware(app)
+type Authenticate = Callable[[str | None], Principal]
+
+
+def role_table(authenticate: Authenticate) -> Middleware:
+    """Resolver middleware: authenticates the bearer credential of every non-public route (401 without a valid
+    one, 503 when it cannot be checked) and refuses an agent an admin operation (403)."""
+
+    def enforce_role_table(app: ApiGatewayResolver, next_middleware: NextMiddleware) -> Response[Any]:
+        event: APIGatewayProxyEventV2 = app.current_event  # type: ignore[assignment]
+        route_key = event.route_key
+        access = Access.PUBLIC if is_catch_all(route_key) else ROLE_TABLE.get(route_key)
+        if access is None:
+            logger.error("route is not in the role table", extra={"route_key": route_key})
+            raise ForbiddenError("this operation is not open to any role")
+        if access is not Access.PUBLIC:
+            principal = replace(
+                authenticate(event.headers.get("authorization")),
+                request_id=event.request_context.request_id or None,
+                source_ip=event.request_context.http.source_ip or None,
+            )
+            if access is Access.ADMIN and not principal.is_admin:
+                raise ForbiddenError("this operation needs an admin")
+            app.context["principal"] = principal
+        return next_middleware(app)
+
+    return enforce_role_table
 
 
 def caller(app: ApiGatewayResolver) -> Principal:
-    """The verified caller of the current request (set by enforce_role_table)."""
+    """The verified caller of the current request (set by the role table middleware)."""
     principal = app.context.get("principal")
     if not isinstance(principal, Principal):
         raise UnauthorizedError("the request carries no valid credentials")

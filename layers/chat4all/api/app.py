@@ -1,22 +1,92 @@
-"""The resolver every HTTP function uses: problem JSON for errors, JSON for everything else."""
+"""The resolver every HTTP function uses, and how it is served: problem JSON for every error, JSON otherwise."""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from typing import Any
+import signal
+import threading
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 
-from chat4all.api.access import enforce_role_table
-from chat4all.api.problems import register_problem_handlers
+from chat4all.api.access import role_table
+from chat4all.api.problems import problem_response, register_problem_handlers
+from chat4all.domain.errors import Chat4AllError, DependencyUnavailableError
+from chat4all.observability import logger
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from types import FrameType
+
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from chat4all.api.access import Authenticate
+    from chat4all.domain.models import Principal
+
+# A request still running this long before its function's Timeout is answered 503 by the function itself, so
+# API Gateway never has to answer for a function Lambda stopped (its answer is not problem JSON).
+DEADLINE_MARGIN_SECONDS = 3.0
 
 
-def create_resolver() -> APIGatewayHttpResolver:
-    """The one resolver of every HTTP function: the role table before any route, problem JSON for errors."""
+class RequestDeadlineError(DependencyUnavailableError):
+    """The request ran into its deadline (a dependency stalled): 503, retry shortly."""
+
+
+def create_resolver(authenticate: Authenticate | None = None) -> APIGatewayHttpResolver:
+    """The one resolver of every HTTP function: authentication and the role table before any route, problem
+    JSON for errors. `authenticate` checks a bearer header (default: the container's Authenticator)."""
     app = APIGatewayHttpResolver(serializer=lambda body: json.dumps(body, separators=(",", ":")))
     register_problem_handlers(app)
-    app.use(middlewares=[enforce_role_table])
+    app.use(middlewares=[role_table(authenticate or _container_authenticator)])
     return app
+
+
+def _container_authenticator(authorization: str | None) -> Principal:
+    from chat4all import bootstrap  # the composition root, built on the first request rather than at import
+
+    return bootstrap.authenticator().authenticate(authorization)
+
+
+def serve(app: APIGatewayHttpResolver, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Resolve one HTTP event, answering it in problem JSON whatever happens: an unexpected exception is a 500
+    problem, and a request still running DEADLINE_MARGIN_SECONDS before the function's Timeout a 503 one."""
+    try:
+        with deadline(context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS):
+            return app.resolve(event, context)
+    except RequestDeadlineError as exc:
+        logger.error("request answered 503 before the function's timeout", extra={"route": event.get("routeKey")})
+        return _as_proxy_result(problem_response(exc, {"Retry-After": "1"}))
+    except Exception:
+        logger.exception("unhandled error outside the routes")
+        return _as_proxy_result(problem_response(Chat4AllError("an unexpected error occurred; it has been logged")))
+
+
+def _as_proxy_result(response: Response[str]) -> dict[str, Any]:
+    return {"statusCode": response.status_code, "headers": dict(response.headers), "body": response.body}
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise RequestDeadlineError in the invocation's thread once `seconds` have passed (at once when <= 0).
+
+    Lambda runs the handler on the main thread, where a timer signal can interrupt a call stalled on a
+    dependency; elsewhere (a test calling from another thread) there is no deadline.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: FrameType | None) -> None:
+        raise RequestDeadlineError("the request took too long; retry shortly")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def json_response(status_code: int, body: Any, headers: dict[str, str] | None = None) -> Response[str]:
