@@ -123,7 +123,7 @@ def channels() -> PostgresChannelRepository:
 
 @lru_cache
 def authenticator() -> Authenticator:
-    """API keys always; OAuth2 JWTs too when CHAT4ALL_JWT_ISSUER is set. Used by the authorizer function."""
+    """API keys always; OAuth2 JWTs too when CHAT4ALL_JWT_ISSUER is set. Used by every HTTP function's resolver."""
     config = settings()
     tokens = None
     if config.chat4all_jwt_issuer and config.jwks_url:

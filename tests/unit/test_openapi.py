@@ -56,8 +56,16 @@ def test_authenticated_operations_document_401_and_problems(path: str, item: dic
             continue
         assert "401" in operation["responses"], path
         for status, response in operation["responses"].items():
-            if status.startswith(("4", "5")):
+            if status == "413":  # the function's problem, or API Gateway's own answer over its payload limit
+                assert response == {"$ref": "#/components/responses/PayloadTooLarge"}, path
+            elif status.startswith(("4", "5")):
                 assert response == {"$ref": "#/components/responses/Problem"}, (path, status)
+
+
+def test_the_one_answer_api_gateway_gives_itself_is_documented_as_its_own() -> None:
+    content = OPENAPI["components"]["responses"]["PayloadTooLarge"]["content"]
+    assert content["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
+    assert content["application/json"]["schema"]["required"] == ["message"]
 
 
 def required(schema: str) -> set[str]:
