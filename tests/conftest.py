@@ -9,6 +9,9 @@ import pytest
 
 from devstack.template import load_template
 
+# the platform under test and the channels' local servers, for every test directory that asks for them
+pytest_plugins = ["tests.support.platform"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # Powertools reads its settings when chat4all.observability is first imported, which test modules may do

@@ -1,8 +1,5 @@
-"""The platform under test: real PostgreSQL, Redis, MongoDB-wire server and LocalStack, started once.
-
-Servers given by URL (DATABASE_URL, MONGODB_URI, REDIS_URL, AWS_ENDPOINT_URL) are used as they are;
-the tests still create a database of their own in them and drop it afterwards.
-"""
+"""Helpers over the platform under test (the `platform` fixture and the channels' local servers are in
+tests/support/platform.py, shared with the port contract suite)."""
 
 from __future__ import annotations
 
@@ -13,62 +10,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from devstack.stack import LocalPlatform, throwaway_platform
-from tests.support.fake_instagram import FakeInstagram
-from tests.support.fake_telegram import FakeTelegram
-from tests.support.fake_whatsapp import FakeWhatsApp
-from tests.support.jwks import LocalIssuer, new_key
-from tests.support.waiting import alive
-
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-
-@pytest.fixture(scope="session")
-def fake_whatsapp() -> Iterator[FakeWhatsApp]:
-    server = FakeWhatsApp()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def fake_telegram() -> Iterator[FakeTelegram]:
-    server = FakeTelegram()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def fake_instagram() -> Iterator[FakeInstagram]:
-    server = FakeInstagram()
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def issuer() -> Iterator[LocalIssuer]:
-    """The OAuth2 issuer whose JWTs the platform accepts (CHAT4ALL_JWT_ISSUER), with keys of its own."""
-    server = LocalIssuer(new_key("RS256"), new_key("ES256"))
-    yield server
-    server.close()
-
-
-@pytest.fixture(scope="session")
-def platform(
-    fake_whatsapp: FakeWhatsApp, fake_telegram: FakeTelegram, fake_instagram: FakeInstagram, issuer: LocalIssuer
-) -> Iterator[LocalPlatform]:
-    settings = {
-        "WHATSAPP_API_BASE": fake_whatsapp.url,
-        "TELEGRAM_API_BASE": fake_telegram.url,
-        "INSTAGRAM_API_BASE": fake_instagram.url,
-        "CHAT4ALL_JWT_ISSUER": issuer.issuer,
-    }
-    with throwaway_platform("test", settings) as stack:
-        yield stack
-        assert stack.runtime is not None
-        containers = [pid for pids in stack.runtime.container_pids().values() for pid in pids]
-    # stopping the platform leaves no function container behind
-    assert [pid for pid in containers if alive(pid)] == []
+    from devstack.stack import LocalPlatform
 
 
 @dataclass
