@@ -12,16 +12,15 @@ PENDING, is taken up again by the sweeper).
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from chat4all import bootstrap
 from chat4all.consumers import consume_batch
 from chat4all.domain.errors import DependencyUnavailableError
-from chat4all.domain.models import MessageStatus, Platform, StatusReport
+from chat4all.domain.wire import DEAD_LETTER_REASON_ATTRIBUTE, ChannelStatusReported, RouteJob
 from chat4all.observability import logger, metrics, tracer
 from chat4all.services.recovery import DEAD_LETTER_GIVE_UP_RECEIVES, StatusSettlement, dead_letter_reason
 
@@ -30,26 +29,6 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = bootstrap.settings()
-
-
-class RouteJob(BaseModel):
-    message_id: str
-    conversation_id: str
-
-
-class StatusReportDetail(BaseModel):
-    platform: Platform
-    platform_message_id: str
-    status: MessageStatus
-    at: datetime
-    detail: str | None = None
-
-
-class ChannelStatusEvent(BaseModel):
-    """The EventBridge envelope of a status report, as the status queue (and so its dead-letter queue) holds it."""
-
-    detail_type: str = Field(alias="detail-type")
-    detail: StatusReportDetail
 
 
 def _receives(record: SQSRecord) -> int:
@@ -62,12 +41,13 @@ def _count(name: str) -> None:
 
 def route_record(record: SQSRecord) -> None:
     try:
-        job = RouteJob.model_validate_json(record.body)
+        job = RouteJob.parse(record.body)
     except ValidationError:
         logger.error("dead-lettered route record dropped: not a route job", extra={"body": record.body[:500]})
         _count("RouteDeadLettersDropped")
         return
-    reason_attribute = record.message_attributes.get("reason")
+    # indexing, not .get(): Powertools wraps the attribute only in __getitem__ (None when absent)
+    reason_attribute = record.message_attributes[DEAD_LETTER_REASON_ATTRIBUTE]
     reason = dead_letter_reason(reason_attribute.string_value if reason_attribute else None)
     try:
         settled = bootstrap.recovery_service().settle_dead_route(job.message_id, job.conversation_id, reason)
@@ -83,32 +63,32 @@ def route_record(record: SQSRecord) -> None:
 
 def status_record(record: SQSRecord) -> None:
     try:
-        detail = ChannelStatusEvent.model_validate_json(record.body).detail
+        report = ChannelStatusReported.parse(record.body)
     except ValidationError:
         logger.error("dead-lettered status record dropped: not a status report", extra={"body": record.body[:500]})
         _count("StatusDeadLettersDropped")
         return
     try:
-        outcome = bootstrap.recovery_service().settle_dead_status(StatusReport(**detail.model_dump()))
+        outcome = bootstrap.recovery_service().settle_dead_status(report)
     except DependencyUnavailableError:
         if _receives(record) < DEAD_LETTER_GIVE_UP_RECEIVES:
             raise
         logger.exception(
-            "dead-lettered status report dropped", extra={"platform_message_id": detail.platform_message_id}
+            "dead-lettered status report dropped", extra={"platform_message_id": report.platform_message_id}
         )
         _count("StatusDeadLettersDropped")
         return
     if outcome.settlement is StatusSettlement.DROPPED:
         logger.warning(
             "dead-lettered status report dropped",
-            extra={"platform_message_id": detail.platform_message_id, "reason": outcome.reason},
+            extra={"platform_message_id": report.platform_message_id, "reason": outcome.reason},
         )
         _count("StatusDeadLettersDropped")
     else:
         _count("StatusDeadLettersApplied")
         logger.info(
             "dead-lettered status report applied",
-            extra={"platform_message_id": detail.platform_message_id, "outcome": str(outcome.settlement)},
+            extra={"platform_message_id": report.platform_message_id, "outcome": str(outcome.settlement)},
         )
 
 

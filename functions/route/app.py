@@ -8,7 +8,6 @@ in the way of a redrive (docs/GUARANTEES.md).
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from chat4all import bootstrap
 from chat4all.consumers import consume_conversations
 from chat4all.domain.models import utcnow
+from chat4all.domain.wire import RouteJob
 from chat4all.observability import logger, metrics, tracer
 
 if TYPE_CHECKING:
@@ -30,9 +30,9 @@ def conversation_work(conversation_id: str, context: LambdaContext) -> float | N
     progress = bootstrap.delivery_service().deliver_conversation(conversation_id, lease_until)
     for outcome in progress.outcomes:
         if outcome.dead_letter:
-            job = json.dumps({"message_id": outcome.message_id, "conversation_id": conversation_id})
+            job = RouteJob(message_id=outcome.message_id, conversation_id=conversation_id)
             try:
-                bootstrap.route_dead_letters().dead_letter(job, conversation_id, outcome.reason or "failed")
+                bootstrap.route_dead_letters().dead_letter(job, outcome.reason or "failed")
             except Exception:  # the message is FAILED with its reason already; the copy is for operators
                 logger.exception("could not dead-letter", extra={"message_id": outcome.message_id})
         metrics.add_metric(name=f"Messages{str(outcome.status).title()}", unit=MetricUnit.Count, value=1)

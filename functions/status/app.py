@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.metrics import MetricUnit
-from pydantic import BaseModel, Field
 
 from chat4all import bootstrap
 from chat4all.api.access import caller
@@ -15,7 +13,7 @@ from chat4all.api.requests import resource_id
 from chat4all.api.views import message_status_view, message_view
 from chat4all.consumers import consume_batch
 from chat4all.domain.errors import RetryLaterError, StatusTargetMissingError
-from chat4all.domain.models import MessageStatus, Platform, StatusReport
+from chat4all.domain.wire import ChannelStatusReported
 from chat4all.observability import logger, metrics, tracer
 
 if TYPE_CHECKING:
@@ -26,22 +24,6 @@ if TYPE_CHECKING:
 settings = bootstrap.settings()
 app = create_resolver()
 UNKNOWN_TARGET_RETRY_SECONDS = 5
-
-
-class StatusReportDetail(BaseModel):
-    platform: Platform
-    platform_message_id: str
-    status: MessageStatus
-    at: datetime
-    detail: str | None = None
-    channel_id: str | None = None
-
-
-class ChannelStatusEvent(BaseModel):
-    """The EventBridge envelope the status queue receives from the ChannelStatusRule."""
-
-    detail_type: str = Field(alias="detail-type")
-    detail: StatusReportDetail
 
 
 @app.get("/v1/messages/<message_id>")
@@ -59,9 +41,9 @@ def get_message_status(message_id: str) -> Response[str]:
 
 
 def record_handler(record: SQSRecord) -> None:
-    report = ChannelStatusEvent.model_validate_json(record.body).detail
+    report = ChannelStatusReported.parse(record.body)
     try:
-        moved = bootstrap.status_service().apply(StatusReport(**report.model_dump()))
+        moved = bootstrap.status_service().apply(report)
     except StatusTargetMissingError as exc:
         # the report overtook the route function's write of the platform id; try again shortly
         raise RetryLaterError(exc.detail, delay_seconds=UNKNOWN_TARGET_RETRY_SECONDS) from exc

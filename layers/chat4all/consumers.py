@@ -10,7 +10,6 @@ conversation has work", the order comes from the messages' sequences in MongoDB.
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -19,8 +18,10 @@ from aws_lambda_powertools.utilities.batch import (
     SqsFifoPartialProcessor,
     process_partial_response,
 )
+from pydantic import ValidationError
 
 from chat4all.domain.errors import RetryLaterError
+from chat4all.domain.wire import RouteJob
 from chat4all.observability import logger
 
 if TYPE_CHECKING:
@@ -94,17 +95,17 @@ def consume_conversations(
     retry with back-off by the record's receive count. `requeue(message_id, conversation_id, dedupe_key)`
     replaces a job that was received REFRESH_AFTER_RECEIVES times.
     """
-    jobs: dict[str, list[dict[str, Any]]] = {}
+    jobs: dict[str, list[tuple[dict[str, Any], RouteJob]]] = {}
     failures: list[str] = []
     for record in event.get("Records", []):
         try:
-            job = json.loads(record["body"])
-            jobs.setdefault(str(job["conversation_id"]), []).append(record)
-        except (ValueError, KeyError, TypeError):
+            job = RouteJob.parse(record["body"])
+            jobs.setdefault(job.conversation_id, []).append((record, job))
+        except (ValidationError, KeyError, TypeError):
             logger.error("not a route job; left to the dead-letter queue", extra={"body": str(record["body"])[:500]})
             failures.append(record["messageId"])
     for conversation_id, records in jobs.items():
-        first = records[0]
+        first, first_job = records[0]
         receives = _receive_count(first)
         try:
             delay = work(conversation_id)
@@ -114,9 +115,8 @@ def consume_conversations(
         if delay is None:
             continue
         if receives >= REFRESH_AFTER_RECEIVES:
-            job = json.loads(first["body"])
             try:
-                requeue(str(job["message_id"]), conversation_id, f"{first['messageId']}:{receives}")
+                requeue(first_job.message_id, conversation_id, f"{first['messageId']}:{receives}")
                 continue
             except Exception:  # the record stays; the next receive tries again
                 logger.exception("could not refresh a waiting job")

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from chat4all.adapters.aws_api import AwsApiError
 from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
+from chat4all.domain.wire import DEAD_LETTER_REASON_ATTRIBUTE, RouteJob
 from chat4all.observability import logger
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
 
@@ -52,13 +53,14 @@ class SqsOutboundQueue(OutboundQueue):
         self.queue_url = queue_url
 
     def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
+        job = RouteJob(message_id=message_id, conversation_id=conversation_id)
         with _translated("SQS"):
             self.sqs.call(
                 "SendMessage",
                 {
                     "QueueUrl": self.queue_url,
-                    "MessageBody": json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
-                    "MessageGroupId": conversation_id,
+                    "MessageBody": job.body(),
+                    "MessageGroupId": job.group_id,
                     "MessageDeduplicationId": dedupe_key or message_id,
                 },
             )
@@ -69,16 +71,19 @@ class SqsDeadLetterQueue(DeadLetterQueue):
         self.sqs = sqs
         self.queue_url = queue_url
 
-    def dead_letter(self, body: str, group_id: str, reason: str) -> None:
+    def dead_letter(self, job: RouteJob, reason: str) -> None:
+        body = job.body()
         with _translated("SQS"):
             self.sqs.call(
                 "SendMessage",
                 {
                     "QueueUrl": self.queue_url,
                     "MessageBody": body,
-                    "MessageGroupId": group_id,
+                    "MessageGroupId": job.group_id,
                     "MessageDeduplicationId": hashlib.sha256(body.encode()).hexdigest(),
-                    "MessageAttributes": {"reason": {"DataType": "String", "StringValue": reason[:1000]}},
+                    "MessageAttributes": {
+                        DEAD_LETTER_REASON_ATTRIBUTE: {"DataType": "String", "StringValue": reason[:1000]}
+                    },
                 },
             )
 

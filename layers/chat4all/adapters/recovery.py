@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING
@@ -11,6 +10,7 @@ from chat4all.adapters.aws import _translated as _aws_translated
 from chat4all.adapters.mongo import DURABLE, _entry_doc, _message, _translated
 from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.domain.models import Direction, MessageStatus
+from chat4all.domain.wire import RouteJob
 from chat4all.observability import logger
 from chat4all.ports import PendingJob, PendingMessages, RouteRequeue
 
@@ -91,14 +91,15 @@ class SqsRouteRequeue(RouteRequeue):
         failures: list[str] = []
         for start in range(0, len(jobs), SQS_BATCH):
             chunk = jobs[start : start + SQS_BATCH]
+            records = [RouteJob(message_id=job.message_id, conversation_id=job.conversation_id) for job in chunk]
             entries = [
                 {
                     "Id": str(i),
-                    "MessageBody": json.dumps({"message_id": job.message_id, "conversation_id": job.conversation_id}),
-                    "MessageGroupId": job.conversation_id,
-                    "MessageDeduplicationId": f"{job.message_id}:sweep:{round_id}",
+                    "MessageBody": record.body(),
+                    "MessageGroupId": record.group_id,
+                    "MessageDeduplicationId": f"{record.message_id}:sweep:{round_id}",
                 }
-                for i, job in enumerate(chunk)
+                for i, record in enumerate(records)
             ]
             with _aws_translated("SQS"):
                 result = self.sqs.call("SendMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.credentials import channel_keys, webhook_secret_digest
 from chat4all.domain.errors import BadRequestError, CredentialsUnreadableError, ForbiddenError, UnauthorizedError
 from chat4all.domain.models import InboundMessage, StatusReport
 from chat4all.domain.untrusted import loads_untrusted
+from chat4all.domain.wire import STATUS_EVENT_SOURCE, STATUS_EVENT_TYPE, StatusReportDetail
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -20,15 +20,6 @@ if TYPE_CHECKING:
     from chat4all.services.inbound import InboundService
 
 logger = logging.getLogger(__name__)
-
-STATUS_EVENT_SOURCE = "chat4all.channels"
-STATUS_EVENT_TYPE = "ChannelStatusReported"
-
-
-def status_report_detail(report: StatusReport) -> dict[str, Any]:
-    detail = asdict(report)
-    detail["at"] = report.at.isoformat()
-    return detail
 
 
 class WebhookService:
@@ -84,7 +75,8 @@ class WebhookService:
             channel = attributed[event.account_id or ""]
             if isinstance(event, StatusReport):
                 report = dataclasses.replace(event, channel_id=channel.channel_id)
-                self.events.publish(STATUS_EVENT_TYPE, status_report_detail(report), source=STATUS_EVENT_SOURCE)
+                detail = StatusReportDetail.of(report).event_detail()
+                self.events.publish(STATUS_EVENT_TYPE, detail, source=STATUS_EVENT_SOURCE)
             else:
                 self.inbound.receive(channel, event)
         return events

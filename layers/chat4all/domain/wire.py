@@ -1,0 +1,164 @@
+"""Every format that crosses a process boundary: one pydantic model each, used by its producers and consumers.
+
+- `RouteJob`, the body of a route queue record (SQS FIFO, group = conversation) and of its dead-letter queue's.
+  Produced by ingest (`SqsOutboundQueue`), the sweeper and the dead-letter consumer (`SqsRouteRequeue`),
+  route's refresh of a job that waits long (`SqsOutboundQueue`) and route's copy of a message it gave up on
+  (`SqsDeadLetterQueue`, with why in the `reason` attribute). Consumed by route
+  (`chat4all.consumers.consume_conversations`) and the dead-letter consumer (functions/deadletter).
+- `ChannelStatusReported`, a platform's status report on the bus (`source: chat4all.channels`), and then, in
+  EventBridge's envelope, on the status queue and its dead-letter queue. Produced by ingest's webhooks
+  (`WebhookService`); consumed by status and the dead-letter consumer.
+- `MessageEventDetail`, the `detail` of every event about a message on the bus (`source: chat4all`), kept on
+  the message until it is published. Produced by `chat4all.services.notifications.message_event`; consumed by
+  whoever listens on the bus.
+
+Nothing else writes or parses these bodies by hand; tests/unit/test_wire.py produces each through its real
+producers and parses it as its consumers do.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
+
+from chat4all.domain.models import MessageStatus, Platform, StatusReport, utcnow
+
+if TYPE_CHECKING:
+    from chat4all.domain.models import Message
+
+# ---------------------------------------------------------------------------------------------- route jobs
+
+# the message attribute of a route dead-letter record that says why route gave the message up
+DEAD_LETTER_REASON_ATTRIBUTE = "reason"
+
+
+class RouteJob(BaseModel):
+    """A route queue record: "this conversation has work" (the message that asked for it, for logs and dedupe)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message_id: str
+    conversation_id: str
+
+    def body(self) -> str:
+        return self.model_dump_json()
+
+    @property
+    def group_id(self) -> str:
+        """The FIFO message group: one per conversation, so a conversation's jobs are never worked at once."""
+        return self.conversation_id
+
+    @classmethod
+    def parse(cls, body: str) -> RouteJob:
+        """Raises pydantic.ValidationError when the body is not a route job."""
+        return cls.model_validate_json(body)
+
+
+# ------------------------------------------------------------------------------ channel status reports
+
+STATUS_EVENT_SOURCE = "chat4all.channels"
+STATUS_EVENT_TYPE = "ChannelStatusReported"
+
+
+class StatusReportDetail(BaseModel):
+    """The `detail` of ChannelStatusReported: a platform's status report, attributed to the reporting channel."""
+
+    platform: Platform
+    platform_message_id: str
+    status: MessageStatus
+    at: datetime
+    detail: str | None = None
+    # the installed channel whose webhook reported it: the status is applied only to that channel's messages
+    channel_id: str | None = None
+
+    @classmethod
+    def of(cls, report: StatusReport) -> StatusReportDetail:
+        return cls(
+            platform=report.platform,
+            platform_message_id=report.platform_message_id,
+            status=report.status,
+            at=report.at,
+            detail=report.detail,
+            channel_id=report.channel_id,
+        )
+
+    @field_serializer("at")
+    def _at(self, at: datetime) -> str:
+        return at.isoformat()
+
+    def event_detail(self) -> dict[str, Any]:
+        """As it is put on the bus (PutEvents' `Detail`)."""
+        return self.model_dump(mode="json")
+
+    def report(self) -> StatusReport:
+        return StatusReport(
+            platform=self.platform,
+            platform_message_id=self.platform_message_id,
+            status=self.status,
+            at=self.at,
+            detail=self.detail,
+            channel_id=self.channel_id,
+        )
+
+
+class ChannelStatusReported(BaseModel):
+    """The EventBridge envelope the ChannelStatusRule puts on the status queue (and SQS then on its DLQ)."""
+
+    source: str = STATUS_EVENT_SOURCE
+    detail_type: str = Field(alias="detail-type")
+    detail: StatusReportDetail
+
+    @classmethod
+    def parse(cls, body: str) -> StatusReport:
+        """The report a status queue record carries; raises pydantic.ValidationError when it carries none."""
+        return cls.model_validate_json(body).detail.report()
+
+
+# -------------------------------------------------------------------------------------- message events
+
+MESSAGE_EVENT_SOURCE = "chat4all"
+
+
+class MessageEventDetail(BaseModel):
+    """The `detail` of every event about a message (MessageAccepted, MessageSent, MessageStatusChanged,
+    MessageReceived, MessageFailed); `at` is the time of the change, not of publishing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str
+    conversation_id: str
+    status: MessageStatus
+    channel: Platform
+    at: datetime
+    platform_message_id: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        message: Message,
+        status: MessageStatus | None = None,
+        at: datetime | None = None,
+        *,
+        platform_message_id: str | None = None,
+        reason: str | None = None,
+    ) -> MessageEventDetail:
+        return cls(
+            message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            status=status or message.status,
+            channel=message.channel,
+            at=at or utcnow(),
+            platform_message_id=platform_message_id,
+            reason=reason,
+        )
+
+    @field_serializer("at")
+    def _at(self, at: datetime) -> str:
+        return at.isoformat()
+
+    def event_detail(self) -> dict[str, Any]:
+        """As it is put on the bus, and kept on the message until then (JSON types, no absent fields)."""
+        return self.model_dump(mode="json", exclude_none=True)
