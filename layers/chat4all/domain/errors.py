@@ -110,6 +110,14 @@ class ChannelOutcomeUnknownError(ChannelError):
     a success without a message id): it may have been sent, so it is never sent again."""
 
 
+class UndeliverableError(Chat4AllError):
+    """Nothing to send a message to: no recipient identity, no enabled channel, no connector."""
+
+    status = 422
+    title = "Undeliverable"
+    slug = "undeliverable"
+
+
 class RetryLaterError(Chat4AllError):
     """Work that failed in a way worth retrying: the consumer makes the record visible again after `delay_seconds`."""
 

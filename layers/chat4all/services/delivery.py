@@ -19,9 +19,9 @@ from chat4all.domain.errors import (
     ChannelOutcomeUnknownError,
     ChannelRejectedError,
     ChannelRetryableError,
-    Chat4AllError,
     CredentialsUnreadableError,
     DependencyUnavailableError,
+    UndeliverableError,
 )
 from chat4all.domain.models import MessageStatus, OutboundMessage, StatusEntry, utcnow
 from chat4all.services.notifications import announce, message_event
@@ -54,14 +54,6 @@ RECORD_PAUSES_SECONDS = (0.2, 0.5, 1.0, 2.0)
 LEASE_GRACE_SECONDS = 1.0
 # PENDING messages read at once: one query for the next ten, not one per message
 WINDOW = 10
-
-
-class UndeliverableError(Chat4AllError):
-    """Nothing to send to: no recipient identity, no enabled channel, no connector."""
-
-    status = 422
-    title = "Undeliverable"
-    slug = "undeliverable"
 
 
 def backoff_seconds(attempt: int) -> int:
