@@ -47,7 +47,7 @@ def main() -> int:
             f"  AWS endpoint:   {platform.urls['aws']}\n"
             f"  state:          {platform.options.state_dir.resolve()}\n"
             f"  consumers:      {', '.join(source.function for source in runtime.sqs_sources)}\n"
-            f"  schedules:      {', '.join(f'{s.function} {s.subscription.expression}' for s in runtime.schedules)}\n"
+            f"  schedules:      {', '.join(f'{s.function} every {s.period_seconds} s' for s in runtime.schedules)}\n"
             f"  function logs:  {runtime.log_dir}\n"
             "Ctrl-C stops everything.",
             flush=True,

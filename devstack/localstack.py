@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,17 +22,16 @@ from botocore.exceptions import ClientError
 
 from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
 from devstack.template import (
-    SERVERLESS_FUNCTION,
-    SUB_VARIABLE,
-    attribute_references,
+    cloudformation,
+    functions,
     infrastructure_template,
     load_template,
-    sub_references,
+    plain,
+    queue_subscriptions,
 )
 
 if TYPE_CHECKING:
-    import re
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
 
     from devstack.processes import ProcessGroup
 
@@ -48,20 +47,13 @@ SERVICES = ("sqs", "events", "kms", "cloudformation", "s3", "sts", "iam", "logs"
 # what the venv must be able to import for `python -m localstack.runtime.main` to serve
 RUNTIME_IMPORTS = "import localstack.runtime.main, moto, rolo, hypercorn, twisted"
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
-# Attributes read back for every resource of these types, besides those the template itself uses.
-KNOWN_ATTRIBUTES = {
-    "AWS::SQS::Queue": ("Arn", "QueueName", "QueueUrl"),
-    "AWS::Events::EventBus": ("Arn", "Name"),
-    "AWS::Events::Rule": ("Arn",),
-    "AWS::KMS::Key": ("Arn", "KeyId"),
-}
-ATTRIBUTE_OUTPUT_PREFIX = "DevstackAttr"
+# outputs added to the stack, one for each value the local runtime needs CloudFormation to evaluate
+VALUE_OUTPUT_PREFIX = "DevstackValue"
 # LocalStack's tags for a KMS key's id and material (localstack.services.kms.utils)
 PINNED_KEY_TAGS = ("_custom_id_", "_custom_key_material_")
 KMS_KEYS_FILE = "kms-keys.json"
 # a stack in one of these can only be deleted
 UNUSABLE_STATUSES = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "CREATE_FAILED", "DELETE_FAILED")
-PSEUDO_PARAMETERS = {"AWS::Partition": "aws", "AWS::URLSuffix": "amazonaws.com"}
 
 
 class StackDeployError(RuntimeError):
@@ -190,122 +182,40 @@ class StackInfo:
     """A deployed stack, and the values the template's intrinsics take in it."""
 
     stack_name: str
-    region: str
-    account_id: str
     parameters: dict[str, str]
     physical_ids: dict[str, str]
-    outputs: dict[str, str]
-    attributes: dict[tuple[str, str], str] = field(default_factory=dict)
-    resource_types: dict[str, str] = field(default_factory=dict)
-
-    def ref(self, name: str) -> str:
-        pseudo = {"AWS::StackName": self.stack_name, "AWS::Region": self.region, "AWS::AccountId": self.account_id}
-        pseudo |= PSEUDO_PARAMETERS
-        if name in pseudo:
-            return pseudo[name]
-        if name in self.parameters:
-            return self.parameters[name]
-        if name in self.physical_ids:
-            return self.physical_ids[name]
-        if self.resource_types.get(name) == SERVERLESS_FUNCTION:
-            return name  # the local runner names each function by its logical id
-        raise KeyError(f"Ref {name}: not a parameter with a value nor a deployed resource of {self.stack_name}")
-
-    def get_att(self, logical_id: str, attribute: str) -> str:
-        if (logical_id, attribute) in self.attributes:
-            return self.attributes[(logical_id, attribute)]
-        if self.resource_types.get(logical_id) == SERVERLESS_FUNCTION and attribute == "Arn":
-            return f"arn:aws:lambda:{self.region}:{self.account_id}:function:{logical_id}"
-        raise KeyError(f"Fn::GetAtt {logical_id}.{attribute}: not read back from stack {self.stack_name}")
+    values: dict[str, str]  # an intrinsic (as value_key gives it) -> its value, read back through an output
 
     def resolve(self, value: Any) -> str:
-        """A template value with Ref, Fn::GetAtt, Fn::Sub (and Join, Select, Split, Base64) as a string."""
-        result = self._evaluate(value)
-        if isinstance(result, list):
-            raise ValueError(f"{value!r} is a list, not a string")
-        return _plain(result)
-
-    def _evaluate(self, value: Any) -> Any:
-        if isinstance(value, list):
-            return [self._evaluate(item) for item in value]
+        """A template value: a parameter's or a resource's Ref, or an intrinsic deploy_stack read back."""
         if not isinstance(value, dict):
-            return value
-        intrinsics: dict[str, Callable[[Any], Any]] = {
-            "Ref": self.ref,
-            "Fn::GetAtt": self._get_att,
-            "Fn::Sub": self._sub,
-            "Fn::Join": self._join,
-            "Fn::Select": self._select,
-            "Fn::Split": self._split,
-            "Fn::Base64": lambda arg: base64.b64encode(_plain(self._evaluate(arg)).encode()).decode(),
-        }
-        key = next(iter(value)) if len(value) == 1 else None
-        if key not in intrinsics:
-            raise ValueError(f"cannot resolve {value!r} locally")
-        return intrinsics[key](value[key])
-
-    def _get_att(self, arg: Any) -> str:
-        logical_id, attribute = arg if isinstance(arg, list) else str(arg).split(".", 1)
-        return self.get_att(logical_id, _plain(self._evaluate(attribute)))
-
-    def _join(self, arg: Any) -> str:
-        separator, items = arg
-        return str(separator).join(_plain(item) for item in self._evaluate_list(items))
-
-    def _select(self, arg: Any) -> Any:
-        index, items = arg
-        return self._evaluate_list(items)[int(self._evaluate(index))]
-
-    def _split(self, arg: Any) -> list[str]:
-        separator, text = arg
-        return _plain(self._evaluate(text)).split(separator)
-
-    def _evaluate_list(self, value: Any) -> list[Any]:
-        result = self._evaluate(value)
-        if not isinstance(result, list):
-            raise ValueError(f"{value!r} is not a list")
-        return result
-
-    def _sub(self, arg: Any) -> str:
-        text, variables = (arg[0], arg[1]) if isinstance(arg, list) else (arg, {})
-        local = {name: _plain(self._evaluate(v)) for name, v in variables.items()}
-        replacements: dict[str, str] = {}
-        for name, attribute in sub_references(text, frozenset(local)):
-            expression = f"{name}.{attribute}" if attribute else name
-            replacements[expression] = self.get_att(name, attribute) if attribute else self.ref(name)
-        replacements |= local
-
-        def substitute(match: re.Match[str]) -> str:
-            expression = match.group(1).strip()
-            if expression.startswith("!"):
-                return "${" + expression[1:] + "}"
-            return replacements[expression]
-
-        return SUB_VARIABLE.sub(substitute, text)
+            return plain(value)
+        ref = value.get("Ref")
+        for known in (self.parameters, self.physical_ids):
+            if ref in known:
+                return known[ref]
+        if value_key(value) in self.values:
+            return self.values[value_key(value)]
+        raise KeyError(f"{value!r}: not a value of stack {self.stack_name}")
 
 
-def _plain(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def value_key(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
 
 
-def _attribute_outputs(template: dict[str, Any], infra: dict[str, Any]) -> dict[str, tuple[str, str]]:
-    """Output name -> (logical id, attribute) for every attribute the template uses of a deployed resource."""
-    kept = infra["Resources"]
-    wanted = {(lid, attr) for lid, attr in attribute_references(template) if lid in kept}
-    for lid, resource in kept.items():
-        wanted |= {(lid, attr) for attr in KNOWN_ATTRIBUTES.get(resource.get("Type", ""), ())}
-    taken = set(infra.get("Outputs", {}))
-    names: dict[str, tuple[str, str]] = {}
-    for lid, attr in sorted(wanted):
-        base = ATTRIBUTE_OUTPUT_PREFIX + "".join(ch for ch in f"{lid}{attr}" if ch.isalnum())
-        name, counter = base, 1
-        while name in taken or name in names:
-            counter += 1
-            name = f"{base}{counter}"
-        names[name] = (lid, attr)
-    return names
+def _wanted_values(cfn: dict[str, Any], infra: dict[str, Any]) -> list[Any]:
+    """What the local runtime needs CloudFormation to evaluate: the functions' variables, the queues' ARNs."""
+    simple = set(infra.get("Parameters", {})) | set(infra["Resources"])
+    wanted = {
+        value_key(value): value
+        for config in functions(cfn).values()
+        for value in config.environment.values()
+        if isinstance(value, dict) and value.get("Ref") not in simple
+    }
+    for subscription in queue_subscriptions(cfn):
+        arn = {"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]}
+        wanted[value_key(arn)] = arn
+    return [wanted[key] for key in sorted(wanted)]
 
 
 def _cloudformation(endpoint_url: str) -> Any:
@@ -416,51 +326,56 @@ def deploy_stack(
 
     Whatever must outlive LocalStack itself (the KMS keys) is kept in `state_dir`.
     """
-    template = load_template(template_path)
-    infra = infrastructure_template(template)
+    cfn = cloudformation(load_template(template_path))
+    infra = infrastructure_template(cfn)
     pin_kms_keys(infra, stack_name, state_dir / KMS_KEYS_FILE)
-    attribute_outputs = _attribute_outputs(template, infra)
-    infra.setdefault("Outputs", {}).update(
-        {name: {"Value": {"Fn::GetAtt": [lid, attr]}} for name, (lid, attr) in attribute_outputs.items()}
-    )
-    declared: dict[str, Any] = template.get("Parameters", {})
-    values = {name: str(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
+    wanted = _wanted_values(cfn, infra)
+    infra["Outputs"] |= {f"{VALUE_OUTPUT_PREFIX}{n}": {"Value": value} for n, value in enumerate(wanted)}
+    declared: dict[str, Any] = infra.get("Parameters", {})
+    values = {name: plain(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
     values |= {name: value for name, value in parameters.items() if name in declared}
-    needed = infra.get("Parameters", {})
-    missing = sorted(set(needed) - set(values))
+    missing = sorted(set(declared) - set(values))
     if missing:
         raise ValueError(f"{template_path}: parameters without a value: {', '.join(missing)}")
     request: dict[str, Any] = {
         "StackName": stack_name,
         "TemplateBody": json.dumps(infra),
-        "Parameters": [{"ParameterKey": name, "ParameterValue": values[name]} for name in needed],
+        "Parameters": [{"ParameterKey": name, "ParameterValue": value} for name, value in values.items()],
         "Capabilities": CAPABILITIES,
     }
-    cfn = _cloudformation(endpoint_url)
+    client = _cloudformation(endpoint_url)
     report: list[str] = []
     for attempt in range(2):
-        status = _wait(cfn, stack_name, timeout)
+        status = _wait(client, stack_name, timeout)
         if status in UNUSABLE_STATUSES or (attempt and status is not None):
-            cfn.delete_stack(StackName=stack_name)
-            status = _wait(cfn, stack_name, timeout)
-        seen = _event_ids(cfn, stack_name)
+            client.delete_stack(StackName=stack_name)
+            status = _wait(client, stack_name, timeout)
+        seen = _event_ids(client, stack_name)
         done = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
         if status in (None, "DELETE_COMPLETE"):
-            cfn.create_stack(**request)
+            client.create_stack(**request)
         else:
             try:
-                cfn.update_stack(**request)
+                client.update_stack(**request)
             except ClientError as exc:
                 if "No updates are to be performed" not in str(exc):
                     raise
                 done.add(str(status))  # the stack already is what the template says, whatever came before
-        status = _wait(cfn, stack_name, timeout)
+        status = _wait(client, stack_name, timeout)
         # LocalStack can end a failed update UPDATE_COMPLETE, with the failed resource rolled back to nothing;
         # so the resource events and the resources present are checked too, not only the stack's status
-        failures = _failures(cfn, stack_name, seen) if status is not None else []
-        missing = _missing_resources(cfn, stack_name, infra) if status in done else []
+        failures = _failures(client, stack_name, seen) if status is not None else []
+        missing = _missing_resources(client, stack_name, infra) if status in done else []
         if status in done and not failures and not missing:
-            return _stack_info(cfn, stack_name, values, attribute_outputs, template)
+            stack = client.describe_stacks(StackName=stack_name)["Stacks"][0]
+            outputs = {o["OutputKey"]: str(o.get("OutputValue", "")) for o in stack.get("Outputs", [])}
+            resources = client.describe_stack_resources(StackName=stack_name)["StackResources"]
+            return StackInfo(
+                stack_name=stack_name,
+                parameters=values,
+                physical_ids={r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources},
+                values={value_key(v): outputs[f"{VALUE_OUTPUT_PREFIX}{n}"] for n, v in enumerate(wanted)},
+            )
         report = [f"stack {stack_name} ended {status}", *failures]
         if missing:
             report.append(f"  resources missing from the stack: {', '.join(missing)}")
@@ -468,25 +383,3 @@ def deploy_stack(
             break
         # only resources gone (left so by an earlier failed update, which LocalStack won't redo): start afresh
     raise StackDeployError("\n".join(report))
-
-
-def _stack_info(
-    cfn: Any,
-    stack_name: str,
-    parameters: dict[str, str],
-    attribute_outputs: dict[str, tuple[str, str]],
-    template: dict[str, Any],
-) -> StackInfo:
-    stack = cfn.describe_stacks(StackName=stack_name)["Stacks"][0]
-    all_outputs = {o["OutputKey"]: str(o.get("OutputValue", "")) for o in stack.get("Outputs", [])}
-    resources = cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
-    return StackInfo(
-        stack_name=stack_name,
-        region=REGION,
-        account_id=str(stack["StackId"]).split(":")[4],
-        parameters=parameters,
-        physical_ids={r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources},
-        outputs={k: v for k, v in all_outputs.items() if k not in attribute_outputs},
-        attributes={ref: all_outputs[name] for name, ref in attribute_outputs.items() if name in all_outputs},
-        resource_types={lid: str(res.get("Type", "")) for lid, res in template["Resources"].items()},
-    )

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from devstack.apigateway import HttpApi, HttpApiServer
 from devstack.lambda_service import LOCAL_DEFAULT_CONCURRENCY, REGION, FunctionSpec, InvocationResult, LambdaService
-from devstack.schedules import ScheduleSource
+from devstack.schedules import run_schedule
 from devstack.sqs_client import AsyncSqsClient
 from devstack.sqs_source import SqsEventSource
 from devstack.template import (
-    function_config,
-    function_names,
+    cloudformation,
+    functions,
     http_authorizers,
     http_routes,
     queue_subscriptions,
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
-    from devstack.template import FunctionConfig, QueueSubscription
+    from devstack.template import FunctionConfig, QueueSubscription, ScheduleSubscription
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -79,7 +79,8 @@ class LocalRuntime:
         options: RuntimeOptions | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.template = template
+        self.template = template  # SAM or CloudFormation
+        self.cloudformation = cloudformation(template)
         self.template_dir = template_dir
         self.function_environment = function_environment
         self.log_dir = log_dir
@@ -90,7 +91,8 @@ class LocalRuntime:
         self.lambda_service: LambdaService | None = None
         self.http: HttpApiServer | None = None
         self.sqs_sources: list[SqsEventSource] = []
-        self.schedules: list[ScheduleSource] = []
+        self.schedules: list[ScheduleSubscription] = []
+        self._schedule_tasks: list[asyncio.Task[None]] = []
         self._sqs_clients: list[AsyncSqsClient] = []
         self._sqs_source_parts: list[tuple[QueueSubscription, AsyncSqsClient, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,8 +102,7 @@ class LocalRuntime:
 
     def function_specs(self) -> list[FunctionSpec]:
         specs = []
-        for logical_id in function_names(self.template):
-            config = function_config(self.template, logical_id)
+        for logical_id, config in functions(self.cloudformation).items():
             specs.append(
                 FunctionSpec(
                     name=logical_id,
@@ -181,26 +182,24 @@ class LocalRuntime:
         )
         self.lambda_service = service
         await service.start()
-        routes = http_routes(self.template)
+        routes = http_routes(self.cloudformation)
         if http_port is not None:
             api = HttpApi(routes, service.invoke, http_authorizers(self.template))
             self.http = HttpApiServer(api, http_port)
             await self.http.start()
         concurrency = {spec.name: spec.concurrency for spec in specs}
-        for subscription in queue_subscriptions(self.template):
+        for subscription in queue_subscriptions(self.cloudformation):
             if self.resolve is None or self.aws_endpoint_url is None:
                 raise ValueError("SQS event sources need the stack's values (resolve) and an AWS endpoint")
             limit = concurrency[subscription.function]
-            if subscription.maximum_concurrency is not None:
-                limit = min(limit, subscription.maximum_concurrency)
             client = AsyncSqsClient(self.aws_endpoint_url, REGION, "test", "test", connections=limit + 2)
             self._sqs_clients.append(client)
             self._sqs_source_parts.append((subscription, client, limit))
             self.sqs_sources.append(self._sqs_source(subscription, client, limit))
-        for schedule in schedule_subscriptions(self.template):
-            source_ = ScheduleSource(schedule, service.invoke, clock=self.options.schedule_clock, log=self.log)
-            source_.start()
-            self.schedules.append(source_)
+        for schedule in schedule_subscriptions(self.cloudformation):
+            run = run_schedule(schedule, service.invoke, self.options.schedule_clock, self.log)
+            self._schedule_tasks.append(asyncio.create_task(run))
+            self.schedules.append(schedule)
 
     def _sqs_source(self, subscription: QueueSubscription, client: AsyncSqsClient, limit: int) -> SqsEventSource:
         assert self.resolve is not None and self.lambda_service is not None
@@ -236,7 +235,11 @@ class LocalRuntime:
         self._call(change(), STOP_TIMEOUT_SECONDS)
 
     async def _stop(self) -> None:
-        await asyncio.gather(*(source.stop() for source in self.sqs_sources), *(s.stop() for s in self.schedules))
+        for task in self._schedule_tasks:
+            task.cancel()
+        await asyncio.gather(
+            *(source.stop() for source in self.sqs_sources), *self._schedule_tasks, return_exceptions=True
+        )
         for client in self._sqs_clients:
             await client.close()
         # the containers go before the HTTP API: requests still waiting on them are answered at once
@@ -247,6 +250,7 @@ class LocalRuntime:
         self.sqs_sources.clear()
         self._sqs_source_parts.clear()
         self.schedules.clear()
+        self._schedule_tasks.clear()
 
     # -------------------------------------------------------------------- use
 

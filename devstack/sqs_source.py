@@ -1,7 +1,7 @@
 """SQS event source mappings, as Lambda runs them: long-polling pollers, batches invoked concurrently.
 
 One poller long-polls while the queue is quiet; each poller that receives messages starts another, up to the
-function's concurrency (or the mapping's MaximumConcurrency), and a poller that finds nothing stops while
+function's concurrency, and a poller that finds nothing stops while
 others run. A FIFO queue needs nothing more: SQS hands out no message of a group while another of that group
 is in flight, so concurrent pollers run one batch per message group at a time and many groups at once.
 Successes are deleted in one DeleteMessageBatch call per ten; a failed invocation, or the records the
@@ -14,7 +14,6 @@ import asyncio
 import base64
 import hashlib
 import json
-import time
 import traceback
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -155,7 +154,7 @@ class SqsEventSource:
         while not self._stopping:
             try:
                 self._set_state("receiving")
-                messages = await self._collect()
+                messages = await self._receive(min(self.subscription.batch_size, MAX_RECEIVE), self.wait_seconds)
                 if not messages:
                     if self._polling > 1:
                         self._polling -= 1
@@ -170,22 +169,6 @@ class SqsEventSource:
             except Exception:
                 self.log(f"{self.function} poller of {self.subscription.queue_logical_id}: {traceback.format_exc()}")
                 await asyncio.sleep(RETRY_PAUSE_SECONDS)
-
-    async def _collect(self) -> list[dict[str, Any]]:
-        """One batch: what one receive brings, or up to BatchSize within MaximumBatchingWindowInSeconds."""
-        batch_size = self.subscription.batch_size
-        window = self.subscription.batching_window_seconds
-        deadline = time.monotonic() + window
-        messages = await self._receive(min(batch_size, MAX_RECEIVE), self.wait_seconds)
-        while messages and window > 0 and len(messages) < batch_size and not self._stopping:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            more = await self._receive(min(batch_size - len(messages), MAX_RECEIVE), min(20, max(1, int(remaining))))
-            if not more and time.monotonic() >= deadline:
-                break
-            messages += more
-        return messages
 
     async def _receive(self, count: int, wait_seconds: int) -> list[dict[str, Any]]:
         reply = await self.sqs.call(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,8 +16,8 @@ if TYPE_CHECKING:
 
 HERE = Path(__file__).resolve().parent
 TEMPLATE = load_template(HERE / "template.yaml")
-# the schedule's clock runs this far ahead, so that its every-minute cron fires a moment after the start
-SCHEDULE_LEAD_SECONDS = 3.0
+# how far the runtime's schedule clock is ahead of time.time(): a test moves it on to make a schedule fall due
+SCHEDULE_CLOCK_OFFSET = [0.0]
 
 
 def template_environment(record_dir: Path) -> dict[str, dict[str, str]]:
@@ -45,11 +44,6 @@ def start_runtime(tmp: Path, **options: object) -> LocalRuntime:
     return runtime.start(http_port=0)
 
 
-def clock_just_before_a_minute() -> float:
-    now = time.time()
-    return math.ceil(now / 60) * 60 - SCHEDULE_LEAD_SECONDS - now
-
-
 @pytest.fixture(scope="module")
 def record_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("records")
@@ -57,8 +51,7 @@ def record_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime(record_dir: Path) -> Iterator[LocalRuntime]:
-    offset = clock_just_before_a_minute()
-    started = start_runtime(record_dir, schedule_clock=lambda: time.time() + offset)
+    started = start_runtime(record_dir, schedule_clock=lambda: time.time() + SCHEDULE_CLOCK_OFFSET[0])
     try:
         yield started
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -9,11 +10,12 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from tests.runtime.conftest import start_runtime
+from tests.runtime.conftest import SCHEDULE_CLOCK_OFFSET, start_runtime
 from tests.support.waiting import alive, wait_until
 
 if TYPE_CHECKING:
@@ -190,13 +192,21 @@ def test_idle_containers_are_reaped(tmp_path: Path) -> None:
         runtime.stop()
 
 
-def test_every_scheduled_event_reaches_its_function(runtime: LocalRuntime, record_dir: Path) -> None:
-    # the runtime's schedule clock starts just before a minute: `cron(* * * * ? *)` fires a moment later
-    # (a minute more if a very slow start missed that first minute)
-    wait_until(lambda: list(record_dir.glob("scheduled-*.json")), timeout=90, what="the schedule firing")
-    event = json.loads(next(record_dir.glob("scheduled-*.json")).read_text())
-    assert event["detail-type"] == "Scheduled Event"
-    assert event["source"] == "aws.events"
-    assert event["resources"] == ["arn:aws:events:us-east-1:000000000000:rule/ScheduledFunctionEveryMinute"]
-    assert event["time"].endswith(":00Z")  # on the minute
-    assert event["detail"] == {}
+def test_a_rate_schedule_fires_every_period_of_the_schedules_clock(runtime: LocalRuntime, record_dir: Path) -> None:
+    def fired() -> list[dict[str, Any]]:
+        return sorted((json.loads(p.read_text()) for p in record_dir.glob("scheduled-*.json")), key=lambda e: e["time"])
+
+    for _ in range(2):  # `rate(1 minute)`: a minute later by the schedule's clock, it fires once more
+        before = len(fired())
+        SCHEDULE_CLOCK_OFFSET[0] += 60
+        wait_until(lambda: len(fired()) > before, what="the schedule firing")  # noqa: B023 - used at once
+    events = fired()
+    assert events[-1]["detail-type"] == "Scheduled Event"
+    assert events[-1]["source"] == "aws.events"
+    assert events[-1]["resources"] == ["arn:aws:events:us-east-1:000000000000:rule/ScheduledFunctionEveryMinute"]
+    assert events[-1]["detail"] == {}
+    assert [_epoch(b["time"]) - _epoch(a["time"]) for a, b in itertools.pairwise(events)] == [60] * (len(events) - 1)
+
+
+def _epoch(text: str) -> float:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()

@@ -13,15 +13,16 @@ import pytest
 from devstack.authorizers import InvalidAuthorizerResponseError, policy_allows
 from devstack.lambda_service import InvocationResult
 from devstack.runtime import LocalRuntime, RuntimeOptions
-from devstack.schedules import Schedule, ScheduleExpressionError, scheduled_event
+from devstack.schedules import scheduled_event
 from devstack.sqs_source import InvalidBatchResponseError, SqsEventSource, failed_message_ids
 from devstack.template import (
     QueueSubscription,
     ScheduleSubscription,
-    function_config,
-    http_authorizers,
-    http_routes,
+    cloudformation,
+    functions,
+    infrastructure_template,
     load_template,
+    rate_seconds,
     schedule_subscriptions,
 )
 
@@ -36,8 +37,8 @@ def epoch(text: str) -> float:
 # ------------------------------------------------------------------ template
 
 
-def test_function_config_applies_globals_and_its_own_values() -> None:
-    echo = function_config(TEST_TEMPLATE, "EchoFunction")
+def test_functions_are_read_from_the_transformed_template_globals_applied() -> None:
+    echo = functions(TEST_TEMPLATE)["EchoFunction"]
     assert (echo.handler, echo.timeout_seconds, echo.memory_mb, echo.reserved_concurrency) == (
         "app.lambda_handler",
         10,
@@ -45,22 +46,26 @@ def test_function_config_applies_globals_and_its_own_values() -> None:
         None,
     )
     assert echo.layer_paths == ("layer/",)  # a python BuildMethod layer: its ContentUri is /opt/python
-    assert function_config(TEST_TEMPLATE, "LimitedFunction").reserved_concurrency == 2
-    ingest = function_config(ROOT_TEMPLATE, "IngestFunction")
+    assert echo.environment == {"SHARED_SETTING": "from-globals", "WHO_AM_I": "echo"}
+    assert functions(TEST_TEMPLATE)["LimitedFunction"].reserved_concurrency == 2
+    ingest = functions(ROOT_TEMPLATE)["IngestFunction"]
     assert (ingest.code_uri, ingest.layer_paths, ingest.runtime) == ("functions/ingest/", ("layers/",), "python3.13")
+    assert ingest.environment["ROUTE_QUEUE_URL"] == {"Ref": "RouteQueue"}  # resolved by the deployed stack
 
 
 def test_containers_per_function_reserved_then_the_override_then_local_metadata_then_the_default() -> None:
     def function(metadata: dict[str, Any] | None = None, **properties: Any) -> dict[str, Any]:
-        resource = {"Type": "AWS::Serverless::Function", "Properties": {"CodeUri": "f/", **properties}}
+        props = {"CodeUri": "f/", "Handler": "app.handler", "Runtime": "python3.13", **properties}
+        resource = {"Type": "AWS::Serverless::Function", "Properties": props}
         return {**resource, "Metadata": metadata} if metadata is not None else resource
 
     template = {
+        "Transform": "AWS::Serverless-2016-10-31",
         "Resources": {
             "Capped": function({"LocalConcurrency": 9}, ReservedConcurrentExecutions=2),
             "Busy": function({"LocalConcurrency": 6}),
             "Plain": function(),
-        }
+        },
     }
 
     def containers(options: RuntimeOptions) -> dict[str, int]:
@@ -74,94 +79,33 @@ def test_containers_per_function_reserved_then_the_override_then_local_metadata_
         "Busy": 1,
         "Plain": 1,
     }
-    assert function_config(ROOT_TEMPLATE, "IngestFunction").local_concurrency == 6
+    assert functions(ROOT_TEMPLATE)["IngestFunction"].local_concurrency == 6
     for bad in (0, "6", True):
         template["Resources"]["Busy"]["Metadata"] = {"LocalConcurrency": bad}
         with pytest.raises(ValueError, match=r"Busy: Metadata\.LocalConcurrency"):
-            function_config(template, "Busy")
+            functions(template)
 
 
-def test_routes_take_the_default_authorizer_unless_they_opt_out() -> None:
-    routes = {r.path: r.authorizer for r in http_routes(TEST_TEMPLATE)}
-    assert routes["/private"] == "SimpleAuth"
-    assert routes["/echo"] is None
-    assert routes["/uncached"] == "UncachedAuth"
-    authorizers = http_authorizers(TEST_TEMPLATE)
-    assert authorizers["SimpleAuth"].function == "AuthorizerFunction"
-    assert authorizers["SimpleAuth"].identity_headers == ("Authorization",)
-    assert authorizers["SimpleAuth"].simple_responses is True
-    assert authorizers["UncachedAuth"].reauthorize_every_seconds == 0
-    assert authorizers["PolicyAuth"].simple_responses is False
-    assert authorizers["PolicyAuth"].identity_query_strings == ("token",)
-    assert authorizers["PolicyAuth"].reauthorize_every_seconds == 300
+def test_the_infrastructure_is_every_resource_but_what_the_runtime_stands_in_for() -> None:
+    infra = infrastructure_template(cloudformation(ROOT_TEMPLATE))
+    types = {resource["Type"] for resource in infra["Resources"].values()}
+    assert not any(t.startswith(("AWS::Lambda::", "AWS::ApiGatewayV2::", "AWS::IAM::")) for t in types)
+    assert {"RouteQueue", "StatusQueue", "EventBus", "CredentialsKey", "ChannelStatusRule"} <= set(infra["Resources"])
+    assert "SweeperFunctionSweep" not in infra["Resources"]  # the schedule's rule targets a local function
+    assert "ApiUrl" not in infra["Outputs"] and "RouteQueueUrl" in infra["Outputs"]
 
 
-def test_schedules_are_read_from_schedule_and_schedule_v2_events() -> None:
-    template = {
-        "Resources": {
-            "Sweeper": {
-                "Type": "AWS::Serverless::Function",
-                "Properties": {
-                    "Events": {
-                        "Every5": {"Type": "Schedule", "Properties": {"Schedule": "rate(5 minutes)"}},
-                        "Off": {"Type": "Schedule", "Properties": {"Schedule": "rate(1 day)", "Enabled": False}},
-                        "V2": {
-                            "Type": "ScheduleV2",
-                            "Properties": {"ScheduleExpression": "cron(0 3 * * ? *)", "Input": '{"a": 1}'},
-                        },
-                    }
-                },
-            }
-        }
-    }
-    assert schedule_subscriptions(template) == [
-        ScheduleSubscription("Sweeper", "Every5", "Schedule", "rate(5 minutes)"),
-        ScheduleSubscription("Sweeper", "V2", "ScheduleV2", "cron(0 3 * * ? *)", '{"a": 1}'),
-    ]
+def test_schedules_are_the_rules_that_invoke_a_function_at_a_rate() -> None:
+    (schedule,) = schedule_subscriptions(TEST_TEMPLATE)
+    assert schedule == ScheduleSubscription("ScheduledFunction", "ScheduledFunctionEveryMinute", 60)
+    assert [rate_seconds(f"rate({e})") for e in ("5 minutes", "1 hour", "2 days")] == [300, 3600, 172800]
+    for unsupported in ("cron(0 3 * * ? *)", "at(2030-01-01T00:00:00)", "rate(0 minutes)", "rate(1 fortnight)"):
+        with pytest.raises(ValueError, match="rate"):
+            rate_seconds(unsupported)
 
 
-# ------------------------------------------------------------------ schedules
-
-
-def test_a_rate_fires_one_period_after_creation_then_every_period() -> None:
-    schedule = Schedule("rate(5 minutes)")
-    start = epoch("2026-01-01T10:00:07")
-    first = schedule.next_after(start, start)
-    assert first == start + 300
-    assert schedule.next_after(first, start) == start + 600  # type: ignore[operator]
-
-
-@pytest.mark.parametrize(
-    ("expression", "after", "expected"),
-    [
-        ("cron(0/15 * * * ? *)", "2026-01-01T10:07:00", "2026-01-01T10:15:00"),
-        ("cron(0 10 ? * MON-FRI *)", "2026-01-02T11:00:00", "2026-01-05T10:00:00"),  # Fri 11:00 -> Mon
-        ("cron(0 10 ? * 2-6 *)", "2026-01-02T11:00:00", "2026-01-05T10:00:00"),  # AWS: 2-6 is MON-FRI
-        ("cron(0 8 ? * 1 *)", "2026-01-01T00:00:00", "2026-01-04T08:00:00"),  # AWS: 1 is Sunday
-        ("cron(30 6 L * ? *)", "2026-02-01T00:00:00", "2026-02-28T06:30:00"),
-        ("cron(0 12 ? * 6#2 *)", "2026-01-01T00:00:00", "2026-01-09T12:00:00"),  # second Friday
-        ("cron(0 0 1 1 ? 2028)", "2026-03-01T00:00:00", "2028-01-01T00:00:00"),
-    ],
-)
-def test_aws_cron_expressions(expression: str, after: str, expected: str) -> None:
-    assert Schedule(expression).next_after(epoch(after), 0.0) == epoch(expected)
-
-
-def test_an_at_expression_fires_once_in_its_time_zone() -> None:
-    schedule = Schedule("at(2030-06-01T09:30:00)", "America/Sao_Paulo")
-    assert schedule.next_after(epoch("2030-01-01T00:00:00"), 0.0) == epoch("2030-06-01T12:30:00")
-    assert schedule.next_after(epoch("2030-06-01T12:30:00"), 0.0) is None
-
-
-def test_a_cron_in_a_past_year_never_fires_and_bad_expressions_are_refused() -> None:
-    assert Schedule("cron(0 0 1 1 ? 2020)").next_after(epoch("2026-01-01T00:00:00"), 0.0) is None
-    for bad in ("rate(0 minutes)", "rate(1 fortnight)", "cron(* * * *)", "cron(61 * * * ? *)", "every minute"):
-        with pytest.raises(ScheduleExpressionError):
-            Schedule(bad)
-
-
-def test_a_scheduled_event_is_eventbridges_or_the_schedules_input() -> None:
-    rule = ScheduleSubscription("Sweeper", "Every5", "Schedule", "rate(5 minutes)")
+def test_a_scheduled_event_is_eventbridges_or_the_targets_input() -> None:
+    rule = ScheduleSubscription("Sweeper", "SweeperEvery5", 300)
     event = scheduled_event(rule, epoch("2026-01-01T10:05:00"))
     assert (event["detail-type"], event["source"], event["time"]) == (
         "Scheduled Event",
@@ -169,8 +113,7 @@ def test_a_scheduled_event_is_eventbridges_or_the_schedules_input() -> None:
         "2026-01-01T10:05:00Z",
     )
     assert event["resources"] == ["arn:aws:events:us-east-1:000000000000:rule/SweeperEvery5"]
-    with_input = ScheduleSubscription("Sweeper", "V2", "ScheduleV2", "rate(1 hour)", '{"sweep": true}')
-    assert scheduled_event(with_input, 0.0) == {"sweep": True}
+    assert scheduled_event(ScheduleSubscription("Sweeper", "Rule", 60, '{"sweep": true}'), 0.0) == {"sweep": True}
 
 
 # ------------------------------------------------------------------ authorizer policies
