@@ -60,7 +60,8 @@ class InMemoryUserRepository(UserRepository):
         user = self.users.get(user_id)
         if user is None:
             return None
-        return dataclasses.replace(user, external_identities=[i for i in self.identities if i.user_id == user_id])
+        mine = sorted((i for i in self.identities if i.user_id == user_id), key=lambda i: i.created_at)
+        return dataclasses.replace(user, external_identities=mine)
 
     def add_identity(self, identity: ExternalIdentity, audit: AuditEntry) -> None:
         if any(
@@ -78,7 +79,9 @@ class InMemoryUserRepository(UserRepository):
         self.audit.append(audit)
 
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None:
-        return next((i for i in self.identities if i.user_id == user_id and i.platform == platform), None)
+        # as PostgreSQL orders them: a verified identity first, then the oldest
+        mine = [i for i in self.identities if i.user_id == user_id and i.platform == platform]
+        return min(mine, key=lambda i: (not i.verified, i.created_at), default=None)
 
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
         found = next(
@@ -118,7 +121,7 @@ class InMemoryUserRepository(UserRepository):
                 matched.add("email")
             if matched:
                 found.append((other, matched))
-        return found
+        return sorted(found, key=lambda pair: (pair[0].created_at, pair[0].user_id))[:100]
 
 
 class InMemoryChannelRepository(ChannelRepository):
@@ -157,12 +160,15 @@ class InMemoryChannelRepository(ChannelRepository):
         channel = self.channels.get(channel_id)
         return ChannelRef(channel.channel_id, channel.platform, channel.enabled) if channel else None
 
+    def _oldest_first(self) -> list[ChannelConfig]:
+        return sorted(self.channels.values(), key=lambda c: (c.created_at, c.channel_id))
+
     def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
-        enabled = [c for c in self.channels.values() if c.platform == platform and c.enabled]
+        enabled = [c for c in self._oldest_first() if c.platform == platform and c.enabled]
         return [ChannelRef(c.channel_id, c.platform, c.enabled) for c in enabled]
 
     def list_channels(self) -> list[ChannelInfo]:
-        return [_info(c) for c in self.channels.values()]
+        return [_info(c) for c in self._oldest_first()]
 
     def channel_info(self, channel_id: str) -> ChannelInfo | None:
         channel = self.channels.get(channel_id)
@@ -180,6 +186,8 @@ class InMemoryChannelRepository(ChannelRepository):
             raise NotFoundError(f"channel {channel_id} not found")
         before = _info(channel)
         after = change(before)
+        if after == before and credentials is None:
+            return before  # nothing changed: nothing written, nothing audited
         if credentials is not None:
             self._refuse_taken(channel_id, channel.platform, credentials)
         self.channels[channel_id] = dataclasses.replace(
@@ -236,15 +244,23 @@ def _info(channel: ChannelConfig) -> ChannelInfo:
 
 
 class InMemoryApiKeyRepository(ApiKeyRepository):
-    def __init__(self) -> None:
+    def __init__(self, users: InMemoryUserRepository | None = None) -> None:
         self.keys: dict[str, tuple[ApiKey, bool]] = {}
+        # the users whose keys stop working when they are deactivated (None: every bound user counts as active)
+        self.users = users
 
     def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry) -> None:
         self.keys.setdefault(key_hash, (key, True))
 
     def find_active(self, key_hash: str) -> ApiKey | None:
         key, active = self.keys.get(key_hash, (None, False))
-        return key if active else None
+        if key is None or not active:
+            return None
+        if key.user_id is not None and self.users is not None:
+            user = self.users.users.get(key.user_id)
+            if user is None or not user.active:
+                return None
+        return key
 
     def revoke(self, key_id: str, audit: AuditEntry) -> bool:
         for key_hash, (key, active) in self.keys.items():
@@ -260,7 +276,8 @@ class InMemoryConversationStore(ConversationStore):
         self.sequences: dict[str, int] = {}
 
     def add_conversation(self, conversation: Conversation) -> None:
-        self.conversations[conversation.conversation_id] = conversation
+        # stored with its counter at 0, as MongoConversationStore stores it
+        self.conversations[conversation.conversation_id] = dataclasses.replace(conversation, last_sequence=0)
 
     def get_conversation(self, conversation_id: str) -> Conversation | None:
         return self.conversations.get(conversation_id)
@@ -366,13 +383,28 @@ class InMemoryMessageStore(MessageStore):
         return True
 
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
+        if self.conversations.get_conversation(message.conversation_id) is None:
+            raise NotFoundError(f"conversation {message.conversation_id} not found")
         if message.message_id in self.messages:
             return None
-        self.kept_events.extend(events)
         sequence = self.conversations.next_sequence(message.conversation_id, message.created_at)
-        stored = dataclasses.replace(message, sequence=sequence, unpublished_events=tuple(events))
-        self.messages[message.message_id] = stored
-        return stored
+        self.messages[message.message_id] = dataclasses.replace(message, sequence=sequence, unpublished_events=())
+        self._keep(message.message_id, events)
+        return self.messages[message.message_id]
+
+    def _keep(self, message_id: str, events: Sequence[DomainEvent]) -> None:
+        """Keep events on their message, written with the change they report (the outbox on the message)."""
+        own = [dataclasses.replace(e, message_id=message_id) for e in events]
+        self.kept_events.extend(own)
+        message = self.messages[message_id]
+        self._replace(message_id, unpublished_events=(*message.unpublished_events, *own))
+
+    def forget_events(self, message_id: str, event_ids: set[str]) -> None:
+        """Events the bus took are no longer kept on their message (EventOutbox.published and .remove)."""
+        message = self.messages.get(message_id)
+        if message is not None:
+            kept = tuple(e for e in message.unpublished_events if e.event_id not in event_ids)
+            self._replace(message_id, unpublished_events=kept)
 
     def get_message(self, message_id: str) -> Message | None:
         return self.messages.get(message_id)
@@ -412,8 +444,8 @@ class InMemoryMessageStore(MessageStore):
 
     def begin_attempt(self, read: Message, started_at: datetime, lease_until: datetime) -> int | None:
         message_id = read.message_id
-        message = self.messages[message_id]
-        if message.status is not MessageStatus.PENDING or message.in_flight is not None:
+        message = self.messages.get(message_id)
+        if message is None or message.status is not MessageStatus.PENDING or message.in_flight is not None:
             return None
         if message.attempts != read.attempts:
             return None
@@ -422,7 +454,10 @@ class InMemoryMessageStore(MessageStore):
         return number
 
     def _open(self, message_id: str, attempt: int | None) -> bool:
+        """The message is PENDING and `attempt` is its open attempt (None: it has none open)."""
         message = self.messages[message_id]
+        if message.status is not MessageStatus.PENDING:
+            return False
         if attempt is None:
             return message.in_flight is None
         return message.in_flight is not None and message.in_flight.number == attempt
@@ -439,7 +474,6 @@ class InMemoryMessageStore(MessageStore):
         if not self._open(message_id, attempt):
             self.append_status(message_id, entry, platform_message_id=platform_message_id)
             return False
-        self.kept_events.extend(events)
         message = self.messages[message_id]
         self._replace(
             message_id,
@@ -451,6 +485,7 @@ class InMemoryMessageStore(MessageStore):
             troubled_since=None,
             troubles=0,
         )
+        self._keep(message_id, events)
         return True
 
     def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
@@ -461,6 +496,8 @@ class InMemoryMessageStore(MessageStore):
 
     def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
         message = self.messages[message_id]
+        if not self._open(message_id, None):
+            return  # settled, or an attempt is open: as the real store, it changes nothing then
         since = min(troubled_since, message.troubled_since or troubled_since)
         self._replace(message_id, retry_at=retry_at, troubled_since=since, troubles=message.troubles + 1)
 
@@ -473,17 +510,18 @@ class InMemoryMessageStore(MessageStore):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         message = self.messages[message_id]
-        if message.status is not MessageStatus.PENDING or not self._open(message_id, attempt):
+        if not self._open(message_id, attempt):
             return False
-        self.kept_events.extend(events)
+        history = [*message.history, entry]
         self._replace(
             message_id,
             status=MessageStatus.FAILED,
-            error=entry.detail,
-            history=[*message.history, entry],
+            error=_failure(history),
+            history=history,
             in_flight=None,
             retry_at=None,
         )
+        self._keep(message_id, events)
         return True
 
     def _replace(self, message_id: str, **changes: Any) -> None:
@@ -498,22 +536,27 @@ class InMemoryMessageStore(MessageStore):
         dedupe_key: str | None = None,
         events: Sequence[DomainEvent] = (),
     ) -> bool:
-        if dedupe_key is not None and dedupe_key in self.applied:
+        message = self.messages.get(message_id)
+        if message is None or (dedupe_key is not None and dedupe_key in self.applied):
             return False
         if dedupe_key is not None:
             self.applied.add(dedupe_key)
-        message = self.messages[message_id]
         moved = message.status.can_move_to(entry.status)
-        changes: dict[str, Any] = {"history": [*message.history, entry]}
+        history = [*message.history, entry]
+        # the reason of a failure is the last FAILED report's, even one that came too late to move the status
+        changes: dict[str, Any] = {"history": history, "error": _failure(history)}
         if platform_message_id is not None:
             changes["platform_message_id"] = platform_message_id
         if moved:
-            self.kept_events.extend(events)
             changes["status"] = entry.status
-            if entry.status is MessageStatus.FAILED:
-                changes["error"] = entry.detail
         self.messages[message_id] = dataclasses.replace(message, **changes)
+        if moved:
+            self._keep(message_id, events)
         return moved
+
+
+def _failure(history: Sequence[StatusEntry]) -> str | None:
+    return next((e.detail for e in reversed(history) if e.status is MessageStatus.FAILED), None)
 
 
 class InMemoryOutboundQueue(OutboundQueue):
@@ -533,20 +576,41 @@ class InMemoryEventPublisher(EventPublisher):
 
 
 class InMemoryEventOutbox(EventOutbox):
-    def __init__(self) -> None:
+    """Events about no message in an outbox of their own; those about a message are on it in `messages` (with
+    no grace: they are pending at once, as MongoEventOutbox with `relay_after=0`)."""
+
+    def __init__(self, messages: InMemoryMessageStore | None = None) -> None:
         self.kept: dict[str, DomainEvent] = {}
+        self.messages = messages
+        self._ids = itertools.count(1)
 
     def keep(self, events: Sequence[DomainEvent]) -> None:
         for event in events:
-            self.kept[f"e{len(self.kept) + 1}-{id(event)}"] = event
+            if event.message_id is None:  # those about a message are kept on it already
+                self.kept[f"e{next(self._ids)}"] = event
 
     def published(self, events: Sequence[DomainEvent]) -> None:
-        gone = {id(event) for event in events}
-        self.kept = {key: event for key, event in self.kept.items() if id(event) not in gone}
+        for event in events:
+            if event.message_id is not None and self.messages is not None:
+                self.messages.forget_events(event.message_id, {event.event_id})
 
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
-        return list(self.kept.items())[:limit]
+        found = list(self.kept.items())
+        if self.messages is not None:
+            found += [
+                (f"{MESSAGE_EVENT}{m.message_id}/{e.event_id}", e)
+                for m in self.messages.messages.values()
+                for e in m.unpublished_events
+            ]
+        return found[:limit]
 
     def remove(self, outbox_ids: Sequence[str]) -> None:
         for outbox_id in outbox_ids:
+            if outbox_id.startswith(MESSAGE_EVENT) and self.messages is not None:
+                message_id, event_id = outbox_id.removeprefix(MESSAGE_EVENT).split("/", 1)
+                self.messages.forget_events(message_id, {event_id})
             self.kept.pop(outbox_id, None)
+
+
+# how an outbox id names an event kept on its message (as MongoEventOutbox names it)
+MESSAGE_EVENT = "message:"
