@@ -104,16 +104,14 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     route_dlq = settings.require("route_dead_letter_queue_url")
     # one event source mapping per queue: a batch comes from one queue
     from_route = bool(records) and _queue_name(records[0].get("eventSourceARN", "")) == _queue_name(route_dlq)
-    try:
-        return dict(
-            consume_batch(
-                event,
-                context,
-                route_record if from_route else status_record,
-                fifo=from_route,
-                queue_url=route_dlq if from_route else settings.require("status_dead_letter_queue_url"),
-                visibility=bootstrap.sqs_visibility(),
-            )
+    return dict(
+        consume_batch(
+            event,
+            context,
+            route_record if from_route else status_record,
+            fifo=from_route,
+            queue_url=route_dlq if from_route else settings.require("status_dead_letter_queue_url"),
+            visibility=bootstrap.sqs_visibility(),
+            events=bootstrap.event_buffer(),  # MessageFailed, MessageStatusChanged: published as the batch ends
         )
-    finally:
-        bootstrap.event_buffer().flush()  # MessageFailed, MessageStatusChanged: one PutEvents, or the outbox
+    )

@@ -44,17 +44,15 @@ def conversation_work(conversation_id: str, context: LambdaContext) -> float | N
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
-        return dict(
-            consume_conversations(
-                event,
-                lambda conversation_id: conversation_work(conversation_id, context),
-                queue_url=settings.require("route_queue_url"),
-                visibility=bootstrap.sqs_visibility(),
-                requeue=lambda message_id, conversation_id, key: bootstrap.outbound_queue().enqueue(
-                    message_id, conversation_id, dedupe_key=key
-                ),
-            )
+    return dict(
+        consume_conversations(
+            event,
+            lambda conversation_id: conversation_work(conversation_id, context),
+            queue_url=settings.require("route_queue_url"),
+            visibility=bootstrap.sqs_visibility(),
+            requeue=lambda message_id, conversation_id, key: bootstrap.outbound_queue().enqueue(
+                message_id, conversation_id, dedupe_key=key
+            ),
+            events=bootstrap.event_buffer(),
         )
-    finally:
-        bootstrap.event_buffer().flush()
+    )

@@ -58,17 +58,15 @@ def record_handler(record: SQSRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
-        try:
-            return dict(
-                consume_batch(
-                    event,
-                    context,
-                    record_handler,
-                    fifo=False,
-                    queue_url=settings.require("status_queue_url"),
-                    visibility=bootstrap.sqs_visibility(),
-                )
+        return dict(
+            consume_batch(
+                event,
+                context,
+                record_handler,
+                fifo=False,
+                queue_url=settings.require("status_queue_url"),
+                visibility=bootstrap.sqs_visibility(),
+                events=bootstrap.event_buffer(),  # the batch's events in one PutEvents as it ends
             )
-        finally:
-            bootstrap.event_buffer().flush()  # the batch's events in one PutEvents
+        )
     return serve(app, event, context)

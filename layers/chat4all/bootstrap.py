@@ -30,7 +30,6 @@ from chat4all.adapters.postgres import (
     PostgresDatabase,
     PostgresUserRepository,
 )
-from chat4all.adapters.recovery import MongoPendingMessages, SqsRouteRequeue
 from chat4all.channels import CONNECTOR_TYPES
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
@@ -208,20 +207,19 @@ def status_service() -> StatusService:
 
 @lru_cache
 def recovery_service() -> RecoveryService:
-    config = settings()
     return RecoveryService(
-        MongoPendingMessages(mongo()),
-        SqsRouteRequeue(aws_client("sqs"), config.require("route_queue_url")),
+        MongoMessageStore(mongo()),
+        outbound_queue(),
         status_service(),
         event_buffer(),
-        pending_after_seconds=config.sweep_pending_after_seconds,
+        pending_after_seconds=settings().sweep_pending_after_seconds,
     )
 
 
 @lru_cache
 def webhook_service() -> WebhookService:
     db = mongo()
-    inbound = InboundService(users(), MongoConversationStore(db), MongoMessageStore(db), event_publisher())
+    inbound = InboundService(users(), MongoConversationStore(db), MongoMessageStore(db), event_buffer())
     return WebhookService(channels(), connectors(), event_publisher(), inbound)
 
 

@@ -6,6 +6,9 @@ skipped behind a failure in the same group get the same delay, so the group resu
 
 The route queue is consumed per conversation (`consume_conversations`): a record only says "this
 conversation has work", the order comes from the messages' sequences in MongoDB.
+
+A batch is one unit of work for events: both consumers take the EventBuffer and publish what the batch
+collected when it ends, however it ends (services/notifications.py); no handler has to remember it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from chat4all.adapters.aws import SqsVisibility
+    from chat4all.services.notifications import EventBuffer
 
 MAX_RETRY_DELAY_SECONDS = 60
 # A conversation's job that waits (back-off, a dependency down) is received again and again. Well before the
@@ -41,6 +45,20 @@ REFRESH_AFTER_RECEIVES = 25
 
 
 def consume_batch(
+    event: dict[str, Any],
+    context: LambdaContext,
+    record_handler: Callable[[SQSRecord], None],
+    *,
+    fifo: bool,
+    queue_url: str,
+    visibility: SqsVisibility,
+    events: EventBuffer,
+) -> PartialItemFailureResponse:
+    with events.unit_of_work():
+        return _consume_batch(event, context, record_handler, fifo=fifo, queue_url=queue_url, visibility=visibility)
+
+
+def _consume_batch(
     event: dict[str, Any],
     context: LambdaContext,
     record_handler: Callable[[SQSRecord], None],
@@ -86,8 +104,9 @@ def consume_conversations(
     queue_url: str,
     visibility: SqsVisibility,
     requeue: Callable[[str, str, str], None],
+    events: EventBuffer,
 ) -> PartialItemFailureResponse:
-    """Run `work(conversation_id)` once per conversation in the batch.
+    """Run `work(conversation_id)` once per conversation in the batch, as one unit of work for `events`.
 
     `work` returns None when the conversation has nothing left to send, else the seconds after which it has
     work again. Then the conversation's first record stays (made visible again after that delay) and its other
@@ -95,6 +114,18 @@ def consume_conversations(
     retry with back-off by the record's receive count. `requeue(message_id, conversation_id, dedupe_key)`
     replaces a job that was received REFRESH_AFTER_RECEIVES times.
     """
+    with events.unit_of_work():
+        return _consume_conversations(event, work, queue_url=queue_url, visibility=visibility, requeue=requeue)
+
+
+def _consume_conversations(
+    event: dict[str, Any],
+    work: Callable[[str], float | None],
+    *,
+    queue_url: str,
+    visibility: SqsVisibility,
+    requeue: Callable[[str, str, str], None],
+) -> PartialItemFailureResponse:
     jobs: dict[str, list[tuple[dict[str, Any], RouteJob]]] = {}
     failures: list[str] = []
     for record in event.get("Records", []):

@@ -278,6 +278,11 @@ class MessageStore(ABC):
         """The conversation's lowest-sequence outbound messages that are still PENDING, up to `limit`, in order."""
 
     @abstractmethod
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        """Outbound messages still PENDING that were created before `created_before`, at most `limit` (oldest
+        first), in conversation and sequence order."""
+
+    @abstractmethod
     def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
         """Claim a PENDING message, as it was read, with no open attempt, and record the attempt durably
         (journaled) before the platform call; returns the attempt's number, from 1, or None when the message
@@ -342,6 +347,14 @@ class OutboundQueue(ABC):
     def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         """Ask for the conversation's work to be done; `dedupe_key` (default: the message id) is what the queue
         deduplicates on, so a new key makes a fresh job even within the queue's deduplication window."""
+
+    @abstractmethod
+    def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
+        """Enqueue `jobs` in batches (in their order, one group per conversation); how many the queue took.
+
+        `round_id` names the round: enqueues of one message in one round are deduplicated, so rounds that run at
+        once (two sweeps) add one record, not two.
+        """
 
 
 class DeadLetterQueue(ABC):
@@ -503,32 +516,3 @@ class PendingJob:
     message_id: str
     conversation_id: str
     sequence: int
-
-
-class PendingMessages(ABC):
-    """What recovery needs of the message store: stale PENDING messages, and settling one as FAILED."""
-
-    @abstractmethod
-    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
-        """Outbound messages still PENDING that were created before `created_before`, at most `limit`, in
-        conversation and sequence order."""
-
-    @abstractmethod
-    def fail_if_pending(self, message_id: str, entry: StatusEntry) -> Message | None:
-        """Move an outbound message that is still PENDING (never sent) to `entry` (FAILED), atomically.
-
-        Returns the message as it now is when this call moved it; None when it was settled already (sent,
-        failed), does not exist or is inbound: whoever settled it first published its event.
-        """
-
-
-class RouteRequeue(ABC):
-    """Puts PENDING messages back on the route queue, in batches."""
-
-    @abstractmethod
-    def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
-        """Enqueue `jobs` (in their order, one group per conversation); how many SQS took.
-
-        `round_id` names the sweep: enqueues of one message in one round are deduplicated, so sweeps that
-        run at once add one record, not two.
-        """

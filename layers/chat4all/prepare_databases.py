@@ -24,7 +24,6 @@ from chat4all.adapters.postgres import (
     migrate,
     set_app_role_password,
 )
-from chat4all.adapters.recovery import ensure_recovery_indexes
 from chat4all.config import APP_ROLE
 from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.services.identity import ensure_admin_key
@@ -45,7 +44,6 @@ def prepare_databases(
         if app_password:
             set_app_role_password(owner, app_password)
         ensure_indexes(bootstrap.mongo())
-        ensure_recovery_indexes(bootstrap.mongo())
         backfill_channel_keys(owner)
         if admin_api_key:
             ensure_admin_key(PostgresApiKeyRepository(owner), admin_api_key)

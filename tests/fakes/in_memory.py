@@ -34,6 +34,7 @@ from chat4all.ports import (
     EventPublisher,
     MessageStore,
     OutboundQueue,
+    PendingJob,
     StoredOutbound,
     UserRepository,
 )
@@ -442,6 +443,22 @@ class InMemoryMessageStore(MessageStore):
         )
         return list(itertools.takewhile(lambda m: m.direction is Direction.OUTBOUND, waiting))[:limit]
 
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        found = sorted(
+            (
+                m
+                for m in self.messages.values()
+                if m.status is MessageStatus.PENDING
+                and m.direction is Direction.OUTBOUND
+                and m.created_at < created_before
+            ),
+            key=lambda m: m.created_at,
+        )[:limit]
+        return sorted(
+            (PendingJob(m.message_id, m.conversation_id, m.sequence) for m in found),
+            key=lambda j: (j.conversation_id, j.sequence),
+        )
+
     def begin_attempt(self, read: Message, started_at: datetime, lease_until: datetime) -> int | None:
         message_id = read.message_id
         message = self.messages.get(message_id)
@@ -562,9 +579,15 @@ def _failure(history: Sequence[StatusEntry]) -> str | None:
 class InMemoryOutboundQueue(OutboundQueue):
     def __init__(self) -> None:
         self.enqueued: list[tuple[str, str]] = []
+        self.rounds: list[tuple[str, list[PendingJob]]] = []  # what requeue took, by round
 
     def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         self.enqueued.append((message_id, conversation_id))
+
+    def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
+        self.rounds.append((round_id, list(jobs)))
+        self.enqueued += [(job.message_id, job.conversation_id) for job in jobs]
+        return len(jobs)
 
 
 class InMemoryEventPublisher(EventPublisher):

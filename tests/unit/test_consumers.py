@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from chat4all.consumers import REFRESH_AFTER_RECEIVES, consume_conversations, retry_delay
+from chat4all.consumers import REFRESH_AFTER_RECEIVES, consume_batch, consume_conversations, retry_delay
+from chat4all.domain.models import DomainEvent
+from chat4all.services.notifications import EventBuffer
 from devstack.template import load_template
+from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,6 +25,10 @@ class Visibility:
 
     def postpone(self, queue_url: str, receipt_handle: str, delay_seconds: int) -> None:
         self.postponed.append((receipt_handle, delay_seconds))
+
+
+def unit_of_work(bus: InMemoryEventPublisher | None = None) -> EventBuffer:
+    return EventBuffer(bus or InMemoryEventPublisher(), InMemoryEventOutbox())
 
 
 def record(conversation_id: str, message_id: str, receives: int = 1) -> dict[str, Any]:
@@ -56,6 +63,7 @@ def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> 
         queue_url="q",
         visibility=visibility,  # type: ignore[arg-type]
         requeue=lambda *job: requeued.append(job),
+        events=unit_of_work(),
     )
     # THEN each conversation was worked once
     assert worked == ["a", "b", "c"]
@@ -77,6 +85,7 @@ def test_a_job_received_many_times_is_replaced_by_a_fresh_one() -> None:
         queue_url="q",
         visibility=visibility,  # type: ignore[arg-type]
         requeue=lambda *job: requeued.append(job),
+        events=unit_of_work(),
     )
     assert result["batchItemFailures"] == []  # the old job goes, the fresh one carries on
     assert [(m, c) for m, c, _ in requeued] == [("a1", "a")]
@@ -92,10 +101,39 @@ def test_a_job_stays_when_it_cannot_be_replaced() -> None:
 
     visibility = Visibility()
     result = consume_conversations(
-        {"Records": [old]}, lambda c: 5.0, queue_url="q", visibility=visibility, requeue=broken_requeue
-    )  # type: ignore[arg-type]
+        {"Records": [old]},
+        lambda c: 5.0,
+        queue_url="q",
+        visibility=visibility,  # type: ignore[arg-type]
+        requeue=broken_requeue,
+        events=unit_of_work(),
+    )
     assert [item["itemIdentifier"] for item in result["batchItemFailures"]] == [old["messageId"]]
     assert visibility.postponed == [(old["receiptHandle"], 5)]
+
+
+def test_a_batch_publishes_the_events_it_collected_as_it_ends_also_when_its_work_failed() -> None:
+    # the consumers open and close the unit of work: no handler has to remember to flush it
+    bus = InMemoryEventPublisher()
+    events = unit_of_work(bus)
+
+    def work(conversation_id: str) -> float | None:
+        events.publish_many([DomainEvent("MessageSent", {"conversation": conversation_id})])
+        if conversation_id == "b":
+            raise RuntimeError("MongoDB is unavailable")
+        return None
+
+    batch = {"Records": [record("a", "a1"), record("b", "b1")]}
+    consume_conversations(batch, work, queue_url="q", visibility=Visibility(), requeue=print, events=events)  # type: ignore[arg-type]
+    assert [detail["conversation"] for _, _, detail in bus.events] == ["a", "b"]
+
+    def handler(sqs_record: Any) -> None:
+        events.publish_many([DomainEvent("MessageStatusChanged", {"conversation": sqs_record.message_id})])
+        raise RuntimeError("the record fails")
+
+    one = record("c", "c1")
+    consume_batch({"Records": [one]}, None, handler, fifo=False, queue_url="q", visibility=Visibility(), events=events)  # type: ignore[arg-type]
+    assert [detail["conversation"] for _, _, detail in bus.events][2:] == [one["messageId"]]
 
 
 @pytest.mark.parametrize("queue", ["RouteQueue", "StatusQueue"])

@@ -8,58 +8,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from chat4all.domain.models import Direction, Message, MessageStatus, Platform, StatusEntry, StatusReport
-from chat4all.ports import PendingJob, PendingMessages, RouteRequeue
 from chat4all.services.recovery import RecoveryService, StatusSettlement, dead_letter_reason
 from chat4all.services.statuses import StatusService
-from tests.fakes.in_memory import InMemoryEventPublisher, InMemoryMessageStore
+from tests.fakes.in_memory import InMemoryEventPublisher, InMemoryMessageStore, InMemoryOutboundQueue
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
-
-
-class InMemoryPendingMessages(PendingMessages):
-    def __init__(self, store: InMemoryMessageStore) -> None:
-        self.store = store
-
-    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
-        found = sorted(
-            (
-                m
-                for m in self.store.messages.values()
-                if m.status is MessageStatus.PENDING
-                and m.direction is Direction.OUTBOUND
-                and m.created_at < created_before
-            ),
-            key=lambda m: m.created_at,
-        )[:limit]
-        return sorted(
-            (PendingJob(m.message_id, m.conversation_id, m.sequence) for m in found),
-            key=lambda j: (j.conversation_id, j.sequence),
-        )
-
-    def fail_if_pending(self, message_id: str, entry: StatusEntry) -> Message | None:
-        message = self.store.messages.get(message_id)
-        if (
-            message is None
-            or message.direction is not Direction.OUTBOUND
-            or message.status is not MessageStatus.PENDING
-            or message.platform_message_id is not None
-            or message.in_flight is not None
-        ):
-            return None
-        failed = dataclasses.replace(
-            message, status=entry.status, history=[*message.history, entry], error=entry.detail
-        )
-        self.store.messages[message_id] = failed
-        return failed
-
-
-class RecordingRequeue(RouteRequeue):
-    def __init__(self) -> None:
-        self.rounds: list[tuple[str, list[PendingJob]]] = []
-
-    def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
-        self.rounds.append((round_id, list(jobs)))
-        return len(jobs)
 
 
 def message(message_id: str, conversation: str, sequence: int, age_seconds: float, **changes: object) -> Message:
@@ -85,9 +38,9 @@ class World:
     def __init__(self) -> None:
         self.store = InMemoryMessageStore()
         self.events = InMemoryEventPublisher()
-        self.requeue = RecordingRequeue()
+        self.requeue = InMemoryOutboundQueue()
         self.recovery = RecoveryService(
-            InMemoryPendingMessages(self.store),
+            self.store,
             self.requeue,
             StatusService(self.store, self.events),
             self.events,
@@ -114,6 +67,10 @@ def test_a_dead_lettered_pending_message_fails_once_with_its_reason(world: World
     assert failed.status is MessageStatus.FAILED
     assert failed.history[-1].detail == reason
     assert [(kind, detail["status"]) for _, kind, detail in world.events.events] == [("MessageFailed", "FAILED")]
+    # written on the message with the change it reports, so the relay publishes it should this process die
+    [kept] = world.store.kept_events
+    assert (kept.detail_type, kept.message_id, kept.detail) == ("MessageFailed", "m1", world.events.events[0][2])
+    assert kept.detail["reason"] == reason and kept.detail["at"] == NOW.isoformat()
     # each time, a fresh job for the conversation replaces the dead-lettered one (deduplicated by its round)
     assert [
         (round_id, [(j.message_id, j.conversation_id) for j in jobs]) for round_id, jobs in world.requeue.rounds

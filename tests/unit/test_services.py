@@ -440,9 +440,18 @@ def test_inbound_from_a_known_person_lands_in_their_conversation(world: World) -
     assert stored.sender_id == world.customer.user_id
     assert (stored.direction, stored.status, stored.sequence) == (Direction.INBOUND, MessageStatus.DELIVERED, 1)
     assert world.events.events[-1][1] == "MessageReceived"
+    # MessageReceived is kept on the message, written with it: the relay publishes it should this process die
+    [kept] = world.messages.kept_events
+    assert (kept.detail_type, kept.message_id, kept.detail) == (
+        "MessageReceived",
+        stored.message_id,
+        world.events.events[-1][2],
+    )
+    assert stored.unpublished_events == (kept,)
     # a replay changes nothing
     assert service.receive(channel, inbound(world, "wamid.in1", "5511999990000")) is None
     assert len(world.messages.messages) == 1
+    assert len(world.messages.kept_events) == 1
 
 
 def test_inbound_from_a_stranger_creates_a_customer_and_a_conversation(world: World) -> None:

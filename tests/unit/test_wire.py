@@ -19,7 +19,6 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chat4all import bootstrap
 from chat4all.adapters.aws import EventBridgePublisher, SqsDeadLetterQueue, SqsOutboundQueue
-from chat4all.adapters.recovery import SqsRouteRequeue
 from chat4all.channels.whatsapp import WhatsAppConnector
 from chat4all.consumers import consume_conversations
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, StatusReport
@@ -32,9 +31,11 @@ from chat4all.domain.wire import (
 )
 from chat4all.ports import PendingJob
 from chat4all.services.inbound import InboundService
+from chat4all.services.notifications import EventBuffer
 from chat4all.services.recovery import RecoveryService, StatusSettlement
 from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
+from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
 from tests.unit.test_channel_binding import _add_channel
 from tests.unit.test_services import ADMIN, World
 
@@ -147,7 +148,7 @@ def test_every_route_job_producer_is_read_by_route_and_by_the_dead_letter_consum
 ) -> None:
     aws = RecordingAws()
     SqsOutboundQueue(aws, QUEUE).enqueue("m1", "c1")  # type: ignore[arg-type]  # ingest, and route's refresh
-    SqsRouteRequeue(aws, QUEUE).requeue([PendingJob("m2", "c2", 1)], "round")  # type: ignore[arg-type]  # sweeper
+    SqsOutboundQueue(aws, QUEUE).requeue([PendingJob("m2", "c2", 1)], "round")  # type: ignore[arg-type]  # sweeper
     SqsDeadLetterQueue(aws, QUEUE).dead_letter(RouteJob(message_id="m3", conversation_id="c3"), "gave up")  # type: ignore[arg-type]
     records = aws.sqs_records()
     assert [r["attributes"]["MessageGroupId"] for r in records] == ["c1", "c3", "c2"]
@@ -159,6 +160,7 @@ def test_every_route_job_producer_is_read_by_route_and_by_the_dead_letter_consum
         queue_url=QUEUE,
         visibility=None,  # type: ignore[arg-type]  # nothing waits
         requeue=lambda *_: None,
+        events=EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()),
     )
     assert answer == {"batchItemFailures": []}
     assert worked == ["c1", "c3", "c2"]

@@ -20,9 +20,11 @@ if TYPE_CHECKING:
 
     from chat4all.adapters.aws_api import AwsJsonApi
     from chat4all.domain.models import DomainEvent
+    from chat4all.ports import PendingJob
 
 
 PUT_EVENTS_LIMIT = 10
+SQS_BATCH = 10  # SendMessageBatch's own limit
 # KMS answers that will not change on a retry: the key is gone, disabled, or not the one that encrypted
 PERMANENT_KMS_ERRORS = frozenset(
     {
@@ -46,7 +48,7 @@ def _translated(service: str) -> Iterator[None]:
 
 
 class SqsOutboundQueue(OutboundQueue):
-    """The FIFO route queue: one message group per conversation, deduplicated by message id."""
+    """The FIFO route queue: one message group per conversation, deduplicated by message id (or per round)."""
 
     def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
         self.sqs = sqs
@@ -64,6 +66,32 @@ class SqsOutboundQueue(OutboundQueue):
                     "MessageDeduplicationId": dedupe_key or message_id,
                 },
             )
+
+    def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
+        taken = 0
+        failures: list[str] = []
+        for start in range(0, len(jobs), SQS_BATCH):
+            chunk = jobs[start : start + SQS_BATCH]
+            records = [RouteJob(message_id=job.message_id, conversation_id=job.conversation_id) for job in chunk]
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": record.body(),
+                    "MessageGroupId": record.group_id,
+                    "MessageDeduplicationId": f"{record.message_id}:sweep:{round_id}",
+                }
+                for i, record in enumerate(records)
+            ]
+            with _translated("SQS"):
+                result = self.sqs.call("SendMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries})
+            taken += len(result.get("Successful", []))
+            failures += [f"{chunk[int(f['Id'])].message_id}: {f.get('Code')}" for f in result.get("Failed", [])]
+        if failures:
+            # a later sweep takes them up again; a dependency that refuses them all is worth a retry now
+            logger.warning("re-enqueue refused", extra={"refused": failures[:20], "count": len(failures)})
+            if not taken:
+                raise DependencyUnavailableError(f"SQS refused all {len(failures)} re-enqueued messages")
+        return taken
 
 
 class SqsDeadLetterQueue(DeadLetterQueue):

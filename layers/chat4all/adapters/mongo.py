@@ -28,7 +28,7 @@ from chat4all.domain.models import (
     StatusEntry,
     utcnow,
 )
-from chat4all.ports import ConversationStore, DependencyCheck, EventOutbox, MessageStore, StoredOutbound
+from chat4all.ports import ConversationStore, DependencyCheck, EventOutbox, MessageStore, PendingJob, StoredOutbound
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -64,6 +64,8 @@ PULL_CHUNK = 10
 # mark's job may have been lost: a crash between the commit and SendMessage, a dead-lettered job)
 ROUTE_JOB_STALE = timedelta(seconds=60)
 OLD_CHANNEL_INDEX = "participants.user_id_1_channel_id_1_last_activity_at_-1"
+# the sweeper's: messages by status and age
+PENDING_INDEX = "status_created_at"
 
 
 def connect(uri: str) -> Database[dict[str, Any]]:
@@ -103,6 +105,9 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
         # an index of earlier versions, for the open conversation on a channel (now read through the one above)
         if OLD_CHANNEL_INDEX in db.conversations.index_information():
             db.conversations.drop_index(OLD_CHANNEL_INDEX)
+        # the sweeper's, so a sweep reads the PENDING messages it re-enqueues only. A plain compound index:
+        # SecantusDB answers a partial index's query by scanning the collection (docs/MONGODB.md).
+        db.messages.create_index([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX)
 
 
 def _message_doc(message: Message) -> dict[str, Any]:
@@ -359,6 +364,18 @@ class MongoMessageStore(MessageStore):
             )
         outbound = itertools.takewhile(lambda doc: doc["direction"] == Direction.OUTBOUND.value, docs)
         return [_message(doc) for doc in outbound]
+
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        query = {"status": MessageStatus.PENDING.value, "created_at": {"$lt": created_before}}
+        projection = {"_id": 1, "conversation_id": 1, "sequence": 1, "direction": 1}
+        with _translated():
+            docs = list(self.collection.find(query, projection).sort("created_at", ASCENDING).limit(limit))
+        jobs = [
+            PendingJob(doc["_id"], doc["conversation_id"], int(doc["sequence"]))
+            for doc in docs
+            if doc.get("direction") == Direction.OUTBOUND.value
+        ]
+        return sorted(jobs, key=lambda job: (job.conversation_id, job.sequence))
 
     def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
         # update_one on the count as it was read (no findAndModify: SecantusDB plans one on `_id` plus other

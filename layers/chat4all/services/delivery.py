@@ -24,7 +24,7 @@ from chat4all.domain.errors import (
     UndeliverableError,
 )
 from chat4all.domain.models import MessageStatus, OutboundMessage, StatusEntry, utcnow
-from chat4all.services.notifications import announce, message_event
+from chat4all.services.notifications import collect, message_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Mapping
@@ -123,7 +123,7 @@ class DeliveryService:
             if message.message_id not in announced:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
-                announce(self.events, *message.unpublished_events)
+                collect(self.events, *message.unpublished_events)
             now = self.clock()
             attempt = message.in_flight
             if attempt is not None:
@@ -231,7 +231,7 @@ class DeliveryService:
                     raise
                 self.sleep(pause)
         if recorded:
-            announce(self.events, event)
+            collect(self.events, event)
         return DeliveryOutcome(
             message.message_id, MessageStatus.SENT, receipt.platform_message_id, conversation_id=message.conversation_id
         )
@@ -315,7 +315,7 @@ class DeliveryService:
         event = message_event("MessageFailed", message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
         if self.messages.settle_failed(message.message_id, entry, attempt=attempt, events=[event]):
             logger.warning("message %s failed: %s", message.message_id, reason)
-            announce(self.events, event)
+            collect(self.events, event)
         return DeliveryOutcome(
             message.message_id,
             MessageStatus.FAILED,

@@ -23,7 +23,7 @@ from chat4all.domain.models import (
     utcnow,
 )
 from chat4all.ports import AuditEntry
-from chat4all.services.notifications import notify
+from chat4all.services.notifications import collect, message_event
 
 if TYPE_CHECKING:
     from chat4all.domain.models import ChannelConfig, InboundMessage
@@ -76,10 +76,12 @@ class InboundService:
             platform_message_id=inbound.platform_message_id,
             message_type=inbound.message_type,
         )
-        stored = self.messages.add_message(message)
+        # MessageReceived is kept on the message, written with it: published at least once (services/notifications)
+        event = message_event("MessageReceived", message, at=message.created_at)
+        stored = self.messages.add_message(message, events=[event])
         if stored is None:
             return None
-        notify(self.events, "MessageReceived", stored)
+        collect(self.events, event)
         return stored
 
     def _sender(self, channel: ChannelConfig, inbound: InboundMessage) -> str:

@@ -1,25 +1,37 @@
-"""Domain events: collected while a unit of work runs, published together, kept in an outbox when the bus fails.
+"""Domain events: written with their change, collected by the unit of work that made it, published when it ends.
+
+One way, for every event about a message:
+
+1. `message_event(...)` makes it, and the store writes it **on the message in the same update as the change it
+   reports** (`events=` of MessageStore's writes), so no change is durable without its event.
+2. `collect(events, ...)` hands it to the running unit of work (an `EventBuffer`): nothing is published yet.
+3. The unit of work ends (`EventBuffer.unit_of_work()`, which the SQS consumers and the HTTP handler open and
+   close, whatever the handler did): one PutEvents per 10 events; the published ones are forgotten on their
+   messages, the refused ones stay there. A long unit of work publishes every FLUSH_AT events as it goes.
+4. `EventRelay.publish_pending_events` (the sweeper) publishes what is still kept after RELAY_AFTER: the process
+   died, the bus refused. At least once; a consumer may see an event twice.
 
 The message store is the record; an event is published after the record is written and never at its
-expense (a send is not repeated because its event could not be published). Events the bus does not take
-are kept and published again by `EventRelay.publish_pending_events`. An event about a message is written on
-the message in the same update as the change it reports, and forgotten there once the bus took it, so a
-process that dies before publishing it loses nothing: each event is published at least once.
+expense (a send is not repeated because its event could not be published). The one event not about a message,
+the webhooks' ChannelStatusReported, is published on the bus before the webhook is answered 200
+(`WebhookService`): if the bus refuses it, the webhook is answered an error and the platform sends it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from chat4all.domain.models import DomainEvent, utcnow
+from chat4all.domain.models import DomainEvent
+from chat4all.domain.wire import MessageEventDetail
 from chat4all.ports import EventPublisher
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from datetime import datetime
 
     from chat4all.domain.models import Message, MessageStatus
@@ -31,53 +43,27 @@ logger = logging.getLogger(__name__)
 FLUSH_AT = 20
 
 
-def event_detail(message: Message, status: MessageStatus | None = None, at: datetime | None = None) -> dict[str, str]:
-    return {
-        "message_id": message.message_id,
-        "conversation_id": message.conversation_id,
-        "status": (status or message.status).value,
-        "channel": message.channel.value,
-        "at": (at or utcnow()).isoformat(),
-    }
-
-
 def message_event(
     detail_type: str,
     message: Message,
     status: MessageStatus | None = None,
     *,
     at: datetime | None = None,
-    **extra: str,
+    platform_message_id: str | None = None,
+    reason: str | None = None,
 ) -> DomainEvent:
-    """An event about a message, to be written with the change it reports (the store keeps it until published)."""
-    detail = {**event_detail(message, status, at), **extra}
-    return DomainEvent(detail_type, detail, event_id=str(uuid.uuid4()), message_id=message.message_id)
+    """An event about a message, to be written with the change it reports (the store keeps it until published);
+    `at` is the time of the change."""
+    detail = MessageEventDetail.of(message, status, at, platform_message_id=platform_message_id, reason=reason)
+    return DomainEvent(detail_type, detail.event_detail(), event_id=str(uuid.uuid4()), message_id=message.message_id)
 
 
-def announce(events: EventPublisher, *kept: DomainEvent) -> None:
-    """Hand events that are kept on their message to the publisher (a failure leaves them kept)."""
+def collect(events: EventPublisher, *kept: DomainEvent) -> None:
+    """Hand events that are kept on their message to the unit of work (a failure leaves them kept: the relay)."""
     try:
         events.publish_many(kept)
     except Exception:
         logger.exception("could not publish %s", ", ".join(e.detail_type for e in kept))
-
-
-def notify(
-    events: EventPublisher,
-    detail_type: str,
-    message: Message,
-    status: MessageStatus | None = None,
-    *,
-    at: datetime | None = None,
-    **extra: str,
-) -> None:
-    """Publish (or, through an EventBuffer, collect) a message event; `at` is the time of the change.
-
-    A failed publish is logged, and the operation that wrote the record still succeeds."""
-    try:
-        events.publish(detail_type, {**event_detail(message, status, at), **extra})
-    except Exception:
-        logger.exception("could not publish %s for %s", detail_type, message.message_id)
 
 
 class EventBuffer(EventPublisher):
@@ -125,25 +111,33 @@ class EventBuffer(EventPublisher):
         except Exception:  # they stay kept on their messages: the relay publishes them again (at least once)
             logger.exception("could not mark published events")
         if failed:
-            keep(self.outbox, failed)
+            self._keep(failed)
         return len(events) - len(failed)
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[EventBuffer]:
+        """The events collected while the block runs are published when it ends, however it ends."""
+        try:
+            yield self
+        finally:
+            self.flush()
 
     def discard(self) -> None:
         """Forget what was collected (a unit of work that starts afresh)."""
         with self._lock:
             self._pending = []
 
-
-def keep(outbox: EventOutbox, events: Sequence[DomainEvent]) -> None:
-    try:
-        outbox.keep(events)
-        logger.warning("kept %d unpublished events in the outbox", len(events))
-    except Exception:
-        for event in events:
-            logger.error(
-                "event lost: neither the bus nor the outbox took it",
-                extra={"event": json.dumps({"detail-type": event.detail_type, "detail": event.detail})},
-            )
+    def _keep(self, events: Sequence[DomainEvent]) -> None:
+        """Events the bus refused: those about a message are kept on it already, any other in the outbox."""
+        try:
+            self.outbox.keep(events)
+            logger.warning("kept %d unpublished events in the outbox", len(events))
+        except Exception:
+            for event in events:
+                logger.error(
+                    "event lost: neither the bus nor the outbox took it",
+                    extra={"event": json.dumps({"detail-type": event.detail_type, "detail": event.detail})},
+                )
 
 
 class EventRelay:

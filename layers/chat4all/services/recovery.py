@@ -21,16 +21,16 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
-from chat4all.domain.models import MessageStatus, StatusEntry, utcnow
+from chat4all.domain.models import Direction, MessageStatus, StatusEntry, utcnow
 from chat4all.ports import PendingJob
-from chat4all.services.notifications import notify
+from chat4all.services.notifications import collect, message_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
     from chat4all.domain.models import StatusReport
-    from chat4all.ports import EventPublisher, PendingMessages, RouteRequeue
+    from chat4all.ports import EventPublisher, MessageStore, OutboundQueue
     from chat4all.services.statuses import StatusService
 
 logger = logging.getLogger(__name__)
@@ -80,16 +80,16 @@ def dead_letter_reason(reason: str | None) -> str:
 class RecoveryService:
     def __init__(
         self,
-        pending: PendingMessages,
-        requeue: RouteRequeue,
+        messages: MessageStore,
+        queue: OutboundQueue,
         statuses: StatusService,
         events: EventPublisher,
         *,
         pending_after_seconds: int = DEFAULT_PENDING_AFTER_SECONDS,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
-        self.pending = pending
-        self.requeue = requeue
+        self.messages = messages
+        self.queue = queue
         self.statuses = statuses
         self.events = events
         self.pending_after_seconds = pending_after_seconds
@@ -102,15 +102,27 @@ class RecoveryService:
 
         The record was its conversation's route job, which later messages of the conversation may count on
         (MessageStore.add_outbound): a fresh job replaces it, whose run sends what is left and then releases
-        the conversation. True when this call settled the message (and published MessageFailed); False when
-        it was settled already.
+        the conversation. True when this call settled the message, with its MessageFailed kept on it and
+        collected; False when it was settled already (sent, failed, or an attempt is open: route settles that
+        one), is inbound, or does not exist.
         """
-        message = self.pending.fail_if_pending(message_id, StatusEntry(MessageStatus.FAILED, self.clock(), reason))
-        if message is not None:
-            logger.warning("message %s failed: %s", message_id, reason)
-            notify(self.events, "MessageFailed", message, MessageStatus.FAILED)
-        self.requeue.requeue([PendingJob(message_id, conversation_id, 0)], DEAD_LETTER_ROUND)
-        return message is not None
+        settled = False
+        message = self.messages.get_message(message_id)
+        if (
+            message is not None
+            and message.direction is Direction.OUTBOUND
+            and message.status is MessageStatus.PENDING
+            and message.platform_message_id is None
+        ):
+            entry = StatusEntry(MessageStatus.FAILED, self.clock(), reason)
+            event = message_event("MessageFailed", message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
+            # the same conditional write as route's: still PENDING with no attempt open, else nothing changes
+            settled = self.messages.settle_failed(message_id, entry, events=[event])
+            if settled:
+                logger.warning("message %s failed: %s", message_id, reason)
+                collect(self.events, event)
+        self.queue.requeue([PendingJob(message_id, conversation_id, 0)], DEAD_LETTER_ROUND)
+        return settled
 
     def settle_dead_status(self, report: StatusReport) -> StatusDeadLetterOutcome:
         """A status report in the dead-letter queue, applied once more.
@@ -135,10 +147,10 @@ class RecoveryService:
         """
         after = self.pending_after_seconds if pending_after_seconds is None else pending_after_seconds
         now = self.clock()
-        jobs = self.pending.stale_pending(now - timedelta(seconds=after), limit)
+        jobs = self.messages.stale_pending(now - timedelta(seconds=after), limit)
         if not jobs:
             return SweepReport(0, 0)
         round_id = str(int(now.timestamp()) // SWEEP_ROUND_SECONDS)
-        requeued = self.requeue.requeue(jobs, round_id)
+        requeued = self.queue.requeue(jobs, round_id)
         logger.info("sweep: %d PENDING messages older than %d s, %d re-enqueued", len(jobs), after, requeued)
         return SweepReport(len(jobs), requeued)

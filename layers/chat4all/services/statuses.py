@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
 from chat4all.domain.models import StatusEntry
-from chat4all.services.notifications import announce, message_event
+from chat4all.services.notifications import collect, message_event
 
 if TYPE_CHECKING:
     from chat4all.domain.models import Message, StatusReport
@@ -48,7 +48,7 @@ class StatusService:
             events=[event],
         )
         if moved:
-            announce(self.events, event)
+            collect(self.events, event)
         return moved
 
     def _sent_through(self, message: Message, report: StatusReport) -> bool:
