@@ -1,40 +1,39 @@
 """API Gateway HTTP API locally: requests become payload 2.0 events for the function the template routes them to.
 
-Served by aiohttp on the runtime's asyncio loop. What API Gateway answers by itself (no route, a method the
-path does not have, a body too large, a malformed request, a failed or timed-out integration, an authorizer's
-refusal) is answered here as problem JSON (RFC 9457), as the contract wants every error body to be, and
-names nothing internal.
+Served by aiohttp on the runtime's asyncio loop. What API Gateway answers by itself it answers here as
+API Gateway does, `{"message": ...}`: no route 404 (the template's `$default` route takes every request no
+other route does), a body over 10 MB 413, a function that fails or answers something that is not an HTTP
+response 500, and 503 when no answer comes within the HTTP API's 30 s integration timeout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import re
 import socket
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote
 
 from aiohttp import web
-from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from devstack.authorizers import AuthorizerDenied, HttpAuthorizer
-from devstack.lambda_service import ACCOUNT_ID, REGION, SHUTDOWN_SECONDS, TIMED_OUT, random_hex, request_id
+from devstack.lambda_service import ACCOUNT_ID, SHUTDOWN_SECONDS, random_hex, request_id
 from devstack.template import DEFAULT_ROUTE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from devstack.lambda_service import InvocationResult
-    from devstack.template import HttpRoute, LambdaAuthorizer
+    from devstack.template import HttpRoute
 
     Invoke = Callable[[str, bytes], Awaitable[InvocationResult]]
+    Response = tuple[int, list[tuple[str, str]], bytes]
 
-MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway's own limit
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # the HTTP API's own limit
+INTEGRATION_TIMEOUT_SECONDS = 30.0  # the HTTP API's own limit
 TEXT_TYPES = re.compile(r"^(text/|application/(json|.*\+json|xml|.*\+xml|x-www-form-urlencoded|javascript))")
 API_ID = "local"
 STAGE = "$default"
@@ -42,136 +41,83 @@ STAGE = "$default"
 SERVER_HEADERS = frozenset({"content-length", "connection", "transfer-encoding", "keep-alive", "date", "server"})
 
 
-# ------------------------------------------------------------------------------------------ routes
+# API Gateway's own answers, as AWS words them
+GATEWAY_MESSAGES = {
+    404: "Not Found",
+    413: "Request Entity Too Large",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
-@dataclass(frozen=True)
-class CompiledRoute:
-    route: HttpRoute
-    pattern: re.Pattern[str]
-    specificity: tuple[int, int]
-
-    @property
-    def route_key(self) -> str:
-        return DEFAULT_ROUTE if self.route.path == DEFAULT_ROUTE else f"{self.route.method} {self.route.path}"
-
-    @classmethod
-    def compile(cls, route: HttpRoute) -> CompiledRoute:
-        if route.path == DEFAULT_ROUTE:  # every request no other route takes
-            return cls(route, re.compile(r"^/.*$", re.DOTALL), (-1, -1))
-        parts = []
-        literal = 0
-        for segment in route.path.strip("/").split("/"):
-            if segment.startswith("{") and segment.endswith("+}"):
-                parts.append(f"(?P<{segment[1:-2]}>.+)")
-            elif segment.startswith("{") and segment.endswith("}"):
-                parts.append(f"(?P<{segment[1:-1]}>[^/]+)")
-            else:
-                parts.append(re.escape(segment))
-                literal += 1
-        pattern = re.compile("^/" + "/".join(parts) + "$")
-        return cls(route, pattern, (literal, len(parts)))
+def gateway_message(status: int) -> Response:
+    return status, [("content-type", "application/json")], json.dumps({"message": GATEWAY_MESSAGES[status]}).encode()
 
 
-@dataclass(frozen=True)
-class Problem:
-    status: int
-    detail: str
-    headers: tuple[tuple[str, str], ...] = ()
-
-    def response(self) -> tuple[int, list[tuple[str, str]], bytes]:
-        return problem(self.status, self.detail, list(self.headers))
-
-
-def problem(
-    status: int, detail: str, extra_headers: list[tuple[str, str]] | None = None
-) -> tuple[int, list[tuple[str, str]], bytes]:
-    title = HTTPStatus(status).phrase
-    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
-    return status, [("content-type", "application/problem+json"), *(extra_headers or [])], body
+def _route_pattern(path: str) -> re.Pattern[str]:
+    if path == DEFAULT_ROUTE:
+        return re.compile(r"^/.*$", re.DOTALL)
+    parts = []
+    for segment in path.strip("/").split("/"):
+        if segment.startswith("{") and segment.endswith("+}"):
+            parts.append(f"(?P<{segment[1:-2]}>.+)")
+        elif segment.startswith("{") and segment.endswith("}"):
+            parts.append(f"(?P<{segment[1:-1]}>[^/]+)")
+        else:
+            parts.append(re.escape(segment))
+    return re.compile("^/" + "/".join(parts) + "$")
 
 
-def gateway_message(status: int) -> tuple[int, list[tuple[str, str]], bytes]:
-    """API Gateway's own answer to a request its authorizer refused, as AWS words it: {"message": ...}.
-
-    Not problem JSON, as in AWS; a design that must keep the contract's error format lets its authorizer
-    authorize and refuses in the functions (docs/AUTH.md)."""
-    body = json.dumps({"message": HTTPStatus(status).phrase}).encode()
-    return status, [("content-type", "application/json")], body
+def _specificity(route: HttpRoute) -> tuple[int, int]:
+    """Literal segments first, then more segments; $default last."""
+    if route.path == DEFAULT_ROUTE:
+        return (-1, -1)
+    segments = route.path.strip("/").split("/")
+    return (sum(not s.startswith("{") for s in segments), len(segments))
 
 
 class HttpApi:
     """Matches requests to routes the way HTTP APIs do (the most specific route wins) and runs the integration."""
 
     def __init__(
-        self,
-        routes: list[HttpRoute],
-        invoke: Invoke | None = None,
-        authorizers: dict[str, LambdaAuthorizer] | None = None,
+        self, routes: list[HttpRoute], invoke: Invoke | None = None, timeout: float = INTEGRATION_TIMEOUT_SECONDS
     ) -> None:
-        compiled = [CompiledRoute.compile(r) for r in routes]
-        self.routes = sorted(compiled, key=lambda c: c.specificity, reverse=True)
+        ordered = sorted(routes, key=_specificity, reverse=True)
+        self.routes = [(route, _route_pattern(route.path)) for route in ordered]
         self.invoke = invoke
-        self.authorizers = {
-            name: HttpAuthorizer(config, invoke) for name, config in (authorizers or {}).items() if invoke
-        }
-        for compiled_route in self.routes:
-            name = compiled_route.route.authorizer
-            if name is not None and name not in (authorizers or {}):
-                raise ValueError(f"route {compiled_route.route.path} names an unknown authorizer {name}")
+        self.timeout = timeout
+        self._abandoned: set[asyncio.Task[InvocationResult]] = set()
 
     def match(self, method: str, path: str) -> tuple[HttpRoute, dict[str, str]] | None:
-        for compiled in self.routes:
-            if compiled.route.method.upper() not in (method, "ANY"):
-                continue
-            found = compiled.pattern.match(path)
+        for route, pattern in self.routes:
+            found = pattern.match(path) if route.method in (method, "ANY") else None
             if found:
-                return compiled.route, {k: unquote(v) for k, v in found.groupdict().items()}
+                return route, {k: unquote(v) for k, v in found.groupdict().items()}
         return None
-
-    def allowed_methods(self, path: str) -> list[str]:
-        return sorted({c.route.method for c in self.routes if c.route.path != DEFAULT_ROUTE and c.pattern.match(path)})
-
-    def resolve(self, method: str, path: str) -> tuple[HttpRoute, dict[str, str]] | Problem:
-        matched = self.match(method, path)
-        if matched is not None:
-            return matched
-        allowed = self.allowed_methods(path)
-        if allowed:
-            return Problem(405, f"{method} is not allowed here", (("allow", ", ".join(allowed)),))
-        return Problem(404, f"no route for {path}")
 
     async def handle(
         self, method: str, path: str, query: str, headers: list[tuple[str, str]], body: bytes, source_ip: str
-    ) -> tuple[int, list[tuple[str, str]], bytes]:
-        resolved = self.resolve(method, path)
-        if isinstance(resolved, Problem):
-            return resolved.response()
-        route, path_params = resolved
+    ) -> Response:
+        matched = self.match(method, path)
+        if matched is None:
+            return gateway_message(404)
+        route, path_params = matched
         event = api_gateway_event(method, path, query, headers, body, source_ip, route, path_params)
-        if route.authorizer is not None:
-            try:
-                context = await self.authorizers[route.authorizer].authorize(event, route_arn(method, path))
-            except AuthorizerDenied as denied:
-                return gateway_message(denied.status)
-            event["requestContext"]["authorizer"] = {"lambda": context}
         assert self.invoke is not None
-        result = await self.invoke(route.function, json.dumps(event).encode())
-        if result.error_type == TIMED_OUT:
-            return problem(504, "the integration did not answer in time")
+        invocation = asyncio.ensure_future(self.invoke(route.function, json.dumps(event).encode()))
+        try:
+            # shielded: the function runs on after the gateway has given up on it, as in AWS
+            result = await asyncio.wait_for(asyncio.shield(invocation), self.timeout)
+        except TimeoutError:
+            self._abandoned.add(invocation)
+            invocation.add_done_callback(self._abandoned.discard)
+            return gateway_message(503)
         if not result.ok:
-            return problem(500, "the integration failed")
+            return gateway_message(500)
         try:
             return lambda_http_result(result.json())
         except (ValueError, TypeError, KeyError):
-            return problem(500, "the integration answered something that is not an HTTP response")
-
-
-def route_arn(method: str, path: str) -> str:
-    return f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{API_ID}/{STAGE}/{method}{path}"
-
-
-# ------------------------------------------------------------------------------------------ events
+            return gateway_message(500)
 
 
 def api_gateway_event(
@@ -196,14 +142,14 @@ def api_gateway_event(
     for key, value in parse_qsl(query, keep_blank_values=True):
         params[key] = f"{params[key]},{value}" if key in params else value
     content_type = merged.get("content-type", "")
-    is_text = not body or bool(TEXT_TYPES.match(content_type)) or not content_type
-    body_text: str | None
-    try:
-        body_text = body.decode("utf-8") if is_text else None
-    except UnicodeDecodeError:
-        body_text = None
+    body_text: str | None = None
+    if not body or not content_type or TEXT_TYPES.match(content_type):
+        try:
+            body_text = body.decode("utf-8")
+        except UnicodeDecodeError:
+            body_text = None
     now = datetime.now(UTC)
-    route_key = DEFAULT_ROUTE if route.path == DEFAULT_ROUTE else f"{route.method.upper()} {route.path}"
+    route_key = DEFAULT_ROUTE if route.path == DEFAULT_ROUTE else f"{route.method} {route.path}"
     event: dict[str, Any] = {
         "version": "2.0",
         "routeKey": route_key,
@@ -230,67 +176,28 @@ def api_gateway_event(
         },
         "isBase64Encoded": body_text is None,
     }
-    if cookies:
-        event["cookies"] = cookies
-    if params:
-        event["queryStringParameters"] = params
-    if path_params:
-        event["pathParameters"] = path_params
+    optional = {"cookies": cookies, "queryStringParameters": params, "pathParameters": path_params}
+    event |= {name: value for name, value in optional.items() if value}
     if body:
         event["body"] = body_text if body_text is not None else base64.b64encode(body).decode()
     return event
 
 
-def lambda_http_result(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:
+def lambda_http_result(result: Any) -> Response:
     """Interpret a payload 2.0 response the way API Gateway does."""
     if not isinstance(result, dict) or "statusCode" not in result:
-        body = json.dumps(result).encode()
-        return 200, [("content-type", "application/json")], body
+        return 200, [("content-type", "application/json")], json.dumps(result).encode()
     headers = [(k, str(v)) for k, v in (result.get("headers") or {}).items()]
-    for name, values in (result.get("multiValueHeaders") or {}).items():
-        headers.extend((name, str(v)) for v in values)
     headers.extend(("set-cookie", c) for c in result.get("cookies") or [])
     raw = result.get("body") or ""
     body = base64.b64decode(raw) if result.get("isBase64Encoded") else str(raw).encode()
     return int(result["statusCode"]), headers, body
 
 
-# ------------------------------------------------------------------------------------------ server
-
-
-def _problem_response(status: int, detail: str, headers: list[tuple[str, str]] | None = None) -> web.Response:
-    code, all_headers, body = problem(status, detail, headers)
-    return _response(code, all_headers, body)
-
-
 def _response(status: int, headers: list[tuple[str, str]], body: bytes) -> web.Response:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers:
-        if name.lower() not in SERVER_HEADERS:
-            out.add(name, value)
+    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in headers if k.lower() not in SERVER_HEADERS)
     out["apigw-requestid"] = random_hex(16)
     return web.Response(status=status, headers=out, body=body)
-
-
-class ProblemRequestHandler(RequestHandler):
-    """aiohttp's connection handler, answering requests it cannot parse with problem JSON, not plain text."""
-
-    def handle_error(
-        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
-    ) -> web.StreamResponse:
-        if status >= 500:
-            self.log_exception("Error handling request", exc_info=exc)
-            detail = "the request could not be handled"
-        else:
-            detail = "the request is not valid HTTP/1.1"
-        response = _problem_response(status, detail)
-        response.force_close()
-        return response
-
-
-class ProblemServer(web.Server):
-    def __call__(self) -> RequestHandler:
-        return ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 class HttpApiServer:
@@ -301,7 +208,7 @@ class HttpApiServer:
         self.port = port
         self.max_body_bytes = max_body_bytes
         self.runner = web.ServerRunner(
-            ProblemServer(self._handle), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+            web.Server(self._handle), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
         )
 
     async def start(self) -> int:
@@ -320,21 +227,21 @@ class HttpApiServer:
     async def stop(self) -> None:
         await self.runner.cleanup()
 
+    def _too_large(self) -> web.Response:
+        response = _response(*gateway_message(413))
+        response.force_close()  # the rest of the body is not read: the connection cannot be reused
+        return response
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        declared = request.content_length
-        if declared is not None and declared > self.max_body_bytes:
-            response = _problem_response(413, f"bodies are limited to {self.max_body_bytes} bytes")
-            response.force_close()  # the body is not read: the connection cannot be reused
-            return response
+        if (request.content_length or 0) > self.max_body_bytes:
+            return self._too_large()
         if request.headers.get("expect", "").lower() == "100-continue":
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         body = bytearray()
         while chunk := await request.content.readany():
             body += chunk
             if len(body) > self.max_body_bytes:
-                response = _problem_response(413, f"bodies are limited to {self.max_body_bytes} bytes")
-                response.force_close()
-                return response
+                return self._too_large()
         peer = request.transport.get_extra_info("peername") if request.transport else None
         status, headers, payload = await self.api.handle(
             request.method,
@@ -344,6 +251,4 @@ class HttpApiServer:
             bytes(body),
             str(peer[0]) if peer else "127.0.0.1",
         )
-        if request.method == "HEAD":
-            payload = b""
-        return _response(status, headers, payload)
+        return _response(status, headers, b"" if request.method == "HEAD" else payload)

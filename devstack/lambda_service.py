@@ -341,13 +341,10 @@ class LambdaService:
         pool = self.pools[function]
         pool.update(dataclasses.replace(pool.spec, environment=dict(environment)))
 
-    def container_pids(self) -> dict[str, list[int]]:
-        return {name: [c.pid for c in pool.containers if c.pid is not None] for name, pool in self.pools.items()}
-
-    def busy_container_pids(self) -> dict[str, list[int]]:
-        """The containers running an invocation right now (fetched with /next, not answered yet)."""
+    def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
+        """Each function's container processes; busy: those running an invocation (fetched, not answered)."""
         return {
-            name: [c.pid for c in pool.containers if c.pid is not None and c.current is not None]
+            name: [c.pid for c in pool.containers if c.pid is not None and (c.current is not None or not busy)]
             for name, pool in self.pools.items()
         }
 

@@ -1,9 +1,9 @@
 """The local stand-in for AWS Lambda and what invokes it, driven by a SAM template.
 
 Lambda itself (lambda_service: the Runtime API and one awslambdaric process per container), and around it
-one module per event source: API Gateway HTTP API with its Lambda authorizers (apigateway, authorizers),
-SQS event source mappings (sqs_source) and EventBridge schedules (schedules). They share one asyncio loop
-on a thread of their own; `invoke` may be called from any other thread, as Lambda's Invoke.
+one module per event source: the HTTP API (apigateway), SQS event source mappings (sqs_source) and
+EventBridge rate schedules (schedules). They share one asyncio loop on a thread of their own; `invoke` may
+be called from any other thread, as Lambda's Invoke.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from devstack.apigateway import HttpApi, HttpApiServer
+from devstack.apigateway import INTEGRATION_TIMEOUT_SECONDS, HttpApi, HttpApiServer
 from devstack.lambda_service import LOCAL_DEFAULT_CONCURRENCY, REGION, FunctionSpec, InvocationResult, LambdaService
 from devstack.schedules import run_schedule
 from devstack.sqs_client import AsyncSqsClient
@@ -24,7 +24,6 @@ from devstack.sqs_source import SqsEventSource
 from devstack.template import (
     cloudformation,
     functions,
-    http_authorizers,
     http_routes,
     queue_subscriptions,
     schedule_subscriptions,
@@ -52,6 +51,8 @@ class RuntimeOptions:
     init_timeout_seconds: float = 20.0
     # SQS long polling while a queue is quiet (Lambda waits 20 s; shorter lets a stop return sooner)
     sqs_wait_seconds: int = 2
+    # how long the HTTP API waits for a function's answer before it answers 503 itself (API Gateway: 30 s)
+    http_timeout_seconds: float = INTEGRATION_TIMEOUT_SECONDS
     python: str = sys.executable
     schedule_clock: Callable[[], float] = field(default=time.time)
 
@@ -184,7 +185,7 @@ class LocalRuntime:
         await service.start()
         routes = http_routes(self.cloudformation)
         if http_port is not None:
-            api = HttpApi(routes, service.invoke, http_authorizers(self.template))
+            api = HttpApi(routes, service.invoke, self.options.http_timeout_seconds)
             self.http = HttpApiServer(api, http_port)
             await self.http.start()
         concurrency = {spec.name: spec.concurrency for spec in specs}
@@ -277,27 +278,19 @@ class LocalRuntime:
             raise RuntimeError("the runtime is not started")
         self._call(self.lambda_service.update_environment(function, environment), 10)
 
-    def container_pids(self) -> dict[str, list[int]]:
-        """The live container processes of each function."""
-        if self.lambda_service is None or self._loop is None:
-            return {}
+    def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
+        """The live container processes of each function (busy: those running an invocation right now)."""
         service = self.lambda_service
+        if service is None or self._loop is None:
+            return {}
 
         async def pids() -> dict[str, list[int]]:
-            return service.container_pids()
+            return service.container_pids(busy=busy)
 
         return self._call(pids(), 10)
 
     def busy_container_pids(self) -> dict[str, list[int]]:
-        """The container processes of each function that are running an invocation right now."""
-        if self.lambda_service is None or self._loop is None:
-            return {}
-        service = self.lambda_service
-
-        async def pids() -> dict[str, list[int]]:
-            return service.busy_container_pids()
-
-        return self._call(pids(), 10)
+        return self.container_pids(busy=True)
 
     def _call[T](self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
         if self._loop is None:

@@ -184,7 +184,6 @@ class HttpRoute:
     function: str
     method: str
     path: str
-    authorizer: str | None = None  # the name of the API's Lambda authorizer that guards it, if any
 
 
 def http_routes(template: dict[str, Any]) -> list[HttpRoute]:
@@ -197,15 +196,9 @@ def http_routes(template: dict[str, Any]) -> list[HttpRoute]:
                 target = FUNCTION_ARN.search(json.dumps(integration.get("uri")))
                 if target is None or integration.get("payloadFormatVersion") != "2.0":
                     raise ValueError(f"{api_id} {method} {path}: only Lambda proxy integrations of payload 2.0")
-                security = next(iter((operation.get("security") or [{}])[0]), None)
-                routes.append(
-                    HttpRoute(
-                        target.group(1),
-                        "ANY" if method == ANY_METHOD else method.upper(),
-                        path,
-                        None if security in (None, "NONE") else security,
-                    )
-                )
+                if any(name != "NONE" for scheme in operation.get("security", []) for name in scheme):
+                    raise ValueError(f"{api_id} {method} {path}: the local HTTP API runs no authorizers")
+                routes.append(HttpRoute(target.group(1), "ANY" if method == ANY_METHOD else method.upper(), path))
     return routes
 
 
@@ -277,39 +270,3 @@ def schedule_subscriptions(template: dict[str, Any]) -> list[ScheduleSubscriptio
                 period = rate_seconds(str(props["ScheduleExpression"]))
                 schedules.append(ScheduleSubscription(function, rule, period, target.get("Input")))
     return schedules
-
-
-# ------------------------------------------------------------------------------------------ authorizers
-
-
-@dataclass(frozen=True)
-class LambdaAuthorizer:
-    """A Lambda authorizer of an HTTP API (SAM `Auth.Authorizers.<name>` with a FunctionArn)."""
-
-    name: str
-    function: str
-    payload_version: str = "2.0"
-    simple_responses: bool = False
-    identity_headers: tuple[str, ...] = ()
-    identity_query_strings: tuple[str, ...] = ()
-    reauthorize_every_seconds: int = 300  # API Gateway's default when a TTL is not given
-
-
-def http_authorizers(template: dict[str, Any]) -> dict[str, LambdaAuthorizer]:
-    """The Lambda authorizers of every AWS::Serverless::HttpApi, by name."""
-    found: dict[str, LambdaAuthorizer] = {}
-    for resource in template["Resources"].values():
-        if resource.get("Type") != "AWS::Serverless::HttpApi":
-            continue
-        for name, spec in ((resource.get("Properties") or {}).get("Auth") or {}).get("Authorizers", {}).items():
-            identity = spec.get("Identity") or {}
-            found[name] = LambdaAuthorizer(
-                name=name,
-                function=_target(spec.get("FunctionArn"), "Arn"),
-                payload_version=str(spec.get("AuthorizerPayloadFormatVersion", "")),
-                simple_responses=bool(spec.get("EnableSimpleResponses", False)),
-                identity_headers=tuple(str(h) for h in identity.get("Headers") or ()),
-                identity_query_strings=tuple(str(q) for q in identity.get("QueryStrings") or ()),
-                reauthorize_every_seconds=int(identity.get("ReauthorizeEvery", 300)),
-            )
-    return found

@@ -18,6 +18,8 @@ HERE = Path(__file__).resolve().parent
 TEMPLATE = load_template(HERE / "template.yaml")
 # how far the runtime's schedule clock is ahead of time.time(): a test moves it on to make a schedule fall due
 SCHEDULE_CLOCK_OFFSET = [0.0]
+# the shared runtime's HTTP API gives a function this long to answer (API Gateway: 30 s)
+HTTP_TIMEOUT_SECONDS = 2.0
 
 
 def template_environment(record_dir: Path) -> dict[str, dict[str, str]]:
@@ -51,7 +53,11 @@ def record_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def runtime(record_dir: Path) -> Iterator[LocalRuntime]:
-    started = start_runtime(record_dir, schedule_clock=lambda: time.time() + SCHEDULE_CLOCK_OFFSET[0])
+    started = start_runtime(
+        record_dir,
+        schedule_clock=lambda: time.time() + SCHEDULE_CLOCK_OFFSET[0],
+        http_timeout_seconds=HTTP_TIMEOUT_SECONDS,
+    )
     try:
         yield started
     finally:

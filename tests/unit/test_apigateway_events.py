@@ -6,10 +6,10 @@ import asyncio
 import base64
 import json
 
-from devstack.apigateway import HttpApi, Problem, api_gateway_event, lambda_http_result
+from devstack.apigateway import HttpApi, api_gateway_event, lambda_http_result
 from devstack.lambda_service import InvocationResult
 from devstack.sqs_source import sqs_record
-from devstack.template import DEFAULT_ROUTE, HttpRoute, LambdaAuthorizer
+from devstack.template import DEFAULT_ROUTE, HttpRoute
 
 ROUTES = [
     HttpRoute("StatusFunction", "GET", "/v1/messages/{message_id}"),
@@ -27,19 +27,11 @@ def test_routes_match_by_method_and_the_most_specific_path() -> None:
     assert api.match("GET", "/v1/messages/abc/status/extra") is None
 
 
-def test_unknown_route_is_a_problem_404() -> None:
-    status, headers, body = asyncio.run(HttpApi(ROUTES).handle("GET", "/nope", "", [], b"", "127.0.0.1"))
-    assert status == 404
-    assert ("content-type", "application/problem+json") in headers
-    assert json.loads(body)["status"] == 404
-
-
-def test_a_known_path_with_another_method_is_a_problem_405_naming_the_allowed_ones() -> None:
-    resolved = HttpApi(ROUTES).resolve("DELETE", "/v1/messages/abc")
-    assert resolved == Problem(405, "DELETE is not allowed here", (("allow", "GET"),))
-    status, headers, body = resolved.response()
-    assert (status, json.loads(body)["title"]) == (405, "Method Not Allowed")
-    assert ("allow", "GET") in headers
+def test_a_request_no_route_takes_is_api_gateways_own_404() -> None:
+    for method, path in (("GET", "/nope"), ("DELETE", "/v1/messages/abc")):
+        status, headers, body = asyncio.run(HttpApi(ROUTES).handle(method, path, "", [], b"", "127.0.0.1"))
+        assert (status, json.loads(body)) == (404, {"message": "Not Found"})
+        assert ("content-type", "application/json") in headers
 
 
 def test_http_api_v2_event() -> None:
@@ -113,7 +105,7 @@ def test_sqs_records_carry_fifo_attributes() -> None:
     assert len(record["md5OfBody"]) == 32
 
 
-# ------------------------------------------------------------------ Lambda authorizer
+# ------------------------------------------------------------------ integration
 
 
 class ScriptedFunctions:
@@ -131,54 +123,41 @@ class ScriptedFunctions:
         return InvocationResult(json.dumps(answer).encode())
 
 
-def guarded(authorizer_answer: object, identity_headers: tuple[str, ...] = ()) -> tuple[HttpApi, ScriptedFunctions]:
-    route = HttpRoute("IdentityFunction", "GET", "/v1/users/{user_id}", "Bearer")
-    functions = ScriptedFunctions(
-        {"AuthorizerFunction": authorizer_answer, "IdentityFunction": {"statusCode": 200, "body": "ok"}}
-    )
-    authorizer = LambdaAuthorizer(
-        "Bearer", "AuthorizerFunction", identity_headers=identity_headers, simple_responses=True
-    )
-    return HttpApi([route], functions.invoke, {"Bearer": authorizer}), functions
-
-
-def handle(api: HttpApi, path: str, headers: list[tuple[str, str]] | None = None) -> tuple[int, bytes]:
-    raw_path, _, query = path.partition("?")
-    status, _, body = asyncio.run(api.handle("GET", raw_path, query, headers or [], b"", "10.1.1.1"))
+def answer(function_answer: object) -> tuple[int, bytes]:
+    functions = ScriptedFunctions({"IngestFunction": function_answer})
+    api = HttpApi(ROUTES, functions.invoke)
+    status, _, body = asyncio.run(api.handle("POST", "/v1/messages", "", [], b"{}", "10.1.1.1"))
+    assert len(functions.events["IngestFunction"]) == 1
     return status, body
 
 
-def test_the_authorizer_runs_first_and_its_context_reaches_the_function() -> None:
-    api, functions = guarded({"isAuthorized": True, "context": {"key_id": "k1", "role": "admin"}})
-    assert handle(api, "/v1/users/u1?x=1", [("Authorization", "Bearer t")]) == (200, b"ok")
-    (request,) = functions.events["AuthorizerFunction"]
-    assert request["type"] == "REQUEST" and request["version"] == "2.0"
-    assert request["routeKey"] == "GET /v1/users/{user_id}"
-    assert request["headers"] == {"authorization": "Bearer t"}
-    assert request["pathParameters"] == {"user_id": "u1"}
-    assert "body" not in request
-    (event,) = functions.events["IdentityFunction"]
-    assert event["requestContext"]["authorizer"] == {"lambda": {"key_id": "k1", "role": "admin"}}  # type: ignore[index]
+def test_the_functions_answer_is_the_response() -> None:
+    assert answer({"statusCode": 202, "body": "accepted"}) == (202, b"accepted")
 
 
-def test_api_gateways_own_refusals_when_an_authorizer_says_no() -> None:
-    api, functions = guarded({"isAuthorized": False})
-    assert handle(api, "/v1/users/u1") == (403, b'{"message": "Forbidden"}')
-    api, functions = guarded({"isAuthorized": True}, identity_headers=("Authorization",))
-    assert handle(api, "/v1/users/u1") == (401, b'{"message": "Unauthorized"}')
-    assert functions.events["AuthorizerFunction"] == []  # a missing identity source never reaches the authorizer
-    api, functions = guarded(RuntimeError("boom"))
-    assert handle(api, "/v1/users/u1") == (500, b'{"message": "Internal Server Error"}')
-    assert functions.events["IdentityFunction"] == []
-    api, functions = guarded({"isAuthorized": "yes"})  # not a boolean: API Gateway fails the request
-    assert handle(api, "/v1/users/u1")[0] == 500
+def test_a_failed_function_or_one_that_answers_no_http_response_is_api_gateways_500() -> None:
+    internal_error = (500, b'{"message": "Internal Server Error"}')
+    assert answer(RuntimeError("boom")) == internal_error
+    assert answer({"statusCode": "not a number"}) == internal_error
 
 
-def test_routes_without_an_authorizer_skip_it() -> None:
-    functions = ScriptedFunctions({"IngestFunction": {"statusCode": 202, "body": ""}})
-    api = HttpApi(ROUTES, functions.invoke)
-    status, _, _ = asyncio.run(api.handle("POST", "/v1/messages", "", [], b"", "10.1.1.1"))
-    assert status == 202
+def test_no_answer_within_the_integration_timeout_is_api_gateways_503_and_the_function_runs_on() -> None:
+    finished = []
+
+    async def slow(function: str, payload: bytes) -> InvocationResult:
+        await asyncio.sleep(0.3)
+        finished.append(function)
+        return InvocationResult(b"{}")
+
+    async def scenario() -> tuple[int, bytes]:
+        api = HttpApi(ROUTES, slow, timeout=0.05)
+        status, _, body = await api.handle("POST", "/v1/messages", "", [], b"{}", "10.1.1.1")
+        assert finished == []
+        while not finished:  # the invocation is not cancelled with the request
+            await asyncio.sleep(0.01)
+        return status, body
+
+    assert asyncio.run(scenario()) == (503, b'{"message": "Service Unavailable"}')
 
 
 def test_the_default_route_takes_what_no_other_route_does() -> None:

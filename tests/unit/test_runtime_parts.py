@@ -1,4 +1,4 @@
-"""The local runtime's parts that need no process: template reading, schedules, policies, SQS poller scaling."""
+"""The local runtime's parts that need no process: template reading, schedules, SQS poller scaling."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 
-from devstack.authorizers import InvalidAuthorizerResponseError, policy_allows
 from devstack.lambda_service import InvocationResult
 from devstack.runtime import LocalRuntime, RuntimeOptions
 from devstack.schedules import scheduled_event
@@ -114,34 +113,6 @@ def test_a_scheduled_event_is_eventbridges_or_the_targets_input() -> None:
     )
     assert event["resources"] == ["arn:aws:events:us-east-1:000000000000:rule/SweeperEvery5"]
     assert scheduled_event(ScheduleSubscription("Sweeper", "Rule", 60, '{"sweep": true}'), 0.0) == {"sweep": True}
-
-
-# ------------------------------------------------------------------ authorizer policies
-
-ROUTE = "arn:aws:execute-api:us-east-1:000000000000:local/$default/GET/v1/messages"
-
-
-def statement(effect: str, resource: str, action: str = "execute-api:Invoke") -> dict[str, str]:
-    return {"Effect": effect, "Action": action, "Resource": resource}
-
-
-def test_policies_allow_only_a_matching_allow_and_an_explicit_deny_wins() -> None:
-    allow_all = statement("Allow", "arn:aws:execute-api:us-east-1:000000000000:local/*")
-    assert policy_allows({"Statement": [allow_all]}, ROUTE)
-    assert policy_allows({"Statement": allow_all}, ROUTE)
-    assert not policy_allows({"Statement": [statement("Allow", "arn:*:execute-api:*:*:other/*")]}, ROUTE)
-    assert not policy_allows({"Statement": [allow_all, statement("Deny", "*/GET/v1/*")]}, ROUTE)
-    assert not policy_allows({"Statement": [statement("Allow", "*", "execute-api:ManageConnections")]}, ROUTE)
-    assert policy_allows({"Statement": [statement("Allow", "*", "execute-api:*")]}, ROUTE)
-    assert not policy_allows(
-        {"Statement": [statement("Allow", "arn:aws:execute-api:us-east-1:00000000000?:local")]}, ROUTE
-    )
-
-
-@pytest.mark.parametrize("policy", [None, {}, {"Statement": "x"}, {"Statement": [{"Effect": "Maybe"}]}])
-def test_a_malformed_policy_is_an_authorizer_failure(policy: Any) -> None:
-    with pytest.raises(InvalidAuthorizerResponseError):
-        policy_allows(policy, ROUTE)
 
 
 # ------------------------------------------------------------------ SQS
