@@ -255,7 +255,7 @@ def process_tree_owns_port(pid: int, port: int) -> bool:
 
 def start_until_ready(
     process: ManagedProcess,
-    probe: Callable[[], None],
+    probe: Callable[[], object],
     *,
     timeout: float,
     interval: float = 0.1,

@@ -36,13 +36,9 @@ def start_redis(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
     ]  # fmt: skip
     process = ManagedProcess("redis", argv, cwd=data_dir, log_path=state_dir / "logs" / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
-    start_until_ready(process, lambda: _ping(url), timeout=30.0, group=group, port=port)
-    return url, process
-
-
-def _ping(url: str) -> None:
     client = redis.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=0.5)
     try:
-        client.ping()
+        start_until_ready(process, client.ping, timeout=30.0, group=group, port=port)
     finally:
         client.close()
+    return url, process

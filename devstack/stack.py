@@ -21,6 +21,8 @@ import psycopg
 import pymongo
 from psycopg import sql
 
+from devstack.mongo import start_mongo
+from devstack.postgres import start_postgres
 from devstack.processes import (
     STATE_DIR,
     ManagedProcess,
@@ -30,6 +32,7 @@ from devstack.processes import (
     free_port,
     require_free_port,
 )
+from devstack.redis import start_redis
 from devstack.runtime import LocalRuntime, RuntimeOptions
 from devstack.state import StateLock, wipe_state
 from devstack.template import function_environment, load_template
@@ -168,30 +171,12 @@ class _SamePort(ProcessGroup):
         return self._group.closed
 
 
-def _start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
-    from devstack.postgres import start_postgres
-
-    return start_postgres(state_dir, group)
-
-
-def _start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
-    from devstack.mongo import start_mongo
-
-    return start_mongo(state_dir, group)
-
-
-def _start_redis(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
-    from devstack.redis import start_redis
-
-    return start_redis(state_dir, group)
-
-
 # (name in LocalPlatform.urls, the variable that points at the user's own server, what starts a local one)
 _SERVERS: tuple[tuple[str, str, Callable[[Path, ProcessGroup], tuple[str, ManagedProcess]]], ...] = (
     ("aws", "AWS_ENDPOINT_URL", _start_localstack),
-    ("postgres_server", "DATABASE_URL", _start_postgres),
-    ("mongo_server", "MONGODB_URI", _start_mongo),
-    ("redis", "REDIS_URL", _start_redis),
+    ("postgres_server", "DATABASE_URL", start_postgres),
+    ("mongo_server", "MONGODB_URI", start_mongo),
+    ("redis", "REDIS_URL", start_redis),
 )
 
 
@@ -407,9 +392,9 @@ class LocalPlatform:
         urls_key = {"localstack": "aws", "postgres": "postgres_server", "mongo": "mongo_server", "redis": "redis"}
         launchers = {
             "localstack": _start_localstack_again,
-            "postgres": _start_postgres,
-            "mongo": _start_mongo,
-            "redis": _start_redis,
+            "postgres": start_postgres,
+            "mongo": start_mongo,
+            "redis": start_redis,
         }
         port = urlsplit(self.urls[urls_key[name]]).port
         assert port is not None
