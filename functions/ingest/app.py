@@ -114,7 +114,4 @@ def health() -> Response[str]:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     idempotency.register_lambda_context(context)
-    # one unit of work per request: what the webhooks' inbound messages collected (MessageReceived) goes out as
-    # it ends, however it ends (to move into api.app.serve, the resolver's handler wrapper)
-    with bootstrap.event_buffer().unit_of_work():
-        return serve(app, event, context)
+    return serve(app, event, context)

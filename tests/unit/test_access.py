@@ -15,6 +15,8 @@ from chat4all.api.access import ROLE_TABLE, Access, allowed_methods
 from chat4all.api.app import DEADLINE_MARGIN_SECONDS, create_resolver, serve
 from chat4all.domain.errors import DependencyUnavailableError, UnauthorizedError
 from chat4all.domain.models import Principal, Role
+from chat4all.services.notifications import EventBuffer
+from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
@@ -123,7 +125,7 @@ def request(route_key: str, path: str, authorization: str | None = None) -> dict
 
 
 def answer(app: APIGatewayHttpResolver, event: dict[str, Any], remaining_ms: int = 30_000) -> tuple[int, Any]:
-    result = serve(app, event, FakeContext(remaining_ms))  # type: ignore[arg-type]
+    result = serve(app, event, FakeContext(remaining_ms), EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()))  # type: ignore[arg-type]
     return result["statusCode"], json.loads(result["body"]) if result.get("body") else None
 
 
@@ -139,7 +141,12 @@ def test_a_verified_caller_reaches_the_route_with_request_id_and_source_ip() -> 
 @pytest.mark.parametrize("authorization", [None, "Bearer nope", "Basic abc"])
 def test_no_valid_credential_is_a_401_problem(authorization: str | None) -> None:
     app, seen = resolver(Credentials())
-    result = serve(app, request("GET /v1/audit-log", "/v1/audit-log", authorization), FakeContext(30_000))  # type: ignore[arg-type]
+    result = serve(
+        app,
+        request("GET /v1/audit-log", "/v1/audit-log", authorization),
+        FakeContext(30_000),
+        EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()),
+    )  # type: ignore[arg-type]
     assert result["statusCode"] == 401
     assert result["headers"]["Content-Type"] == "application/problem+json"
     assert json.loads(result["body"])["status"] == 401
@@ -188,7 +195,7 @@ def test_a_request_still_running_near_the_timeout_is_answered_503_by_the_functio
 
     remaining_ms = int((DEADLINE_MARGIN_SECONDS + 0.2) * 1000)
     event = request("GET /v1/users/{user_id}/link-suggestions", "/v1/users/u/link-suggestions", "Bearer admin-key")
-    result = serve(app, event, FakeContext(remaining_ms))  # type: ignore[arg-type]
+    result = serve(app, event, FakeContext(remaining_ms), EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()))  # type: ignore[arg-type]
     assert result["statusCode"] == 503
     assert result["headers"]["Content-Type"] == "application/problem+json"
     assert result["headers"]["Retry-After"] == "1"
@@ -199,7 +206,29 @@ def test_a_request_still_running_near_the_timeout_is_answered_503_by_the_functio
 
 def test_an_exception_outside_the_routes_is_a_500_problem() -> None:
     app, _ = resolver(Credentials())
-    result = serve(app, {"not": "an API Gateway event"}, FakeContext(30_000))  # type: ignore[arg-type]
+    result = serve(
+        app,
+        {"not": "an API Gateway event"},
+        FakeContext(30_000),
+        EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()),
+    )  # type: ignore[arg-type]
     assert result["statusCode"] == 500
     body = json.loads(result["body"])
     assert body["status"] == 500 and "Traceback" not in result["body"]
+
+
+def test_the_events_a_request_collected_are_published_when_it_ends_even_by_an_error() -> None:
+    app, _ = resolver(Credentials())
+    bus = InMemoryEventPublisher()
+    events = EventBuffer(bus, InMemoryEventOutbox())
+
+    @app.get("/v1/conversations")
+    def collect_then_fail() -> Response[str]:
+        events.publish("MessageReceived", {"message_id": "m-1"})
+        raise RuntimeError("after the change was written")
+
+    result = serve(
+        app, request("GET /v1/conversations", "/v1/conversations", "Bearer admin-key"), FakeContext(30_000), events
+    )  # type: ignore[arg-type]
+    assert result["statusCode"] == 500
+    assert bus.events == [("chat4all", "MessageReceived", {"message_id": "m-1"})]

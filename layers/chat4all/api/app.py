@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from chat4all.api.access import Authenticate
     from chat4all.domain.models import Principal
+    from chat4all.services.notifications import EventBuffer
 
 # A request still running this long before its function's Timeout is answered 503 by the function itself, so
 # API Gateway never has to answer for a function Lambda stopped (its answer is not problem JSON).
@@ -48,18 +49,29 @@ def _container_authenticator(authorization: str | None) -> Principal:
     return bootstrap.authenticator().authenticate(authorization)
 
 
-def serve(app: APIGatewayHttpResolver, event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    """Resolve one HTTP event, answering it in problem JSON whatever happens: an unexpected exception is a 500
-    problem, and a request still running DEADLINE_MARGIN_SECONDS before the function's Timeout a 503 one."""
-    try:
-        with deadline(context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS):
-            return app.resolve(event, context)
-    except RequestDeadlineError as exc:
-        logger.error("request answered 503 before the function's timeout", extra={"route": event.get("routeKey")})
-        return _as_proxy_result(problem_response(exc, {"Retry-After": "1"}))
-    except Exception:
-        logger.exception("unhandled error outside the routes")
-        return _as_proxy_result(problem_response(Chat4AllError("an unexpected error occurred; it has been logged")))
+def serve(
+    app: APIGatewayHttpResolver, event: dict[str, Any], context: LambdaContext, events: EventBuffer | None = None
+) -> dict[str, Any]:
+    """Resolve one HTTP event as one unit of work, answering it in problem JSON whatever happens.
+
+    The events the request collected (`events`, default the container's EventBuffer) are published when it ends,
+    however it ends; an unexpected exception is a 500 problem, and a request still running
+    DEADLINE_MARGIN_SECONDS before the function's Timeout a 503 one.
+    """
+    if events is None:
+        from chat4all import bootstrap
+
+        events = bootstrap.event_buffer()
+    with events.unit_of_work():
+        try:
+            with deadline(context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS):
+                return app.resolve(event, context)
+        except RequestDeadlineError as exc:
+            logger.error("request answered 503 before the function's timeout", extra={"route": event.get("routeKey")})
+            return _as_proxy_result(problem_response(exc, {"Retry-After": "1"}))
+        except Exception:
+            logger.exception("unhandled error outside the routes")
+            return _as_proxy_result(problem_response(Chat4AllError("an unexpected error occurred; it has been logged")))
 
 
 def _as_proxy_result(response: Response[str]) -> dict[str, Any]:
