@@ -13,7 +13,12 @@ import pytest
 
 from chat4all.channels.instagram import InstagramConnector
 from chat4all.channels.telegram import TelegramConnector
-from chat4all.domain.errors import BadRequestError, ChannelRejectedError, ChannelRetryableError
+from chat4all.domain.errors import (
+    BadRequestError,
+    ChannelOutcomeUnknownError,
+    ChannelRejectedError,
+    ChannelRetryableError,
+)
 from chat4all.domain.models import InboundMessage, MessageStatus, OutboundMessage, Platform, StatusReport
 from tests.support.fake_instagram import messaging_webhook, read_webhook
 from tests.support.fake_telegram import update
@@ -121,6 +126,25 @@ def test_telegram_and_instagram_failures_are_classified(status: int, error: type
         telegram(answer).send(TELEGRAM, OutboundMessage("m1", "4242", "hello"))
     with pytest.raises(error):
         instagram(answer).send(INSTAGRAM, OutboundMessage("m1", "9001", "hello"))
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [{"ok": True, "result": {"chat": {"id": 4242}}}, {"ok": True}, {"ok": False}, {}, {"message_id": ""}],
+)
+def test_a_2xx_answer_without_a_message_id_is_an_unknown_outcome_never_a_retry(reply: dict[str, object]) -> None:
+    """The platform may have sent it: sending again could deliver it twice (as WhatsApp's connector decides)."""
+    calls: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(200, json=reply)
+
+    with pytest.raises(ChannelOutcomeUnknownError):
+        telegram(answer).send(TELEGRAM, OutboundMessage("m1", "4242", "hello"))
+    with pytest.raises(ChannelOutcomeUnknownError):
+        instagram(answer).send(INSTAGRAM, OutboundMessage("m1", "9001", "hello"))
+    assert len(calls) == 2  # one call each, no retry inside the connector
 
 
 def test_instagram_signature_accounts_and_events() -> None:

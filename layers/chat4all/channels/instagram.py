@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from chat4all.channels.meta import MetaWebhookConnector, strings_at
 from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
-from chat4all.domain.errors import BadRequestError, ChannelRetryableError
+from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 
 if TYPE_CHECKING:
@@ -144,5 +144,6 @@ class InstagramConnector(MetaWebhookConnector):
         )
         platform_message_id = reply.get("message_id")
         if not isinstance(platform_message_id, str) or not platform_message_id:
-            raise ChannelRetryableError(f"Instagram reply has no message_id: {str(reply)[:300]}")
+            # a 2xx answer: Instagram may have sent it, so it is never sent again (as WhatsApp's)
+            raise ChannelOutcomeUnknownError(f"Instagram reply has no message_id: {str(reply)[:300]}")
         return ProviderReceipt(platform_message_id=platform_message_id)

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from chat4all.channels.http import HttpConnector
 from chat4all.channels.whatsapp import location_text
 from chat4all.domain.credentials import ChannelCredentials, TelegramCredentials
-from chat4all.domain.errors import BadRequestError, ChannelRetryableError
+from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
 from chat4all.domain.models import InboundMessage, Platform, ProviderReceipt
 
 if TYPE_CHECKING:
@@ -192,7 +192,8 @@ class TelegramConnector(HttpConnector):
         )
         result = reply.get("result")
         if reply.get("ok") is not True or not isinstance(result, dict) or "message_id" not in result:
-            raise ChannelRetryableError(f"Telegram reply has no result.message_id: {str(reply)[:300]}")
+            # a 2xx answer: Telegram may have sent it, so it is never sent again (as WhatsApp's)
+            raise ChannelOutcomeUnknownError(f"Telegram reply has no result.message_id: {str(reply)[:300]}")
         chat = result.get("chat")
         sent_to = chat.get("id", chat_id) if isinstance(chat, dict) else chat_id
         bot_id = credentials["bot_token"].split(":", 1)[0]
