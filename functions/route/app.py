@@ -18,6 +18,7 @@ from chat4all.consumers import consume_conversations
 from chat4all.domain.models import utcnow
 from chat4all.domain.wire import RouteJob
 from chat4all.observability import logger, metrics, tracer
+from chat4all.services import route_jobs
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -50,9 +51,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
             lambda conversation_id: conversation_work(conversation_id, context),
             queue_url=settings.require("route_queue_url"),
             visibility=bootstrap.sqs_visibility(),
-            requeue=lambda message_id, conversation_id, key: bootstrap.outbound_queue().enqueue(
-                message_id, conversation_id, dedupe_key=key
-            ),
+            requeue=lambda job, key: route_jobs.refresh(job, key, bootstrap.outbound_queue()),
             events=bootstrap.event_buffer(),
         )
     )

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from chat4all.domain.errors import RetryLaterError
 from chat4all.domain.wire import RouteJob
 from chat4all.observability import logger
+from chat4all.services.route_jobs import REFRESH_AFTER_RECEIVES
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -38,10 +39,6 @@ if TYPE_CHECKING:
     from chat4all.services.notifications import EventBuffer
 
 MAX_RETRY_DELAY_SECONDS = 60
-# A conversation's job that waits (back-off, a dependency down) is received again and again. Well before the
-# queue's maxReceiveCount (template.yaml: 100) it is replaced by a fresh job, so SQS's own redrive never
-# dead-letters a conversation that is only waiting; it still catches a record that crashes every invocation.
-REFRESH_AFTER_RECEIVES = 25
 
 
 def consume_batch(
@@ -103,7 +100,7 @@ def consume_conversations(
     *,
     queue_url: str,
     visibility: SqsVisibility,
-    requeue: Callable[[str, str, str], None],
+    requeue: Callable[[RouteJob, str], None],
     events: EventBuffer,
 ) -> PartialItemFailureResponse:
     """Run `work(conversation_id)` once per conversation in the batch, as one unit of work for `events`.
@@ -111,8 +108,9 @@ def consume_conversations(
     `work` returns None when the conversation has nothing left to send, else the seconds after which it has
     work again. Then the conversation's first record stays (made visible again after that delay) and its other
     records are acknowledged: one job per waiting conversation is enough. An exception from `work` is a
-    retry with back-off by the record's receive count. `requeue(message_id, conversation_id, dedupe_key)`
-    replaces a job that was received REFRESH_AFTER_RECEIVES times.
+    retry with back-off by the record's receive count. `requeue(job, dedupe_key)`
+    replaces a job that was received REFRESH_AFTER_RECEIVES times (the route-job protocol's step 4,
+    chat4all.services.route_jobs.refresh).
     """
     with events.unit_of_work():
         return _consume_conversations(event, work, queue_url=queue_url, visibility=visibility, requeue=requeue)
@@ -124,7 +122,7 @@ def _consume_conversations(
     *,
     queue_url: str,
     visibility: SqsVisibility,
-    requeue: Callable[[str, str, str], None],
+    requeue: Callable[[RouteJob, str], None],
 ) -> PartialItemFailureResponse:
     jobs: dict[str, list[tuple[dict[str, Any], RouteJob]]] = {}
     failures: list[str] = []
@@ -147,7 +145,7 @@ def _consume_conversations(
             continue
         if receives >= REFRESH_AFTER_RECEIVES:
             try:
-                requeue(first_job.message_id, conversation_id, f"{first['messageId']}:{receives}")
+                requeue(first_job, f"{first['messageId']}:{receives}")
                 continue
             except Exception:  # the record stays; the next receive tries again
                 logger.exception("could not refresh a waiting job")

@@ -39,11 +39,11 @@ type OutboundDraft = Callable[[Conversation], tuple[Message, Sequence[DomainEven
 
 @dataclass(frozen=True)
 class StoredOutbound:
-    """An outbound message as stored, and whether its conversation needs a route job enqueued for it."""
+    """An outbound message as stored, and its conversation's route-job mark as it was before this write (None:
+    unmarked, this write set it); chat4all.services.route_jobs decides from it whether to enqueue a job."""
 
     message: Message
-    # False when a job of the conversation is already queued or running: that run sends this message too
-    needs_route_job: bool
+    previous_mark: datetime | None
 
 
 @dataclass(frozen=True)
@@ -243,23 +243,20 @@ class MessageStore(ABC):
         `draft` makes the message and the events kept with it from the conversation as this write reads it, so
         the sender's right to send is checked on the conversation the message joins; whatever it raises
         (ForbiddenError) undoes the write. NotFoundError when the conversation does not exist.
-        `needs_route_job` is True when no job was marked (or the mark is stale): the caller enqueues one. A
-        route run unmarks the conversation with `finish_route_job` when it finds no more work, only if no
-        message was stored since it read the counter, so a message stored at any moment is either seen by that
-        run or gets a job of its own.
+        The conversation's route-job mark is set in the same transaction when absent, and returned as it was
+        before it (the route-job protocol, chat4all.services.route_jobs, steps 1 and 2).
         """
 
     @abstractmethod
     def release_route_job(self, conversation_id: str) -> bool:
-        """The conversation's route job ends (or was never enqueued): the next outbound message needs one.
-        False when the conversation was not marked (nobody counts on this job for a message)."""
+        """Unmark the conversation: its job was never enqueued, or its run ends without a counter to check
+        (route_jobs steps 2 and 3). False when the conversation was not marked."""
 
     @abstractmethod
     def finish_route_job(self, conversation_id: str, last_sequence: int) -> bool:
         """A route run found no more work after reading the conversation's counter as `last_sequence`: unmark
-        the conversation unless a message was stored since. True when done (unmarked, or it was not marked);
-        False when the counter moved: the run looks again (a message stored after this is enqueued by its
-        sender, who finds no mark)."""
+        the conversation unless a message was stored since, in one conditional write (route_jobs step 3). True
+        when done (unmarked, or it was not marked); False when the counter moved: the run looks again."""
 
     @abstractmethod
     def get_message(self, message_id: str) -> Message | None: ...

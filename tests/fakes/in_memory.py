@@ -356,7 +356,8 @@ class InMemoryMessageStore(MessageStore):
         self.messages: dict[str, Message] = {}
         self.applied: set[str] = set()
         self.kept_events: list[DomainEvent] = []  # events written with their change
-        self.route_marked: set[str] = set()  # conversations marked as having a route job
+        # conversations marked as having a route job, with the mark's time (chat4all.services.route_jobs)
+        self.route_marked: dict[str, datetime] = {}
 
     def add_outbound(self, conversation_id: str, at: datetime, draft: OutboundDraft) -> StoredOutbound | None:
         conversation = self.conversations.get_conversation(conversation_id)
@@ -366,21 +367,18 @@ class InMemoryMessageStore(MessageStore):
         stored = self.add_message(message, events=events)
         if stored is None:
             return None
-        needed = stored.conversation_id not in self.route_marked
-        self.route_marked.add(stored.conversation_id)
-        return StoredOutbound(stored, needed)
+        previous = self.route_marked.get(conversation_id)
+        self.route_marked[conversation_id] = min(at, previous or at)
+        return StoredOutbound(stored, previous)
 
     def release_route_job(self, conversation_id: str) -> bool:
-        if conversation_id not in self.route_marked:
-            return False
-        self.route_marked.discard(conversation_id)
-        return True
+        return self.route_marked.pop(conversation_id, None) is not None
 
     def finish_route_job(self, conversation_id: str, last_sequence: int) -> bool:
         conversation = self.conversations.get_conversation(conversation_id)
         if conversation is None or conversation.last_sequence != last_sequence:
             return False
-        self.route_marked.discard(conversation_id)
+        self.route_marked.pop(conversation_id, None)
         return True
 
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:

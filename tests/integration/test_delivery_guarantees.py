@@ -41,6 +41,7 @@ from chat4all.domain.models import (
     UserType,
     utcnow,
 )
+from chat4all.services import route_jobs
 from chat4all.services.delivery import DeliveryService
 from chat4all.services.messages import MessageService
 from chat4all.services.notifications import EventBuffer, EventRelay
@@ -596,7 +597,7 @@ def test_a_conversation_is_marked_for_one_route_job_until_its_run_releases_it(pl
         message = outbound_message(conversation, text)
         added = messages.add_outbound(conversation.conversation_id, message.created_at, lambda _: (message, []))
         assert added is not None
-        return added.needs_route_job
+        return route_jobs.needs_job(added)
 
     # the first message of a quiet conversation needs a job, the next ones are that job's run's to send
     assert [needs_job("m1"), needs_job("m2"), needs_job("m3")] == [True, False, False]
@@ -608,7 +609,7 @@ def test_a_conversation_is_marked_for_one_route_job_until_its_run_releases_it(pl
     assert messages.release_route_job(conversation.conversation_id) is False
     assert needs_job("m4") is True
     # a mark older than ROUTE_JOB_STALE (its job may have been lost) gets every message a job of its own
-    stale = utcnow() - mongo_adapter.ROUTE_JOB_STALE - timedelta(seconds=1)
+    stale = utcnow() - route_jobs.ROUTE_JOB_STALE - timedelta(seconds=1)
     db.conversations.update_one({"_id": conversation.conversation_id}, {"$set": {"route_job_at": stale}})
     assert [needs_job("m5"), needs_job("m6")] == [True, True]
     doc = db.conversations.find_one({"_id": conversation.conversation_id})

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -15,6 +15,9 @@ from chat4all.domain.models import DomainEvent
 from chat4all.services.notifications import EventBuffer
 from devstack.template import load_template
 from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
+
+if TYPE_CHECKING:
+    from chat4all.domain.wire import RouteJob
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +59,7 @@ def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> 
         return {"a": 2.5, "b": None}[conversation_id]
 
     visibility = Visibility()
-    requeued: list[tuple[str, str, str]] = []
+    requeued: list[tuple[RouteJob, str]] = []
     result = consume_conversations(
         {"Records": [*waiting, done, failing, bad]},
         work,
@@ -78,7 +81,7 @@ def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> 
 def test_a_job_received_many_times_is_replaced_by_a_fresh_one() -> None:
     old = record("a", "a1", receives=REFRESH_AFTER_RECEIVES)
     visibility = Visibility()
-    requeued: list[tuple[str, str, str]] = []
+    requeued: list[tuple[RouteJob, str]] = []
     result = consume_conversations(
         {"Records": [old]},
         lambda conversation_id: 5.0,
@@ -88,15 +91,15 @@ def test_a_job_received_many_times_is_replaced_by_a_fresh_one() -> None:
         events=unit_of_work(),
     )
     assert result["batchItemFailures"] == []  # the old job goes, the fresh one carries on
-    assert [(m, c) for m, c, _ in requeued] == [("a1", "a")]
-    assert requeued[0][2] != "a1"  # a new deduplication id: SQS would drop a repeat of the old one
+    assert [(job.message_id, job.conversation_id) for job, _ in requeued] == [("a1", "a")]
+    assert requeued[0][1] != "a1"  # a new deduplication id: SQS would drop a repeat of the old one
     assert visibility.postponed == []
 
 
 def test_a_job_stays_when_it_cannot_be_replaced() -> None:
     old = record("a", "a1", receives=REFRESH_AFTER_RECEIVES + 1)
 
-    def broken_requeue(*job: str) -> None:
+    def broken_requeue(*job: object) -> None:
         raise RuntimeError("SQS is unavailable")
 
     visibility = Visibility()

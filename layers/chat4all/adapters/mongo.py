@@ -60,9 +60,6 @@ SEQUENCE_TRANSACTION_SECONDS = 5.0
 SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
 # messages whose published events one update forgets (MongoEventOutbox._pull)
 PULL_CHUNK = 10
-# a conversation marked as having a route job for longer than this gets another one with each message (the
-# mark's job may have been lost: a crash between the commit and SendMessage, a dead-lettered job)
-ROUTE_JOB_STALE = timedelta(seconds=60)
 OLD_CHANNEL_INDEX = "participants.user_id_1_channel_id_1_last_activity_at_-1"
 # the sweeper's: messages by status and age
 PENDING_INDEX = "status_created_at"
@@ -294,9 +291,7 @@ class MongoMessageStore(MessageStore):
             self.collection.insert_one(record, session=session)
         except DuplicateKeyError as exc:
             raise _Drafted(message.message_id) from exc
-        job_at = doc.get("route_job_at")
-        needs_job = route_job and (job_at is None or marked_at - job_at > ROUTE_JOB_STALE)
-        return StoredOutbound(stored, needs_job)
+        return StoredOutbound(stored, doc.get("route_job_at"))
 
     def _repair_counter(self, conversation_id: str) -> None:
         """A sequence taken without the counter (data from before the counter moved with the insert)."""

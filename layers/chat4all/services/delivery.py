@@ -24,10 +24,11 @@ from chat4all.domain.errors import (
     UndeliverableError,
 )
 from chat4all.domain.models import MessageStatus, OutboundMessage, StatusEntry, utcnow
+from chat4all.services import route_jobs
 from chat4all.services.notifications import collect, message_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Mapping
+    from collections.abc import Callable, Mapping
     from datetime import datetime
 
     from chat4all.domain.models import ChannelConfig, Conversation, Message, Platform, ProviderReceipt
@@ -52,8 +53,6 @@ SEND_MARGIN = timedelta(seconds=15)
 # pauses between tries of recording a receipt: a short MongoDB blip must not turn a sent message into "unknown"
 RECORD_PAUSES_SECONDS = (0.2, 0.5, 1.0, 2.0)
 LEASE_GRACE_SECONDS = 1.0
-# PENDING messages read at once: one query for the next ten, not one per message
-WINDOW = 10
 
 
 def backoff_seconds(attempt: int) -> int:
@@ -119,7 +118,8 @@ class DeliveryService:
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
         announced: set[str] = set()
         conversation = self.conversations.get_conversation(conversation_id)
-        for message in self._unsettled(conversation_id, conversation):
+        # the route-job protocol's step 3: the PENDING messages in order, then the conversation unmarked
+        for message in route_jobs.pending_messages(conversation_id, conversation, self.messages, self.conversations):
             if message.message_id not in announced:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
@@ -142,30 +142,6 @@ class DeliveryService:
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)
         return ConversationProgress(outcomes)
-
-    def _unsettled(self, conversation_id: str, conversation: Conversation | None) -> Iterator[Message]:
-        """The conversation's PENDING messages in sequence order, read WINDOW at a time.
-
-        When none is left, the conversation's route-job mark is removed if its counter has not moved since it
-        was read (before the windows): a message stored before that is in a window, one stored after it
-        enqueued a job of its own (MessageStore.add_outbound). If the counter moved, it is read again and the
-        windows with it. A caller that stops early leaves the mark: its job comes back.
-        """
-        counter = conversation.last_sequence if conversation is not None else None
-        while True:
-            window = self.messages.unsettled(conversation_id, WINDOW)
-            yield from window
-            if len(window) == WINDOW:
-                continue
-            if counter is None:
-                # a conversation without a counter (or gone): unmark, and look once more for a late message
-                if self.messages.release_route_job(conversation_id):
-                    yield from self.messages.unsettled(conversation_id, WINDOW)
-                return
-            if self.messages.finish_route_job(conversation_id, counter):
-                return
-            current = self.conversations.get_conversation(conversation_id)
-            counter = current.last_sequence if current is not None else None
 
     def _deliver(
         self,

@@ -15,6 +15,7 @@ from chat4all.domain.errors import (
     ValidationFailedError,
 )
 from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
+from chat4all.services import route_jobs
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.notifications import message_event
 
@@ -75,8 +76,7 @@ class MessageService:
             if existing is None:
                 raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
             return self._replay(existing, command)
-        if added.needs_route_job and not self._enqueue(added.message):
-            self._release(added.message.conversation_id)
+        route_jobs.after_accept(added, self.messages, self.queue)
         # MessageAccepted stays kept on the message: route publishes it with the events of its batch (one
         # PutEvents for both), and the sweeper's relay publishes it should route not come to it in time
         return _accepted(added.message)
@@ -95,32 +95,13 @@ class MessageService:
                 "unknown sender", errors=[FieldError("sender_id", f"no active user {command.sender_id}")]
             )
 
-    def _enqueue(self, message: Message) -> bool:
-        """The message is stored: a queue failure does not undo the 202. The route function finds it anyway
-        when the conversation's next job runs, and the sweeper re-enqueues what waits too long."""
-        try:
-            self.queue.enqueue(message.message_id, message.conversation_id)
-        except DependencyUnavailableError:
-            logger.warning("message %s stored but not enqueued; the sweeper will", message.message_id)
-            return False
-        return True
-
-    def _release(self, conversation_id: str) -> None:
-        """No job went out for the conversation: unmark it, so that its next message enqueues one."""
-        try:
-            self.messages.release_route_job(conversation_id)
-        except DependencyUnavailableError:
-            logger.warning(
-                "conversation %s stays marked as having a route job until the mark is stale", conversation_id
-            )
-
     def _replay(self, existing: Message, command: SendMessage) -> AcceptedMessage:
         if existing.request_fingerprint != command.fingerprint or existing.sender_id != command.sender_id:
             raise ConflictError(f"message {command.message_id} was accepted before with a different body")
         if existing.status is MessageStatus.PENDING and existing.platform_message_id is None:
             # the first attempt may have stored the message and then failed to enqueue it; the route
             # function never sends a message twice, so enqueueing again is safe
-            self._enqueue(existing)
+            route_jobs.enqueue_again(existing, self.queue)
         return _accepted(existing)
 
     def get(self, message_id: str, principal: Principal) -> Message:

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
 from chat4all.domain.models import Direction, MessageStatus, StatusEntry, utcnow
-from chat4all.ports import PendingJob
+from chat4all.services import route_jobs
 from chat4all.services.notifications import collect, message_event
 
 if TYPE_CHECKING:
@@ -36,18 +35,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEFAULT_PENDING_AFTER_SECONDS = 120
-# at most this many messages per sweep; the rest wait for the next one (oldest first)
-SWEEP_LIMIT = 5000
-# enqueues of one message within one round share a deduplication id: sweeps running at once (a retried
-# invocation, a start-up sweep next to a scheduled one) add one record, and a message still PENDING gets
-# at most one more record per round
-SWEEP_ROUND_SECONDS = 300
 # a dead-lettered record that cannot be settled (its dependency stays down) is retried this many times
 DEAD_LETTER_GIVE_UP_RECEIVES = 20
-
-
-# the dedupe round of the job that replaces a dead-lettered one (one replacement per record, however redelivered)
-DEAD_LETTER_ROUND = "dead-letter"
 
 
 class StatusSettlement(StrEnum):
@@ -100,11 +89,10 @@ class RecoveryService:
     def settle_dead_route(self, message_id: str, conversation_id: str, reason: str) -> bool:
         """A route record in the dead-letter queue: its message FAILED with `reason` when still PENDING.
 
-        The record was its conversation's route job, which later messages of the conversation may count on
-        (MessageStore.add_outbound): a fresh job replaces it, whose run sends what is left and then releases
-        the conversation. True when this call settled the message, with its MessageFailed kept on it and
-        collected; False when it was settled already (sent, failed, or an attempt is open: route settles that
-        one), is inbound, or does not exist.
+        The record was its conversation's route job, which later messages of the conversation may count on: a
+        fresh job replaces it (route_jobs.replace_dead_lettered). True when this call settled the message, with
+        its MessageFailed kept on it and collected; False when it was settled already (sent, failed, or an
+        attempt is open: route settles that one), is inbound, or does not exist.
         """
         settled = False
         message = self.messages.get_message(message_id)
@@ -121,7 +109,7 @@ class RecoveryService:
             if settled:
                 logger.warning("message %s failed: %s", message_id, reason)
                 collect(self.events, event)
-        self.queue.requeue([PendingJob(message_id, conversation_id, 0)], DEAD_LETTER_ROUND)
+        route_jobs.replace_dead_lettered(message_id, conversation_id, self.queue)
         return settled
 
     def settle_dead_status(self, report: StatusReport) -> StatusDeadLetterOutcome:
@@ -140,17 +128,9 @@ class RecoveryService:
 
     # ------------------------------------------------------------------ sweeper
 
-    def sweep(self, pending_after_seconds: int | None = None, limit: int = SWEEP_LIMIT) -> SweepReport:
-        """Put every outbound message PENDING for longer than `pending_after_seconds` back on the route queue.
-
-        0 takes up every PENDING message: what the local stack does at start, when the queues are new.
-        """
+    def sweep(self, pending_after_seconds: int | None = None, limit: int = route_jobs.SWEEP_LIMIT) -> SweepReport:
+        """Put every outbound message PENDING for longer than `pending_after_seconds` back on the route queue
+        (route_jobs.sweep); 0 takes up every PENDING message."""
         after = self.pending_after_seconds if pending_after_seconds is None else pending_after_seconds
-        now = self.clock()
-        jobs = self.messages.stale_pending(now - timedelta(seconds=after), limit)
-        if not jobs:
-            return SweepReport(0, 0)
-        round_id = str(int(now.timestamp()) // SWEEP_ROUND_SECONDS)
-        requeued = self.queue.requeue(jobs, round_id)
-        logger.info("sweep: %d PENDING messages older than %d s, %d re-enqueued", len(jobs), after, requeued)
-        return SweepReport(len(jobs), requeued)
+        found, requeued = route_jobs.sweep(self.messages, self.queue, self.clock(), after, limit)
+        return SweepReport(found, requeued)
