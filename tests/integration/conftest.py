@@ -7,13 +7,31 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import boto3
 import httpx
 import pytest
+
+from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from devstack.stack import LocalPlatform
+
+
+def wait_until_drained(platform: LocalPlatform, queue: str, timeout: float = 60.0) -> None:
+    """Wait until the template's queue `queue` (its logical id) holds no message, waiting or in flight: all that
+    was sent to it before has been consumed (a consumer deletes a record only once it has handled it)."""
+    assert platform.stack is not None
+    sqs = boto3.client("sqs", endpoint_url=platform.urls["aws"], region_name="us-east-1")
+    url = platform.stack.resolve({"Ref": queue})
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+
+    def drained() -> bool:
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+        return all(attributes[name] == "0" for name in names)
+
+    wait_until(drained, timeout, f"{queue} drained")
 
 
 @dataclass

@@ -18,12 +18,14 @@ from chat4all import bootstrap
 from chat4all.domain.models import Platform
 from chat4all.prepare_databases import backfill_channel_keys
 from chat4all.services.inbound import inbound_message_id
+from tests.integration.conftest import wait_until_drained
 from tests.integration.test_message_path import post_webhook, wait_for_status
 from tests.support.fake_instagram import SERVER_ERROR, messaging_webhook, read_webhook
 from tests.support.fake_telegram import BOT_BLOCKED, TOO_MANY_REQUESTS, update
 from tests.support.fake_whatsapp import message_webhook, sign, status_webhook
 
 if TYPE_CHECKING:
+    from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_instagram import FakeInstagram
     from tests.support.fake_telegram import FakeTelegram
@@ -192,11 +194,14 @@ def test_telegram_refusal_fails_at_once_and_instagram_5xx_gives_up_after_three(
     failed = wait_for_status(api, doomed, "FAILED", timeout=60)
     assert "gave up after 3 attempts" in failed["history"][-1]["detail"]
     assert fake_instagram.sent_to(igsid) == []
-    time.sleep(2)  # nothing tries either again
+    # nothing tries either again: the next message of each conversation goes out right after the first's
+    # calls (a conversation's route jobs run in order, so a retry would have come before it)
+    for conversation_id in (on_telegram, on_instagram):
+        wait_for_status(api, send(api, conversation_id, agent_id, "e agora?"), "SENT", timeout=60)
     telegram_calls = [b for token, b in fake_telegram.called("sendMessage") if token == tg["bot_token"]]
-    assert telegram_calls == [{"chat_id": chat_id, "text": "ainda aí?"}]
-    posts = [c for c in fake_instagram.calls if c[0] == "POST" and c[3].get("recipient") == {"id": igsid}]
-    assert len(posts) == 3
+    assert telegram_calls == [{"chat_id": chat_id, "text": "ainda aí?"}, {"chat_id": chat_id, "text": "e agora?"}]
+    posts = [c[3] for c in fake_instagram.calls if c[0] == "POST" and c[3].get("recipient") == {"id": igsid}]
+    assert [post["message"]["text"] for post in posts] == ["ainda aí?"] * 3 + ["e agora?"]
     disable(api, tg_id)
     disable(api, ig_id)
 
@@ -384,7 +389,7 @@ def test_instagram_signatures_verify_only_with_the_named_accounts_secret(
 
 # ---------------------------------------------------------------------------------------------- WhatsApp
 def test_whatsapp_webhooks_are_attributed_to_the_number_they_name(
-    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+    api: Api, platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
     line_a = setup.credentials
@@ -424,8 +429,8 @@ def test_whatsapp_webhooks_are_attributed_to_the_number_they_name(
         by_a = status_webhook(line_a["phone_number_id"], sent_wamid, "delivered", setup.customer_phone)
         assert post_webhook(api, by_a, sign(line_a["app_secret"], by_a)) == 200
         wait_for_status(api, message_id, "DELIVERED", timeout=60)
-        # the status consumer has applied A's report; B's went on the same queue and was given as long
-        time.sleep(3)
+        # the status consumer has applied A's report, posted after B's: once the queue is drained, B's was handled
+        wait_until_drained(platform, "StatusQueue")
         status = api.call("GET", f"/v1/messages/{message_id}/status").json()
         assert status["status"] == "DELIVERED"
         assert "READ" not in [entry["status"] for entry in status["history"]]

@@ -6,9 +6,11 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from tests.integration.conftest import wait_until_drained
 from tests.support.fake_whatsapp import sign, status_webhook
 
 if TYPE_CHECKING:
+    from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_whatsapp import FakeWhatsApp
 
@@ -53,6 +55,23 @@ def send_until_sent(
     wamid = fake_whatsapp.wait_for(setup.customer_phone, 1)[0].platform_message_id
     assert wamid is not None
     return accepted, wamid
+
+
+def send_after(api: Api, setup: WhatsAppSetup, fake_whatsapp: FakeWhatsApp) -> str:
+    """Send one more message in the conversation and wait until the platform has it; returns its text.
+
+    A conversation's route jobs run one after another, in the order they were queued (one FIFO message group),
+    so by then the jobs queued before it have run, or the run that sent it found nothing earlier left to send:
+    a duplicate or a retry of an earlier message would have reached the platform before it.
+    """
+    text = f"after {uuid.uuid4()}"
+    accepted = send(api, setup, text)
+    wait_for_status(api, accepted["message_id"], "SENT")  # the platform's 200 is recorded before it answers
+    return text
+
+
+def texts_sent(fake_whatsapp: FakeWhatsApp, setup: WhatsAppSetup) -> list[str]:
+    return [str(r.body["text"]["body"]) for r in fake_whatsapp.sent_to(setup.customer_phone)]
 
 
 def post_webhook(api: Api, body: bytes, signature: str) -> int:
@@ -153,11 +172,12 @@ def test_same_message_id_twice_is_one_platform_call(
     second = send(api, setup, "only once", message_id)
     assert first == second
     wait_for_status(api, message_id, "SENT")
-    time.sleep(1.5)  # give a duplicate delivery the chance to happen, if it were going to
-    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+    after = send_after(api, setup, fake_whatsapp)
+    assert texts_sent(fake_whatsapp, setup) == ["only once", after]
     third = send(api, setup, "only once", message_id)  # after delivery too
     assert third == first
-    assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
+    again = send_after(api, setup, fake_whatsapp)
+    assert texts_sent(fake_whatsapp, setup) == ["only once", after, again]
 
 
 def test_same_message_id_with_another_body_is_409(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
@@ -182,7 +202,7 @@ def test_same_message_id_with_another_body_is_409(api: Api, whatsapp_conversatio
 
 
 def test_wrong_signature_is_401_and_changes_nothing(
-    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+    api: Api, platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
     accepted, wamid = send_until_sent(api, setup, fake_whatsapp, "watch my status")
@@ -192,14 +212,19 @@ def test_wrong_signature_is_401_and_changes_nothing(
     assert post_webhook(api, body, "") == 401
     tampered = body.replace(b'"read"', b'"failed"')
     assert post_webhook(api, tampered, sign(setup.credentials["app_secret"], body)) == 401
-    time.sleep(1.5)
+    # a genuine report after them: once it is applied and the status queue is drained, any report the
+    # refused ones had let through would have been applied too
+    genuine = status_webhook(setup.credentials["phone_number_id"], wamid, "delivered", setup.customer_phone)
+    assert post_webhook(api, genuine, sign(setup.credentials["app_secret"], genuine)) == 200
+    wait_for_status(api, accepted["message_id"], "DELIVERED")
+    wait_until_drained(platform, "StatusQueue")
     status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
-    assert status["status"] == "SENT"
-    assert [h["status"] for h in status["history"]] == ["PENDING", "SENT"]
+    assert status["status"] == "DELIVERED"
+    assert [h["status"] for h in status["history"]] == ["PENDING", "SENT", "DELIVERED"]
 
 
 def test_replayed_and_late_webhooks(
-    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+    api: Api, platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
     accepted, wamid = send_until_sent(api, setup, fake_whatsapp, "read me")
@@ -212,17 +237,12 @@ def test_replayed_and_late_webhooks(
     assert post_webhook(api, read, sign(secret, read)) == 200
     late = status_webhook(setup.credentials["phone_number_id"], wamid, "delivered", setup.customer_phone, now + 1)
     assert post_webhook(api, late, sign(secret, late)) == 200
-    deadline = time.monotonic() + 15
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
-        if len(status["history"]) == 4:
-            break
-        time.sleep(0.1)
-    assert status["status"] == "READ"
-    assert [h["status"] for h in status["history"]] == ["PENDING", "SENT", "READ", "DELIVERED"]
-    time.sleep(1)
+    status = wait_for_history(api, accepted["message_id"], 4, timeout=15)
+    # every report posted so far has been consumed: a replay applied late would show now
+    wait_until_drained(platform, "StatusQueue")
     again = api.call("GET", f"/v1/messages/{accepted['message_id']}/status").json()
+    assert again["status"] == "READ"
+    assert [h["status"] for h in again["history"]] == ["PENDING", "SENT", "READ", "DELIVERED"]
     assert again["history"] == status["history"]
 
 
