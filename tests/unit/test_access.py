@@ -232,3 +232,23 @@ def test_the_events_a_request_collected_are_published_when_it_ends_even_by_an_er
     )  # type: ignore[arg-type]
     assert result["statusCode"] == 500
     assert bus.events == [("chat4all", "MessageReceived", {"message_id": "m-1"})]
+
+
+def test_a_timer_set_before_the_request_runs_on_after_it() -> None:
+    import signal
+
+    from chat4all.api.app import deadline
+
+    fired: list[int] = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.4)
+        with deadline(5):
+            pass
+        remaining, _ = signal.getitimer(signal.ITIMER_REAL)
+        assert 0 < remaining <= 0.4
+        time.sleep(0.6)
+        assert fired == [signal.SIGALRM]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
