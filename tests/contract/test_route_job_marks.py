@@ -1,88 +1,133 @@
-"""MessageStore's part of the route-job protocol (chat4all.services.route_jobs): the conversation's mark, set with
-an outbound message and removed by a run; and the stale PENDING messages the sweeper re-enqueues. The fake and
-the MongoDB adapter agree."""
+"""MessageStore's route-job marks (chat4all.services.route_jobs) and recovery's view of stale messages: the
+fake and the MongoDB adapter agree."""
 
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from chat4all.domain.models import Direction
-from chat4all.services import route_jobs
+import pytest
+
+from chat4all.domain.errors import ForbiddenError, NotFoundError
+from chat4all.domain.models import Direction, MessageStatus, StatusEntry
 from tests.contract.conftest import T0, a_conversation, a_message, new_id
 
 if TYPE_CHECKING:
-    from chat4all.domain.models import Conversation, Message
+    from chat4all.domain.models import Conversation, DomainEvent, Message
+    from chat4all.ports import OutboundDraft, StoredOutbound
     from tests.contract.conftest import Ports
 
 
-def stored_conversation(ports: Ports) -> Conversation:
+def conversation_of(ports: Ports) -> str:
     conversation = a_conversation(new_id(), new_id())
     ports.conversations.add_conversation(conversation)
-    return conversation
+    return conversation.conversation_id
 
 
-def send(ports: Ports, conversation: Conversation, seconds: int) -> tuple[Message, bool]:
-    """An outbound message stored at T0 + `seconds`; and whether its sender owes the conversation a job."""
-    at = T0 + timedelta(seconds=seconds)
-    message = a_message(conversation.conversation_id, at=at)
-    stored = ports.messages.add_outbound(conversation.conversation_id, at, lambda _: (message, []))
+def draft_of(message: Message) -> OutboundDraft:
+    def draft(conversation: Conversation) -> tuple[Message, list[DomainEvent]]:
+        return message, []
+
+    return draft
+
+
+def outbound(ports: Ports, conversation_id: str, at: datetime = T0) -> StoredOutbound:
+    stored = ports.messages.add_outbound(conversation_id, at, draft_of(a_message(conversation_id, at=at)))
     assert stored is not None
-    return stored.message, route_jobs.needs_job(stored)
+    return stored
 
 
-def test_the_first_message_marks_the_conversation_and_the_next_ones_find_the_mark(ports: Ports) -> None:
-    conversation = stored_conversation(ports)
-    first, owes = send(ports, conversation, 0)
-    assert owes
-    stored = ports.messages.add_outbound(
-        conversation.conversation_id, T0 + timedelta(seconds=1), lambda _: (a_message(conversation.conversation_id), [])
-    )
-    assert stored is not None and stored.previous_mark == first.created_at
-    assert not route_jobs.needs_job(stored)
-    # an inbound message neither takes nor needs the mark
-    inbound = dataclasses.replace(a_message(conversation.conversation_id), direction=Direction.INBOUND)
-    assert ports.messages.add_message(inbound) is not None
-    assert send(ports, conversation, 2)[1] is False
-    # a mark older than ROUTE_JOB_STALE (its job may be lost) makes every message enqueue a job of its own
-    stale = int(route_jobs.ROUTE_JOB_STALE.total_seconds()) + 1
-    assert [send(ports, conversation, stale)[1], send(ports, conversation, stale + 1)[1]] == [True, True]
+def last_sequence(ports: Ports, conversation_id: str) -> int:
+    conversation = ports.conversations.get_conversation(conversation_id)
+    assert conversation is not None and conversation.last_sequence is not None
+    return conversation.last_sequence
 
 
-def test_a_release_unmarks_once_and_the_next_message_marks_again(ports: Ports) -> None:
-    conversation = stored_conversation(ports)
-    send(ports, conversation, 0)
-    assert ports.messages.release_route_job(conversation.conversation_id) is True
-    assert ports.messages.release_route_job(conversation.conversation_id) is False
-    assert send(ports, conversation, 1)[1] is True
+def test_the_first_outbound_message_marks_the_conversation_and_later_ones_find_the_earliest_mark(ports: Ports) -> None:
+    cid = conversation_of(ports)
+    # a time with microseconds: the mark keeps whole milliseconds, as MongoDB does
+    first_at = T0 + timedelta(seconds=5, microseconds=123_456)
+
+    first = outbound(ports, cid, first_at)
+    second = outbound(ports, cid, T0 + timedelta(seconds=9))
+    earlier = outbound(ports, cid, T0)  # the mark keeps the earliest time of the messages it stands for
+    after_it = outbound(ports, cid, T0 + timedelta(seconds=10))
+
+    assert first.previous_mark is None
+    assert first.message.sequence == 1
+    assert second.previous_mark == T0 + timedelta(seconds=5, microseconds=123_000)
+    assert earlier.previous_mark == second.previous_mark
+    assert after_it.previous_mark == T0
+    assert [s.message.sequence for s in (second, earlier, after_it)] == [2, 3, 4]
 
 
-def test_a_run_unmarks_only_when_the_counter_it_read_is_still_the_conversations(ports: Ports) -> None:
-    conversation = stored_conversation(ports)
-    send(ports, conversation, 0)
-    send(ports, conversation, 1)
-    # a run read the counter at 1; the second message moved it to 2: nothing is unmarked, the run looks again
-    assert ports.messages.finish_route_job(conversation.conversation_id, 1) is False
-    assert send(ports, conversation, 2)[1] is False
-    assert ports.messages.finish_route_job(conversation.conversation_id, 3) is True
-    assert send(ports, conversation, 3)[1] is True
-    assert ports.messages.finish_route_job(new_id(), 0) is False  # no such conversation
+def test_release_unmarks_and_reports_whether_there_was_a_mark(ports: Ports) -> None:
+    cid = conversation_of(ports)
+    assert ports.messages.release_route_job(cid) is False
+    outbound(ports, cid)
+
+    assert ports.messages.release_route_job(cid) is True
+    assert ports.messages.release_route_job(cid) is False
+    assert outbound(ports, cid).previous_mark is None
 
 
-def test_stale_pending_is_the_old_outbound_pending_messages_in_conversation_and_sequence_order(ports: Ports) -> None:
-    first, second = stored_conversation(ports), stored_conversation(ports)
-    old = [send(ports, second, 0)[0], send(ports, first, 1)[0], send(ports, second, 2)[0]]
-    young = send(ports, first, 600)[0]
-    inbound = dataclasses.replace(a_message(first.conversation_id), direction=Direction.INBOUND)
-    ports.messages.add_message(inbound)
-    mine = {first.conversation_id, second.conversation_id}
+def test_finish_unmarks_only_when_no_message_was_stored_since_the_counter_was_read(ports: Ports) -> None:
+    cid = conversation_of(ports)
+    outbound(ports, cid)
+    read = last_sequence(ports, cid)
+    outbound(ports, cid)  # stored after the run read the counter
 
-    found = [
-        job for job in ports.messages.stale_pending(T0 + timedelta(seconds=300), 100_000) if job.conversation_id in mine
-    ]
-    expected = sorted(old, key=lambda m: (m.conversation_id, m.sequence))
-    assert [(j.message_id, j.conversation_id, j.sequence) for j in found] == [
-        (m.message_id, m.conversation_id, m.sequence) for m in expected
-    ]
-    assert young.message_id not in {j.message_id for j in found}
+    assert ports.messages.finish_route_job(cid, read) is False
+    assert outbound(ports, cid).previous_mark is not None  # still marked: the run looks again
+    assert ports.messages.finish_route_job(cid, last_sequence(ports, cid)) is True
+    assert outbound(ports, cid).previous_mark is None
+
+    # not marked, counter as read: done all the same; a conversation that does not exist is not
+    ports.messages.release_route_job(cid)
+    assert ports.messages.finish_route_job(cid, last_sequence(ports, cid)) is True
+    assert ports.messages.finish_route_job(new_id(), 0) is False
+
+
+def test_an_outbound_message_the_draft_refuses_or_that_exists_already_changes_nothing(ports: Ports) -> None:
+    cid = conversation_of(ports)
+    with pytest.raises(NotFoundError):
+        ports.messages.add_outbound(new_id(), T0, draft_of(a_message(cid)))
+
+    def refuse(conversation: Conversation) -> tuple[Message, list[DomainEvent]]:
+        raise ForbiddenError("not a participant")
+
+    with pytest.raises(ForbiddenError):
+        ports.messages.add_outbound(cid, T0, refuse)
+    assert last_sequence(ports, cid) == 0
+    assert ports.messages.release_route_job(cid) is False  # nor was it marked
+
+    stored = outbound(ports, cid)
+    ports.messages.release_route_job(cid)
+    again = dataclasses.replace(stored.message, content="again")
+    assert ports.messages.add_outbound(cid, T0, draft_of(again)) is None
+    assert last_sequence(ports, cid) == 1
+    assert ports.messages.release_route_job(cid) is False
+
+
+def test_stale_pending_takes_the_oldest_outbound_pending_messages_in_conversation_order(ports: Ports) -> None:
+    # an era of its own: the real store is shared with the session's other tests
+    era = datetime(2001, 1, 1, tzinfo=UTC) + timedelta(days=int(new_id()[:4], 16))
+    first, second = conversation_of(ports), conversation_of(ports)
+    plan = [(first, 4), (second, 1), (first, 2), (second, 3), (first, 5)]  # (conversation, minute)
+    stored = {}
+    for cid, minute in plan:
+        message = ports.messages.add_message(a_message(cid, at=era + timedelta(minutes=minute)))
+        assert message is not None
+        stored[(cid, minute)] = message
+    settled = ports.messages.add_message(a_message(first, at=era))
+    assert settled is not None
+    ports.messages.settle_failed(settled.message_id, StatusEntry(MessageStatus.FAILED, era, "given up"))
+    ports.messages.add_message(a_message(second, at=era, direction=Direction.INBOUND))
+
+    jobs = ports.messages.stale_pending(era + timedelta(minutes=5), limit=3)
+
+    # the three oldest (minutes 1, 2 and 3; minute 5 is not before the cutoff), by conversation and sequence
+    oldest = [stored[(second, 1)], stored[(first, 2)], stored[(second, 3)]]
+    expected = sorted((m.conversation_id, m.sequence, m.message_id) for m in oldest)
+    assert [(j.conversation_id, j.sequence, j.message_id) for j in jobs] == expected

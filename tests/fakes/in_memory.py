@@ -368,7 +368,8 @@ class InMemoryMessageStore(MessageStore):
         if stored is None:
             return None
         previous = self.route_marked.get(conversation_id)
-        self.route_marked[conversation_id] = min(at, previous or at)
+        marked_at = at.replace(microsecond=at.microsecond // 1000 * 1000)  # MongoDB keeps whole milliseconds
+        self.route_marked[conversation_id] = min(marked_at, previous or marked_at)
         return StoredOutbound(stored, previous)
 
     def release_route_job(self, conversation_id: str) -> bool:
