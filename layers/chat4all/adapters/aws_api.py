@@ -1,12 +1,10 @@
 """AWS's JSON-protocol APIs (SQS, EventBridge, KMS) called directly: botocore's SigV4 signer over http.client.
 
-boto3 runs every call through its event hooks, parameter validation, endpoint rules and response parsing:
-in a `py-spy` profile of the message path that was ~16% of ingest's CPU (one SendMessage per send) and
-~18% of route's (one PutEvents per batch). These APIs speak plain JSON (`X-Amz-Target: <prefix>.<Operation>`),
-so one signed POST on a kept-alive connection does the same work. The standard library's HTTP client, not
-httpx: measured against LocalStack on this project's machine (`python -m bench.aws_calls`), the caller's CPU per
-SendMessage was 2.0-2.7 ms with boto3, 1.9-2.2 ms signed over httpx (signing alone 0.23 ms) and 0.9-1.1 ms signed
-over http.client (docs/BENCHMARKS.md).
+boto3 runs every call through its event hooks, parameter validation, endpoint rules and response parsing, a
+large share of the message path's CPU. These APIs speak plain JSON (`X-Amz-Target: <prefix>.<Operation>`), so
+one signed POST on a kept-alive connection does the same work. The standard library's HTTP client, not httpx:
+it costs the caller the least CPU per call (`python -m bench.aws_calls`; the figures: docs/BENCHMARKS.md,
+"AWS API calls").
 Credentials come from botocore's chain (the Lambda environment's role credentials, refreshed as they expire).
 """
 
@@ -91,7 +89,8 @@ class AwsJsonApi:
         self.target_prefix, version = PROTOCOLS[service]
         self.content_type = f"application/x-amz-json-{version}"
         self.url = (endpoint_url or f"https://{service}.{region}.amazonaws.com").rstrip("/") + "/"
-        # a container's clients share one resolution (bootstrap passes it): the chain costs ~7 ms of cold start
+        # a container's clients share one resolution (bootstrap passes it): each costs cold start (docs/BENCHMARKS.md,
+        # "A container's clients")
         self.credentials = credentials or resolve_credentials(service)
         self.region = region
         self.attempts = attempts

@@ -20,8 +20,8 @@ DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
 
 @lru_cache(maxsize=1)
 def tls_context() -> ssl.SSLContext:
-    """One per container: each client made without it loads the CA bundle again (its CPU cost: see
-    docs/BENCHMARKS.md, 'CPU per request kind')."""
+    """One per container: each client made without it loads the CA bundle again (what that costs: see
+    docs/BENCHMARKS.md, "A container's clients")."""
     return httpx.create_ssl_context()
 
 
