@@ -132,8 +132,8 @@ def localstack_env(port: int, filesystem_root: Path) -> dict[str, str]:
             "SKIP_SSL_CERT_DOWNLOAD": "1",
             "DISABLE_EVENTS": "1",
             # LocalStack's SQS reports CloudWatch metrics by calling its own API from a thread for every send,
-            # receive and delete (29% of its py-spy samples under load; its CPU per call 5.5 -> ~1.9 ms
-            # without), for metrics nothing here reads
+            # receive and delete, for metrics nothing here reads (what that costs it: docs/BENCHMARKS.md,
+            # "LocalStack and the local runtime")
             "SQS_DISABLE_CLOUDWATCH_METRICS": "1",
             "AWS_DEFAULT_REGION": REGION,
         }

@@ -1,9 +1,9 @@
 """The three SQS calls an event source mapping makes, on the runtime's asyncio loop.
 
 SQS's JSON protocol (`X-Amz-Target: AmazonSQS.<Operation>`) over aiohttp, each request signed by botocore's
-SigV4 signer. Measured on this project's machine against LocalStack, a boto3 ReceiveMessage costs the
-calling process 1.7 ms of CPU and this 0.55 ms; the pollers make one receive and one delete per batch, so
-this is most of what the runtime itself spends per delivered message at low batch sizes.
+SigV4 signer: a fraction of boto3's CPU per call (docs/BENCHMARKS.md, "LocalStack and the local runtime"). The
+pollers make one receive and one delete per batch, so this is most of what the runtime itself spends per
+delivered message at low batch sizes.
 """
 
 from __future__ import annotations
