@@ -16,6 +16,7 @@ from pymongo.errors import DuplicateKeyError
 
 from chat4all.adapters import mongo
 from chat4all.adapters.idempotency import RedisIdempotencyStore
+from chat4all.adapters.mongo.documents import event_docs, message_doc
 from chat4all.domain.models import (
     Conversation,
     ConversationType,
@@ -105,7 +106,7 @@ def test_history_pages_are_right_across_sequence_gaps_and_join_points(platform: 
     present = [n for n in range(1, 91) if n % 3]
     for n in present:
         # written as such a store did, with its own sequences (the adapter now takes the next one itself)
-        db.messages.insert_one(mongo._message_doc(
+        db.messages.insert_one(message_doc(
             Message(
                 str(uuid.uuid4()), conversation.conversation_id, SOMEONE, f"m{n}", None, Platform.WHATSAPP,
                 Direction.OUTBOUND, n, MessageStatus.PENDING, [], start + timedelta(seconds=n), "",
@@ -142,7 +143,7 @@ def test_finding_a_message_by_its_platform_id_reads_an_index_not_the_collection(
         str(uuid.uuid4()), str(uuid.uuid4()), SOMEONE, "hi", None, Platform.WHATSAPP, Direction.OUTBOUND, 1,
         MessageStatus.SENT, [], start, "", platform_message_id=wamid,
     )  # fmt: skip
-    db.messages.insert_one(mongo._message_doc(message))
+    db.messages.insert_one(message_doc(message))
     found = store.find_by_platform_id(Platform.WHATSAPP, wamid)
     assert found is not None and found.message_id == message.message_id
     assert store.find_by_platform_id(Platform.INSTAGRAM, wamid) is None
@@ -174,7 +175,7 @@ def test_published_events_are_forgotten_a_few_messages_per_update(platform: Loca
             DomainEvent("MessageSent", {"n": n}, event_id=str(uuid.uuid4()), message_id=message_id) for n in range(3)
         ]
         doc = {"_id": message_id, "conversation_id": conversation_id, "sequence": sequence}
-        db.messages.insert_one({**doc, "pending_events": mongo._event_docs(events)})
+        db.messages.insert_one({**doc, "pending_events": event_docs(events)})
         published += events[:2]
     # WHEN the two published ones of every message are forgotten
     outbox.published(published)

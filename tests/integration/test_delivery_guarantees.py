@@ -23,10 +23,10 @@ import httpx
 import pytest
 
 from chat4all import bootstrap
-from chat4all.adapters import mongo as mongo_adapter
 from chat4all.adapters.aws import EventBridgePublisher
 from chat4all.adapters.aws_api import AwsJsonApi
 from chat4all.adapters.mongo import MongoConversationStore, MongoEventOutbox, MongoMessageStore
+from chat4all.adapters.mongo.documents import message_doc
 from chat4all.domain.commands import CreateUser, SendMessage
 from chat4all.domain.errors import ForbiddenError, ValidationFailedError
 from chat4all.domain.models import (
@@ -534,7 +534,7 @@ def test_a_counter_behind_its_messages_is_caught_up_never_reusing_a_sequence(pla
         return outbound_message(conversation, f"m{n}", sequence=n)
 
     for n in (1, 2, 3):
-        db.messages.insert_one(mongo_adapter._message_doc(message(n)))
+        db.messages.insert_one(message_doc(message(n)))
     # WHEN a message is stored through the adapter
     stored = messages.add_message(message(0))
     # THEN it takes the next free sequence, and the conversation's counter and count agree with the messages

@@ -1,0 +1,30 @@
+"""MongoDB adapters, one module per collection: `messages` (MongoMessageStore), `conversations`
+(MongoConversationStore), `events` (MongoEventOutbox: events on their messages, and the `outbox` collection);
+`connection` (connecting, errors, the durable write concern, every index, the health check) and `documents`
+(how the domain is stored)."""
+
+from chat4all.adapters.mongo.connection import (
+    DEFAULT_DATABASE,
+    DEFAULT_TIMEOUTS_MS,
+    DURABLE,
+    OLD_CHANNEL_INDEX,
+    MongoCheck,
+    connect,
+    ensure_indexes,
+)
+from chat4all.adapters.mongo.conversations import MongoConversationStore
+from chat4all.adapters.mongo.events import MongoEventOutbox
+from chat4all.adapters.mongo.messages import MongoMessageStore
+
+__all__ = [
+    "DEFAULT_DATABASE",
+    "DEFAULT_TIMEOUTS_MS",
+    "DURABLE",
+    "OLD_CHANNEL_INDEX",
+    "MongoCheck",
+    "MongoConversationStore",
+    "MongoEventOutbox",
+    "MongoMessageStore",
+    "connect",
+    "ensure_indexes",
+]

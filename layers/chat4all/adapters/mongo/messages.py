@@ -1,0 +1,334 @@
+"""The `messages` collection: messages with their status history, their delivery attempts and their kept events,
+stored with the conversation's counter (and route-job mark) in one transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
+
+from chat4all.adapters.mongo.connection import DURABLE, translated
+from chat4all.adapters.mongo.documents import entry_doc, event_docs, message_doc, pushes, to_conversation, to_message
+from chat4all.domain.errors import DependencyUnavailableError, NotFoundError
+from chat4all.domain.models import Direction, DomainEvent, Message, MessageStatus, Platform, StatusEntry
+from chat4all.ports import MessageStore, PendingJob, StoredOutbound
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import datetime
+
+    from pymongo.client_session import ClientSession
+    from pymongo.collection import Collection
+    from pymongo.database import Database
+
+    from chat4all.ports import OutboundDraft
+
+# concurrent senders in one conversation conflict on its sequence counter; each retries its transaction, after
+# a jittered pause that doubles from 2 ms up to 50 ms, for up to 5 s (16 clients on one conversation: 50 tries
+# with pauses under 2 ms * try left 3 of 1,559 sends without a sequence)
+SEQUENCE_TRANSACTION_SECONDS = 5.0
+SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
+
+
+class _Drafted(Exception):
+    """The insert met a duplicate key: the message id (known once drafted) tells a repeat from a stale counter."""
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.message_id = message_id
+
+
+class MongoMessageStore(MessageStore):
+    def __init__(self, db: Database[dict[str, Any]]) -> None:
+        self.db = db
+        self.collection = db.messages
+        self.conversations = db.conversations
+        self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
+
+    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
+        stored = self._add(message.conversation_id, message.created_at, lambda _: (message, events), route_job=False)
+        return stored.message if stored else None
+
+    def add_outbound(self, conversation_id: str, at: datetime, draft: OutboundDraft) -> StoredOutbound | None:
+        return self._add(conversation_id, at, draft, route_job=True)
+
+    def release_route_job(self, conversation_id: str) -> bool:
+        with translated():
+            # by `_id` alone: the server plans `_id` plus a condition on another field as a collection scan
+            done = self.conversations.update_one({"_id": conversation_id}, {"$unset": {"route_job_at": ""}})
+        return bool(done.modified_count)
+
+    def finish_route_job(self, conversation_id: str, last_sequence: int) -> bool:
+        with translated():
+            # the sequence transaction moves the counter and reads the mark in one write to this document, so
+            # this update is ordered before it (that sender sees no mark, and enqueues) or after it (no match)
+            done = self.conversations.update_one(
+                {"_id": conversation_id, "last_sequence": last_sequence}, {"$unset": {"route_job_at": ""}}
+            )
+        return bool(done.matched_count)
+
+    def _add(
+        self, conversation_id: str, at: datetime, draft: OutboundDraft, *, route_job: bool
+    ) -> StoredOutbound | None:
+        """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
+        client = self.db.client
+        deadline = time.monotonic() + SEQUENCE_TRANSACTION_SECONDS
+        attempt = 0
+        while time.monotonic() < deadline:
+            attempt += 1
+            try:
+                with client.start_session() as session:
+                    with session.start_transaction(write_concern=DURABLE):
+                        stored = self._insert_next(conversation_id, at, draft, session, route_job=route_job)
+                return stored
+            except _Drafted as drafted:
+                with translated():
+                    if self.collection.count_documents({"_id": drafted.message_id}, limit=1):
+                        return None
+                    self._repair_counter(conversation_id)
+            except ConnectionFailure as exc:
+                raise DependencyUnavailableError("MongoDB is unavailable") from exc
+            except PyMongoError as exc:
+                if not exc.has_error_label("TransientTransactionError"):
+                    raise DependencyUnavailableError("MongoDB is unavailable") from exc
+                # a concurrent sender moved the counter first: start again after a short, jittered pause
+                first, longest = SEQUENCE_RETRY_PAUSE_SECONDS
+                time.sleep(random.uniform(0, min(longest, first * 2 ** min(attempt, 10))))  # noqa: S311 - jitter
+        raise DependencyUnavailableError(f"conversation {conversation_id} is too busy to take a message")
+
+    def _insert_next(
+        self, conversation_id: str, at: datetime, draft: OutboundDraft, session: ClientSession, *, route_job: bool
+    ) -> StoredOutbound:
+        change: dict[str, Any] = {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": at}}
+        # the mark keeps the time of the job it stands for ($min: set when absent, else left as it is)
+        marked_at = at.replace(microsecond=at.microsecond // 1000 * 1000)
+        if route_job:
+            change["$min"] = {"route_job_at": marked_at}
+        # the whole conversation as it was before this transaction's change: the draft checks the sender on it,
+        # and the mark read here tells whether this send is the one that set it (the transactions on one
+        # conversation are serialised by this write, so exactly one of concurrent senders finds it absent)
+        doc = self.db.conversations.find_one_and_update(
+            {"_id": conversation_id}, change, return_document=ReturnDocument.BEFORE, session=session
+        )
+        if doc is None:
+            raise NotFoundError(f"conversation {conversation_id} not found")
+        message, events = draft(to_conversation(doc))
+        stored = dataclasses.replace(message, sequence=int(doc.get("last_sequence") or 0) + 1)
+        record = message_doc(stored)
+        if events:
+            record["pending_events"] = event_docs(events)
+        try:
+            self.collection.insert_one(record, session=session)
+        except DuplicateKeyError as exc:
+            raise _Drafted(message.message_id) from exc
+        return StoredOutbound(stored, doc.get("route_job_at"))
+
+    def _repair_counter(self, conversation_id: str) -> None:
+        """A sequence taken without the counter (data from before the counter moved with the insert)."""
+        top = self.collection.find_one(
+            {"conversation_id": conversation_id}, sort=[("sequence", DESCENDING)], projection={"sequence": 1}
+        )
+        if top is not None:
+            count = self.collection.count_documents({"conversation_id": conversation_id})
+            self.db.conversations.update_one(
+                {"_id": conversation_id}, {"$max": {"last_sequence": top["sequence"], "message_count": count}}
+            )
+
+    def get_message(self, message_id: str) -> Message | None:
+        with translated():
+            doc = self.collection.find_one({"_id": message_id})
+        return to_message(doc) if doc else None
+
+    def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
+        with translated():
+            # by the id alone: SecantusDB plans {channel, platform_message_id} as a collection scan
+            doc = self.collection.find_one({"platform_message_id": platform_message_id})
+        return to_message(doc) if doc and doc.get("channel") == platform.value else None
+
+    def conversation_page(
+        self, conversation_id: str, *, limit: int, before_sequence: int | None, since: datetime | None
+    ) -> list[Message]:
+        # The server reads every index entry a query matches before it applies the limit, so a page of the
+        # newest 50 in a conversation of 10,000 would read 10,000: ask for a window of sequences instead,
+        # widening it only where gaps or the `since` filter leave the page short. (See docs/MONGODB.md.)
+        upper = before_sequence if before_sequence is not None else self._sequence_bound(conversation_id)
+        query: dict[str, Any] = {"conversation_id": conversation_id}
+        window = limit
+        with translated():
+            while True:
+                if upper is None:
+                    query.pop("sequence", None)
+                    lower = 0
+                else:
+                    lower = max(upper - window, 0)
+                    query["sequence"] = {"$gte": lower, "$lt": upper}
+                docs = list(
+                    self.collection.find(query).sort("sequence", DESCENDING).limit(limit if since is None else 0)
+                )
+                reached_join = False
+                if since is not None:  # filtered here: with created_at in the query SecantusDB scans the collection
+                    reached_join = any(d["created_at"] < since for d in docs)
+                    docs = [d for d in docs if d["created_at"] >= since][:limit]
+                if len(docs) >= limit or lower <= 0 or reached_join:
+                    return [to_message(d) for d in docs]
+                window *= 4
+
+    def _sequence_bound(self, conversation_id: str) -> int | None:
+        """One past the conversation's highest sequence, or None when it does not say."""
+        with translated():
+            doc = self.conversations.find_one({"_id": conversation_id}, projection={"last_sequence": 1})
+        last = doc.get("last_sequence") if doc else None
+        return last + 1 if isinstance(last, int) else None
+
+    def unsettled(self, conversation_id: str, limit: int) -> list[Message]:
+        with translated():
+            docs = list(
+                self.collection.find({"conversation_id": conversation_id, "status": MessageStatus.PENDING.value})
+                .sort("sequence", ASCENDING)
+                .limit(limit)
+            )
+        outbound = itertools.takewhile(lambda doc: doc["direction"] == Direction.OUTBOUND.value, docs)
+        return [to_message(doc) for doc in outbound]
+
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        query = {"status": MessageStatus.PENDING.value, "created_at": {"$lt": created_before}}
+        projection = {"_id": 1, "conversation_id": 1, "sequence": 1, "direction": 1}
+        with translated():
+            docs = list(self.collection.find(query, projection).sort("created_at", ASCENDING).limit(limit))
+        jobs = [
+            PendingJob(doc["_id"], doc["conversation_id"], int(doc["sequence"]))
+            for doc in docs
+            if doc.get("direction") == Direction.OUTBOUND.value
+        ]
+        return sorted(jobs, key=lambda job: (job.conversation_id, job.sequence))
+
+    def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
+        # update_one on the count as it was read (no findAndModify: SecantusDB plans one on `_id` plus other
+        # fields as a collection scan, docs/MONGODB.md), so the new number is known without reading it back
+        counted: dict[str, Any] = (
+            {"delivery_attempts": message.attempts} if message.attempts else {"delivery_attempts": {"$exists": False}}
+        )
+        with translated():
+            claimed = self.durable.update_one(
+                {"_id": message.message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}}
+                | counted,
+                {
+                    "$set": {
+                        "attempt": {"started_at": started_at, "lease_until": lease_until},
+                        "delivery_attempts": message.attempts + 1,
+                    }
+                },
+            )
+        return message.attempts + 1 if claimed.modified_count else None
+
+    def record_sent(
+        self,
+        message_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        with translated():
+            done = self.durable.update_one(
+                {
+                    "_id": message_id,
+                    "status": MessageStatus.PENDING.value,
+                    "attempt": {"$exists": True},
+                    "delivery_attempts": attempt,
+                },
+                {
+                    "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
+                    "$push": pushes(entry, events),
+                    "$unset": {"attempt": "", "retry_at": "", "troubled_since": "", "troubles": ""},
+                },
+            )
+        if done.modified_count:
+            return True
+        # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
+        self.append_status(message_id, entry, platform_message_id=platform_message_id)
+        return False
+
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        with translated():
+            done = self.durable.update_one(
+                {
+                    "_id": message_id,
+                    "status": MessageStatus.PENDING.value,
+                    "attempt": {"$exists": True},
+                    "delivery_attempts": attempt,
+                },
+                {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}},
+            )
+        return bool(done.modified_count)
+
+    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        with translated():
+            self.collection.update_one(
+                {"_id": message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
+                {
+                    "$set": {"retry_at": retry_at, "last_error": error},
+                    "$min": {"troubled_since": troubled_since},
+                    "$inc": {"troubles": 1},
+                },
+            )
+
+    def settle_failed(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        query: dict[str, Any] = {"_id": message_id, "status": MessageStatus.PENDING.value}
+        query["attempt"] = {"$exists": attempt is not None}
+        if attempt is not None:
+            query["delivery_attempts"] = attempt
+        with translated():
+            done = self.durable.update_one(
+                query,
+                {
+                    "$set": {"status": MessageStatus.FAILED.value},
+                    "$push": pushes(entry, events),
+                    "$unset": {"attempt": "", "retry_at": ""},
+                },
+            )
+        return bool(done.modified_count)
+
+    def append_status(
+        self,
+        message_id: str,
+        entry: StatusEntry,
+        *,
+        platform_message_id: str | None = None,
+        dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        base: dict[str, Any] = {"_id": message_id}
+        if dedupe_key is not None:
+            base["applied_reports"] = {"$ne": dedupe_key}
+        push: dict[str, Any] = {"$push": {"history": entry_doc(entry)}}
+        if dedupe_key is not None:
+            push["$addToSet"] = {"applied_reports": dedupe_key}
+        forward_set: dict[str, Any] = {"status": entry.status.value}
+        if platform_message_id is not None:
+            forward_set["platform_message_id"] = platform_message_id
+        predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
+        with translated():
+            forward = {**push, "$push": pushes(entry, events), "$set": forward_set}
+            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, forward)
+            if moved.modified_count:
+                return True
+            # not a forward move (late or repeated): keep it in the history only, unless it is a replay
+            late: dict[str, Any] = dict(push)
+            if platform_message_id is not None:
+                late["$set"] = {"platform_message_id": platform_message_id}
+            self.collection.update_one(base, late)
+        return False
