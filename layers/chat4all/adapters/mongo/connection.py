@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 DEFAULT_DATABASE = "chat4all"
 # A server that is down is found out within a second, so the API answers 503 then, not after a long wait.
 # pymongo re-checks an unknown server at most every 500 ms (minHeartbeatFrequencyMS), so an operation fails
-# up to ~0.5 s after its selection timeout (measured against a closed port: 300 ms took 0.37 to 0.74 s; the
-# old 5,000 ms took 5 s). A URI that sets its own timeouts keeps them (an Atlas URI over a slow link, say).
+# up to ~0.5 s after its selection timeout (measured: docs/BENCHMARKS.md, "MongoDB (SecantusDB)"). A URI that
+# sets its own timeouts keeps them (an Atlas URI over a slow link, say).
 # A server that answers but stalls is given a few seconds.
 DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 300, "connectTimeoutMS": 1000, "socketTimeoutMS": 5000}
 # Writes a re-run relies on (the message with its sequence, an attempt before its platform call, the receipt
@@ -56,7 +56,7 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
         # route's "what does this conversation send next": its lowest PENDING sequence
         db.messages.create_index([("conversation_id", ASCENDING), ("status", ASCENDING), ("sequence", ASCENDING)])
         # A sparse single-field index: the server plans a query on a partial compound index as a collection
-        # scan (40 ms per status webhook at 3,000 messages), and uses this one. Platform message ids are
+        # scan (docs/BENCHMARKS.md, "MongoDB (SecantusDB)"), and uses this one. Platform message ids are
         # unique across platforms by their format (wamid..., Instagram mids, Telegram chat-qualified ids).
         if "platform_message_id_unique" in db.messages.index_information():
             db.messages.drop_index("platform_message_id_unique")

@@ -81,8 +81,9 @@ class MongoEventOutbox(EventOutbox):
         """Forget published events on their messages, PULL_CHUNK messages per update.
 
         SecantusDB matches each message's events against the update's whole `$in` list while it holds the
-        collection's write lock (server CPU per update: 10 messages 7 ms, 100 64 ms, 400 0.49 s); a route run
-        through a busy conversation forgets hundreds at once, and every send's insert waited 4-5 s behind it.
+        collection's write lock, at a cost that grows with the list; a route run through a busy conversation
+        forgets hundreds at once, and every send's insert waited seconds behind it (docs/BENCHMARKS.md,
+        "MongoDB (SecantusDB)").
         """
         by_message: dict[str, list[str]] = {}
         for message_id, event_id in events:

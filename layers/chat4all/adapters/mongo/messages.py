@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from chat4all.ports import OutboundDraft
 
 # concurrent senders in one conversation conflict on its sequence counter; each retries its transaction, after
-# a jittered pause that doubles from 2 ms up to 50 ms, for up to 5 s (16 clients on one conversation: 50 tries
-# with pauses under 2 ms * try left 3 of 1,559 sends without a sequence)
+# a jittered pause that doubles from 2 ms up to 50 ms, for up to 5 s (why these: docs/BENCHMARKS.md, "MongoDB
+# (SecantusDB)")
 SEQUENCE_TRANSACTION_SECONDS = 5.0
 SEQUENCE_RETRY_PAUSE_SECONDS = (0.002, 0.05)
 
