@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 from multidict import CIMultiDict
 
-from devstack.lambda_service import ACCOUNT_ID, SHUTDOWN_SECONDS, random_hex, request_id
+from devstack.lambda_service import ACCOUNT_ID, random_hex, request_id, server_runner
 from devstack.template import DEFAULT_ROUTE
 
 if TYPE_CHECKING:
@@ -86,7 +86,44 @@ class HttpApi:
         self.routes = [(route, _route_pattern(route.path)) for route in ordered]
         self.invoke = invoke
         self.timeout = timeout
+        self.port = 0
+        self.runner: web.ServerRunner | None = None
         self._abandoned: set[asyncio.Task[InvocationResult]] = set()
+
+    async def start(self, port: int) -> None:
+        """Serve on 127.0.0.1:port (0: any free port; `port` is then the one taken)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot serve the HTTP API on 127.0.0.1:{port}: {exc.strerror}") from exc
+        self.port = int(sock.getsockname()[1])
+        self.runner = server_runner(self._serve)
+        await self.runner.setup()
+        await web.SockSite(self.runner, sock).start()
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
+            return _too_large()
+        if request.headers.get("expect", "").lower() == "100-continue":
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = bytearray()
+        while chunk := await request.content.readany():
+            body += chunk
+            if len(body) > MAX_PAYLOAD_BYTES:
+                return _too_large()
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        status, headers, payload = await self.handle(
+            request.method,
+            request.rel_url.raw_path,
+            request.rel_url.raw_query_string,
+            list(request.headers.items()),
+            bytes(body),
+            str(peer[0]) if peer else "127.0.0.1",
+        )
+        return _response(status, headers, b"" if request.method == "HEAD" else payload)
 
     def match(self, method: str, path: str) -> tuple[HttpRoute, dict[str, str]] | None:
         for route, pattern in self.routes:
@@ -200,55 +237,7 @@ def _response(status: int, headers: list[tuple[str, str]], body: bytes) -> web.R
     return web.Response(status=status, headers=out, body=body)
 
 
-class HttpApiServer:
-    """The HTTP API on 127.0.0.1:port."""
-
-    def __init__(self, api: HttpApi, port: int, max_body_bytes: int = MAX_PAYLOAD_BYTES) -> None:
-        self.api = api
-        self.port = port
-        self.max_body_bytes = max_body_bytes
-        self.runner = web.ServerRunner(
-            web.Server(self._handle), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
-        )
-
-    async def start(self) -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", self.port))
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, f"cannot serve the HTTP API on 127.0.0.1:{self.port}: {exc.strerror}") from exc
-        self.port = int(sock.getsockname()[1])
-        await self.runner.setup()
-        await web.SockSite(self.runner, sock).start()
-        return self.port
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-    def _too_large(self) -> web.Response:
-        response = _response(*gateway_message(413))
-        response.force_close()  # the rest of the body is not read: the connection cannot be reused
-        return response
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        if (request.content_length or 0) > self.max_body_bytes:
-            return self._too_large()
-        if request.headers.get("expect", "").lower() == "100-continue":
-            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = bytearray()
-        while chunk := await request.content.readany():
-            body += chunk
-            if len(body) > self.max_body_bytes:
-                return self._too_large()
-        peer = request.transport.get_extra_info("peername") if request.transport else None
-        status, headers, payload = await self.api.handle(
-            request.method,
-            request.rel_url.raw_path,
-            request.rel_url.raw_query_string,
-            list(request.headers.items()),
-            bytes(body),
-            str(peer[0]) if peer else "127.0.0.1",
-        )
-        return _response(status, headers, b"" if request.method == "HEAD" else payload)
+def _too_large() -> web.Response:
+    response = _response(*gateway_message(413))
+    response.force_close()  # the rest of the body is not read: the connection cannot be reused
+    return response

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
 REGION = "us-east-1"
@@ -52,6 +52,13 @@ def random_hex(digits: int) -> str:
 
 def request_id() -> str:
     return str(uuid.UUID(int=random.getrandbits(128), version=4))
+
+
+def server_runner(handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]) -> web.ServerRunner:
+    """aiohttp's low-level server (no application, router or access log: less CPU per request)."""
+    return web.ServerRunner(
+        web.Server(handler), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
+    )
 
 
 def function_arn(name: str) -> str:
@@ -144,15 +151,12 @@ class FunctionPool:
         self.containers: list[Container] = []
         self.idle: deque[Container] = deque()
         self.waiters: deque[asyncio.Future[Container | None]] = deque()
-        self.cold_starts = 0
-        self.invocations = 0
 
     async def invoke(self, payload: bytes) -> InvocationResult:
         if self.spec.concurrency < 1:  # ReservedConcurrentExecutions: 0 stops every invocation
             return InvocationResult.error("TooManyRequestsException", "Rate Exceeded.")
         loop = asyncio.get_running_loop()
         invocation = Invocation(request_id(), payload, loop.create_future(), loop.create_future())
-        self.invocations += 1
         for _ in range(MAX_PLACEMENTS):
             if self.service.stopping:
                 break
@@ -230,22 +234,18 @@ class FunctionPool:
     def _release(self, container: Container) -> None:
         if container.function is not self.spec:
             self.retire(container)  # started with a configuration that has changed since
-        if container.retired:
-            return
+        if not container.retired and not self._hand_over(container):
+            container.idle_since = time.monotonic()
+            self.idle.append(container)
+
+    def _hand_over(self, container: Container | None) -> bool:
+        """To the first invocation waiting: a container, or None when a slot is free to start one."""
         while self.waiters:
             waiter = self.waiters.popleft()
             if not waiter.done():
                 waiter.set_result(container)
-                return
-        container.idle_since = time.monotonic()
-        self.idle.append(container)
-
-    def _slot_freed(self) -> None:
-        while self.waiters:
-            waiter = self.waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # it may start a container now
-                return
+                return True
+        return False
 
     async def _start_container(self) -> Container:
         loop = asyncio.get_running_loop()
@@ -256,7 +256,6 @@ class FunctionPool:
         container = Container(self.spec, uuid.uuid4().hex[:12], port, site, loop.create_future())
         self.containers.append(container)
         self.service.by_port[port] = container
-        self.cold_starts += 1
         try:
             await site.start()
             container.process = await self.service.spawn(container)
@@ -280,7 +279,7 @@ class FunctionPool:
             self.idle.remove(container)
         if container.wakeup is not None and not container.wakeup.done():
             container.wakeup.set_result(None)
-        self._slot_freed()
+        self._hand_over(None)
 
     def reap_idle(self, idle_seconds: float) -> None:
         oldest = time.monotonic() - idle_seconds
@@ -299,19 +298,15 @@ class LambdaService:
         python: str = sys.executable,
         idle_timeout_seconds: float = 300.0,
         init_timeout_seconds: float = 20.0,
-        log: Callable[[str], None] = print,
     ) -> None:
         self.pools = {spec.name: FunctionPool(self, spec) for spec in functions}
         self.log_dir = log_dir
         self.python = python
         self.idle_timeout_seconds = idle_timeout_seconds
         self.init_timeout_seconds = init_timeout_seconds
-        self.log = log
         self.stopping = False
         self.by_port: dict[int, Container] = {}
-        self.runner = web.ServerRunner(
-            web.Server(self._handle), handle_signals=False, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS
-        )
+        self.runner = server_runner(self._handle)
         self._watchers: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
@@ -341,7 +336,7 @@ class LambdaService:
         pool = self.pools[function]
         pool.update(dataclasses.replace(pool.spec, environment=dict(environment)))
 
-    def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
+    async def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
         """Each function's container processes; busy: those running an invocation (fetched, not answered)."""
         return {
             name: [c.pid for c in pool.containers if c.pid is not None and (c.current is not None or not busy)]

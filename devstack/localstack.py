@@ -6,8 +6,6 @@ import base64
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import sys
 import time
 import urllib.request
@@ -21,18 +19,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from devstack.processes import ManagedProcess, ProcessFailedError, start_until_ready
-from devstack.template import (
-    cloudformation,
-    functions,
-    infrastructure_template,
-    load_template,
-    plain,
-    queue_subscriptions,
-)
+from devstack.template import cloudformation, infrastructure_template, load_template, plain
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from devstack.processes import ProcessGroup
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,8 +36,6 @@ SERVICES = ("sqs", "events", "kms", "cloudformation", "s3", "sts", "iam", "logs"
 # what the venv must be able to import for `python -m localstack.runtime.main` to serve
 RUNTIME_IMPORTS = "import localstack.runtime.main, moto, rolo, hypercorn, twisted"
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
-# outputs added to the stack, one for each value the local runtime needs CloudFormation to evaluate
-VALUE_OUTPUT_PREFIX = "DevstackValue"
 # LocalStack's tags for a KMS key's id and material (localstack.services.kms.utils)
 PINNED_KEY_TAGS = ("_custom_id_", "_custom_key_material_")
 KMS_KEYS_FILE = "kms-keys.json"
@@ -63,49 +50,29 @@ class StackDeployError(RuntimeError):
 # ------------------------------------------------------------------------------------------ venv
 
 
-def find_python313() -> str:
-    """pyenv's 3.13.0 if there is one, else python3.13 on PATH (as the Makefile picks it)."""
-    pyenv = shutil.which("pyenv")
-    if pyenv:
-        root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False).stdout.strip()
-        candidate = Path(root) / "versions" / "3.13.0" / "bin" / "python3.13"
-        if root and candidate.is_file():
-            return str(candidate)
-    found = shutil.which("python3.13")
-    if found:
-        return found
-    if sys.version_info[:2] == (3, 13):
-        return sys.executable
-    raise ProcessFailedError("Python 3.13 is needed for LocalStack's venv (pyenv 3.13.0 or python3.13 on PATH)")
-
-
-def _imports_work(python: Path, group: ProcessGroup) -> bool:
-    if not python.is_file():
-        return False
-    # cwd away from the repo: its localstack/ folder would shadow the package
-    returncode, _ = group.run([str(python), "-c", RUNTIME_IMPORTS], cwd="/")
-    return returncode == 0
-
-
 def ensure_localstack_venv(repo_root: Path, group: ProcessGroup) -> Path:
-    """Create <repo>/.localstack-venv and install localstack/requirements.txt unless already done; its python."""
+    """Create <repo>/.localstack-venv and install localstack/requirements.txt unless already done; its python.
+
+    The venv is made by this interpreter's Python 3.13 (`python -m venv` in a venv uses its base interpreter);
+    the stamp is written only once the install imports, so a matching stamp means a working venv.
+    """
     venv = repo_root / VENV_DIR_NAME
     python = venv / "bin" / "python"
     requirements = repo_root / REQUIREMENTS
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()
     stamp = venv / ".requirements.sha256"
-    installed = stamp.read_text().strip() if stamp.is_file() else ""
-    if installed == digest and _imports_work(python, group):
+    if python.is_file() and stamp.is_file() and stamp.read_text().strip() == digest:
         return python
-    if not python.is_file():
-        returncode, output = group.run([find_python313(), "-m", "venv", str(venv)])
+    # cwd away from the repo: its localstack/ folder would shadow the package
+    for argv in (
+        [sys.executable, "-m", "venv", str(venv)],
+        [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)],
+        [str(python), "-c", RUNTIME_IMPORTS],
+    ):
+        returncode, output = group.run(argv, cwd="/")
         if returncode != 0:
-            raise ProcessFailedError(f"could not create {venv}:\n{output}")
-    pip = [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", str(requirements)]
-    returncode, output = group.run(pip, cwd="/")
-    if returncode != 0 or not _imports_work(python, group):
-        tail = "\n".join(output.splitlines()[-20:])
-        raise ProcessFailedError(f"could not install LocalStack into {venv}:\n{tail}")
+            tail = "\n".join(output.splitlines()[-20:])
+            raise ProcessFailedError(f"could not install LocalStack into {venv}:\n{tail}")
     stamp.write_text(digest + "\n")
     return python
 
@@ -141,14 +108,13 @@ def localstack_env(port: int, filesystem_root: Path) -> dict[str, str]:
     return env
 
 
-def start_localstack(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
-    """Start LocalStack from its venv on 127.0.0.1 (4566 if free); return its endpoint URL and process."""
-    python = REPO_ROOT / VENV_DIR_NAME / "bin" / "python"
-    if not python.is_file():
-        raise ProcessFailedError(f"{python} is missing; ensure_localstack_venv() builds it")
+def start_localstack(state_dir: Path, group: ProcessGroup, port: int | None = None) -> tuple[str, ManagedProcess]:
+    """Start LocalStack from its venv (built first if need be) on 127.0.0.1 (`port`, else 4566 if free); return
+    its endpoint URL and process."""
+    python = ensure_localstack_venv(REPO_ROOT, group)
     home = state_dir / "localstack"
     home.mkdir(parents=True, exist_ok=True)
-    port = group.port_for(PREFERRED_PORT)
+    port = port or group.port_for(PREFERRED_PORT)
     process = ManagedProcess(
         "localstack",
         [str(python), "-m", "localstack.runtime.main"],
@@ -179,53 +145,28 @@ def _check_ready(url: str) -> None:
 
 @dataclass
 class StackInfo:
-    """A deployed stack, and the values the template's intrinsics take in it."""
+    """A deployed stack: what a `Ref` to one of its parameters or resources is (all the functions' variables use)."""
 
     stack_name: str
-    parameters: dict[str, str]
-    physical_ids: dict[str, str]
-    values: dict[str, str]  # an intrinsic (as value_key gives it) -> its value, read back through an output
+    refs: dict[str, str]
 
     def resolve(self, value: Any) -> str:
-        """A template value: a parameter's or a resource's Ref, or an intrinsic deploy_stack read back."""
         if not isinstance(value, dict):
             return plain(value)
-        ref = value.get("Ref")
-        for known in (self.parameters, self.physical_ids):
-            if ref in known:
-                return known[ref]
-        if value_key(value) in self.values:
-            return self.values[value_key(value)]
-        raise KeyError(f"{value!r}: not a value of stack {self.stack_name}")
-
-
-def value_key(value: Any) -> str:
-    return json.dumps(value, sort_keys=True)
-
-
-def _wanted_values(cfn: dict[str, Any], infra: dict[str, Any]) -> list[Any]:
-    """What the local runtime needs CloudFormation to evaluate: the functions' variables, the queues' ARNs."""
-    simple = set(infra.get("Parameters", {})) | set(infra["Resources"])
-    wanted = {
-        value_key(value): value
-        for config in functions(cfn).values()
-        for value in config.environment.values()
-        if isinstance(value, dict) and value.get("Ref") not in simple
-    }
-    for subscription in queue_subscriptions(cfn):
-        arn = {"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]}
-        wanted[value_key(arn)] = arn
-    return [wanted[key] for key in sorted(wanted)]
+        if value.get("Ref") in self.refs:
+            return self.refs[value["Ref"]]
+        raise KeyError(f"{value!r}: not a Ref to a parameter or resource of stack {self.stack_name}")
 
 
 def _cloudformation(endpoint_url: str) -> Any:
     config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
+    keys = CREDENTIALS
     return boto3.client(
         "cloudformation",
         endpoint_url=endpoint_url,
         region_name=REGION,
-        aws_access_key_id=CREDENTIALS["aws_access_key_id"],
-        aws_secret_access_key=CREDENTIALS["aws_secret_access_key"],
+        aws_access_key_id=keys["aws_access_key_id"],
+        aws_secret_access_key=keys["aws_secret_access_key"],
         config=config,
     )
 
@@ -242,24 +183,19 @@ def _stack_status(cfn: Any, stack_name: str) -> str | None:
 
 def _wait(cfn: Any, stack_name: str, timeout: float) -> str | None:
     deadline = time.monotonic() + timeout
-    while True:
-        status = _stack_status(cfn, stack_name)
-        if status is None or not status.endswith("_IN_PROGRESS"):
-            return status
+    while (status := _stack_status(cfn, stack_name)) is not None and status.endswith("_IN_PROGRESS"):
         if time.monotonic() > deadline:
             raise StackDeployError(f"stack {stack_name} still {status} after {timeout:.0f}s")
         time.sleep(0.25)
+    return status
 
 
-def _event_ids(cfn: Any, stack_name: str) -> set[str]:
+def _events(cfn: Any, stack_name: str) -> list[dict[str, Any]]:
+    """The stack's events, newest first (none for a stack that does not exist)."""
     if _stack_status(cfn, stack_name) is None:
-        return set()
-    return {event["EventId"] for event in _events(cfn, stack_name)}
-
-
-def _events(cfn: Any, stack_name: str) -> Iterator[dict[str, Any]]:
-    for page in cfn.get_paginator("describe_stack_events").paginate(StackName=stack_name):
-        yield from page["StackEvents"]
+        return []
+    pages = cfn.get_paginator("describe_stack_events").paginate(StackName=stack_name)
+    return [event for page in pages for event in page["StackEvents"]]
 
 
 def _failures(cfn: Any, stack_name: str, seen: set[str]) -> list[str]:
@@ -267,17 +203,11 @@ def _failures(cfn: Any, stack_name: str, seen: set[str]) -> list[str]:
     return [
         f"  {event['LogicalResourceId']} ({event.get('ResourceType', '?')}) {event['ResourceStatus']}: "
         f"{event.get('ResourceStatusReason') or 'no reason given'}"
-        for event in reversed(list(_events(cfn, stack_name)))
+        for event in reversed(_events(cfn, stack_name))
         if event["EventId"] not in seen
         and event["ResourceStatus"].endswith("_FAILED")
         and event["LogicalResourceId"] != stack_name
     ]
-
-
-def _missing_resources(cfn: Any, stack_name: str, infra: dict[str, Any]) -> list[str]:
-    resources = cfn.describe_stack_resources(StackName=stack_name)["StackResources"]
-    present = {r["LogicalResourceId"] for r in resources if not r["ResourceStatus"].startswith("DELETE")}
-    return sorted(set(infra["Resources"]) - present)
 
 
 def pin_kms_keys(infra: dict[str, Any], stack_name: str, keys_file: Path) -> None:
@@ -326,16 +256,12 @@ def deploy_stack(
 
     Whatever must outlive LocalStack itself (the KMS keys) is kept in `state_dir`.
     """
-    cfn = cloudformation(load_template(template_path))
-    infra = infrastructure_template(cfn)
+    infra = infrastructure_template(cloudformation(load_template(template_path)))
     pin_kms_keys(infra, stack_name, state_dir / KMS_KEYS_FILE)
-    wanted = _wanted_values(cfn, infra)
-    infra["Outputs"] |= {f"{VALUE_OUTPUT_PREFIX}{n}": {"Value": value} for n, value in enumerate(wanted)}
     declared: dict[str, Any] = infra.get("Parameters", {})
     values = {name: plain(spec["Default"]) for name, spec in declared.items() if "Default" in spec}
     values |= {name: value for name, value in parameters.items() if name in declared}
-    missing = sorted(set(declared) - set(values))
-    if missing:
+    if missing := sorted(set(declared) - set(values)):
         raise ValueError(f"{template_path}: parameters without a value: {', '.join(missing)}")
     request: dict[str, Any] = {
         "StackName": stack_name,
@@ -350,7 +276,7 @@ def deploy_stack(
         if status in UNUSABLE_STATUSES or (attempt and status is not None):
             client.delete_stack(StackName=stack_name)
             status = _wait(client, stack_name, timeout)
-        seen = _event_ids(client, stack_name)
+        seen = {event["EventId"] for event in _events(client, stack_name)}
         done = {"CREATE_COMPLETE", "UPDATE_COMPLETE"}
         if status in (None, "DELETE_COMPLETE"):
             client.create_stack(**request)
@@ -365,17 +291,15 @@ def deploy_stack(
         # LocalStack can end a failed update UPDATE_COMPLETE, with the failed resource rolled back to nothing;
         # so the resource events and the resources present are checked too, not only the stack's status
         failures = _failures(client, stack_name, seen) if status is not None else []
-        missing = _missing_resources(client, stack_name, infra) if status in done else []
+        resources = client.describe_stack_resources(StackName=stack_name)["StackResources"] if status in done else []
+        present = {
+            r["LogicalResourceId"]: r["PhysicalResourceId"]
+            for r in resources
+            if not r["ResourceStatus"].startswith("DELETE")
+        }
+        missing = sorted(set(infra["Resources"]) - set(present)) if status in done else []
         if status in done and not failures and not missing:
-            stack = client.describe_stacks(StackName=stack_name)["Stacks"][0]
-            outputs = {o["OutputKey"]: str(o.get("OutputValue", "")) for o in stack.get("Outputs", [])}
-            resources = client.describe_stack_resources(StackName=stack_name)["StackResources"]
-            return StackInfo(
-                stack_name=stack_name,
-                parameters=values,
-                physical_ids={r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources},
-                values={value_key(v): outputs[f"{VALUE_OUTPUT_PREFIX}{n}"] for n, v in enumerate(wanted)},
-            )
+            return StackInfo(stack_name, values | present)
         report = [f"stack {stack_name} ended {status}", *failures]
         if missing:
             report.append(f"  resources missing from the stack: {', '.join(missing)}")

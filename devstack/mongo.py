@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 PREFERRED_PORT = 57017
 
 
-def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
+def start_mongo(state_dir: Path, group: ProcessGroup, port: int | None = None) -> tuple[str, ManagedProcess]:
     """Start SecantusDB on 127.0.0.1 with its data in state_dir/mongo; return its URI and process."""
     data_dir = state_dir / "mongo"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -25,7 +25,7 @@ def start_mongo(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProce
     config = state_dir / "secantusd.toml"
     if not config.exists():
         config.write_text("# settings come from the command line (devstack/mongo.py)\n")
-    port = group.port_for(PREFERRED_PORT)
+    port = port or group.port_for(PREFERRED_PORT)
     argv = [
         sys.executable, "-m", "secantus",
         "--config", str(config),

@@ -24,7 +24,7 @@ SUPERUSER = "postgres"
 _MAX_SOCKET_DIR_LEN = 107 - len("/.s.PGSQL.65535")
 
 
-def start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
+def start_postgres(state_dir: Path, group: ProcessGroup, port: int | None = None) -> tuple[str, ManagedProcess]:
     """Start a PostgreSQL server on 127.0.0.1 with trust auth; return its URL and process.
 
     Its files live where its OS account can reach them: see devstack.state.server_home.
@@ -44,7 +44,7 @@ def start_postgres(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedPr
         scratch.rename(data_dir)
     _owned_dir(socket_dir, owner)
 
-    port = group.port_for(PREFERRED_PORT)
+    port = port or group.port_for(PREFERRED_PORT)
     # a socket path too long for sun_path makes the server refuse to start; TCP is all we use anyway
     sockets = str(socket_dir) if len(str(socket_dir)) <= _MAX_SOCKET_DIR_LEN else ""
     settings = {

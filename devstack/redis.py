@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 PREFERRED_PORT = 56379
 
 
-def start_redis(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
+def start_redis(state_dir: Path, group: ProcessGroup, port: int | None = None) -> tuple[str, ManagedProcess]:
     """Start redis-server on 127.0.0.1 with persistence off; return its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ProcessFailedError("redis-server is not on PATH; install it or pass a Redis URL")
     data_dir = state_dir / "redis"
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = group.port_for(PREFERRED_PORT)
+    port = port or group.port_for(PREFERRED_PORT)
     argv = [
         binary,
         "--port", str(port),

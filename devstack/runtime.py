@@ -16,24 +16,18 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from devstack.apigateway import INTEGRATION_TIMEOUT_SECONDS, HttpApi, HttpApiServer
+from devstack.apigateway import INTEGRATION_TIMEOUT_SECONDS, HttpApi
 from devstack.lambda_service import LOCAL_DEFAULT_CONCURRENCY, REGION, FunctionSpec, InvocationResult, LambdaService
 from devstack.schedules import run_schedule
 from devstack.sqs_client import AsyncSqsClient
-from devstack.sqs_source import SqsEventSource
-from devstack.template import (
-    cloudformation,
-    functions,
-    http_routes,
-    queue_subscriptions,
-    schedule_subscriptions,
-)
+from devstack.sqs_source import SqsEventSource, queue_arn
+from devstack.template import cloudformation, functions, http_routes, queue_subscriptions, schedule_subscriptions
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Mapping
     from pathlib import Path
 
-    from devstack.template import FunctionConfig, QueueSubscription, ScheduleSubscription
+    from devstack.template import ScheduleSubscription
 
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -80,8 +74,7 @@ class LocalRuntime:
         options: RuntimeOptions | None = None,
         log: Callable[[str], None] = print,
     ) -> None:
-        self.template = template  # SAM or CloudFormation
-        self.cloudformation = cloudformation(template)
+        self.cloudformation = cloudformation(template)  # the template may be SAM or CloudFormation
         self.template_dir = template_dir
         self.function_environment = function_environment
         self.log_dir = log_dir
@@ -90,63 +83,47 @@ class LocalRuntime:
         self.options = options or RuntimeOptions()
         self.log = log
         self.lambda_service: LambdaService | None = None
-        self.http: HttpApiServer | None = None
-        self.sqs_sources: list[SqsEventSource] = []
+        self.http: HttpApi | None = None
+        self.sqs_sources: list[SqsEventSource] = []  # one per mapping, enabled or not
         self.schedules: list[ScheduleSubscription] = []
         self._schedule_tasks: list[asyncio.Task[None]] = []
         self._sqs_clients: list[AsyncSqsClient] = []
-        self._sqs_source_parts: list[tuple[QueueSubscription, AsyncSqsClient, int]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
-    # -------------------------------------------------------------------- lifecycle
-
     def function_specs(self) -> list[FunctionSpec]:
-        specs = []
-        for logical_id, config in functions(self.cloudformation).items():
-            specs.append(
-                FunctionSpec(
-                    name=logical_id,
-                    handler=config.handler,
-                    code_dir=(self.template_dir / config.code_uri).resolve(),
-                    layer_dirs=tuple((self.template_dir / p).resolve() for p in config.layer_paths),
-                    environment=self.function_environment(logical_id),
-                    timeout_seconds=float(config.timeout_seconds),
-                    memory_mb=config.memory_mb,
-                    concurrency=self._concurrency(config),
-                    runtime=config.runtime,
-                )
+        options = self.options
+        return [
+            FunctionSpec(
+                name=logical_id,
+                handler=config.handler,
+                code_dir=(self.template_dir / config.code_uri).resolve(),
+                layer_dirs=tuple((self.template_dir / p).resolve() for p in config.layer_paths),
+                environment=self.function_environment(logical_id),
+                timeout_seconds=float(config.timeout_seconds),
+                memory_mb=config.memory_mb,
+                # ReservedConcurrentExecutions caps a function in AWS too; the rest is how this machine shares out
+                concurrency=next(
+                    (
+                        n
+                        for n in (config.reserved_concurrency, options.concurrency_override, config.local_concurrency)
+                        if n is not None
+                    ),
+                    options.default_concurrency,
+                ),
+                runtime=config.runtime,
             )
-        return specs
+            for logical_id, config in functions(self.cloudformation).items()
+        ]
 
-    def _concurrency(self, config: FunctionConfig) -> int:
-        """ReservedConcurrentExecutions caps a function in AWS too; the rest is how this machine shares out."""
-        for containers in (
-            config.reserved_concurrency,
-            self.options.concurrency_override,
-            config.local_concurrency,
-        ):
-            if containers is not None:
-                return containers
-        return self.options.default_concurrency
+    # -------------------------------------------------------------------- lifecycle
 
     def start(self, http_port: int | None = None) -> LocalRuntime:
         """Start Lambda, and the HTTP API on 127.0.0.1:http_port (0: any free port; None: no HTTP API)."""
         specs = self.function_specs()  # template errors surface here, before anything runs
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(loop)
-            self._loop = loop
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name="local-runtime", daemon=True)
+        self._loop = loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=_serve, args=(loop,), name="local-runtime", daemon=True)
         self._thread.start()
-        ready.wait()
         try:
             self._call(self._start(specs, http_port), START_TIMEOUT_SECONDS)
         except BaseException:
@@ -159,35 +136,25 @@ class LocalRuntime:
         if loop is None or thread is None:
             return
         try:
-            if loop.is_running():
-                self._call(self._stop(), STOP_TIMEOUT_SECONDS)
+            self._call(self._stop(), STOP_TIMEOUT_SECONDS)
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(STOP_TIMEOUT_SECONDS)
             self._loop = self._thread = None
 
-    def __enter__(self) -> LocalRuntime:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     async def _start(self, specs: list[FunctionSpec], http_port: int | None) -> None:
-        service = LambdaService(
+        opts = self.options
+        self.lambda_service = service = LambdaService(
             specs,
             log_dir=self.log_dir,
-            python=self.options.python,
-            idle_timeout_seconds=self.options.idle_timeout_seconds,
-            init_timeout_seconds=self.options.init_timeout_seconds,
-            log=self.log,
+            python=opts.python,
+            idle_timeout_seconds=opts.idle_timeout_seconds,
+            init_timeout_seconds=opts.init_timeout_seconds,
         )
-        self.lambda_service = service
         await service.start()
-        routes = http_routes(self.cloudformation)
         if http_port is not None:
-            api = HttpApi(routes, service.invoke, self.options.http_timeout_seconds)
-            self.http = HttpApiServer(api, http_port)
-            await self.http.start()
+            self.http = HttpApi(http_routes(self.cloudformation), service.invoke, opts.http_timeout_seconds)
+            await self.http.start(http_port)
         concurrency = {spec.name: spec.concurrency for spec in specs}
         for subscription in queue_subscriptions(self.cloudformation):
             if self.resolve is None or self.aws_endpoint_url is None:
@@ -195,45 +162,23 @@ class LocalRuntime:
             limit = concurrency[subscription.function]
             client = AsyncSqsClient(self.aws_endpoint_url, REGION, "test", "test", connections=limit + 2)
             self._sqs_clients.append(client)
-            self._sqs_source_parts.append((subscription, client, limit))
-            self.sqs_sources.append(self._sqs_source(subscription, client, limit))
+            queue_url = self.resolve({"Ref": subscription.queue_logical_id})
+            source = SqsEventSource(
+                subscription=subscription,
+                queue_url=queue_url,
+                queue_arn=queue_arn(queue_url),
+                sqs=client,
+                invoke=service.invoke,
+                max_pollers=limit,
+                wait_seconds=opts.sqs_wait_seconds,
+                log=self.log,
+            )
+            self.sqs_sources.append(source)
+            source.start()
         for schedule in schedule_subscriptions(self.cloudformation):
-            run = run_schedule(schedule, service.invoke, self.options.schedule_clock, self.log)
+            run = run_schedule(schedule, service.invoke, opts.schedule_clock, self.log)
             self._schedule_tasks.append(asyncio.create_task(run))
             self.schedules.append(schedule)
-
-    def _sqs_source(self, subscription: QueueSubscription, client: AsyncSqsClient, limit: int) -> SqsEventSource:
-        assert self.resolve is not None and self.lambda_service is not None
-        source = SqsEventSource(
-            subscription=subscription,
-            queue_url=self.resolve({"Ref": subscription.queue_logical_id}),
-            queue_arn=self.resolve({"Fn::GetAtt": [subscription.queue_logical_id, "Arn"]}),
-            sqs=client,
-            invoke=self.lambda_service.invoke,
-            max_pollers=limit,
-            wait_seconds=self.options.sqs_wait_seconds,
-            log=self.log,
-        )
-        source.start()
-        return source
-
-    def set_event_sources_enabled(self, function: str, enabled: bool) -> None:
-        """Lambda's UpdateEventSourceMapping(Enabled=...) for every SQS mapping of a function: a disabled
-        mapping stops polling (a batch in flight is let finish), an enabled one polls again."""
-
-        async def change() -> None:
-            for subscription, client, limit in self._sqs_source_parts:
-                if subscription.function != function:
-                    continue
-                running = [s for s in self.sqs_sources if s.subscription is subscription]
-                if enabled and not running:
-                    self.sqs_sources.append(self._sqs_source(subscription, client, limit))
-                elif not enabled:
-                    for source in running:
-                        self.sqs_sources.remove(source)
-                        await source.stop()
-
-        self._call(change(), STOP_TIMEOUT_SECONDS)
 
     async def _stop(self) -> None:
         for task in self._schedule_tasks:
@@ -246,12 +191,8 @@ class LocalRuntime:
         # the containers go before the HTTP API: requests still waiting on them are answered at once
         if self.lambda_service is not None:
             await self.lambda_service.stop()
-        if self.http is not None:
-            await self.http.stop()
-        self.sqs_sources.clear()
-        self._sqs_source_parts.clear()
-        self.schedules.clear()
-        self._schedule_tasks.clear()
+        if self.http is not None and self.http.runner is not None:
+            await self.http.runner.cleanup()
 
     # -------------------------------------------------------------------- use
 
@@ -263,39 +204,50 @@ class LocalRuntime:
 
     def invoke(self, function: str, event: Any, timeout: float | None = None) -> InvocationResult:
         """Lambda's Invoke (RequestResponse) of a function by its logical id, from any thread but the runtime's."""
-        if self._loop is not None and threading.current_thread() is self._thread:
-            raise RuntimeError("invoke() blocks; on the runtime's own loop await invoke_async()")
-        return self._call(self.invoke_async(function, json.dumps(event).encode()), timeout)
-
-    async def invoke_async(self, function: str, payload: bytes) -> InvocationResult:
-        if self.lambda_service is None:
-            raise RuntimeError("the runtime is not started")
-        return await self.lambda_service.invoke(function, payload)
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("invoke() blocks; on the runtime's own loop await lambda_service.invoke()")
+        return self._call(self._service().invoke(function, json.dumps(event).encode()), timeout)
 
     def update_function_environment(self, function: str, environment: dict[str, str]) -> None:
         """Lambda's UpdateFunctionConfiguration of the environment: the next invocations run in new containers."""
-        if self.lambda_service is None:
-            raise RuntimeError("the runtime is not started")
-        self._call(self.lambda_service.update_environment(function, environment), 10)
+        self._call(self._service().update_environment(function, environment), 10)
+
+    def set_event_sources_enabled(self, function: str, enabled: bool) -> None:
+        """Lambda's UpdateEventSourceMapping(Enabled=...) for every SQS mapping of a function: a disabled
+        mapping stops polling (a batch in flight is let finish), an enabled one polls again."""
+
+        async def change() -> None:
+            for source in self.sqs_sources:
+                if source.function == function and enabled:
+                    source.start()
+                elif source.function == function:
+                    await source.stop()
+
+        self._call(change(), STOP_TIMEOUT_SECONDS)
 
     def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
         """The live container processes of each function (busy: those running an invocation right now)."""
-        service = self.lambda_service
-        if service is None or self._loop is None:
+        if self.lambda_service is None or self._loop is None:
             return {}
-
-        async def pids() -> dict[str, list[int]]:
-            return service.container_pids(busy=busy)
-
-        return self._call(pids(), 10)
+        return self._call(self.lambda_service.container_pids(busy=busy), 10)
 
     def busy_container_pids(self) -> dict[str, list[int]]:
         return self.container_pids(busy=True)
+
+    def _service(self) -> LambdaService:
+        if self.lambda_service is None:
+            raise RuntimeError("the runtime is not started")
+        return self.lambda_service
 
     def _call[T](self, coroutine: Coroutine[Any, Any, T], timeout: float | None) -> T:
         if self._loop is None:
             coroutine.close()
             raise RuntimeError("the runtime is not running")
-        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
-        result: T = future.result(timeout)
+        result: T = asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
         return result
+
+
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    loop.run_forever()
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()

@@ -38,6 +38,12 @@ def _base64(value: bytes | str) -> str:
     return value if isinstance(value, str) else base64.b64encode(value).decode()
 
 
+def queue_arn(queue_url: str) -> str:
+    """The ARN of a queue, from its URL (`.../<account id>/<queue name>`, in AWS as in LocalStack)."""
+    account, name = queue_url.rstrip("/").split("/")[-2:]
+    return f"arn:aws:sqs:{REGION}:{account}:{name}"
+
+
 def sqs_record(message: dict[str, Any], queue_arn: str) -> dict[str, Any]:
     """An SQS message as the Lambda event source mapping delivers it."""
     attributes = {k: str(v) for k, v in message.get("Attributes", {}).items()}
@@ -111,7 +117,7 @@ class SqsEventSource:
         self.wait_seconds = wait_seconds
         self.log = log
         self.batches = 0
-        self._stopping = False
+        self.running = False
         self._pollers: dict[asyncio.Task[None], str] = {}  # each poller: "receiving" or "processing"
         self._polling = 0  # pollers that have not decided to stop: counted at once, unlike finished tasks
 
@@ -120,12 +126,16 @@ class SqsEventSource:
         return self.subscription.function
 
     def start(self) -> None:
-        self._spawn()
+        """Start polling (again, after a stop); nothing when it polls already."""
+        if not self.running:
+            self.running = True
+            self._polling = 0
+            self._spawn()
 
     async def stop(self) -> None:
         """Stop polling. A batch being processed is abandoned (its records come back after the visibility
         timeout, as after a crash); a receive in flight is let finish, and what it brings goes straight back."""
-        self._stopping = True
+        self.running = False
         for task, state in list(self._pollers.items()):
             if state == "processing":
                 task.cancel()
@@ -151,7 +161,7 @@ class SqsEventSource:
             self._pollers[task] = state
 
     async def _poll(self) -> None:
-        while not self._stopping:
+        while self.running:
             try:
                 self._set_state("receiving")
                 messages = await self._receive(min(self.subscription.batch_size, MAX_RECEIVE), self.wait_seconds)
@@ -183,7 +193,7 @@ class SqsEventSource:
             timeout=wait_seconds + 30,
         )
         messages: list[dict[str, Any]] = reply.get("Messages", [])
-        if messages and self._stopping:
+        if messages and not self.running:
             entries = [
                 {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
                 for i, m in enumerate(messages)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
@@ -21,6 +20,7 @@ import psycopg
 import pymongo
 from psycopg import sql
 
+from devstack.localstack import deploy_stack, start_localstack
 from devstack.mongo import start_mongo
 from devstack.postgres import start_postgres
 from devstack.processes import (
@@ -67,7 +67,6 @@ SWEEPER_FUNCTION = "SweeperFunction"
 START_SWEEP_TIMEOUT = 120.0
 # servers interrupted while starting hold nothing worth a graceful stop; a starting LocalStack ignores SIGTERM
 INTERRUPTED_START_GRACE_SECONDS = 2.0
-CHANNEL_ENV = ("WHATSAPP_API_BASE", "TELEGRAM_API_BASE", "INSTAGRAM_API_BASE")
 # environment variables that become template parameters when set (channel bases and the JWT issuer)
 ENV_PARAMETERS = {
     "WHATSAPP_API_BASE": "WhatsAppApiBase",
@@ -78,13 +77,6 @@ ENV_PARAMETERS = {
     "CHAT4ALL_JWT_JWKS_URL": "JwtJwksUrl",
     "CHAT4ALL_SWEEP_PENDING_AFTER_SECONDS": "SweepPendingAfterSeconds",
 }
-
-
-def _app_database_url(owner_url: str, password: str) -> str:
-    _ensure_layers_importable()
-    from chat4all.config import app_database_url
-
-    return app_database_url(owner_url, password)
 
 
 def _ensure_layers_importable() -> None:
@@ -124,73 +116,24 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def ensure_postgres_database(server_url: str, name: str, *, fresh: bool) -> None:
+def postgres_database(server_url: str, name: str, *, drop: bool, create: bool) -> None:
+    """Drop a database of a PostgreSQL server (when asked), and create it unless it exists."""
+    identifier = sql.Identifier(name)
     with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if exists and fresh:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-            exists = None
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if drop:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(identifier))
+        if create and not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(identifier))
 
 
-def drop_postgres_database(server_url: str, name: str) -> None:
-    with psycopg.connect(with_database(server_url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
-def _start_localstack(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
-    from devstack.localstack import ensure_localstack_venv, start_localstack
-
-    ensure_localstack_venv(REPO_ROOT, group)
-    return start_localstack(state_dir, group)
-
-
-def _start_localstack_again(state_dir: Path, group: ProcessGroup) -> tuple[str, ManagedProcess]:
-    from devstack.localstack import start_localstack
-
-    return start_localstack(state_dir, group)
-
-
-class _SamePort(ProcessGroup):
-    """The stack's process group, handing out one given port: a server restarted where the functions expect it."""
-
-    def __init__(self, group: ProcessGroup, port: int) -> None:
-        super().__init__(preferred_ports=True)
-        self._group = group
-        self._port = port
-
-    def port_for(self, preferred: int) -> int:
-        return self._port
-
-    def add(self, process: ManagedProcess) -> None:
-        self._group.add(process)
-
-    @property
-    def closed(self) -> bool:
-        return self._group.closed
-
-
-# (name in LocalPlatform.urls, the variable that points at the user's own server, what starts a local one)
-_SERVERS: tuple[tuple[str, str, Callable[[Path, ProcessGroup], tuple[str, ManagedProcess]]], ...] = (
-    ("aws", "AWS_ENDPOINT_URL", _start_localstack),
-    ("postgres_server", "DATABASE_URL", start_postgres),
-    ("mongo_server", "MONGODB_URI", start_mongo),
-    ("redis", "REDIS_URL", start_redis),
-)
-
-
-def _with_retries(start: Callable[[], tuple[str, ManagedProcess]], attempts: int = 3) -> tuple[str, ManagedProcess]:
-    """Start a server, again on a fresh port if another process took the one it picked before binding."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return start()
-        except StartCancelledError:
-            raise
-        except ProcessFailedError:
-            if attempt == attempts:
-                raise
-    raise AssertionError("unreachable")
+# each server the stack starts unless given by URL: its key in LocalPlatform.urls, the variable that points at
+# the user's own, and its launcher (state dir, process group, port or None for its usual one)
+SERVERS: dict[str, tuple[str, str, Callable[[Path, ProcessGroup, int | None], tuple[str, ManagedProcess]]]] = {
+    "localstack": ("aws", "AWS_ENDPOINT_URL", start_localstack),
+    "postgres": ("postgres_server", "DATABASE_URL", start_postgres),
+    "mongo": ("mongo_server", "MONGODB_URI", start_mongo),
+    "redis": ("redis", "REDIS_URL", start_redis),
+}
 
 
 class LocalPlatform:
@@ -216,29 +159,29 @@ class LocalPlatform:
 
     # -------------------------------------------------------------------- servers
     def start_servers(self) -> None:
-        env = self.options.environ
+        """Start every server not given by URL, all at once."""
         state = self.options.state_dir.resolve()
-        starters: dict[str, Callable[[], tuple[str, ManagedProcess]]] = {}
-        for name, variable, launcher in _SERVERS:
-            if env.get(variable):
-                self.urls[name] = env[variable]
-            else:
-                starters[name] = functools.partial(launcher, state, self.group)
-        for name in starters:
-            self.options.log(f"starting {name.removesuffix('_server')} ...")
-        outcomes: dict[str, tuple[str, ManagedProcess] | Exception] = {}
+        errors: list[str] = []
 
-        def start_one(name: str, start: Callable[[], tuple[str, ManagedProcess]]) -> None:
-            try:
-                outcomes[name] = _with_retries(start)
-            except Exception as exc:
-                outcomes[name] = exc
+        def start_one(name: str) -> None:
+            key, _, launcher = SERVERS[name]
+            for attempt in range(3):  # again, on a fresh port, if another process took the one it picked first
+                try:
+                    self.urls[key] = launcher(state, self.group, None)[0]
+                    return
+                except Exception as exc:
+                    if attempt == 2 or isinstance(exc, StartCancelledError) or not isinstance(exc, ProcessFailedError):
+                        errors.append(f"{key}: {exc}")
+                        return
 
-        # daemon threads: an interrupted start-up must not wait for them at exit; their servers are in the group
-        threads = [
-            threading.Thread(target=start_one, args=item, name=f"start-{item[0]}", daemon=True)
-            for item in starters.items()
-        ]
+        threads = []
+        for name, (key, variable, _) in SERVERS.items():
+            if self.options.environ.get(variable):
+                self.urls[key] = self.options.environ[variable]
+                continue
+            self.options.log(f"starting {name} ...")
+            # a daemon thread: an interrupted start-up must not wait for it at exit; its server is in the group
+            threads.append(threading.Thread(target=start_one, args=(name,), name=f"start-{name}", daemon=True))
         for thread in threads:
             thread.start()
         try:
@@ -247,50 +190,43 @@ class LocalPlatform:
         except BaseException:
             self.group.stop_all(grace=INTERRUPTED_START_GRACE_SECONDS)
             raise
-        errors = []
-        for name in starters:
-            outcome = outcomes[name]
-            if isinstance(outcome, Exception):
-                errors.append(f"{name}: {outcome}")
-            else:
-                self.urls[name] = outcome[0]
         if errors:
             raise RuntimeError("could not start the local servers:\n" + "\n".join(errors))
 
     # -------------------------------------------------------------------- provisioning
     def provision(self) -> None:
-        from devstack.localstack import deploy_stack
-
         opts = self.options
-        given_db = bool(opts.environ.get("DATABASE_URL"))
-        if given_db and not opts.create_fresh_database:
-            self.urls["postgres"] = self.urls["postgres_server"]
+        postgres, mongo = self.urls["postgres_server"], self.urls["mongo_server"]
+        # a server given by URL is used as it is, unless the stack wants fresh databases of its own
+        if opts.environ.get("DATABASE_URL") and not opts.create_fresh_database:
+            self.urls["postgres"] = postgres
         else:
-            ensure_postgres_database(self.urls["postgres_server"], opts.database_name, fresh=opts.create_fresh_database)
-            self.urls["postgres"] = with_database(self.urls["postgres_server"], opts.database_name)
-        given_mongo = bool(opts.environ.get("MONGODB_URI"))
-        if given_mongo and not opts.create_fresh_database:
-            self.urls["mongo"] = self.urls["mongo_server"]
-        else:
-            self.urls["mongo"] = with_database(self.urls["mongo_server"], opts.database_name)
+            postgres_database(postgres, opts.database_name, drop=opts.create_fresh_database, create=True)
+            self.urls["postgres"] = with_database(postgres, opts.database_name)
+        given_mongo = opts.environ.get("MONGODB_URI") and not opts.create_fresh_database
+        self.urls["mongo"] = mongo if given_mongo else with_database(mongo, opts.database_name)
         # the functions connect as the least-privilege role the migrations create; only prepare_databases
         # connects as the owner
-        self.urls["postgres_app"] = _app_database_url(
-            self.urls["postgres"], app_role_password(self.urls["postgres"], opts.environ)
-        )
-        parameters = {
+        _ensure_layers_importable()
+        from chat4all.config import app_database_url
+
+        password = app_role_password(self.urls["postgres"], opts.environ)
+        self.urls["postgres_app"] = app_database_url(self.urls["postgres"], password)
+        self._parameters = {
             "DatabaseUrl": self.urls["postgres_app"],
             "MongoDbUri": self.urls["mongo"],
             "RedisUrl": self.urls["redis"],
         }
         for name, key in ENV_PARAMETERS.items():
-            value = opts.channel_api_bases.get(name) or opts.environ.get(name)
-            if value:
-                parameters[key] = value
-        self._parameters = parameters
+            if value := opts.channel_api_bases.get(name) or opts.environ.get(name):
+                self._parameters[key] = value
         opts.log(f"deploying the AWS resources of template.yaml to {self.urls['aws']} ...")
+        self._deploy()
+
+    def _deploy(self) -> None:
+        state_dir = self.options.state_dir.resolve()
         self.stack = deploy_stack(
-            self.urls["aws"], TEMPLATE_PATH, opts.stack_name, parameters, state_dir=opts.state_dir.resolve()
+            self.urls["aws"], TEMPLATE_PATH, self.options.stack_name, self._parameters, state_dir=state_dir
         )
 
     def function_env(self) -> dict[str, str]:
@@ -305,9 +241,7 @@ class LocalPlatform:
         """One function's own variables (Globals and its own, resolved), and where AWS is locally."""
         assert self.stack is not None
         env = function_environment(self.template, logical_id, self.stack.resolve)
-        env.update(LOCAL_AWS_ENV)
-        env["AWS_ENDPOINT_URL"] = self.urls["aws"]
-        return env
+        return env | LOCAL_AWS_ENV | {"AWS_ENDPOINT_URL": self.urls["aws"]}
 
     def prepare_databases(self) -> None:
         from chat4all.prepare_databases import prepare_databases
@@ -326,7 +260,6 @@ class LocalPlatform:
     def start_functions(self) -> None:
         assert self.stack is not None
         os.environ.update(self.function_env())
-        _ensure_layers_importable()
         self.prepare_databases()
         self.runtime = LocalRuntime(
             self.template,
@@ -341,20 +274,15 @@ class LocalPlatform:
         self.runtime.start(http_port=free_port() if self.options.port == 0 else self.options.port)
         self.api_url = self.runtime.api_url
         self.take_up_pending_messages()
-        self._write_running_file()
+        # what tools run beside `make dev` (make redrive) need to reach this stack; removed at stop
+        running = {"api_url": self.api_url, "environment": self.queue_environment()}
+        (self.options.state_dir / RUNNING_FILE).write_text(json.dumps(running, indent=2))
 
     def queue_environment(self) -> dict[str, str]:
         """Where this stack's queues are, as the functions and `python -m chat4all.redrive` name them."""
         assert self.stack is not None
-        env = {"AWS_ENDPOINT_URL": self.urls["aws"], **LOCAL_AWS_ENV}
-        for variable, logical_id in QUEUE_VARIABLES.items():
-            env[variable] = self.stack.resolve({"Ref": logical_id})
-        return env
-
-    def _write_running_file(self) -> None:
-        """What tools run beside `make dev` (make redrive) need to reach this stack; removed at stop."""
-        path = self.options.state_dir / RUNNING_FILE
-        path.write_text(json.dumps({"api_url": self.api_url, "environment": self.queue_environment()}, indent=2))
+        queues = {variable: self.stack.resolve({"Ref": logical_id}) for variable, logical_id in QUEUE_VARIABLES.items()}
+        return {"AWS_ENDPOINT_URL": self.urls["aws"], **LOCAL_AWS_ENV, **queues}
 
     def take_up_pending_messages(self) -> None:
         """Run the sweeper once for every PENDING message, whatever its age.
@@ -389,27 +317,10 @@ class LocalPlatform:
         queue URLs; the KMS keys with the same id and material) and the start-up sweep re-enqueues what the
         lost queues held.
         """
-        urls_key = {"localstack": "aws", "postgres": "postgres_server", "mongo": "mongo_server", "redis": "redis"}
-        launchers = {
-            "localstack": _start_localstack_again,
-            "postgres": start_postgres,
-            "mongo": start_mongo,
-            "redis": start_redis,
-        }
-        port = urlsplit(self.urls[urls_key[name]]).port
-        assert port is not None
-        launchers[name](self.options.state_dir.resolve(), _SamePort(self.group, port))
+        key, _, launcher = SERVERS[name]
+        launcher(self.options.state_dir.resolve(), self.group, urlsplit(self.urls[key]).port)
         if name == "localstack":
-            from devstack.localstack import deploy_stack
-
-            assert self.stack is not None
-            self.stack = deploy_stack(
-                self.urls["aws"],
-                TEMPLATE_PATH,
-                self.options.stack_name,
-                self._parameters,
-                state_dir=self.options.state_dir.resolve(),
-            )
+            self._deploy()
             self.take_up_pending_messages()
 
     def invoke(self, logical_id: str, event: Any) -> InvocationResult:
@@ -442,12 +353,6 @@ class LocalPlatform:
             (self.options.state_dir / RUNNING_FILE).unlink(missing_ok=True)
             self.state_lock.release()
 
-    def __enter__(self) -> LocalPlatform:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
 
 @contextlib.contextmanager
 def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterator[LocalPlatform]:
@@ -479,7 +384,7 @@ def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterato
             with pymongo.timeout(120):
                 mongo.client.drop_database(mongo.name)
             mongo.client.close()  # before its server stops: closing afterwards waits for a server that is gone
-            drop_postgres_database(platform.urls["postgres_server"], options.database_name)
+            postgres_database(platform.urls["postgres_server"], options.database_name, drop=True, create=False)
         finally:
             platform.stop()
             wipe_state(options.state_dir)
