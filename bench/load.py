@@ -46,6 +46,22 @@ LOCALSTACK_CALL = re.compile(r"localstack\.request\.aws\s*: AWS (\w+)\.(\w+) =>"
 RUNTIME_THREAD_PREFIXES = ("local-runtime", "sqs-")
 EXPECTED = {"send": "202", "history": "200", "health": "200", "webhook": "200"}
 DRAIN_TIMEOUT_SECONDS = 300.0
+# Lambda invocations by function, counted where the local runtime's Lambda service takes them (every
+# invocation, whoever makes it: the HTTP API, an SQS poller, a schedule)
+INVOCATIONS: Counter[str] = Counter()
+
+
+def count_invocations() -> None:
+    """Wrap the local Lambda service's Invoke so that each invocation is counted in INVOCATIONS."""
+    from devstack.lambda_service import LambdaService
+
+    invoke = LambdaService.invoke
+
+    async def counted(self: LambdaService, function: str, payload: bytes) -> Any:
+        INVOCATIONS[function] += 1
+        return await invoke(self, function, payload)
+
+    LambdaService.invoke = counted  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------ processes and CPU
@@ -277,6 +293,7 @@ class Phase:
     localstack_calls: Counter[str]
     window_seconds: float
     delivery: dict[str, int]
+    invocations: Counter[str] = field(default_factory=Counter)
 
 
 def run_client(plan: dict[str, Any], on_start: Any = None) -> tuple[dict[str, Any], float | None]:
@@ -303,6 +320,7 @@ def measured_phase(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict
 
     def on_start() -> None:
         marks["cpu"] = CpuSample.take()
+        marks["invocations"] = Counter(INVOCATIONS)
         marks["log_offset"] = log.stat().st_size
         print(f"{plan['mode']} phase started", file=sys.stderr, flush=True)  # a profiler can attach now
 
@@ -313,7 +331,11 @@ def measured_phase(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict
         stream.seek(marks["log_offset"])
         calls = Counter(f"{m.group(1)}.{m.group(2)}" for m in LOCALSTACK_CALL.finditer(stream.read().decode()))
     cpu = cpu_between(marks["cpu"], after, stack_processes(platform))
-    return Phase(result, cpu, calls, after.at - marks["cpu"].at, delivery_report(whatsapp, result["accepted"]))
+    invocations = Counter(INVOCATIONS)
+    invocations.subtract(marks["invocations"])
+    return Phase(
+        result, cpu, calls, after.at - marks["cpu"].at, delivery_report(whatsapp, result["accepted"]), +invocations
+    )
 
 
 # ------------------------------------------------------------------ report
@@ -356,6 +378,9 @@ def cpu_table(phase: Phase) -> str:
     calls = sum(phase.localstack_calls.values())
     detail = ", ".join(f"{op} {n}" for op, n in phase.localstack_calls.most_common())
     lines += ["", f"LocalStack calls: {calls} ({calls / delivered:.2f} per delivered message): {detail}"]
+    invoked = sum(phase.invocations.values())
+    detail = ", ".join(f"{function} {n / delivered:.2f}" for function, n in phase.invocations.most_common())
+    lines += ["", f"Lambda invocations: {invoked} ({invoked / delivered:.2f} per delivered message): {detail}"]
     return "\n".join(lines)
 
 
@@ -370,6 +395,7 @@ def errors(statuses: dict[str, dict[str, int]]) -> dict[str, int]:
 
 def run(arguments: argparse.Namespace) -> None:
     phases = set(arguments.phases.split(","))
+    count_invocations()
     whatsapp = WhatsAppServer()
     try:
         with throwaway_platform("bench", {"WHATSAPP_API_BASE": whatsapp.url}) as platform:
