@@ -3,7 +3,7 @@ and the real adapter (PostgreSQL, MongoDB) against the real servers of the integ
 
 A test here takes `ports` and runs twice, `[fake]` and `[real]`; the real run is marked `integration` and
 starts (or shares) the session's platform. Where the two disagree the real adapter is the truth: the fake is
-fixed. The real stores are shared with the rest of the session, so every test makes its own ids.
+fixed. The real adapters get databases of their own on the session's servers (see `real_adapters`).
 """
 
 from __future__ import annotations
@@ -90,22 +90,40 @@ def fake_ports() -> Ports:
 @pytest.fixture(scope="session")
 def real_adapters(platform: LocalPlatform) -> Iterator[Ports]:
     """The adapters as bootstrap wires them for the functions (the app's PostgreSQL role, KMS-encrypted
-    credentials), built from the functions' settings the platform put in this process's environment. Made here
-    rather than through chat4all.bootstrap, which imports every service: the adapters are what is on trial."""
+    credentials), on databases of their own: a PostgreSQL database migrated like the platform's and a MongoDB
+    database with its indexes, both dropped afterwards. The contract's rows (users without the services' audit
+    entries, say) never meet the integration tests that check the platform's tables as a whole. Made here rather
+    than through chat4all.bootstrap, which imports every service: the adapters are what is on trial."""
     from chat4all.adapters.aws import KmsCredentialCipher
     from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
-    from chat4all.adapters.mongo import MongoConversationStore, MongoEventOutbox, MongoMessageStore, connect
+    from chat4all.adapters.mongo import (
+        MongoConversationStore,
+        MongoEventOutbox,
+        MongoMessageStore,
+        connect,
+        ensure_indexes,
+    )
     from chat4all.adapters.postgres import (
         PostgresApiKeyRepository,
         PostgresChannelRepository,
         PostgresDatabase,
         PostgresUserRepository,
+        migrate,
     )
     from chat4all.config import Settings
+    from devstack.stack import postgres_database, with_database
 
     settings = Settings.from_env()
-    postgres = PostgresDatabase(settings.database_url)
-    db = connect(settings.mongodb_uri)
+    name = f"contract_{uuid.uuid4().hex[:12]}"
+    owner_url = platform.urls["postgres"]
+    postgres_database(owner_url, name, drop=False, create=True)
+    owner = PostgresDatabase(with_database(owner_url, name))
+    migrate(owner)
+    owner.close()
+    postgres = PostgresDatabase(with_database(settings.database_url, name))
+    mongo_client = connect(settings.mongodb_uri).client
+    db = mongo_client[name]
+    ensure_indexes(db)
     kms = AwsJsonApi(
         "kms", region=settings.aws_region, endpoint_url=settings.aws_endpoint_url, credentials=resolve_credentials()
     )
@@ -120,7 +138,9 @@ def real_adapters(platform: LocalPlatform) -> Iterator[Ports]:
         MongoEventOutbox(db, relay_after=timedelta(0)),
     )
     postgres.close()
-    db.client.close()
+    mongo_client.drop_database(name)
+    mongo_client.close()
+    postgres_database(owner_url, name, drop=True, create=False)
 
 
 @pytest.fixture(params=[pytest.param("fake"), pytest.param("real", marks=pytest.mark.integration)])
