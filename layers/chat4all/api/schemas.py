@@ -125,17 +125,18 @@ class CreateApiKeyRequest(RequestModel):
         return commands.CreateApiKey(self.name, self.role, str(self.user_id) if self.user_id else None)
 
 
+def _distinct(participants: list[uuid.UUID]) -> list[uuid.UUID]:
+    if len(set(participants)) != len(participants):
+        raise ValueError("participants must be distinct")
+    return participants
+
+
 class CreateConversationRequest(RequestModel):
     conversation_type: ConversationType
-    participants: list[uuid.UUID] = Field(min_length=1, max_length=100)
+    # a repeated participant is named as this field's error (not the body's)
+    participants: Annotated[list[uuid.UUID], Field(min_length=1, max_length=100), AfterValidator(_distinct)]
     primary_channel: Platform
     channel_id: uuid.UUID | None = None
-
-    @model_validator(mode="after")
-    def _distinct(self) -> CreateConversationRequest:
-        if len(set(self.participants)) != len(self.participants):
-            raise ValueError("participants must be distinct")
-        return self
 
     def command(self) -> commands.CreateConversation:
         return commands.CreateConversation(
