@@ -21,7 +21,14 @@ from chat4all.adapters.aws import (
 from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.jwt import JwksTokenVerifier
-from chat4all.adapters.mongo import MongoCheck, MongoConversationStore, MongoEventOutbox, MongoMessageStore, connect
+from chat4all.adapters.mongo import (
+    MongoCheck,
+    MongoConversationStore,
+    MongoDeliveryStore,
+    MongoEventOutbox,
+    MongoMessageStore,
+    connect,
+)
 from chat4all.adapters.postgres import (
     PostgresApiKeyRepository,
     PostgresAuditLog,
@@ -172,7 +179,9 @@ def conversation_service() -> ConversationService:
 @lru_cache
 def message_service() -> MessageService:
     db = mongo()
-    return MessageService(MongoMessageStore(db), MongoConversationStore(db), users(), outbound_queue())
+    return MessageService(
+        MongoMessageStore(db), MongoConversationStore(db), users(), outbound_queue(), MongoDeliveryStore(db)
+    )
 
 
 @lru_cache

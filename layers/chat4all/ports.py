@@ -18,10 +18,12 @@ if TYPE_CHECKING:
         ChannelInfo,
         ChannelRef,
         Conversation,
+        Delivery,
         DomainEvent,
         ExternalIdentity,
         InboundMessage,
         Message,
+        MessageStatus,
         OutboundMessage,
         Participant,
         Platform,
@@ -88,6 +90,11 @@ class UserRepository(ABC):
 
     @abstractmethod
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None: ...
+
+    @abstractmethod
+    def identities_of(self, user_ids: Sequence[str]) -> dict[str, list[ExternalIdentity]]:
+        """The identities of many users in one read (a GROUP message's recipients), each user's verified ones
+        first, then the oldest; a user without any is absent."""
 
     @abstractmethod
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
@@ -262,6 +269,21 @@ class MessageStore(ABC):
     def get_message(self, message_id: str) -> Message | None: ...
 
     @abstractmethod
+    def get_messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        """The messages with these ids that exist, by id, in one read (a lane's window of deliveries)."""
+
+    @abstractmethod
+    def mark_fanned_out(self, message_id: str) -> bool:
+        """A GROUP message's deliveries exist: it leaves its conversation's `unsettled` (and `stale_pending`) and
+        is no longer settled as a whole by route or the dead-letter consumer. False when it was not PENDING."""
+
+    @abstractmethod
+    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Sequence[DomainEvent] = ()) -> bool:
+        """Move a GROUP message's status to `entry.status` (its deliveries' aggregate) when that is a forward
+        move, appending `entry` to its history with `events`, in one conditional update; False (nothing written)
+        otherwise."""
+
+    @abstractmethod
     def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None: ...
 
     @abstractmethod
@@ -272,12 +294,13 @@ class MessageStore(ABC):
 
     @abstractmethod
     def unsettled(self, conversation_id: str, limit: int) -> list[Message]:
-        """The conversation's lowest-sequence outbound messages that are still PENDING, up to `limit`, in order."""
+        """The conversation's lowest-sequence outbound messages that are still PENDING and not fanned out, up to
+        `limit`, in order."""
 
     @abstractmethod
     def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
-        """Outbound messages still PENDING that were created before `created_before`, at most `limit` (oldest
-        first), in conversation and sequence order."""
+        """Outbound messages still PENDING (and not fanned out: their lanes are swept as deliveries) that were
+        created before `created_before`, at most `limit` (oldest first), in conversation and sequence order."""
 
     @abstractmethod
     def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
@@ -318,7 +341,8 @@ class MessageStore(ABC):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         """FAILED with the reason in `entry`, closing `attempt` (or requiring none open when None).
-        False when the message was settled already or the attempt is not the open one."""
+        False when the message was settled already, was fanned out (its status is its deliveries' aggregate)
+        or the attempt is not the open one."""
 
     @abstractmethod
     def append_status(
@@ -337,6 +361,114 @@ class MessageStore(ABC):
         """
 
 
+class DeliveryStore(ABC):
+    """A GROUP message's deliveries, one per recipient (MongoDB `deliveries`), and the recipients' lanes with
+    their route-job marks (`lanes`; chat4all.services.route_jobs, steps 7-10). The writes that settle or claim
+    a delivery are those of MessageStore for a message, on one delivery (`delivery_id`)."""
+
+    @abstractmethod
+    def add_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        """Insert a message's deliveries (each with its `unpublished_events` kept on it) in one write; a
+        delivery that exists already is left as it is (a fan-out done again)."""
+
+    @abstractmethod
+    def deliveries_of(self, message_id: str) -> list[Delivery]:
+        """The message's deliveries, by user_id."""
+
+    @abstractmethod
+    def get_delivery(self, delivery_id: str) -> Delivery | None: ...
+
+    @abstractmethod
+    def lane_pending(self, conversation_id: str, user_id: str, limit: int) -> list[Delivery]:
+        """The recipient's lowest-sequence PENDING deliveries of the conversation, up to `limit`, in order."""
+
+    @abstractmethod
+    def find_by_platform_id(self, channel_id: str, platform_message_id: str) -> Delivery | None:
+        """The delivery the channel sent as `platform_message_id`, or None."""
+
+    @abstractmethod
+    def status_counts(self, message_id: str) -> dict[MessageStatus, int]:
+        """How many of the message's deliveries are in each status (one aggregation)."""
+
+    @abstractmethod
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        """Deliveries still PENDING that were created before `created_before` (at most `limit`, oldest first),
+        one job per lane (its lowest sequence), in lane order; each job has its `user_id`."""
+
+    @abstractmethod
+    def begin_attempt(self, delivery: Delivery, started_at: datetime, lease_until: datetime) -> int | None:
+        """MessageStore.begin_attempt for a delivery."""
+
+    @abstractmethod
+    def record_sent(
+        self,
+        delivery_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        """MessageStore.record_sent for a delivery."""
+
+    @abstractmethod
+    def end_attempt(self, delivery_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        """MessageStore.end_attempt for a delivery."""
+
+    @abstractmethod
+    def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        """MessageStore.postpone for a delivery."""
+
+    @abstractmethod
+    def settle_failed(
+        self,
+        delivery_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        """MessageStore.settle_failed for a delivery."""
+
+    @abstractmethod
+    def append_status(
+        self,
+        delivery_id: str,
+        entry: StatusEntry,
+        *,
+        dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        """MessageStore.append_status for a delivery (a platform's status report)."""
+
+    # ---------------------------------------------------------------- lanes (route_jobs steps 7-10)
+
+    @abstractmethod
+    def fan_into_lanes(self, conversation_id: str, user_ids: Sequence[str], sequence: int) -> None:
+        """Raise each lane's `fanned_sequence` to `sequence` (creating the lane), in one write."""
+
+    @abstractmethod
+    def lanes_to_mark(self, conversation_id: str, user_ids: Sequence[str], stale_before: datetime) -> list[str]:
+        """Of these lanes, those unmarked or marked before `stale_before` (one read)."""
+
+    @abstractmethod
+    def mark_lanes(self, conversation_id: str, user_ids: Sequence[str], at: datetime) -> None:
+        """Mark the lanes as having a job (`marked_at`), in one write."""
+
+    @abstractmethod
+    def release_lanes(self, conversation_id: str, user_ids: Sequence[str]) -> None:
+        """Unmark the lanes (their jobs were not enqueued)."""
+
+    @abstractmethod
+    def lane_counter(self, conversation_id: str, user_id: str) -> int | None:
+        """The lane's `fanned_sequence`, or None when the lane does not exist."""
+
+    @abstractmethod
+    def finish_lane(self, conversation_id: str, user_id: str, fanned_sequence: int) -> bool:
+        """Unmark the lane unless its `fanned_sequence` moved from the one read (one conditional write); True
+        when done, False when it moved (the run looks again)."""
+
+
 class OutboundQueue(ABC):
     """Work for the route function, ordered per conversation."""
 
@@ -350,8 +482,14 @@ class OutboundQueue(ABC):
         """Enqueue `jobs` in batches (in their order, one group per conversation); how many the queue took.
 
         `round_id` names the round: enqueues of one message in one round are deduplicated, so rounds that run at
-        once (two sweeps) add one record, not two.
+        once (two sweeps) add one record, not two. A job with a `user_id` is its lane's (group = conversation and
+        recipient).
         """
+
+    @abstractmethod
+    def enqueue_lanes(self, jobs: Sequence[RouteJob]) -> list[RouteJob]:
+        """Enqueue lane jobs (each with its `user_id`), 10 per call, deduplicated by message and recipient;
+        returns those the queue did not take (never raises)."""
 
 
 class DeadLetterQueue(ABC):
@@ -508,8 +646,10 @@ class DependencyCheck(ABC):
 
 @dataclass(frozen=True)
 class PendingJob:
-    """An outbound message still PENDING: what the route queue needs to take it up again."""
+    """An outbound message (or, with `user_id`, a GROUP delivery) still PENDING: what the route queue needs to
+    take it up again."""
 
     message_id: str
     conversation_id: str
     sequence: int
+    user_id: str | None = None

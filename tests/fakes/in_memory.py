@@ -19,6 +19,7 @@ from chat4all.domain.models import (
     ChannelRef,
     Conversation,
     ConversationType,
+    Delivery,
     DeliveryAttempt,
     Direction,
     DomainEvent,
@@ -30,6 +31,7 @@ from chat4all.ports import (
     ApiKeyRepository,
     ChannelRepository,
     ConversationStore,
+    DeliveryStore,
     EventOutbox,
     EventPublisher,
     MessageStore,
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from chat4all.domain.models import ApiKey, ChannelConfig, ExternalIdentity, Platform, StatusEntry, User
+    from chat4all.domain.wire import RouteJob
     from chat4all.ports import AuditEntry, OutboundDraft
 
 
@@ -52,6 +55,7 @@ class InMemoryUserRepository(UserRepository):
         self.users: dict[str, User] = {}
         self.identities: list[ExternalIdentity] = []
         self.audit: list[AuditEntry] = []
+        self.identity_reads = 0  # identities_of calls: one per fan-out, whatever the number of recipients
 
     def add_user(self, user: User, audit: AuditEntry) -> None:
         self.users[user.user_id] = user
@@ -83,6 +87,14 @@ class InMemoryUserRepository(UserRepository):
         # as PostgreSQL orders them: a verified identity first, then the oldest
         mine = [i for i in self.identities if i.user_id == user_id and i.platform == platform]
         return min(mine, key=lambda i: (not i.verified, i.created_at), default=None)
+
+    def identities_of(self, user_ids: Sequence[str]) -> dict[str, list[ExternalIdentity]]:
+        self.identity_reads += 1
+        found: dict[str, list[ExternalIdentity]] = {}
+        for identity in sorted(self.identities, key=lambda i: (not i.verified, i.created_at)):
+            if identity.user_id in user_ids:
+                found.setdefault(identity.user_id, []).append(identity)
+        return found
 
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
         found = next(
@@ -409,6 +421,25 @@ class InMemoryMessageStore(MessageStore):
     def get_message(self, message_id: str) -> Message | None:
         return self.messages.get(message_id)
 
+    def get_messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        return {m: self.messages[m] for m in message_ids if m in self.messages}
+
+    def mark_fanned_out(self, message_id: str) -> bool:
+        message = self.messages.get(message_id)
+        if message is None or message.status is not MessageStatus.PENDING:
+            return False
+        self._replace(message_id, fanned_out=True)
+        return True
+
+    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Sequence[DomainEvent] = ()) -> bool:
+        message = self.messages.get(message_id)
+        if message is None or not message.status.can_move_to(entry.status):
+            return False
+        history = [*message.history, entry]
+        self._replace(message_id, status=entry.status, history=history, error=_failure(history))
+        self._keep(message_id, events)
+        return True
+
     def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
         return next(
             (
@@ -436,7 +467,7 @@ class InMemoryMessageStore(MessageStore):
             (
                 m
                 for m in self.messages.values()
-                if m.conversation_id == conversation_id and m.status is MessageStatus.PENDING
+                if m.conversation_id == conversation_id and m.status is MessageStatus.PENDING and not m.fanned_out
             ),
             key=lambda m: m.sequence,
         )
@@ -449,6 +480,7 @@ class InMemoryMessageStore(MessageStore):
                 for m in self.messages.values()
                 if m.status is MessageStatus.PENDING
                 and m.direction is Direction.OUTBOUND
+                and not m.fanned_out
                 and m.created_at < created_before
             ),
             key=lambda m: m.created_at,
@@ -526,7 +558,7 @@ class InMemoryMessageStore(MessageStore):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         message = self.messages[message_id]
-        if not self._open(message_id, attempt):
+        if message.fanned_out or not self._open(message_id, attempt):
             return False
         history = [*message.history, entry]
         self._replace(
@@ -579,14 +611,25 @@ class InMemoryOutboundQueue(OutboundQueue):
     def __init__(self) -> None:
         self.enqueued: list[tuple[str, str]] = []
         self.rounds: list[tuple[str, list[PendingJob]]] = []  # what requeue took, by round
+        self.lane_jobs: list[tuple[str, str, str]] = []  # (message, conversation, recipient) of every lane job
+        self.lane_batches: list[list[RouteJob]] = []  # what each enqueue_lanes call carried
+        self.refuse_lanes = False
 
     def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
         self.enqueued.append((message_id, conversation_id))
 
     def requeue(self, jobs: list[PendingJob], round_id: str) -> int:
         self.rounds.append((round_id, list(jobs)))
-        self.enqueued += [(job.message_id, job.conversation_id) for job in jobs]
+        self.enqueued += [(job.message_id, job.conversation_id) for job in jobs if job.user_id is None]
+        self.lane_jobs += [(job.message_id, job.conversation_id, job.user_id) for job in jobs if job.user_id]
         return len(jobs)
+
+    def enqueue_lanes(self, jobs: Sequence[RouteJob]) -> list[RouteJob]:
+        if self.refuse_lanes:
+            return list(jobs)
+        self.lane_batches.append(list(jobs))
+        self.lane_jobs += [(job.message_id, job.conversation_id, job.user_id or "") for job in jobs]
+        return []
 
 
 class InMemoryEventPublisher(EventPublisher):
@@ -601,9 +644,12 @@ class InMemoryEventOutbox(EventOutbox):
     """Events about no message in an outbox of their own; those about a message are on it in `messages` (with
     no grace: they are pending at once, as MongoEventOutbox with `relay_after=0`)."""
 
-    def __init__(self, messages: InMemoryMessageStore | None = None) -> None:
+    def __init__(
+        self, messages: InMemoryMessageStore | None = None, deliveries: InMemoryDeliveryStore | None = None
+    ) -> None:
         self.kept: dict[str, DomainEvent] = {}
         self.messages = messages
+        self.deliveries = deliveries
         self._ids = itertools.count(1)
 
     def keep(self, events: Sequence[DomainEvent]) -> None:
@@ -613,7 +659,10 @@ class InMemoryEventOutbox(EventOutbox):
 
     def published(self, events: Sequence[DomainEvent]) -> None:
         for event in events:
-            if event.message_id is not None and self.messages is not None:
+            if event.delivery_id is not None:
+                if self.deliveries is not None:
+                    self.deliveries.forget_events(event.delivery_id, {event.event_id})
+            elif event.message_id is not None and self.messages is not None:
                 self.messages.forget_events(event.message_id, {event.event_id})
 
     def pending(self, limit: int) -> list[tuple[str, DomainEvent]]:
@@ -624,6 +673,12 @@ class InMemoryEventOutbox(EventOutbox):
                 for m in self.messages.messages.values()
                 for e in m.unpublished_events
             ]
+        if self.deliveries is not None:
+            found += [
+                (f"{DELIVERY_EVENT}{d.delivery_id}/{e.event_id}", e)
+                for d in self.deliveries.deliveries.values()
+                for e in d.unpublished_events
+            ]
         return found[:limit]
 
     def remove(self, outbox_ids: Sequence[str]) -> None:
@@ -631,8 +686,236 @@ class InMemoryEventOutbox(EventOutbox):
             if outbox_id.startswith(MESSAGE_EVENT) and self.messages is not None:
                 message_id, event_id = outbox_id.removeprefix(MESSAGE_EVENT).split("/", 1)
                 self.messages.forget_events(message_id, {event_id})
+            if outbox_id.startswith(DELIVERY_EVENT) and self.deliveries is not None:
+                delivery_id, event_id = outbox_id.removeprefix(DELIVERY_EVENT).split("/", 1)
+                self.deliveries.forget_events(delivery_id, {event_id})
             self.kept.pop(outbox_id, None)
 
 
-# how an outbox id names an event kept on its message (as MongoEventOutbox names it)
+# how an outbox id names an event kept on its message or delivery (as MongoEventOutbox names it)
 MESSAGE_EVENT = "message:"
+DELIVERY_EVENT = "delivery:"
+
+
+class InMemoryDeliveryStore(DeliveryStore):
+    """GROUP deliveries and their lanes, as MongoDeliveryStore keeps them."""
+
+    def __init__(self) -> None:
+        self.deliveries: dict[str, Delivery] = {}
+        self.applied: set[str] = set()
+        self.kept_events: list[DomainEvent] = []
+        # lanes: (conversation, recipient) -> fanned_sequence, and the marked ones with the mark's time
+        self.fanned: dict[tuple[str, str], int] = {}
+        self.marked: dict[tuple[str, str], datetime] = {}
+        self.writes: list[str] = []  # the name of each call, to count round trips
+
+    def add_deliveries(self, deliveries: Sequence[Delivery]) -> None:
+        self.writes.append("add_deliveries")
+        for delivery in deliveries:
+            if delivery.delivery_id in self.deliveries:
+                continue
+            kept = tuple(
+                dataclasses.replace(e, message_id=delivery.message_id, delivery_id=delivery.delivery_id)
+                for e in delivery.unpublished_events
+            )
+            self.kept_events.extend(kept)
+            self.deliveries[delivery.delivery_id] = dataclasses.replace(delivery, unpublished_events=kept)
+
+    def forget_events(self, delivery_id: str, event_ids: set[str]) -> None:
+        delivery = self.deliveries.get(delivery_id)
+        if delivery is not None:
+            kept = tuple(e for e in delivery.unpublished_events if e.event_id not in event_ids)
+            self._replace(delivery_id, unpublished_events=kept)
+
+    def _keep(self, delivery_id: str, events: Sequence[DomainEvent]) -> None:
+        delivery = self.deliveries[delivery_id]
+        own = [dataclasses.replace(e, message_id=delivery.message_id, delivery_id=delivery_id) for e in events]
+        self.kept_events.extend(own)
+        self._replace(delivery_id, unpublished_events=(*delivery.unpublished_events, *own))
+
+    def _replace(self, delivery_id: str, **changes: Any) -> None:
+        self.deliveries[delivery_id] = dataclasses.replace(self.deliveries[delivery_id], **changes)
+
+    def deliveries_of(self, message_id: str) -> list[Delivery]:
+        return sorted((d for d in self.deliveries.values() if d.message_id == message_id), key=lambda d: d.user_id)
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        return self.deliveries.get(delivery_id)
+
+    def lane_pending(self, conversation_id: str, user_id: str, limit: int) -> list[Delivery]:
+        waiting = [
+            d
+            for d in self.deliveries.values()
+            if (d.conversation_id, d.user_id) == (conversation_id, user_id) and d.status is MessageStatus.PENDING
+        ]
+        return sorted(waiting, key=lambda d: d.sequence)[:limit]
+
+    def find_by_platform_id(self, channel_id: str, platform_message_id: str) -> Delivery | None:
+        return next(
+            (
+                d
+                for d in self.deliveries.values()
+                if d.channel_id == channel_id and d.platform_message_id == platform_message_id
+            ),
+            None,
+        )
+
+    def status_counts(self, message_id: str) -> dict[MessageStatus, int]:
+        counts: dict[MessageStatus, int] = {}
+        for delivery in self.deliveries.values():
+            if delivery.message_id == message_id:
+                counts[delivery.status] = counts.get(delivery.status, 0) + 1
+        return counts
+
+    def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
+        found = sorted(
+            (
+                d
+                for d in self.deliveries.values()
+                if d.status is MessageStatus.PENDING and d.created_at is not None and d.created_at < created_before
+            ),
+            key=lambda d: d.created_at or created_before,
+        )[:limit]
+        lanes: dict[tuple[str, str], PendingJob] = {}
+        for d in found:
+            key = (d.conversation_id, d.user_id)
+            if key not in lanes or d.sequence < lanes[key].sequence:
+                lanes[key] = PendingJob(d.message_id, d.conversation_id, d.sequence, d.user_id)
+        return [lanes[key] for key in sorted(lanes)]
+
+    def begin_attempt(self, delivery: Delivery, started_at: datetime, lease_until: datetime) -> int | None:
+        stored = self.deliveries.get(delivery.delivery_id)
+        if (
+            stored is None
+            or stored.status is not MessageStatus.PENDING
+            or stored.in_flight is not None
+            or stored.attempts != delivery.attempts
+        ):
+            return None
+        number = stored.attempts + 1
+        self._replace(delivery.delivery_id, attempts=number, in_flight=DeliveryAttempt(number, started_at, lease_until))
+        return number
+
+    def _open(self, delivery_id: str, attempt: int | None) -> bool:
+        delivery = self.deliveries[delivery_id]
+        if delivery.status is not MessageStatus.PENDING:
+            return False
+        if attempt is None:
+            return delivery.in_flight is None
+        return delivery.in_flight is not None and delivery.in_flight.number == attempt
+
+    def record_sent(
+        self,
+        delivery_id: str,
+        attempt: int,
+        entry: StatusEntry,
+        platform_message_id: str,
+        *,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        delivery = self.deliveries[delivery_id]
+        if not self._open(delivery_id, attempt):
+            self._replace(delivery_id, platform_message_id=platform_message_id, history=[*delivery.history, entry])
+            return False
+        self._replace(
+            delivery_id,
+            status=entry.status,
+            platform_message_id=platform_message_id,
+            history=[*delivery.history, entry],
+            in_flight=None,
+            retry_at=None,
+            troubled_since=None,
+            troubles=0,
+        )
+        self._keep(delivery_id, events)
+        return True
+
+    def end_attempt(self, delivery_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+        if not self._open(delivery_id, attempt):
+            return False
+        self._replace(delivery_id, in_flight=None, retry_at=retry_at)
+        return True
+
+    def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        delivery = self.deliveries[delivery_id]
+        if not self._open(delivery_id, None):
+            return
+        since = min(troubled_since, delivery.troubled_since or troubled_since)
+        self._replace(delivery_id, retry_at=retry_at, troubled_since=since, troubles=delivery.troubles + 1)
+
+    def settle_failed(
+        self,
+        delivery_id: str,
+        entry: StatusEntry,
+        *,
+        attempt: int | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        delivery = self.deliveries[delivery_id]
+        if not self._open(delivery_id, attempt):
+            return False
+        history = [*delivery.history, entry]
+        self._replace(
+            delivery_id,
+            status=MessageStatus.FAILED,
+            error=_failure(history),
+            history=history,
+            in_flight=None,
+            retry_at=None,
+        )
+        self._keep(delivery_id, events)
+        return True
+
+    def append_status(
+        self,
+        delivery_id: str,
+        entry: StatusEntry,
+        *,
+        dedupe_key: str | None = None,
+        events: Sequence[DomainEvent] = (),
+    ) -> bool:
+        delivery = self.deliveries.get(delivery_id)
+        if delivery is None or (dedupe_key is not None and dedupe_key in self.applied):
+            return False
+        if dedupe_key is not None:
+            self.applied.add(dedupe_key)
+        moved = delivery.status.can_move_to(entry.status)
+        history = [*delivery.history, entry]
+        changes: dict[str, Any] = {"history": history, "error": _failure(history)}
+        if moved:
+            changes["status"] = entry.status
+        self._replace(delivery_id, **changes)
+        if moved:
+            self._keep(delivery_id, events)
+        return moved
+
+    def fan_into_lanes(self, conversation_id: str, user_ids: Sequence[str], sequence: int) -> None:
+        self.writes.append("fan_into_lanes")
+        for user_id in user_ids:
+            key = (conversation_id, user_id)
+            self.fanned[key] = max(self.fanned.get(key, sequence), sequence)
+
+    def lanes_to_mark(self, conversation_id: str, user_ids: Sequence[str], stale_before: datetime) -> list[str]:
+        self.writes.append("lanes_to_mark")
+        return [
+            u for u in user_ids if (marked := self.marked.get((conversation_id, u))) is None or marked < stale_before
+        ]
+
+    def mark_lanes(self, conversation_id: str, user_ids: Sequence[str], at: datetime) -> None:
+        self.writes.append("mark_lanes")
+        for user_id in user_ids:
+            self.marked[(conversation_id, user_id)] = at.replace(microsecond=at.microsecond // 1000 * 1000)
+
+    def release_lanes(self, conversation_id: str, user_ids: Sequence[str]) -> None:
+        for user_id in user_ids:
+            self.marked.pop((conversation_id, user_id), None)
+
+    def lane_counter(self, conversation_id: str, user_id: str) -> int | None:
+        return self.fanned.get((conversation_id, user_id))
+
+    def finish_lane(self, conversation_id: str, user_id: str, fanned_sequence: int) -> bool:
+        key = (conversation_id, user_id)
+        if self.fanned.get(key) != fanned_sequence:
+            return False
+        self.marked.pop(key, None)
+        return True

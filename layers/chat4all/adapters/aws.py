@@ -72,13 +72,16 @@ class SqsOutboundQueue(OutboundQueue):
         failures: list[str] = []
         for start in range(0, len(jobs), SQS_BATCH):
             chunk = jobs[start : start + SQS_BATCH]
-            records = [RouteJob(message_id=job.message_id, conversation_id=job.conversation_id) for job in chunk]
+            records = [
+                RouteJob(message_id=job.message_id, conversation_id=job.conversation_id, user_id=job.user_id)
+                for job in chunk
+            ]
             entries = [
                 {
                     "Id": str(i),
                     "MessageBody": record.body(),
                     "MessageGroupId": record.group_id,
-                    "MessageDeduplicationId": f"{record.message_id}:sweep:{round_id}",
+                    "MessageDeduplicationId": f"{_dedupe_base(record)}:sweep:{round_id}",
                 }
                 for i, record in enumerate(records)
             ]
@@ -92,6 +95,35 @@ class SqsOutboundQueue(OutboundQueue):
             if not taken:
                 raise DependencyUnavailableError(f"SQS refused all {len(failures)} re-enqueued messages")
         return taken
+
+    def enqueue_lanes(self, jobs: Sequence[RouteJob]) -> list[RouteJob]:
+        refused: list[RouteJob] = []
+        for start in range(0, len(jobs), SQS_BATCH):
+            chunk = list(jobs[start : start + SQS_BATCH])
+            entries = [
+                {
+                    "Id": str(i),
+                    "MessageBody": job.body(),
+                    "MessageGroupId": job.group_id,
+                    "MessageDeduplicationId": _dedupe_base(job),
+                }
+                for i, job in enumerate(chunk)
+            ]
+            try:
+                with _translated("SQS"):
+                    result = self.sqs.call("SendMessageBatch", {"QueueUrl": self.queue_url, "Entries": entries})
+            except DependencyUnavailableError:
+                refused += chunk
+                continue
+            refused += [chunk[int(f["Id"])] for f in result.get("Failed", [])]
+        return refused
+
+
+def _dedupe_base(job: RouteJob) -> str:
+    """A job's deduplication id: its message's (a lane job's: its message's and recipient's); at most 128
+    characters as SQS allows, hashed when longer."""
+    base = job.message_id if job.user_id is None else f"{job.message_id}:{job.user_id}"
+    return base if len(base) <= 80 else hashlib.sha256(base.encode()).hexdigest()
 
 
 class SqsDeadLetterQueue(DeadLetterQueue):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import uuid
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ from chat4all.observability import logger
 from chat4all.ports import ApiKeyRepository, AuditLog, ChannelRepository, DependencyCheck, UserRepository
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterator, Sequence
 
     from chat4all.ports import AuditEntry, CredentialCipher
 
@@ -354,6 +355,22 @@ class PostgresUserRepository(UserRepository):
             row = cur.fetchone()
         return _identity(row) if row else None
 
+    def identities_of(self, user_ids: Sequence[str]) -> dict[str, list[ExternalIdentity]]:
+        valid = [u for u in user_ids if _is_uuid(u)]  # a user id that is no UUID has no identities
+        if not valid:
+            return {}
+        with self.db.transaction() as cur:
+            cur.execute(
+                "SELECT * FROM external_identities WHERE user_id = ANY(%s::uuid[]) ORDER BY verified DESC, created_at",
+                (valid,),
+            )
+            rows = cur.fetchall()
+        found: dict[str, list[ExternalIdentity]] = {}
+        for row in rows:
+            identity = _identity(row)
+            found.setdefault(identity.user_id, []).append(identity)
+        return found
+
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
         with self.db.transaction() as cur:
             cur.execute(
@@ -362,6 +379,14 @@ class PostgresUserRepository(UserRepository):
             )
             row = cur.fetchone()
         return str(row["user_id"]) if row else None
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def encryption_context(channel_id: str, platform: Platform) -> dict[str, str]:

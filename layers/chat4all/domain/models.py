@@ -262,6 +262,59 @@ class Message:
     message_type: str = "text"
     # events written with a change of this message and not yet taken by the bus (the outbox on the message)
     unpublished_events: tuple[DomainEvent, ...] = ()
+    # a GROUP message's recipients, fixed when it was accepted: every participant but the sender as the
+    # conversation was in the transaction that gave the message its sequence (None: a one-to-one message)
+    recipients: tuple[str, ...] | None = None
+    # a GROUP message whose deliveries exist (one per recipient): it has left its conversation's route run,
+    # its recipients' lanes send it, and its status is their aggregate (aggregate_status)
+    fanned_out: bool = False
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One recipient's copy of a GROUP message: its own route, attempts, platform id and status history.
+
+    Stored in `deliveries` as `{message_id}:{user_id}` (`delivery_id`); sent by its recipient's lane (one FIFO
+    group per conversation and recipient) in `sequence` order, with the one-to-one protocol's bookkeeping
+    (docs/GUARANTEES.md). `platform` and `channel_id` are None when no route was found (it is FAILED then).
+    """
+
+    message_id: str
+    conversation_id: str
+    user_id: str
+    sequence: int
+    platform: Platform | None
+    channel_id: str | None
+    status: MessageStatus
+    history: list[StatusEntry]
+    platform_message_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    in_flight: DeliveryAttempt | None = None
+    retry_at: datetime | None = None
+    troubled_since: datetime | None = None
+    troubles: int = 0
+    unpublished_events: tuple[DomainEvent, ...] = ()
+    # the recipient's id on `platform` (the identity the route chose), what the connector sends to
+    address: str | None = None
+    created_at: datetime | None = None
+
+    @property
+    def delivery_id(self) -> str:
+        return delivery_id(self.message_id, self.user_id)
+
+
+def delivery_id(message_id: str, user_id: str) -> str:
+    return f"{message_id}:{user_id}"
+
+
+def aggregate_status(counts: dict[MessageStatus, int]) -> MessageStatus:
+    """A GROUP message's status from its deliveries' (count per status): the furthest state every delivery
+    that has not failed has reached; FAILED only when every delivery failed; PENDING while there are none."""
+    live = [status for status, count in counts.items() if count and status is not MessageStatus.FAILED]
+    if live:
+        return min(live, key=lambda status: status.rank)
+    return MessageStatus.FAILED if counts.get(MessageStatus.FAILED) else MessageStatus.PENDING
 
 
 @dataclass(frozen=True)
@@ -269,7 +322,8 @@ class DomainEvent:
     """One event for the bus; `detail["at"]` is the time of the change it reports.
 
     An event about a message (`message_id`) is kept on that message, written with the change it reports,
-    until it is published (`event_id` tells it apart there).
+    until it is published (`event_id` tells it apart there); one about a GROUP delivery (`delivery_id`) is
+    kept on that delivery.
     """
 
     detail_type: str
@@ -277,6 +331,8 @@ class DomainEvent:
     source: str = "chat4all"
     event_id: str = ""
     message_id: str | None = None
+    # set when the event is kept on a GROUP delivery (`Delivery.delivery_id`) rather than on its message
+    delivery_id: str | None = None
 
 
 @dataclass(frozen=True)

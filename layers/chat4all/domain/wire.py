@@ -35,20 +35,23 @@ DEAD_LETTER_REASON_ATTRIBUTE = "reason"
 
 
 class RouteJob(BaseModel):
-    """A route queue record: "this conversation has work" (the message that asked for it, for logs and dedupe)."""
+    """A route queue record: "this conversation has work" (the message that asked for it, for logs and dedupe),
+    or, with `user_id`, a lane job: "this recipient of this GROUP conversation has deliveries to send"."""
 
     model_config = ConfigDict(frozen=True)
 
     message_id: str
     conversation_id: str
+    user_id: str | None = None
 
     def body(self) -> str:
-        return self.model_dump_json()
+        return self.model_dump_json(exclude_none=True)
 
     @property
     def group_id(self) -> str:
-        """The FIFO message group: one per conversation, so a conversation's jobs are never worked at once."""
-        return self.conversation_id
+        """The FIFO message group: one per conversation, or per conversation and recipient for a lane job, so
+        the jobs of one conversation (of one lane) are never worked at once, and lanes never wait for each other."""
+        return self.conversation_id if self.user_id is None else f"{self.conversation_id}:{self.user_id}"
 
     @classmethod
     def parse(cls, body: str) -> RouteJob:
@@ -123,7 +126,9 @@ MESSAGE_EVENT_SOURCE = "chat4all"
 
 class MessageEventDetail(BaseModel):
     """The `detail` of every event about a message (MessageAccepted, MessageSent, MessageStatusChanged,
-    MessageReceived, MessageFailed); `at` is the time of the change, not of publishing."""
+    MessageReceived, MessageFailed) and of DeliveryStatusChanged, a GROUP recipient's delivery (with the
+    recipient's `user_id` and the delivery's `channel_id`; `channel` is then the delivery's platform);
+    `at` is the time of the change, not of publishing."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -134,6 +139,8 @@ class MessageEventDetail(BaseModel):
     at: datetime
     platform_message_id: str | None = None
     reason: str | None = None
+    user_id: str | None = None
+    channel_id: str | None = None
 
     @classmethod
     def of(

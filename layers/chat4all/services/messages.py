@@ -14,7 +14,7 @@ from chat4all.domain.errors import (
     NotFoundError,
     ValidationFailedError,
 )
-from chat4all.domain.models import Direction, Message, MessageStatus, StatusEntry, utcnow
+from chat4all.domain.models import ConversationType, Direction, Message, MessageStatus, StatusEntry, utcnow
 from chat4all.services import route_jobs
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.notifications import message_event
@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from chat4all.domain.commands import SendMessage
-    from chat4all.domain.models import Conversation, DomainEvent, Principal
-    from chat4all.ports import ConversationStore, MessageStore, OutboundQueue, UserRepository
+    from chat4all.domain.models import Conversation, Delivery, DomainEvent, Principal
+    from chat4all.ports import ConversationStore, DeliveryStore, MessageStore, OutboundQueue, UserRepository
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,13 @@ class MessageService:
         conversations: ConversationStore,
         users: UserRepository,
         queue: OutboundQueue,
+        deliveries: DeliveryStore | None = None,
     ) -> None:
         self.messages = messages
         self.conversations = conversations
         self.users = users
         self.queue = queue
+        self.delivery_store = deliveries
 
     def accept(self, command: SendMessage, principal: Principal) -> AcceptedMessage:
         """Validate, store PENDING with the conversation's next sequence, and enqueue for delivery."""
@@ -115,6 +117,13 @@ class MessageService:
                 raise ForbiddenError("only participants can read this message")
         return message
 
+    def deliveries(self, message: Message) -> list[Delivery]:
+        """A GROUP message's deliveries, one per recipient by user_id (read after `get` checked the caller); none
+        for a one-to-one message or a GROUP message not fanned out yet."""
+        if message.recipients is None or self.delivery_store is None:
+            return []
+        return self.delivery_store.deliveries_of(message.message_id)
+
 
 def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> tuple[Message, list[DomainEvent]]:
     """The message a participant sends into the conversation, as it is stored, and its MessageAccepted."""
@@ -133,6 +142,12 @@ def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> t
         history=[StatusEntry(MessageStatus.PENDING, now)],
         created_at=now,
         request_fingerprint=command.fingerprint,
+        # a GROUP's recipients as this transaction reads the conversation: later joiners get later messages only
+        recipients=(
+            tuple(p.user_id for p in conversation.participants if p.user_id != command.sender_id)
+            if conversation.conversation_type is ConversationType.GROUP
+            else None
+        ),
     )
     return message, [message_event("MessageAccepted", message, at=now)]
 

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
     from datetime import datetime
 
-    from chat4all.domain.models import Message, MessageStatus
+    from chat4all.domain.models import Delivery, Message, MessageStatus
     from chat4all.ports import EventOutbox
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,30 @@ def message_event(
     `at` is the time of the change."""
     detail = MessageEventDetail.of(message, status, at, platform_message_id=platform_message_id, reason=reason)
     return DomainEvent(detail_type, detail.event_detail(), event_id=str(uuid.uuid4()), message_id=message.message_id)
+
+
+def delivery_event(
+    delivery: Delivery,
+    message: Message,
+    status: MessageStatus,
+    *,
+    at: datetime,
+    platform_message_id: str | None = None,
+    reason: str | None = None,
+) -> DomainEvent:
+    """DeliveryStatusChanged: a GROUP recipient's delivery moved; kept on the delivery with its change."""
+    detail = MessageEventDetail.of(message, status, at, platform_message_id=platform_message_id, reason=reason)
+    channel = delivery.platform or message.channel
+    detail = detail.model_copy(
+        update={"user_id": delivery.user_id, "channel_id": delivery.channel_id, "channel": channel}
+    )
+    return DomainEvent(
+        "DeliveryStatusChanged",
+        detail.event_detail(),
+        event_id=str(uuid.uuid4()),
+        message_id=message.message_id,
+        delivery_id=delivery.delivery_id,
+    )
 
 
 def collect(events: EventPublisher, *kept: DomainEvent) -> None:

@@ -1,5 +1,6 @@
 """MongoDB adapters, one module per collection: `messages` (MongoMessageStore), `conversations`
-(MongoConversationStore), `events` (MongoEventOutbox: events on their messages, and the `outbox` collection);
+(MongoConversationStore), `deliveries` (MongoDeliveryStore: GROUP deliveries and their lanes), `events`
+(MongoEventOutbox: events on their messages and deliveries, and the `outbox` collection);
 `connection` (connecting, errors, the durable write concern, every index, the health check) and `documents`
 (how the domain is stored)."""
 
@@ -13,6 +14,7 @@ from chat4all.adapters.mongo.connection import (
     ensure_indexes,
 )
 from chat4all.adapters.mongo.conversations import MongoConversationStore
+from chat4all.adapters.mongo.deliveries import MongoDeliveryStore
 from chat4all.adapters.mongo.events import MongoEventOutbox
 from chat4all.adapters.mongo.messages import MongoMessageStore
 
@@ -23,6 +25,7 @@ __all__ = [
     "OLD_CHANNEL_INDEX",
     "MongoCheck",
     "MongoConversationStore",
+    "MongoDeliveryStore",
     "MongoEventOutbox",
     "MongoMessageStore",
     "connect",

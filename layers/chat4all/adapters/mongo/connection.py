@@ -72,6 +72,16 @@ def ensure_indexes(db: Database[dict[str, Any]]) -> None:
         # the sweeper's, so a sweep reads the PENDING messages it re-enqueues only. A plain compound index:
         # SecantusDB answers a partial index's query by scanning the collection (docs/MONGODB.md).
         db.messages.create_index([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX)
+        # GROUP deliveries (adapters/mongo/deliveries.py): a lane's PENDING ones in sequence order; the one a
+        # channel's status webhook names; a message's, by recipient (the API, the aggregate's count); the
+        # sweeper's stale PENDING ones; the relay's kept events
+        db.deliveries.create_index(
+            [("conversation_id", ASCENDING), ("user_id", ASCENDING), ("status", ASCENDING), ("sequence", ASCENDING)]
+        )
+        db.deliveries.create_index([("channel_id", ASCENDING), ("platform_message_id", ASCENDING)])
+        db.deliveries.create_index([("message_id", ASCENDING), ("user_id", ASCENDING)], unique=True)
+        db.deliveries.create_index([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX)
+        db.deliveries.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
 
 
 class MongoCheck(DependencyCheck):

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from chat4all.domain.models import (
     Conversation,
     ConversationType,
+    Delivery,
     DeliveryAttempt,
     Direction,
     DomainEvent,
@@ -39,6 +40,7 @@ def message_doc(message: Message) -> dict[str, Any]:
         "applied_reports": [],
         "message_type": message.message_type,
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
+        **({"recipients": list(message.recipients)} if message.recipients is not None else {}),
     }
 
 
@@ -98,6 +100,60 @@ def to_message(doc: dict[str, Any]) -> Message:
             DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["_id"])
             for e in doc.get("pending_events", ())
         ),
+        recipients=tuple(doc["recipients"]) if doc.get("recipients") is not None else None,
+        fanned_out=bool(doc.get("fanned_out", False)),
+    )
+
+
+def delivery_doc(delivery: Delivery) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "_id": delivery.delivery_id,
+        "message_id": delivery.message_id,
+        "conversation_id": delivery.conversation_id,
+        "user_id": delivery.user_id,
+        "sequence": delivery.sequence,
+        "platform": delivery.platform.value if delivery.platform else None,
+        "channel_id": delivery.channel_id,
+        "address": delivery.address,
+        "status": delivery.status.value,
+        "history": [entry_doc(e) for e in delivery.history],
+        "created_at": delivery.created_at or utcnow(),
+        "applied_reports": [],
+    }
+    if delivery.unpublished_events:
+        doc["pending_events"] = event_docs(delivery.unpublished_events)
+    return doc
+
+
+def to_delivery(doc: dict[str, Any]) -> Delivery:
+    history = [StatusEntry(MessageStatus(e["status"]), e["at"], e.get("detail")) for e in doc.get("history", [])]
+    attempt = doc.get("attempt")
+    return Delivery(
+        message_id=doc["message_id"],
+        conversation_id=doc["conversation_id"],
+        user_id=doc["user_id"],
+        sequence=int(doc["sequence"]),
+        platform=Platform(doc["platform"]) if doc.get("platform") else None,
+        channel_id=doc.get("channel_id"),
+        status=MessageStatus(doc["status"]),
+        history=history,
+        platform_message_id=doc.get("platform_message_id"),
+        error=next((e.detail for e in reversed(history) if e.status is MessageStatus.FAILED), None),
+        attempts=int(doc.get("delivery_attempts", 0)),
+        in_flight=(
+            DeliveryAttempt(int(doc["delivery_attempts"]), attempt["started_at"], attempt["lease_until"])
+            if attempt
+            else None
+        ),
+        retry_at=doc.get("retry_at"),
+        troubled_since=doc.get("troubled_since"),
+        troubles=int(doc.get("troubles", 0)),
+        unpublished_events=tuple(
+            DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["message_id"], doc["_id"])
+            for e in doc.get("pending_events", ())
+        ),
+        address=doc.get("address"),
+        created_at=doc.get("created_at"),
     )
 
 

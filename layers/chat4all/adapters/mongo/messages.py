@@ -144,6 +144,29 @@ class MongoMessageStore(MessageStore):
             doc = self.collection.find_one({"_id": message_id})
         return to_message(doc) if doc else None
 
+    def get_messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
+        if not message_ids:
+            return {}
+        with translated():
+            docs = list(self.collection.find({"_id": {"$in": list(message_ids)}}))
+        return {doc["_id"]: to_message(doc) for doc in docs}
+
+    def mark_fanned_out(self, message_id: str) -> bool:
+        with translated():
+            done = self.durable.update_one(
+                {"_id": message_id, "status": MessageStatus.PENDING.value}, {"$set": {"fanned_out": True}}
+            )
+        return bool(done.matched_count)
+
+    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Sequence[DomainEvent] = ()) -> bool:
+        predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
+        with translated():
+            done = self.durable.update_one(
+                {"_id": message_id, "status": {"$in": predecessors}},
+                {"$set": {"status": entry.status.value}, "$push": pushes(entry, events)},
+            )
+        return bool(done.modified_count)
+
     def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
         with translated():
             # by the id alone: SecantusDB plans {channel, platform_message_id} as a collection scan
@@ -186,24 +209,29 @@ class MongoMessageStore(MessageStore):
         return last + 1 if isinstance(last, int) else None
 
     def unsettled(self, conversation_id: str, limit: int) -> list[Message]:
+        # fanned-out GROUP messages stay PENDING until their deliveries' aggregate moves; they are skipped here
+        # (a filter on `fanned_out` is a field the index does not hold: SecantusDB would scan the collection)
+        query: dict[str, Any] = {"conversation_id": conversation_id, "status": MessageStatus.PENDING.value}
+        found: list[dict[str, Any]] = []
         with translated():
-            docs = list(
-                self.collection.find({"conversation_id": conversation_id, "status": MessageStatus.PENDING.value})
-                .sort("sequence", ASCENDING)
-                .limit(limit)
-            )
-        outbound = itertools.takewhile(lambda doc: doc["direction"] == Direction.OUTBOUND.value, docs)
+            while True:
+                docs = list(self.collection.find(query).sort("sequence", ASCENDING).limit(limit))
+                found += [doc for doc in docs if not doc.get("fanned_out")]
+                if len(found) >= limit or len(docs) < limit:
+                    break
+                query["sequence"] = {"$gt": docs[-1]["sequence"]}
+        outbound = itertools.takewhile(lambda doc: doc["direction"] == Direction.OUTBOUND.value, found[:limit])
         return [to_message(doc) for doc in outbound]
 
     def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
         query = {"status": MessageStatus.PENDING.value, "created_at": {"$lt": created_before}}
-        projection = {"_id": 1, "conversation_id": 1, "sequence": 1, "direction": 1}
+        projection = {"_id": 1, "conversation_id": 1, "sequence": 1, "direction": 1, "fanned_out": 1}
         with translated():
             docs = list(self.collection.find(query, projection).sort("created_at", ASCENDING).limit(limit))
         jobs = [
             PendingJob(doc["_id"], doc["conversation_id"], int(doc["sequence"]))
             for doc in docs
-            if doc.get("direction") == Direction.OUTBOUND.value
+            if doc.get("direction") == Direction.OUTBOUND.value and not doc.get("fanned_out")
         ]
         return sorted(jobs, key=lambda job: (job.conversation_id, job.sequence))
 
@@ -288,6 +316,7 @@ class MongoMessageStore(MessageStore):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         query: dict[str, Any] = {"_id": message_id, "status": MessageStatus.PENDING.value}
+        query["fanned_out"] = {"$exists": False}
         query["attempt"] = {"$exists": attempt is not None}
         if attempt is not None:
             query["delivery_attempts"] = attempt
