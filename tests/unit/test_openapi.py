@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -17,6 +18,7 @@ from chat4all.domain.models import (
     ChannelInfo,
     Conversation,
     ConversationType,
+    Delivery,
     Direction,
     ExternalIdentity,
     Message,
@@ -96,3 +98,75 @@ def test_views_carry_the_required_fields() -> None:
     assert required("AuditEntry") <= set(views.audit_record_view(record))
     key = ApiKey(str(uuid.uuid4()), "k", Role.AGENT, user_id, NOW)
     assert required("ApiKey") <= set(views.api_key_view(key, "c4a_x"))
+
+
+def valid(schema: str, instance: Any) -> None:
+    """`instance` as the document's schema `schema` describes it (its $refs resolved in the document)."""
+    jsonschema.Draft202012Validator({**OPENAPI, "$ref": f"#/components/schemas/{schema}"}).validate(instance)
+
+
+def test_a_group_messages_deliveries_are_as_documented() -> None:
+    # GIVEN a GROUP message to three recipients: one SENT on Telegram, one FAILED without a route, one whose
+    # delivery is not stored yet (accepted, not fanned out)
+    sender, *recipients = sorted(str(uuid.uuid4()) for _ in range(4))
+    on_telegram, nowhere, waiting = recipients[2], recipients[0], recipients[1]
+    message = Message(
+        str(uuid.uuid4()), str(uuid.uuid4()), sender, "hi all", None, Platform.WHATSAPP, Direction.OUTBOUND, 3,
+        MessageStatus.SENT, [StatusEntry(MessageStatus.PENDING, NOW), StatusEntry(MessageStatus.SENT, NOW)], NOW,
+        "fp", recipients=(on_telegram, nowhere, waiting),
+    )  # fmt: skip
+    channel_id = str(uuid.uuid4())
+    deliveries = [
+        Delivery(
+            message.message_id, message.conversation_id, on_telegram, 3, Platform.TELEGRAM, channel_id,
+            MessageStatus.SENT, [StatusEntry(MessageStatus.PENDING, NOW), StatusEntry(MessageStatus.SENT, NOW)],
+            platform_message_id="7012345678:4242:57",
+        ),
+        Delivery(
+            message.message_id, message.conversation_id, nowhere, 3, None, None, MessageStatus.FAILED,
+            [StatusEntry(MessageStatus.PENDING, NOW), StatusEntry(MessageStatus.FAILED, NOW, "no identity")],
+            error="no identity",
+        ),
+    ]  # fmt: skip
+
+    # WHEN it is shown as GET /v1/messages/{id} and GET /v1/messages/{id}/status show it
+    view = views.message_view(message, deliveries)
+    status = views.message_status_view(message, deliveries)
+
+    # THEN one delivery per recipient, by user_id, with the documented fields, and the counts of every status
+    valid("Message", view)
+    assert [d["user_id"] for d in view["deliveries"]] == sorted(recipients)
+    for item in view["deliveries"]:
+        assert required("Delivery") <= set(item)
+        valid("Delivery", item)
+    by_user = {d["user_id"]: d for d in view["deliveries"]}
+    assert by_user[on_telegram]["platform_message_id"] == "57"  # Telegram's message_id, as the contract names it
+    assert (by_user[on_telegram]["platform"], by_user[on_telegram]["channel_id"]) == ("TELEGRAM", channel_id)
+    assert (by_user[nowhere]["status"], by_user[nowhere]["platform"], by_user[nowhere]["error"]) == (
+        "FAILED", None, "no identity",
+    )  # fmt: skip
+    assert by_user[nowhere]["history"][-1] == {"status": "FAILED", "at": views.timestamp(NOW), "detail": "no identity"}
+    assert (by_user[waiting]["status"], by_user[waiting]["platform"]) == ("PENDING", None)
+    assert view["delivery_counts"] == {"PENDING": 1, "SENT": 1, "DELIVERED": 0, "READ": 0, "FAILED": 1}
+    valid("DeliveryCounts", view["delivery_counts"])
+    assert (status["deliveries"], status["delivery_counts"]) == (view["deliveries"], view["delivery_counts"])
+
+    # AND a one-to-one message has neither field, nor does a history page list them
+    one_to_one = Message(
+        str(uuid.uuid4()), str(uuid.uuid4()), sender, "hi", None, Platform.WHATSAPP, Direction.OUTBOUND, 1,
+        MessageStatus.PENDING, [StatusEntry(MessageStatus.PENDING, NOW)], NOW, "fp",
+    )  # fmt: skip
+    for shown in (views.message_view(one_to_one, []), views.message_status_view(one_to_one, [])):
+        assert not {"deliveries", "delivery_counts"} & set(shown)
+    assert "deliveries" not in views.message_view(message)
+
+
+def test_the_documented_group_example_is_valid() -> None:
+    response = OPENAPI["paths"]["/v1/messages/{message_id}"]["get"]["responses"]["200"]
+    example = response["content"]["application/json"]["examples"]["group"]["value"]
+    valid("Message", example)
+    counts = {status: 0 for status in example["delivery_counts"]}
+    for item in example["deliveries"]:
+        counts[item["status"]] += 1
+    assert counts == example["delivery_counts"]
+    assert [d["user_id"] for d in example["deliveries"]] == sorted(d["user_id"] for d in example["deliveries"])

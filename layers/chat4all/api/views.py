@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chat4all.domain.models import shown_platform_message_id
+from chat4all.domain.models import MessageStatus, shown_platform_message_id
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from chat4all.domain.models import (
         ApiKey,
         AuditRecord,
         ChannelConfig,
         ChannelInfo,
         Conversation,
+        Delivery,
         ExternalIdentity,
         Message,
         StatusEntry,
@@ -133,8 +136,10 @@ def status_entry_view(entry: StatusEntry) -> dict[str, Any]:
     return view
 
 
-def message_view(message: Message) -> dict[str, Any]:
-    return {
+def message_view(message: Message, deliveries: Sequence[Delivery] | None = None) -> dict[str, Any]:
+    """The message; given its deliveries (GET /v1/messages/{id}), a GROUP message (one with recipients) adds
+    `deliveries` and `delivery_counts` (a history page lists messages without them)."""
+    view = {
         "message_id": message.message_id,
         "conversation_id": message.conversation_id,
         "sender_id": message.sender_id,
@@ -149,14 +154,62 @@ def message_view(message: Message) -> dict[str, Any]:
         "error": message.error,
         "created_at": timestamp(message.created_at),
     }
+    return view | deliveries_view(message, deliveries)
 
 
-def message_status_view(message: Message) -> dict[str, Any]:
-    return {
+def message_status_view(message: Message, deliveries: Sequence[Delivery] | None = None) -> dict[str, Any]:
+    view = {
         "message_id": message.message_id,
         "status": message.status.value,
         "history": [status_entry_view(e) for e in message.history],
     }
+    return view | deliveries_view(message, deliveries)
+
+
+def delivery_view(delivery: Delivery) -> dict[str, Any]:
+    platform = delivery.platform
+    return {
+        "user_id": delivery.user_id,
+        "platform": platform.value if platform is not None else None,
+        "channel_id": delivery.channel_id,
+        "status": delivery.status.value,
+        "platform_message_id": (
+            shown_platform_message_id(platform, delivery.platform_message_id)
+            if platform is not None
+            else delivery.platform_message_id
+        ),
+        "error": delivery.error,
+        "history": [status_entry_view(e) for e in delivery.history],
+    }
+
+
+def _not_fanned_out_yet(message: Message, user_id: str) -> dict[str, Any]:
+    """A recipient whose delivery is not stored yet (the message was accepted, route has not fanned it out)."""
+    return {
+        "user_id": user_id,
+        "platform": None,
+        "channel_id": None,
+        "status": MessageStatus.PENDING.value,
+        "platform_message_id": None,
+        "error": None,
+        "history": [{"status": MessageStatus.PENDING.value, "at": timestamp(message.created_at)}],
+    }
+
+
+def deliveries_view(message: Message, deliveries: Sequence[Delivery] | None) -> dict[str, Any]:
+    """`deliveries` (one per recipient, by user_id) and `delivery_counts` (every status, 0 included) of a GROUP
+    message; nothing for a one-to-one message (no recipients), nor when the deliveries were not read."""
+    if message.recipients is None or deliveries is None:
+        return {}
+    shown = {d.user_id: delivery_view(d) for d in deliveries}
+    for user_id in message.recipients:
+        if user_id not in shown:
+            shown[user_id] = _not_fanned_out_yet(message, user_id)
+    items = [shown[user_id] for user_id in sorted(shown)]
+    counts = {status.value: 0 for status in MessageStatus}
+    for item in items:
+        counts[item["status"]] += 1
+    return {"deliveries": items, "delivery_counts": counts}
 
 
 def conversation_page_view(page: ConversationPage) -> dict[str, Any]:
