@@ -29,15 +29,18 @@ UNKNOWN_TARGET_RETRY_SECONDS = 5
 @app.get("/v1/messages/<message_id>")
 def get_message(message_id: str) -> Response[str]:
     principal = caller(app)
-    message = bootstrap.message_service().get(resource_id(message_id, "message"), principal)
-    return json_response(200, message_view(message))
+    service = bootstrap.message_service()
+    message = service.get(resource_id(message_id, "message"), principal)
+    # a GROUP message adds its deliveries (one read of them, after the role check); a one-to-one one has none
+    return json_response(200, message_view(message, service.deliveries(message)))
 
 
 @app.get("/v1/messages/<message_id>/status")
 def get_message_status(message_id: str) -> Response[str]:
     principal = caller(app)
-    message = bootstrap.message_service().get(resource_id(message_id, "message"), principal)
-    return json_response(200, message_status_view(message))
+    service = bootstrap.message_service()
+    message = service.get(resource_id(message_id, "message"), principal)
+    return json_response(200, message_status_view(message, service.deliveries(message)))
 
 
 def record_handler(record: SQSRecord) -> None:
