@@ -13,10 +13,15 @@ connection, as a careful client does) while, one at a time, the harness
   as a process),
 - SIGKILLs the WhatsApp-format server and starts it again, and makes it slow, or answer 429 or 500, for a while.
 
-Then it waits until no accepted message is PENDING (or the drain timeout) and checks every accepted message
-at the WhatsApp-format server and through the API: delivered exactly once and in `sequence` order per
-conversation, or FAILED with a reason; every 202 is a stored message; nothing stuck PENDING. It prints a
-Markdown summary and the same figures as JSON (--json FILE writes them to a file). All traffic is on 127.0.0.1.
+Some of the conversations are GROUPs (--groups, each an agent and --group-recipients customers on WhatsApp):
+a message there is one delivery per recipient, each sent on its own.
+
+Then it waits until no accepted message is PENDING (or the drain timeout) and checks every accepted message,
+per recipient (a one-to-one message has one, a GROUP message one per customer of its group), at the
+WhatsApp-format server and through the API (a GROUP message's `deliveries`): delivered exactly once and in
+`sequence` order per conversation and recipient, or FAILED with a reason; every 202 is a stored message;
+nothing stuck PENDING. It prints a Markdown summary and the same figures as JSON (--json FILE writes them to a
+file). All traffic is on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -64,6 +69,8 @@ class ChaosOptions:
     messages: int = 10_000
     clients: int = 8
     conversations: int = 50
+    groups: int = 5  # GROUP conversations besides the one-to-one ones
+    group_recipients: int = 4  # customers of each group (the agent sends)
     faults: tuple[str, ...] = ALL_FAULTS
     down_seconds: float = 4.0  # how long a killed server stays down
     platform_fault_seconds: float = 8.0  # how long the platform is slow or failing
@@ -198,6 +205,49 @@ class Faults:
         return "no container was busy: none killed"
 
 
+# ------------------------------------------------------------------ GROUP conversations
+
+
+def set_up_groups(platform: LocalPlatform, groups: int, recipients: int) -> list[dict[str, Any]]:
+    """GROUP conversations of an agent and `recipients` customers with a WhatsApp number each (through the one
+    enabled WhatsApp channel `set_up` installed); each as a plan conversation with its recipients' numbers."""
+    headers = {"Authorization": f"Bearer {platform.admin_api_key}"}
+    with httpx.Client(base_url=platform.api_url, headers=headers, timeout=60) as api:
+
+        def created(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            response = api.post(path, json=body)
+            if response.status_code != 201:
+                raise RuntimeError(f"{path}: {response.status_code} {response.text}")
+            return dict(response.json())
+
+        def group(n: int) -> dict[str, Any]:
+            agent = created("/v1/users", {"display_name": f"Group agent {n}", "user_type": "AGENT"})["user_id"]
+            members = []
+            for r in range(recipients):
+                phone = f"5521{n:03d}{r:02d}{uuid.uuid4().int % 10**4:04d}"
+                body = {"display_name": f"Group {n} customer {r}", "user_type": "CUSTOMER"}
+                customer = created("/v1/users", body)["user_id"]
+                created(f"/v1/users/{customer}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})
+                members.append({"user_id": customer, "phone": phone})
+            body = {
+                "conversation_type": "GROUP",
+                "participants": [agent, *(m["user_id"] for m in members)],
+                "primary_channel": "WHATSAPP",
+            }
+            conversation_id = created("/v1/conversations", body)["conversation_id"]
+            return {"conversation_id": conversation_id, "agent_id": agent, "group": True, "recipients": members}
+
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(group, range(groups)))
+
+
+def recipients_of(conversation: dict[str, Any]) -> list[dict[str, Any]]:
+    """Who a message of the conversation goes to: `{user_id, phone}` each (a one-to-one's customer has no id)."""
+    if conversation.get("group"):
+        return list(conversation["recipients"])
+    return [{"user_id": None, "phone": conversation["customer_phone"]}]
+
+
 # ------------------------------------------------------------------ clients
 
 
@@ -239,13 +289,15 @@ def send_all(plan: dict[str, Any], options: ChaosOptions, sent: Sent) -> None:
                     "sender_id": conversation["agent_id"],
                     "content": f"chaos {n} {message_id[:8]}",
                 }
-                _send_one(api, body, options, sent)
+                _send_one(api, body, options, sent, recipients_of(conversation))
 
     with ThreadPoolExecutor(max_workers=options.clients) as pool:
         list(pool.map(client, range(options.clients)))
 
 
-def _send_one(api: httpx.Client, body: dict[str, Any], options: ChaosOptions, sent: Sent) -> None:
+def _send_one(
+    api: httpx.Client, body: dict[str, Any], options: ChaosOptions, sent: Sent, recipients: list[dict[str, Any]]
+) -> None:
     deadline = time.monotonic() + options.give_up_seconds
     pause = 0.2
     while True:
@@ -259,7 +311,9 @@ def _send_one(api: httpx.Client, body: dict[str, Any], options: ChaosOptions, se
         if response is not None and response.status_code == 202:
             accepted = response.json()
             with sent.lock:
-                sent.accepted.append({**body, "sequence": accepted["sequence"], "at": time.monotonic()})
+                sent.accepted.append(
+                    {**body, "sequence": accepted["sequence"], "at": time.monotonic(), "recipients": recipients}
+                )
             return
         # 409: the same message_id is still being processed (its first request died with its container)
         if response is not None and 400 <= response.status_code < 500 and response.status_code not in (409, 429):
@@ -313,6 +367,31 @@ def confirm_missing(plan: dict[str, Any], stored: dict[str, dict[str, Any]], wan
                 stored[message_id] = {**response.json(), "missing_from_history": True}
 
 
+def group_views(plan: dict[str, Any], accepted: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """GET /v1/messages/{id} of every accepted GROUP message (its `deliveries`), by id; what is not found is
+    left out (check() counts it lost)."""
+    groups = {c["conversation_id"] for c in plan["conversations"] if c.get("group")}
+    wanted = [a["message_id"] for a in accepted if a["conversation_id"] in groups]
+    headers = {"Authorization": f"Bearer {plan['admin_key']}"}
+    found: dict[str, dict[str, Any]] = {}
+    with httpx.Client(base_url=plan["api_url"], headers=headers, timeout=REQUEST_TIMEOUT_SECONDS) as api:
+        for message_id in wanted:
+            response = api.get(f"/v1/messages/{message_id}")
+            if response.status_code == 200:
+                found[message_id] = response.json()
+    return found
+
+
+def recipient_view(item: dict[str, Any] | None, user_id: str | None) -> dict[str, Any] | None:
+    """What the API says of one recipient's copy: the message itself (one-to-one) or its delivery (GROUP)."""
+    if item is None or user_id is None:
+        return item
+    for delivery in item.get("deliveries") or []:
+        if delivery["user_id"] == user_id:
+            return dict(delivery)
+    return {"status": "PENDING", "error": None}  # accepted, no delivery for this recipient (yet)
+
+
 def wait_for_drain(plan: dict[str, Any], accepted: list[dict[str, Any]], timeout: float) -> tuple[bool, float]:
     """Until no accepted message is PENDING; (drained, when)."""
     wanted = {a["message_id"] for a in accepted}
@@ -344,11 +423,22 @@ def classify(item: dict[str, Any] | None, at_platform: int) -> str:
     return "delivered" if at_platform else "sent_but_not_at_platform"
 
 
-def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sent, t0: float) -> dict[str, Any]:
-    """The figures: each accepted message at the platform (2xx answers only) and in the API."""
+def check(
+    whatsapp: WhatsAppServer,
+    stored: dict[str, dict[str, Any]],
+    sent: Sent,
+    t0: float,
+    groups: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The figures, per recipient: each accepted message's copy for each of its recipients (a one-to-one
+    message has one) at the platform (2xx answers only) and in the API (the message, or its GROUP delivery).
+
+    `groups` are the GROUP messages as GET /v1/messages/{id} shows them (with `deliveries`), by id.
+    """
+    groups = groups or {}
     by_text = {a["content"]: a for a in sent.accepted}
-    delivered_at_platform: Counter[str] = Counter()
-    last_sequence: dict[str, int] = {}
+    delivered_at_platform: Counter[tuple[str, str]] = Counter()  # (message_id, phone)
+    last_sequence: dict[tuple[str, str], int] = {}  # (conversation_id, phone) -> the last sequence it got
     out_of_order: list[str] = []
     for record in whatsapp.records():
         if record.get("answered") != 200:
@@ -356,32 +446,46 @@ def check(whatsapp: WhatsAppServer, stored: dict[str, dict[str, Any]], sent: Sen
         message = by_text.get(record["body"].get("text", {}).get("body", ""))
         if message is None:
             continue
-        delivered_at_platform[message["message_id"]] += 1
-        if delivered_at_platform[message["message_id"]] > 1:
+        phone = str(record["body"].get("to", ""))
+        copy = (message["message_id"], phone)
+        delivered_at_platform[copy] += 1
+        if delivered_at_platform[copy] > 1:
             continue
-        conversation = message["conversation_id"]
-        if message["sequence"] < last_sequence.get(conversation, 0):
-            out_of_order.append(message["message_id"])
-        last_sequence[conversation] = max(last_sequence.get(conversation, 0), message["sequence"])
+        lane = (message["conversation_id"], phone)
+        if message["sequence"] < last_sequence.get(lane, 0):
+            out_of_order.append(f"{message['message_id']} to {phone}")
+        last_sequence[lane] = max(last_sequence.get(lane, 0), message["sequence"])
     figures: Counter[str] = Counter()
     examples: dict[str, list[str]] = defaultdict(list)
     for message in sent.accepted:
         message_id = message["message_id"]
-        at_platform = delivered_at_platform[message_id]
-        kind = classify(stored.get(message_id), at_platform)
-        figures[kind] += 1
-        if at_platform > 1:
-            figures["sent_twice"] += 1
-            examples["sent_twice"].append(message_id)
-        if kind not in {"delivered", "failed"}:
-            accepted_at = message["at"] - t0
-            examples[kind].append(f"{message_id} (accepted at {accepted_at:.1f} s, platform 2xx: {at_platform})")
+        item = groups.get(message_id, stored.get(message_id))
+        if message_id in stored and message_id not in groups and len(message["recipients"]) > 1:
+            item = {**stored[message_id], "deliveries": []}  # listed, but its deliveries could not be read
+        for recipient in message["recipients"]:
+            at_platform = delivered_at_platform[(message_id, recipient["phone"])]
+            kind = classify(recipient_view(item, recipient["user_id"]), at_platform)
+            figures[kind] += 1
+            figures["recipients"] += 1
+            if at_platform > 1:
+                figures["sent_twice"] += 1
+                examples["sent_twice"].append(f"{message_id} to {recipient['phone']}")
+            if kind not in {"delivered", "failed"}:
+                accepted_at = message["at"] - t0
+                examples[kind].append(
+                    f"{message_id} to {recipient['phone']} (accepted at {accepted_at:.1f} s, "
+                    f"platform 2xx: {at_platform})"
+                )
+        if len(message["recipients"]) > 1:
+            figures["group_messages"] += 1
         if (stored.get(message_id) or {}).get("missing_from_history"):
             figures["missing_from_history"] += 1
             examples["missing_from_history"].append(message_id)
     gave_up_stored = sum(1 for body in sent.gave_up if body["message_id"] in stored)
     return {
         "accepted": len(sent.accepted),
+        "group_messages": figures["group_messages"],
+        "recipients": figures["recipients"],
         "delivered": figures["delivered"],
         "failed": figures["failed"],
         "lost": figures["lost"],
@@ -416,6 +520,7 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
         with throwaway_platform("chaos", {"WHATSAPP_API_BASE": whatsapp.url}) as platform:
             log(f"stack up in {time.monotonic() - started:.0f} s; setting up {options.conversations} conversations")
             plan = set_up(platform, options.conversations, 0, whatsapp)
+            plan["conversations"] += set_up_groups(platform, options.groups, options.group_recipients)
             sent = Sent()
             t0 = time.monotonic()
             faults = Faults(platform, whatsapp, options, t0)
@@ -430,7 +535,7 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
             time.sleep(5.0)  # a send still in flight at the platform is counted too
             stored = stored_messages(plan)
             confirm_missing(plan, stored, [a["message_id"] for a in sent.accepted])
-            result = check(whatsapp, stored, sent, t0)
+            result = check(whatsapp, stored, sent, t0, group_views(plan, sent.accepted))
             result |= {
                 "drained": drained,
                 "drain_seconds_after_last_fault": round(drained_at - last_fault_end, 1),
@@ -447,11 +552,18 @@ def run(options: ChaosOptions, log: Callable[[str], None]) -> dict[str, Any]:
 
 def markdown(result: dict[str, Any]) -> str:
     figures = (
-        "accepted delivered failed lost sent_twice out_of_order stuck_pending failed_without_reason "
-        "failed_but_delivered sent_but_not_at_platform missing_from_history client_gave_up client_gave_up_but_stored "
-        "rejected"
+        "accepted group_messages recipients delivered failed lost sent_twice out_of_order stuck_pending "
+        "failed_without_reason failed_but_delivered sent_but_not_at_platform missing_from_history client_gave_up "
+        "client_gave_up_but_stored rejected"
     ).split()
-    lines = ["| figure | count |", "| --- | --- |", *(f"| {name} | {result[name]} |" for name in figures)]
+    lines = [
+        "Per recipient from `recipients` to `sent_but_not_at_platform` (a one-to-one message has one recipient, a "
+        "GROUP message one per customer of its group); messages otherwise.",
+        "",
+        "| figure | count |",
+        "| --- | --- |",
+        *(f"| {name} | {result[name]} |" for name in figures),
+    ]
     lines.append(f"| time to drain after the last fault | {result['drain_seconds_after_last_fault']} s |")
     lines += ["", "| fault | at s | until s | what happened |", "| --- | --- | --- | --- |"]
     lines += [f"| {f['name']} | {f['started']:.1f} | {f['ended']:.1f} | {f['detail']} |" for f in result["faults"]]
@@ -464,7 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     defaults = ChaosOptions()
     parser.add_argument("--messages", type=int, default=defaults.messages)
     parser.add_argument("--clients", type=int, default=defaults.clients)
-    parser.add_argument("--conversations", type=int, default=defaults.conversations)
+    parser.add_argument("--conversations", type=int, default=defaults.conversations, help="one-to-one ones")
+    parser.add_argument("--groups", type=int, default=defaults.groups, help="GROUP conversations besides")
+    parser.add_argument("--group-recipients", type=int, default=defaults.group_recipients)
     parser.add_argument("--faults", default=",".join(defaults.faults), help=f"in turn, of: {','.join(ALL_FAULTS)}")
     parser.add_argument("--down-seconds", type=float, default=defaults.down_seconds)
     parser.add_argument("--platform-fault-seconds", type=float, default=defaults.platform_fault_seconds)
@@ -482,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         messages=arguments.messages,
         clients=arguments.clients,
         conversations=arguments.conversations,
+        groups=arguments.groups,
+        group_recipients=arguments.group_recipients,
         faults=faults,
         down_seconds=arguments.down_seconds,
         platform_fault_seconds=arguments.platform_fault_seconds,

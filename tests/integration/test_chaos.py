@@ -2,8 +2,10 @@
 
 It runs `python -m bench.chaos` in a process of its own (a whole platform of its own, killed and restarted
 piece by piece) and checks the figures it prints: every 202 a stored message, every accepted message SENT or
-FAILED with a reason (nothing left PENDING), and at the WhatsApp-format server each delivered exactly once and
-in `sequence` order per conversation. The full run (10,000 messages) is `make chaos` (docs/RELIABILITY.md).
+FAILED with a reason for each of its recipients (nothing left PENDING), and at the WhatsApp-format server each
+delivered exactly once and in `sequence` order per conversation and recipient. Three of the conversations are
+GROUPs of an agent and four WhatsApp customers: their messages are checked per recipient (each delivery).
+The full run (10,000 messages) is `make chaos` (docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ SHORT_FORM = [
     "--rate", "6",
     "--clients", "4",
     "--conversations", "8",
+    "--groups", "3",
+    "--group-recipients", "4",
     "--down-seconds", "2",
     "--gap-seconds", "2",
     "--platform-fault-seconds", "5",
@@ -57,12 +61,15 @@ def test_every_accepted_message_is_stored_and_ends_sent_or_failed_with_a_reason(
         assert "not injected" not in detail and "none killed" not in detail, (name, detail)
     assert figures["drained"], figures
     assert figures["accepted"] == 300 and figures["client_gave_up"] == figures["rejected"] == 0, figures
-    assert figures["delivered"] + figures["failed"] == figures["accepted"], figures
+    # per recipient: a one-to-one message has one, a GROUP message one per customer of its group
+    assert figures["group_messages"] > 0, figures
+    assert figures["recipients"] == figures["accepted"] + 3 * figures["group_messages"], figures
+    assert figures["delivered"] + figures["failed"] == figures["recipients"], figures
     holes = ("lost", "stuck_pending", "failed_without_reason", "failed_but_delivered", "sent_but_not_at_platform")
     for hole in (*holes, "missing_from_history"):
         assert figures[hole] == 0, (hole, figures)
 
 
-def test_every_delivered_message_reached_the_platform_once_and_in_order(figures: dict[str, Any]) -> None:
+def test_every_recipient_got_each_delivered_message_once_and_in_order(figures: dict[str, Any]) -> None:
     assert figures["sent_twice"] == 0, figures["examples"]
     assert figures["out_of_order"] == 0, figures["examples"]
