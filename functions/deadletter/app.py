@@ -1,7 +1,8 @@
 """DeadLetter: settles what lands in the dead-letter queues, so that nothing stays there unseen.
 
 - a route record (route dead-letter queue, FIFO): its message, if still PENDING and never sent, becomes FAILED
-  with the reason and a MessageFailed event; a message settled already is left as it is;
+  with the reason and a MessageFailed event; a message settled already is left as it is; a lane record's (with
+  `user_id`) GROUP delivery likewise, with DeliveryStatusChanged and its message's aggregate;
 - a status report (status dead-letter queue): applied once more; when no message has its platform id it is
   logged and counted (StatusDeadLettersDropped) as dropped, with the reason.
 
@@ -50,7 +51,9 @@ def route_record(record: SQSRecord) -> None:
     reason_attribute = record.message_attributes[DEAD_LETTER_REASON_ATTRIBUTE]
     reason = dead_letter_reason(reason_attribute.string_value if reason_attribute else None)
     try:
-        settled = bootstrap.recovery_service().settle_dead_route(job.message_id, job.conversation_id, reason)
+        settled = bootstrap.recovery_service().settle_dead_route(
+            job.message_id, job.conversation_id, reason, user_id=job.user_id
+        )
     except DependencyUnavailableError:
         if _receives(record) < DEAD_LETTER_GIVE_UP_RECEIVES:
             raise
@@ -58,7 +61,10 @@ def route_record(record: SQSRecord) -> None:
         _count("RouteDeadLettersNotSettled")
         return
     _count("RouteDeadLettersSettled" if settled else "RouteDeadLettersAlreadySettled")
-    logger.info("route dead letter", extra={"message_id": job.message_id, "failed_now": settled, "reason": reason})
+    logger.info(
+        "route dead letter",
+        extra={"message_id": job.message_id, "user_id": job.user_id, "failed_now": settled, "reason": reason},
+    )
 
 
 def status_record(record: SQSRecord) -> None:

@@ -1,13 +1,15 @@
 """Route: delivers accepted messages to their platform, in conversation order.
 
-A job on the route queue means "this conversation has work"; the delivery service sends the conversation's
-PENDING messages in sequence order. There is no idempotency cache here: the message in MongoDB (its open
-attempt, its receipt, its status) is the authority on what was sent, and a cached outcome would only stand
-in the way of a redrive (docs/GUARANTEES.md).
+A job on the route queue means "this conversation has work" (the delivery service sends the conversation's
+PENDING messages in sequence order and fans GROUP messages out), or, with a `user_id`, "this recipient's lane has
+deliveries" (the service sends them in sequence order). The batch's jobs of different keys run concurrently.
+There is no idempotency cache here: the message in MongoDB (its open attempt, its receipt, its status) is the
+authority on what was sent, and a cached outcome would only stand in the way of a redrive (docs/GUARANTEES.md).
 """
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from chat4all import bootstrap
 from chat4all.consumers import consume_conversations
-from chat4all.domain.models import utcnow
+from chat4all.domain.models import MessageStatus, utcnow
 from chat4all.domain.wire import RouteJob
 from chat4all.observability import logger, metrics, tracer
 from chat4all.services import route_jobs
@@ -24,20 +26,32 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 settings = bootstrap.settings()
+# the batch's job keys run on threads of their own; Powertools' metrics are not made for that
+_metrics_lock = threading.Lock()
 
 
-def conversation_work(conversation_id: str, context: LambdaContext) -> float | None:
+def conversation_work(job: RouteJob, context: LambdaContext) -> float | None:
     lease_until = utcnow() + timedelta(milliseconds=context.get_remaining_time_in_millis())
-    progress = bootstrap.delivery_service().deliver_conversation(conversation_id, lease_until)
+    service = bootstrap.delivery_service()
+    if job.user_id is None:
+        progress = service.deliver_conversation(job.conversation_id, lease_until)
+    else:
+        progress = service.deliver_lane(job.conversation_id, job.user_id, lease_until)
     for outcome in progress.outcomes:
         if outcome.dead_letter:
-            job = RouteJob(message_id=outcome.message_id, conversation_id=conversation_id)
+            copy = RouteJob(message_id=outcome.message_id, conversation_id=job.conversation_id, user_id=outcome.user_id)
             try:
-                bootstrap.route_dead_letters().dead_letter(job, outcome.reason or "failed")
+                bootstrap.route_dead_letters().dead_letter(copy, outcome.reason or "failed")
             except Exception:  # the message is FAILED with its reason already; the copy is for operators
                 logger.exception("could not dead-letter", extra={"message_id": outcome.message_id})
-        metrics.add_metric(name=f"Messages{str(outcome.status).title()}", unit=MetricUnit.Count, value=1)
-        logger.info("routed", extra={"message_id": outcome.message_id, "status": str(outcome.status)})
+        kind = "Deliveries" if outcome.user_id else "Messages"
+        status = "FannedOut" if outcome.status is MessageStatus.PENDING else str(outcome.status).title()
+        with _metrics_lock:
+            metrics.add_metric(name=f"{kind}{status}", unit=MetricUnit.Count, value=1)
+        logger.info(
+            "routed",
+            extra={"message_id": outcome.message_id, "user_id": outcome.user_id, "status": str(outcome.status)},
+        )
     return progress.retry_after_seconds
 
 
@@ -48,7 +62,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     return dict(
         consume_conversations(
             event,
-            lambda conversation_id: conversation_work(conversation_id, context),
+            lambda job: conversation_work(job, context),
             queue_url=settings.require("route_queue_url"),
             visibility=bootstrap.sqs_visibility(),
             requeue=lambda job, key: route_jobs.refresh(job, key, bootstrap.outbound_queue()),

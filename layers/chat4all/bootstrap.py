@@ -194,6 +194,8 @@ def delivery_service() -> DeliveryService:
         channels(),
         connectors(),
         event_buffer(),
+        deliveries=MongoDeliveryStore(db),
+        queue=outbound_queue(),
         trouble_window=timedelta(seconds=settings().delivery_trouble_seconds),
     )
 
@@ -211,7 +213,7 @@ def sqs_visibility() -> SqsVisibility:
 @lru_cache
 def status_service() -> StatusService:
     db = mongo()
-    return StatusService(MongoMessageStore(db), event_buffer(), MongoConversationStore(db))
+    return StatusService(MongoMessageStore(db), event_buffer(), MongoConversationStore(db), MongoDeliveryStore(db))
 
 
 @lru_cache
@@ -222,6 +224,7 @@ def recovery_service() -> RecoveryService:
         status_service(),
         event_buffer(),
         pending_after_seconds=settings().sweep_pending_after_seconds,
+        deliveries=MongoDeliveryStore(mongo()),
     )
 
 

@@ -4,8 +4,10 @@ Powertools reports partial batch failures; on top of that, every failed record i
 after a back-off, instead of after the queue's full visibility timeout. For FIFO queues the records
 skipped behind a failure in the same group get the same delay, so the group resumes in order.
 
-The route queue is consumed per conversation (`consume_conversations`): a record only says "this
-conversation has work", the order comes from the messages' sequences in MongoDB.
+The route queue is consumed per job key (`consume_conversations`): a record only says "this conversation has
+work" (or "this recipient's lane of a GROUP conversation has deliveries"), the order comes from the sequences in
+MongoDB. The keys of one batch (at most 10) are worked concurrently, each by one thread, so one recipient's slow
+platform call never holds back another's within an invocation.
 
 A batch is one unit of work for events: both consumers take the EventBuffer and publish what the batch
 collected when it ends, however it ends (services/notifications.py); no handler has to remember it.
@@ -13,6 +15,7 @@ collected when it ends, however it ends (services/notifications.py); no handler 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.utilities.batch import (
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
     from chat4all.services.notifications import EventBuffer
 
 MAX_RETRY_DELAY_SECONDS = 60
+# job keys of one route batch worked at once (a batch holds at most 10 records)
+MAX_CONCURRENT_KEYS = 10
 
 
 def consume_batch(
@@ -96,18 +101,19 @@ def _group_of(record: dict[str, Any]) -> str:
 
 def consume_conversations(
     event: dict[str, Any],
-    work: Callable[[str], float | None],
+    work: Callable[[RouteJob], float | None],
     *,
     queue_url: str,
     visibility: SqsVisibility,
     requeue: Callable[[RouteJob, str], None],
     events: EventBuffer,
 ) -> PartialItemFailureResponse:
-    """Run `work(conversation_id)` once per conversation in the batch, as one unit of work for `events`.
+    """Run `work(job)` once per job key in the batch (a conversation, or a conversation's lane: `RouteJob.group_id`)
+    with the key's first job, the keys concurrently (one thread each), as one unit of work for `events`.
 
-    `work` returns None when the conversation has nothing left to send, else the seconds after which it has
-    work again. Then the conversation's first record stays (made visible again after that delay) and its other
-    records are acknowledged: one job per waiting conversation is enough. An exception from `work` is a
+    `work` returns None when the key has nothing left to send, else the seconds after which it has
+    work again. Then the key's first record stays (made visible again after that delay) and its other
+    records are acknowledged: one job per waiting conversation or lane is enough. An exception from `work` is a
     retry with back-off by the record's receive count. `requeue(job, dedupe_key)`
     replaces a job that was received REFRESH_AFTER_RECEIVES times (the route-job protocol's step 4,
     chat4all.services.route_jobs.refresh).
@@ -118,7 +124,7 @@ def consume_conversations(
 
 def _consume_conversations(
     event: dict[str, Any],
-    work: Callable[[str], float | None],
+    work: Callable[[RouteJob], float | None],
     *,
     queue_url: str,
     visibility: SqsVisibility,
@@ -129,18 +135,28 @@ def _consume_conversations(
     for record in event.get("Records", []):
         try:
             job = RouteJob.parse(record["body"])
-            jobs.setdefault(job.conversation_id, []).append((record, job))
+            jobs.setdefault(job.group_id, []).append((record, job))
         except (ValidationError, KeyError, TypeError):
             logger.error("not a route job; left to the dead-letter queue", extra={"body": str(record["body"])[:500]})
             failures.append(record["messageId"])
-    for conversation_id, records in jobs.items():
+
+    def run(key: str) -> float | None:
+        first, first_job = jobs[key][0]
+        try:
+            return work(first_job)
+        except Exception:
+            logger.exception("route work failed", extra={"job": key})
+            return float(retry_delay(_receive_count(first)))
+
+    if len(jobs) > 1:
+        with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_CONCURRENT_KEYS)) as pool:
+            delays = dict(zip(jobs, pool.map(run, jobs), strict=True))
+    else:
+        delays = {key: run(key) for key in jobs}
+    for key, records in jobs.items():
         first, first_job = records[0]
         receives = _receive_count(first)
-        try:
-            delay = work(conversation_id)
-        except Exception:
-            logger.exception("conversation work failed", extra={"conversation_id": conversation_id})
-            delay = float(retry_delay(receives))
+        delay = delays[key]
         if delay is None:
             continue
         if receives >= REFRESH_AFTER_RECEIVES:

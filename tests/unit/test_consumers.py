@@ -1,23 +1,22 @@
-"""The route queue consumed per conversation: one job kept per waiting conversation, fresh jobs long before
-SQS's own redrive, back-off by receive count."""
+"""The route queue consumed per job key (a conversation, or a GROUP recipient's lane): one job kept per waiting
+key, the keys of a batch worked concurrently, fresh jobs long before SQS's own redrive, back-off by receive
+count."""
 
 from __future__ import annotations
 
-import json
+import threading
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 from chat4all.consumers import REFRESH_AFTER_RECEIVES, consume_batch, consume_conversations, retry_delay
 from chat4all.domain.models import DomainEvent
+from chat4all.domain.wire import RouteJob
 from chat4all.services.notifications import EventBuffer
 from devstack.template import load_template
 from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
-
-if TYPE_CHECKING:
-    from chat4all.domain.wire import RouteJob
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,13 +33,14 @@ def unit_of_work(bus: InMemoryEventPublisher | None = None) -> EventBuffer:
     return EventBuffer(bus or InMemoryEventPublisher(), InMemoryEventOutbox())
 
 
-def record(conversation_id: str, message_id: str, receives: int = 1) -> dict[str, Any]:
+def record(conversation_id: str, message_id: str, receives: int = 1, user_id: str | None = None) -> dict[str, Any]:
     sqs_id = str(uuid.uuid4())
+    job = RouteJob(message_id=message_id, conversation_id=conversation_id, user_id=user_id)
     return {
         "messageId": sqs_id,
         "receiptHandle": f"handle-{sqs_id}",
-        "body": json.dumps({"message_id": message_id, "conversation_id": conversation_id}),
-        "attributes": {"ApproximateReceiveCount": str(receives), "MessageGroupId": conversation_id},
+        "body": job.body(),
+        "attributes": {"ApproximateReceiveCount": str(receives), "MessageGroupId": job.group_id},
     }
 
 
@@ -52,11 +52,11 @@ def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> 
     bad = {**record("d", "d1"), "body": "not json"}
     worked: list[str] = []
 
-    def work(conversation_id: str) -> float | None:
-        worked.append(conversation_id)
-        if conversation_id == "c":
+    def work(job: RouteJob) -> float | None:
+        worked.append(job.conversation_id)
+        if job.conversation_id == "c":
             raise RuntimeError("MongoDB is unavailable")
-        return {"a": 2.5, "b": None}[conversation_id]
+        return {"a": 2.5, "b": None}[job.conversation_id]
 
     visibility = Visibility()
     requeued: list[tuple[RouteJob, str]] = []
@@ -68,8 +68,8 @@ def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> 
         requeue=lambda *job: requeued.append(job),
         events=unit_of_work(),
     )
-    # THEN each conversation was worked once
-    assert worked == ["a", "b", "c"]
+    # THEN each conversation was worked once (the conversations at once: in any order)
+    assert sorted(worked) == ["a", "b", "c"]
     # AND the waiting one keeps its first job only, back after its wait; the failing one backs off by its
     # receive count; the bad record stays for the dead-letter queue; everything else is acknowledged
     failed = [item["itemIdentifier"] for item in result["batchItemFailures"]]
@@ -78,13 +78,41 @@ def test_each_conversation_is_worked_once_and_keeps_one_job_while_it_waits() -> 
     assert requeued == []
 
 
+def test_the_lanes_of_a_batch_are_worked_at_once_each_with_its_own_first_job() -> None:
+    # GIVEN a batch with a conversation's job and two of its recipients' lanes (one of them twice)
+    batch = [record("g", "m1"), record("g", "m1", user_id="u1"), record("g", "m2", user_id="u1")]
+    batch.append(record("g", "m1", user_id="u2"))
+    all_in = threading.Barrier(3, timeout=5)  # each key's work waits until the three are running together
+    worked: list[RouteJob] = []
+
+    def work(job: RouteJob) -> float | None:
+        worked.append(job)
+        all_in.wait()
+        return 4.0 if job.user_id == "u1" else None
+
+    visibility = Visibility()
+    result = consume_conversations(
+        {"Records": batch},
+        work,
+        queue_url="q",
+        visibility=visibility,  # type: ignore[arg-type]
+        requeue=print,
+        events=unit_of_work(),
+    )
+    # THEN each key was worked once, with its first job, and all three at the same time (the barrier let them)
+    assert sorted((j.user_id or "", j.message_id) for j in worked) == [("", "m1"), ("u1", "m1"), ("u2", "m1")]
+    # AND the waiting lane keeps its first job only
+    assert [item["itemIdentifier"] for item in result["batchItemFailures"]] == [batch[1]["messageId"]]
+    assert visibility.postponed == [(batch[1]["receiptHandle"], 4)]
+
+
 def test_a_job_received_many_times_is_replaced_by_a_fresh_one() -> None:
     old = record("a", "a1", receives=REFRESH_AFTER_RECEIVES)
     visibility = Visibility()
     requeued: list[tuple[RouteJob, str]] = []
     result = consume_conversations(
         {"Records": [old]},
-        lambda conversation_id: 5.0,
+        lambda job: 5.0,
         queue_url="q",
         visibility=visibility,  # type: ignore[arg-type]
         requeue=lambda *job: requeued.append(job),
@@ -120,15 +148,15 @@ def test_a_batch_publishes_the_events_it_collected_as_it_ends_also_when_its_work
     bus = InMemoryEventPublisher()
     events = unit_of_work(bus)
 
-    def work(conversation_id: str) -> float | None:
-        events.publish_many([DomainEvent("MessageSent", {"conversation": conversation_id})])
-        if conversation_id == "b":
+    def work(job: RouteJob) -> float | None:
+        events.publish_many([DomainEvent("MessageSent", {"conversation": job.conversation_id})])
+        if job.conversation_id == "b":
             raise RuntimeError("MongoDB is unavailable")
         return None
 
     batch = {"Records": [record("a", "a1"), record("b", "b1")]}
     consume_conversations(batch, work, queue_url="q", visibility=Visibility(), requeue=print, events=events)  # type: ignore[arg-type]
-    assert [detail["conversation"] for _, _, detail in bus.events] == ["a", "b"]
+    assert sorted(detail["conversation"] for _, _, detail in bus.events) == ["a", "b"]
 
     def handler(sqs_record: Any) -> None:
         events.publish_many([DomainEvent("MessageStatusChanged", {"conversation": sqs_record.message_id})])

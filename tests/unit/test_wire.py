@@ -125,8 +125,8 @@ class RecordingRecovery:
         self.routes: list[tuple[str, str, str]] = []
         self.reports: list[StatusReport] = []
 
-    def settle_dead_route(self, message_id: str, conversation_id: str, reason: str) -> bool:
-        self.routes.append((message_id, conversation_id, reason))
+    def settle_dead_route(self, message_id: str, conversation_id: str, reason: str, user_id: str | None = None) -> bool:
+        self.routes.append((message_id, conversation_id, reason) if user_id is None else (message_id, user_id, reason))
         return True
 
     def settle_dead_status(self, report: StatusReport) -> Any:
@@ -150,29 +150,39 @@ def test_every_route_job_producer_is_read_by_route_and_by_the_dead_letter_consum
     SqsOutboundQueue(aws, QUEUE).enqueue("m1", "c1")  # type: ignore[arg-type]  # ingest, and route's refresh
     SqsOutboundQueue(aws, QUEUE).requeue([PendingJob("m2", "c2", 1)], "round")  # type: ignore[arg-type]  # sweeper
     SqsDeadLetterQueue(aws, QUEUE).dead_letter(RouteJob(message_id="m3", conversation_id="c3"), "gave up")  # type: ignore[arg-type]
+    # GROUP lanes: fan-out's lane jobs, the sweeper's, route's copy of a delivery it gave up on
+    lanes = SqsOutboundQueue(aws, QUEUE)  # type: ignore[arg-type]
+    assert lanes.enqueue_lanes([RouteJob(message_id="m4", conversation_id="c4", user_id="u4")]) == []
+    lanes.requeue([PendingJob("m5", "c5", 1, "u5")], "round")
+    lane_copy = RouteJob(message_id="m6", conversation_id="c6", user_id="u6")
+    SqsDeadLetterQueue(aws, QUEUE).dead_letter(lane_copy, "gave up")  # type: ignore[arg-type]
     records = aws.sqs_records()
-    assert [r["attributes"]["MessageGroupId"] for r in records] == ["c1", "c3", "c2"]
+    assert sorted(r["attributes"]["MessageGroupId"] for r in records) == ["c1", "c2", "c3", "c4:u4", "c5:u5", "c6:u6"]
 
-    worked: list[str] = []
+    worked: list[tuple[str, str | None]] = []
     answer = consume_conversations(
         {"Records": records},
-        worked.append,
+        lambda job: worked.append((job.conversation_id, job.user_id)),
         queue_url=QUEUE,
         visibility=None,  # type: ignore[arg-type]  # nothing waits
         requeue=lambda *_: None,
         events=EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()),
     )
     assert answer == {"batchItemFailures": []}
-    assert worked == ["c1", "c3", "c2"]
+    assert sorted(worked) == [("c1", None), ("c2", None), ("c3", None), ("c4", "u4"), ("c5", "u5"), ("c6", "u6")]
 
     recovery = RecordingRecovery()
     monkeypatch.setattr(bootstrap, "recovery_service", lambda: recovery)
     for record in records:
         functions["deadletter"].route_record(SQSRecord(record))
-    assert recovery.routes == [
-        ("m1", "c1", "dead-lettered: the route queue's receive limit was reached before the message was delivered"),
+    limit = "dead-lettered: the route queue's receive limit was reached before the message was delivered"
+    assert sorted(recovery.routes) == [
+        ("m1", "c1", limit),
+        ("m2", "c2", limit),
         ("m3", "c3", "dead-lettered: gave up"),
-        ("m2", "c2", "dead-lettered: the route queue's receive limit was reached before the message was delivered"),
+        ("m4", "u4", limit),
+        ("m5", "u5", limit),
+        ("m6", "u6", "dead-lettered: gave up"),
     ]
 
 

@@ -1,14 +1,23 @@
 """Delivering accepted messages to their platform: in sequence order, one platform call per message or FAILED.
 
-The route queue's records only say "this conversation has work". Each run sends the conversation's
-lowest-sequence PENDING message, then the next, so the queue's order (and any retry, redrive or re-enqueue)
-cannot reorder what reaches the platform. Every platform call is recorded as an open attempt (journaled)
-before it is made and closed with its outcome after; a run that finds an attempt open past its lease never
-sends again: it settles the message FAILED, "outcome unknown". docs/GUARANTEES.md has the whole model.
+The route queue's records only say "this conversation has work" (or "this recipient of this GROUP conversation
+has deliveries to send": a lane job). Each run sends the conversation's lowest-sequence PENDING message, then
+the next, so the queue's order (and any retry, redrive or re-enqueue) cannot reorder what reaches the platform.
+Every platform call is recorded as an open attempt (journaled) before it is made and closed with its outcome
+after; a run that finds an attempt open past its lease never sends again: it settles the message FAILED,
+"outcome unknown". docs/GUARANTEES.md has the whole model.
+
+A GROUP message is not sent by its conversation's run: the run *fans it out* (one `Delivery` per recipient, each
+with its own route, in one write; route_jobs steps 7-8 give each recipient's lane a job) and goes on. Each
+lane's run sends its PENDING deliveries lowest sequence first with the very protocol of a one-to-one message
+(`_Subject`: the same claim, call, receipt, retries and settlement, on the delivery), and after each move of a
+delivery the message's status is recomputed as their aggregate (chat4all.services.statuses.advance_group_message).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -23,21 +32,39 @@ from chat4all.domain.errors import (
     DependencyUnavailableError,
     UndeliverableError,
 )
-from chat4all.domain.models import MessageStatus, OutboundMessage, StatusEntry, utcnow
+from chat4all.domain.models import (
+    ConversationType,
+    Delivery,
+    MessageStatus,
+    OutboundMessage,
+    StatusEntry,
+    utcnow,
+)
 from chat4all.services import route_jobs
-from chat4all.services.notifications import collect, message_event
+from chat4all.services.notifications import collect, delivery_event, message_event
+from chat4all.services.statuses import advance_group_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
     from datetime import datetime
 
-    from chat4all.domain.models import ChannelConfig, Conversation, Message, Platform, ProviderReceipt
+    from chat4all.domain.models import (
+        ChannelConfig,
+        Conversation,
+        DeliveryAttempt,
+        ExternalIdentity,
+        Message,
+        Platform,
+        ProviderReceipt,
+    )
     from chat4all.ports import (
         ChannelConnector,
         ChannelRepository,
         ConversationStore,
+        DeliveryStore,
         EventPublisher,
         MessageStore,
+        OutboundQueue,
         UserRepository,
     )
 
@@ -68,6 +95,8 @@ class DeliveryOutcome:
     dead_letter: bool = False
     reason: str | None = None
     conversation_id: str | None = None
+    # a GROUP delivery's recipient (its dead-letter copy is a lane job)
+    user_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,8 +107,167 @@ class ConversationProgress:
     retry_after_seconds: float | None = None
 
 
+class _Subject:
+    """What the one-to-one protocol moves: a message (`_MessageSubject`) or a GROUP delivery
+    (`_DeliverySubject`). Each claim, receipt, retry and settlement is the store's conditional write on it, with
+    the events that report it kept in the same write and collected for the unit of work."""
+
+    message: Message
+    platform: Platform
+    attempts: int
+    in_flight: DeliveryAttempt | None
+    retry_at: datetime | None
+    troubled_since: datetime | None
+    troubles: int
+    name: str  # for logs
+
+    def begin(self, started: datetime, lease_until: datetime) -> int | None:
+        raise NotImplementedError
+
+    def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        raise NotImplementedError
+
+    def end_attempt(self, attempt: int, retry_at: datetime, error: str) -> bool:
+        raise NotImplementedError
+
+    def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
+        raise NotImplementedError
+
+    def settle_failed(self, entry: StatusEntry, attempt: int | None) -> bool:
+        raise NotImplementedError
+
+    def outcome(
+        self,
+        status: MessageStatus,
+        platform_message_id: str | None = None,
+        *,
+        dead_letter: bool = False,
+        reason: str | None = None,
+    ) -> DeliveryOutcome:
+        return DeliveryOutcome(
+            self.message.message_id,
+            status,
+            platform_message_id,
+            dead_letter=dead_letter,
+            reason=reason,
+            conversation_id=self.message.conversation_id,
+        )
+
+
+class _MessageSubject(_Subject):
+    def __init__(self, service: DeliveryService, message: Message) -> None:
+        self.service = service
+        self.message = message
+        self.platform = message.channel
+        self.attempts = message.attempts
+        self.in_flight = message.in_flight
+        self.retry_at = message.retry_at
+        self.troubled_since = message.troubled_since
+        self.troubles = message.troubles
+        self.name = f"message {message.message_id}"
+
+    def begin(self, started: datetime, lease_until: datetime) -> int | None:
+        return self.service.messages.begin_attempt(self.message, started, lease_until)
+
+    def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        event = message_event(
+            "MessageSent", self.message, MessageStatus.SENT, at=entry.at, platform_message_id=platform_message_id
+        )
+        recorded = self.service.messages.record_sent(
+            self.message.message_id, attempt, entry, platform_message_id, events=[event]
+        )
+        if recorded:
+            collect(self.service.events, event)
+        return recorded
+
+    def end_attempt(self, attempt: int, retry_at: datetime, error: str) -> bool:
+        return self.service.messages.end_attempt(self.message.message_id, attempt, retry_at, error)
+
+    def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
+        self.service.messages.postpone(self.message.message_id, retry_at, since, error)
+
+    def settle_failed(self, entry: StatusEntry, attempt: int | None) -> bool:
+        reason = (entry.detail or "")[:1000]
+        event = message_event("MessageFailed", self.message, MessageStatus.FAILED, at=entry.at, reason=reason)
+        settled = self.service.messages.settle_failed(self.message.message_id, entry, attempt=attempt, events=[event])
+        if settled:
+            collect(self.service.events, event)
+        return settled
+
+
+class _DeliverySubject(_Subject):
+    """A GROUP delivery: its moves keep DeliveryStatusChanged on it, then move the message's aggregate."""
+
+    def __init__(self, service: DeliveryService, delivery: Delivery, message: Message) -> None:
+        assert service.deliveries is not None
+        self.service = service
+        self.store: DeliveryStore = service.deliveries
+        self.delivery = delivery
+        self.message = message
+        self.platform = delivery.platform or message.channel
+        self.attempts = delivery.attempts
+        self.in_flight = delivery.in_flight
+        self.retry_at = delivery.retry_at
+        self.troubled_since = delivery.troubled_since
+        self.troubles = delivery.troubles
+        self.name = f"delivery {delivery.delivery_id}"
+
+    def begin(self, started: datetime, lease_until: datetime) -> int | None:
+        return self.store.begin_attempt(self.delivery, started, lease_until)
+
+    def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
+        event = delivery_event(
+            self.delivery, self.message, MessageStatus.SENT, at=entry.at, platform_message_id=platform_message_id
+        )
+        recorded = self.store.record_sent(
+            self.delivery.delivery_id, attempt, entry, platform_message_id, events=[event]
+        )
+        if recorded:
+            collect(self.service.events, event)
+            self._aggregate()
+        return recorded
+
+    def end_attempt(self, attempt: int, retry_at: datetime, error: str) -> bool:
+        return self.store.end_attempt(self.delivery.delivery_id, attempt, retry_at, error)
+
+    def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
+        self.store.postpone(self.delivery.delivery_id, retry_at, since, error)
+
+    def settle_failed(self, entry: StatusEntry, attempt: int | None) -> bool:
+        reason = (entry.detail or "")[:1000]
+        event = delivery_event(self.delivery, self.message, MessageStatus.FAILED, at=entry.at, reason=reason)
+        settled = self.store.settle_failed(self.delivery.delivery_id, entry, attempt=attempt, events=[event])
+        if settled:
+            collect(self.service.events, event)
+            self._aggregate()
+        return settled
+
+    def _aggregate(self) -> None:
+        advance_group_message(
+            self.message, self.service.messages, self.store, self.service.events, self.service.clock()
+        )
+
+    def outcome(
+        self,
+        status: MessageStatus,
+        platform_message_id: str | None = None,
+        *,
+        dead_letter: bool = False,
+        reason: str | None = None,
+    ) -> DeliveryOutcome:
+        return dataclasses.replace(
+            super().outcome(status, platform_message_id, dead_letter=dead_letter, reason=reason),
+            user_id=self.delivery.user_id,
+        )
+
+
+# what a recipient's route is: the channel's platform, the channel and the recipient's id there; or why none
+type _Route = tuple[Platform, str, str] | str
+
+
 class DeliveryService:
-    """Sends a conversation's PENDING messages in sequence order, each with at most one platform call."""
+    """Sends a conversation's PENDING messages in sequence order, each with at most one platform call; fans a
+    GROUP message out into deliveries, and sends each recipient's lane of deliveries the same way."""
 
     def __init__(
         self,
@@ -90,6 +278,8 @@ class DeliveryService:
         connectors: Mapping[Platform, ChannelConnector],
         events: EventPublisher,
         *,
+        deliveries: DeliveryStore | None = None,
+        queue: OutboundQueue | None = None,
         trouble_window: timedelta = DEFAULT_TROUBLE_WINDOW,
         send_margin: timedelta = SEND_MARGIN,
         clock: Callable[[], datetime] = utcnow,
@@ -101,13 +291,18 @@ class DeliveryService:
         self.channels = channels
         self.connectors = connectors
         self.events = events
+        self.deliveries = deliveries
+        self.queue = queue
         self.trouble_window = trouble_window
         self.send_margin = send_margin
         self.clock = clock
         self.sleep = sleep
 
+    # ------------------------------------------------------------------ a conversation's run
+
     def deliver_conversation(self, conversation_id: str, lease_until: datetime) -> ConversationProgress:
-        """Send the conversation's unsettled messages in order until none is left or one has to wait.
+        """Send the conversation's unsettled messages in order until none is left or one has to wait; fan each
+        GROUP message out to its recipients' lanes.
 
         `lease_until` is when the calling invocation ends at the latest (Lambda's deadline): no platform call
         is started that could outlive it, and the attempts it opens are others' to settle after it.
@@ -116,6 +311,7 @@ class DeliveryService:
         """
         outcomes: list[DeliveryOutcome] = []
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]] = {}  # what this run looked up already
+        channels: dict[tuple[Platform, str | None], ChannelConfig | str] = {}
         announced: set[str] = set()
         conversation = self.conversations.get_conversation(conversation_id)
         # the route-job protocol's step 3: the PENDING messages in order, then the conversation unmarked
@@ -124,112 +320,120 @@ class DeliveryService:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
                 collect(self.events, *message.unpublished_events)
-            now = self.clock()
-            attempt = message.in_flight
-            if attempt is not None:
-                if attempt.lease_until > now:
-                    # another invocation is calling the platform for it right now
-                    wait = (attempt.lease_until - now).total_seconds() + LEASE_GRACE_SECONDS
-                    return ConversationProgress(outcomes, wait)
-                outcomes.append(self._outcome_unknown(message))
-                continue
-            if message.retry_at is not None and message.retry_at > now:
-                return ConversationProgress(outcomes, (message.retry_at - now).total_seconds())
-            if now + self.send_margin > lease_until:
-                return ConversationProgress(outcomes, 0)
-            step = self._deliver(message, conversation, lease_until, routes)
+            subject = _MessageSubject(self, message)
+            if _is_group(message, conversation):
+                step = self._step(
+                    subject, lease_until, functools.partial(self._fan_out, subject, conversation, channels)
+                )
+            else:
+                step = self._step(
+                    subject, lease_until, functools.partial(self._deliver, subject, conversation, lease_until, routes)
+                )
             if not isinstance(step, DeliveryOutcome):
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)
         return ConversationProgress(outcomes)
 
+    def _step(
+        self, subject: _Subject, lease_until: datetime, act: Callable[[], DeliveryOutcome | float]
+    ) -> DeliveryOutcome | float:
+        """The checks before a message or delivery is worked on: an attempt open elsewhere (wait for its lease,
+        then "outcome unknown"), a back-off, the invocation's time; then `act`."""
+        now = self.clock()
+        attempt = subject.in_flight
+        if attempt is not None:
+            if attempt.lease_until > now:
+                # another invocation is calling the platform for it right now
+                return (attempt.lease_until - now).total_seconds() + LEASE_GRACE_SECONDS
+            return self._outcome_unknown(subject)
+        if subject.retry_at is not None and subject.retry_at > now:
+            return (subject.retry_at - now).total_seconds()
+        if now + self.send_margin > lease_until:
+            return 0
+        return act()
+
     def _deliver(
         self,
-        message: Message,
+        subject: _Subject,
         conversation: Conversation | None,
         lease_until: datetime,
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]],
     ) -> DeliveryOutcome | float:
-        """One message: its outcome, or the seconds after which it can be tried again."""
+        """One one-to-one message: its outcome, or the seconds after which it can be tried again."""
         try:
-            channel, outbound = self._prepare(message, conversation, routes)
+            channel, outbound = self._prepare(subject.message, conversation, routes)
         except UndeliverableError as exc:
-            return self._fail(message, exc.detail)
+            return self._fail(subject, exc.detail)
         except DependencyUnavailableError as exc:
-            return self._troubled(message, exc.detail)
+            return self._troubled(subject, exc.detail)
+        return self._claim_and_call(subject, channel, outbound, lease_until)
+
+    def _claim_and_call(
+        self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, lease_until: datetime
+    ) -> DeliveryOutcome | float:
         started = self.clock()
-        attempt = self.messages.begin_attempt(message, started, lease_until)
+        attempt = subject.begin(started, lease_until)
         if attempt is None:  # another invocation claimed it a moment ago
             return LEASE_GRACE_SECONDS
         # from here on, an exception leaves the attempt open: a later run settles it, it never sends again
-        return self._call(message, channel, outbound, attempt)
+        return self._call(subject, channel, outbound, attempt)
 
     def _call(
-        self, message: Message, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
+        self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
     ) -> DeliveryOutcome | float:
         try:
-            receipt = self.connectors[message.channel].send(channel.credentials, outbound)
+            receipt = self.connectors[subject.platform].send(channel.credentials, outbound)
         except ChannelRejectedError as exc:
-            return self._fail(message, exc.detail, attempt=attempt)
+            return self._fail(subject, exc.detail, attempt=attempt)
         except ChannelOutcomeUnknownError as exc:
-            return self._fail(message, f"outcome unknown: {exc.detail}; not sent again, to never send twice", attempt)
+            return self._fail(subject, f"outcome unknown: {exc.detail}; not sent again, to never send twice", attempt)
         except ChannelRetryableError as exc:
-            return self._retry_or_fail(message, attempt, exc)
-        return self._record_sent(message, attempt, receipt)
+            return self._retry_or_fail(subject, attempt, exc)
+        return self._record_sent(subject, attempt, receipt)
 
-    def _retry_or_fail(self, message: Message, attempt: int, exc: ChannelRetryableError) -> DeliveryOutcome | float:
+    def _retry_or_fail(self, subject: _Subject, attempt: int, exc: ChannelRetryableError) -> DeliveryOutcome | float:
         """The platform refused for now (429, 5xx, unreachable): another attempt after a back-off, up to three."""
         if attempt >= MAX_ATTEMPTS:
-            return self._fail(message, f"gave up after {attempt} attempts: {exc.detail}", attempt, True)
+            return self._fail(subject, f"gave up after {attempt} attempts: {exc.detail}", attempt, True)
         delay = backoff_seconds(attempt)
-        self.messages.end_attempt(message.message_id, attempt, self.clock() + timedelta(seconds=delay), exc.detail)
+        subject.end_attempt(attempt, self.clock() + timedelta(seconds=delay), exc.detail)
         return float(delay)
 
-    def _record_sent(self, message: Message, attempt: int, receipt: ProviderReceipt) -> DeliveryOutcome:
+    def _record_sent(self, subject: _Subject, attempt: int, receipt: ProviderReceipt) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.SENT, self.clock())
-        event = message_event(
-            "MessageSent", message, MessageStatus.SENT, at=entry.at, platform_message_id=receipt.platform_message_id
-        )
-        recorded = False
         for pause in (*RECORD_PAUSES_SECONDS, None):
             try:
-                recorded = self.messages.record_sent(
-                    message.message_id, attempt, entry, receipt.platform_message_id, events=[event]
-                )
+                subject.record_sent(attempt, entry, receipt.platform_message_id)
                 break
             except DependencyUnavailableError:
                 if pause is None:
                     logger.error(
-                        "message %s was sent as %s but the receipt could not be recorded",
-                        message.message_id,
+                        "%s was sent as %s but the receipt could not be recorded",
+                        subject.name,
                         receipt.platform_message_id,
                     )
                     raise
                 self.sleep(pause)
-        if recorded:
-            collect(self.events, event)
-        return DeliveryOutcome(
-            message.message_id, MessageStatus.SENT, receipt.platform_message_id, conversation_id=message.conversation_id
-        )
+        return subject.outcome(MessageStatus.SENT, receipt.platform_message_id)
 
-    def _outcome_unknown(self, message: Message) -> DeliveryOutcome:
-        attempt = message.in_flight
+    def _outcome_unknown(self, subject: _Subject) -> DeliveryOutcome:
+        attempt = subject.in_flight
         assert attempt is not None
         reason = (
             f"outcome unknown: platform call {attempt.number} started at {attempt.started_at.isoformat()} and "
             "its invocation ended before the answer was recorded; it was not sent again, to never send twice"
         )
-        return self._fail(message, reason, attempt=attempt.number)
+        return self._fail(subject, reason, attempt=attempt.number)
 
-    def _troubled(self, message: Message, detail: str) -> DeliveryOutcome | float:
+    def _troubled(self, subject: _Subject, detail: str) -> DeliveryOutcome | float:
         now = self.clock()
-        since = message.troubled_since or now
+        since = subject.troubled_since or now
         if now - since >= self.trouble_window:
             waited = int((now - since).total_seconds())
-            return self._fail(message, f"gave up after {waited} s of unavailable dependencies: {detail}")
-        delay = backoff_seconds(message.troubles + 1)
-        self.messages.postpone(message.message_id, now + timedelta(seconds=delay), since, detail)
-        logger.warning("message %s waits %s s: %s", message.message_id, delay, detail)
+            return self._fail(subject, f"gave up after {waited} s of unavailable dependencies: {detail}")
+        delay = backoff_seconds(subject.troubles + 1)
+        subject.postpone(now + timedelta(seconds=delay), since, detail)
+        logger.warning("%s waits %s s: %s", subject.name, delay, detail)
         return float(delay)
 
     def _prepare(
@@ -254,7 +458,7 @@ class DeliveryService:
             raise UndeliverableError(f"conversation {message.conversation_id} does not exist")
         recipients = [p.user_id for p in conversation.participants if p.user_id != message.sender_id]
         if len(recipients) != 1:
-            raise UndeliverableError("only one-to-one conversations can be delivered so far")
+            raise UndeliverableError(f"a one-to-one message needs one recipient ({len(recipients)} found)")
         identity = self.users.identity_of(recipients[0], message.channel)
         if identity is None:
             raise UndeliverableError(f"recipient {recipients[0]} has no {message.channel} identity")
@@ -285,17 +489,199 @@ class DeliveryService:
         return channel
 
     def _fail(
-        self, message: Message, reason: str, attempt: int | None = None, dead_letter: bool = False
+        self, subject: _Subject, reason: str, attempt: int | None = None, dead_letter: bool = False
     ) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.FAILED, self.clock(), reason)
-        event = message_event("MessageFailed", message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
-        if self.messages.settle_failed(message.message_id, entry, attempt=attempt, events=[event]):
-            logger.warning("message %s failed: %s", message.message_id, reason)
-            collect(self.events, event)
-        return DeliveryOutcome(
+        if subject.settle_failed(entry, attempt):
+            logger.warning("%s failed: %s", subject.name, reason)
+        return subject.outcome(MessageStatus.FAILED, dead_letter=dead_letter, reason=reason)
+
+    # ------------------------------------------------------------------ GROUP: the fan-out
+
+    def _fan_out(
+        self,
+        subject: _MessageSubject,
+        conversation: Conversation | None,
+        channels: dict[tuple[Platform, str | None], ChannelConfig | str],
+    ) -> DeliveryOutcome | float:
+        """A GROUP message becomes one delivery per recipient (each with its route, or FAILED with why none),
+        its recipients' lanes get their jobs (route_jobs steps 7-8), and it leaves its conversation's run.
+
+        Every write is idempotent, so a fan-out that died half way is done again by the next run: the deliveries
+        stored are kept as they are, the lanes are bumped and marked again, a lane job again is harmless."""
+        message = subject.message
+        recipients = _recipients(message, conversation)
+        unsendable = _unsendable(message, conversation, recipients)
+        if self.deliveries is None or self.queue is None:
+            unsendable = "GROUP deliveries are not configured in this function"
+        if unsendable is not None or conversation is None or self.deliveries is None or self.queue is None:
+            return self._fail(subject, unsendable or "GROUP deliveries are not configured in this function")
+        try:
+            routes = self._recipient_routes(recipients, conversation, channels)
+        except DependencyUnavailableError as exc:
+            return self._troubled(subject, exc.detail)
+        now = self.clock()
+        deliveries = [self._new_delivery(message, user_id, routes[user_id], now) for user_id in recipients]
+        self.deliveries.add_deliveries(deliveries)
+        sending = [d.user_id for d in deliveries if d.status is MessageStatus.PENDING]
+        if not route_jobs.open_lanes(message, sending, self.deliveries, self.queue, now):
+            # a lane job that could not be enqueued: the message stays in its conversation's run, done again
+            return self._troubled(subject, "SQS refused lane jobs")
+        self.messages.mark_fanned_out(message.message_id)
+        failed = [e for d in deliveries for e in d.unpublished_events]
+        if failed:
+            collect(self.events, *failed)
+            advance_group_message(message, self.messages, self.deliveries, self.events, now)
+        return subject.outcome(MessageStatus.PENDING)
+
+    def _new_delivery(self, message: Message, user_id: str, route: _Route, now: datetime) -> Delivery:
+        pending = StatusEntry(MessageStatus.PENDING, message.created_at)
+        if isinstance(route, str):
+            delivery = Delivery(
+                message.message_id,
+                message.conversation_id,
+                user_id,
+                message.sequence,
+                None,
+                None,
+                MessageStatus.FAILED,
+                [pending, StatusEntry(MessageStatus.FAILED, now, route)],
+                error=route,
+                created_at=now,
+            )
+            logger.warning("delivery %s failed: %s", delivery.delivery_id, route)
+            event = delivery_event(delivery, message, MessageStatus.FAILED, at=now, reason=route[:1000])
+            return dataclasses.replace(delivery, unpublished_events=(event,))
+        platform, channel_id, address = route
+        return Delivery(
             message.message_id,
-            MessageStatus.FAILED,
-            dead_letter=dead_letter,
-            reason=reason,
-            conversation_id=message.conversation_id,
+            message.conversation_id,
+            user_id,
+            message.sequence,
+            platform,
+            channel_id,
+            MessageStatus.PENDING,
+            [pending],
+            address=address,
+            created_at=now,
         )
+
+    def _recipient_routes(
+        self,
+        recipients: list[str],
+        conversation: Conversation,
+        channels: dict[tuple[Platform, str | None], ChannelConfig | str],
+    ) -> dict[str, _Route]:
+        """Each recipient's route, from one read of every recipient's identities: on the conversation's
+        `primary_channel` through its `channel_id` when the recipient has an identity there, else through the
+        only enabled channel of the platform of one of their identities (verified first, then the oldest).
+        A channel is looked up once per run. DependencyUnavailableError when PostgreSQL or KMS is down."""
+        identities = self.users.identities_of(recipients)
+        routes: dict[str, _Route] = {}
+        for user_id in recipients:
+            mine = [i for i in identities.get(user_id, []) if i.platform in self.connectors]
+            if not mine:
+                routes[user_id] = f"recipient {user_id} has no identity on a platform we send to"
+                continue
+            routes[user_id] = self._route_through(user_id, mine, conversation, channels)
+        return routes
+
+    def _route_through(
+        self,
+        user_id: str,
+        identities: list[ExternalIdentity],
+        conversation: Conversation,
+        channels: dict[tuple[Platform, str | None], ChannelConfig | str],
+    ) -> _Route:
+        primary = [i for i in identities if i.platform is conversation.primary_channel]
+        candidates = primary or identities
+        reasons: list[str] = []
+        for identity in candidates:
+            channel_id = conversation.channel_id if identity.platform is conversation.primary_channel else None
+            key = (identity.platform, channel_id)
+            if key not in channels:
+                try:
+                    channels[key] = self._channel_for(identity.platform, channel_id)
+                except UndeliverableError as exc:
+                    channels[key] = exc.detail
+            found = channels[key]
+            if isinstance(found, str):
+                reasons.append(found)
+                continue
+            return found.platform, found.channel_id, identity.platform_user_id
+        return f"recipient {user_id} cannot be reached: " + "; ".join(dict.fromkeys(reasons))
+
+    # ------------------------------------------------------------------ GROUP: a recipient's lane
+
+    def deliver_lane(self, conversation_id: str, user_id: str, lease_until: datetime) -> ConversationProgress:
+        """Send the recipient's PENDING deliveries of the conversation lowest sequence first, one at a time, each
+        as a one-to-one message is sent, until none is left (the lane is unmarked: route_jobs step 9) or one
+        has to wait (the lane job comes back after the wait)."""
+        if self.deliveries is None:
+            raise UndeliverableError("GROUP deliveries are not configured in this function")
+        outcomes: list[DeliveryOutcome] = []
+        channels: dict[str, ChannelConfig | str] = {}
+        for delivery, message in route_jobs.lane_deliveries(conversation_id, user_id, self.deliveries, self.messages):
+            collect(self.events, *delivery.unpublished_events)
+            if message is None:  # never: messages are not deleted; settled rather than sent without its text
+                self.deliveries.settle_failed(
+                    delivery.delivery_id, StatusEntry(MessageStatus.FAILED, self.clock(), "its message is gone")
+                )
+                continue
+            subject = _DeliverySubject(self, delivery, message)
+            step = self._step(
+                subject, lease_until, functools.partial(self._send_delivery, subject, lease_until, channels)
+            )
+            if not isinstance(step, DeliveryOutcome):
+                return ConversationProgress(outcomes, step)
+            outcomes.append(step)
+        return ConversationProgress(outcomes)
+
+    def _send_delivery(
+        self, subject: _DeliverySubject, lease_until: datetime, channels: dict[str, ChannelConfig | str]
+    ) -> DeliveryOutcome | float:
+        delivery, message = subject.delivery, subject.message
+        if delivery.platform is None or delivery.channel_id is None or delivery.address is None:
+            return self._fail(subject, "delivery has no route")
+        if message.content is None:
+            return self._fail(subject, "message has no text content")
+        if delivery.channel_id not in channels:
+            try:
+                channels[delivery.channel_id] = self._channel_for(delivery.platform, delivery.channel_id)
+            except UndeliverableError as exc:
+                channels[delivery.channel_id] = exc.detail
+            except DependencyUnavailableError as exc:
+                return self._troubled(subject, exc.detail)
+        channel = channels[delivery.channel_id]
+        if isinstance(channel, str):
+            return self._fail(subject, channel)
+        outbound = OutboundMessage(message.message_id, delivery.address, message.content)
+        return self._claim_and_call(subject, channel, outbound, lease_until)
+
+
+def _recipients(message: Message, conversation: Conversation | None) -> list[str]:
+    """A GROUP message's recipients as it was accepted (a message from before recipients were stored with
+    messages: the conversation's other participants now)."""
+    if message.recipients is not None:
+        return list(message.recipients)
+    participants = conversation.participants if conversation is not None else []
+    return [p.user_id for p in participants if p.user_id != message.sender_id]
+
+
+def _unsendable(message: Message, conversation: Conversation | None, recipients: list[str]) -> str | None:
+    """Why a GROUP message cannot be fanned out at all, or None."""
+    if message.content is None:
+        return "message has no text content"
+    if conversation is None:
+        return f"conversation {message.conversation_id} does not exist"
+    if not recipients:
+        return "the group had no other participant when the message was accepted"
+    return None
+
+
+def _is_group(message: Message, conversation: Conversation | None) -> bool:
+    """A message fanned out to its recipients: one accepted with recipients, or one accepted in a GROUP before
+    recipients were stored with messages."""
+    if message.recipients is not None:
+        return True
+    return conversation is not None and conversation.conversation_type is ConversationType.GROUP

@@ -20,16 +20,17 @@ from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
-from chat4all.domain.models import Direction, MessageStatus, StatusEntry, utcnow
+from chat4all.domain.models import Direction, MessageStatus, StatusEntry, delivery_id, utcnow
 from chat4all.services import route_jobs
-from chat4all.services.notifications import collect, message_event
+from chat4all.services.notifications import collect, delivery_event, message_event
+from chat4all.services.statuses import advance_group_message
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from datetime import datetime
 
     from chat4all.domain.models import StatusReport
-    from chat4all.ports import EventPublisher, MessageStore, OutboundQueue
+    from chat4all.ports import DeliveryStore, EventPublisher, MessageStore, OutboundQueue
     from chat4all.services.statuses import StatusService
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,9 @@ class RecoveryService:
         *,
         pending_after_seconds: int = DEFAULT_PENDING_AFTER_SECONDS,
         clock: Callable[[], datetime] = utcnow,
+        deliveries: DeliveryStore | None = None,
     ) -> None:
+        self.deliveries = deliveries
         self.messages = messages
         self.queue = queue
         self.statuses = statuses
@@ -86,14 +89,20 @@ class RecoveryService:
 
     # ------------------------------------------------------------------ dead-letter queues
 
-    def settle_dead_route(self, message_id: str, conversation_id: str, reason: str) -> bool:
-        """A route record in the dead-letter queue: its message FAILED with `reason` when still PENDING.
+    def settle_dead_route(self, message_id: str, conversation_id: str, reason: str, user_id: str | None = None) -> bool:
+        """A route record in the dead-letter queue: its message FAILED with `reason` when still PENDING (a lane
+        record, with `user_id`: its delivery, and then the message's aggregate).
 
-        The record was its conversation's route job, which later messages of the conversation may count on: a
-        fresh job replaces it (route_jobs.replace_dead_lettered). True when this call settled the message, with
-        its MessageFailed kept on it and collected; False when it was settled already (sent, failed, or an
-        attempt is open: route settles that one), is inbound, or does not exist.
+        The record was its conversation's (its lane's) route job, which later messages may count on: a fresh
+        job replaces it (route_jobs.replace_dead_lettered). True when this call settled the message or delivery,
+        with its event kept on it and collected; False when it was settled already (sent, failed, or an attempt
+        is open: route settles that one), was fanned out (its deliveries are settled one by one), is inbound, or
+        does not exist.
         """
+        if user_id is not None:
+            settled = self._settle_dead_delivery(message_id, user_id, reason)
+            route_jobs.replace_dead_lettered(message_id, conversation_id, self.queue, user_id)
+            return settled
         settled = False
         message = self.messages.get_message(message_id)
         if (
@@ -101,6 +110,7 @@ class RecoveryService:
             and message.direction is Direction.OUTBOUND
             and message.status is MessageStatus.PENDING
             and message.platform_message_id is None
+            and not message.fanned_out
         ):
             entry = StatusEntry(MessageStatus.FAILED, self.clock(), reason)
             event = message_event("MessageFailed", message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
@@ -111,6 +121,28 @@ class RecoveryService:
                 collect(self.events, event)
         route_jobs.replace_dead_lettered(message_id, conversation_id, self.queue)
         return settled
+
+    def _settle_dead_delivery(self, message_id: str, user_id: str, reason: str) -> bool:
+        if self.deliveries is None:
+            return False
+        delivery = self.deliveries.get_delivery(delivery_id(message_id, user_id))
+        message = self.messages.get_message(message_id)
+        if (
+            delivery is None
+            or message is None
+            or delivery.status is not MessageStatus.PENDING
+            or delivery.platform_message_id is not None
+        ):
+            return False
+        entry = StatusEntry(MessageStatus.FAILED, self.clock(), reason)
+        event = delivery_event(delivery, message, MessageStatus.FAILED, at=entry.at, reason=reason[:1000])
+        # route's conditional write: still PENDING with no attempt open, else nothing changes
+        if not self.deliveries.settle_failed(delivery.delivery_id, entry, events=[event]):
+            return False
+        logger.warning("delivery %s failed: %s", delivery.delivery_id, reason)
+        collect(self.events, event)
+        advance_group_message(message, self.messages, self.deliveries, self.events, entry.at)
+        return True
 
     def settle_dead_status(self, report: StatusReport) -> StatusDeadLetterOutcome:
         """A status report in the dead-letter queue, applied once more.
@@ -129,8 +161,8 @@ class RecoveryService:
     # ------------------------------------------------------------------ sweeper
 
     def sweep(self, pending_after_seconds: int | None = None, limit: int = route_jobs.SWEEP_LIMIT) -> SweepReport:
-        """Put every outbound message PENDING for longer than `pending_after_seconds` back on the route queue
-        (route_jobs.sweep); 0 takes up every PENDING message."""
+        """Put every outbound message PENDING for longer than `pending_after_seconds` back on the route queue,
+        and a job for every lane with a delivery PENDING that long (route_jobs.sweep); 0 takes up every one."""
         after = self.pending_after_seconds if pending_after_seconds is None else pending_after_seconds
-        found, requeued = route_jobs.sweep(self.messages, self.queue, self.clock(), after, limit)
+        found, requeued = route_jobs.sweep(self.messages, self.queue, self.clock(), after, limit, self.deliveries)
         return SweepReport(found, requeued)

@@ -1,4 +1,9 @@
-"""Applying delivery status reported by the platforms; status only ever moves forward."""
+"""Applying delivery status reported by the platforms; status only ever moves forward.
+
+A report is looked for among the reporting channel's GROUP deliveries first (by channel and platform id), then
+among messages. A GROUP message's own status is its deliveries' aggregate (`advance_group_message`), recomputed
+after every move of one of them.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +11,73 @@ import logging
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
-from chat4all.domain.models import StatusEntry
-from chat4all.services.notifications import collect, message_event
+from chat4all.domain.models import MessageStatus, StatusEntry, aggregate_status
+from chat4all.services.notifications import collect, delivery_event, message_event
 
 if TYPE_CHECKING:
-    from chat4all.domain.models import Message, StatusReport
-    from chat4all.ports import ConversationStore, EventPublisher, MessageStore
+    from datetime import datetime
+
+    from chat4all.domain.models import Delivery, Message, StatusReport
+    from chat4all.ports import ConversationStore, DeliveryStore, EventPublisher, MessageStore
 
 logger = logging.getLogger(__name__)
+
+# the event that reports each move of a GROUP message's aggregate
+AGGREGATE_EVENTS = {
+    MessageStatus.SENT: "MessageSent",
+    MessageStatus.DELIVERED: "MessageStatusChanged",
+    MessageStatus.READ: "MessageStatusChanged",
+    MessageStatus.FAILED: "MessageFailed",
+}
+
+
+def advance_group_message(
+    message: Message, messages: MessageStore, deliveries: DeliveryStore, events: EventPublisher, at: datetime
+) -> bool:
+    """Recompute a GROUP message's status from its deliveries (one count by status) and move it there when that
+    is a forward move (one conditional update, with its history entry and its event); True when it moved.
+
+    Called after each move of a delivery, by whoever made it. The aggregate only ever moves forward as deliveries
+    do (a delivery moving on, or failing, can only raise the lowest state of those that have not failed), so a
+    count read before a concurrent move gives a state at most as far as the last one, which the conditional
+    update leaves alone: whoever moves a delivery last reads every move and writes the final aggregate."""
+    counts = deliveries.status_counts(message.message_id)
+    status = aggregate_status(counts)
+    if status is MessageStatus.PENDING or not message.status.can_move_to(status):
+        return False
+    failed = counts.get(MessageStatus.FAILED, 0)
+    detail = f"every delivery failed ({failed})" if status is MessageStatus.FAILED else None
+    entry = StatusEntry(status, at, detail)
+    event = message_event(AGGREGATE_EVENTS[status], message, status, at=at, reason=detail)
+    moved = messages.advance_aggregate(message.message_id, entry, events=[event])
+    if moved:
+        collect(events, event)
+    return moved
 
 
 class StatusService:
     def __init__(
-        self, messages: MessageStore, events: EventPublisher, conversations: ConversationStore | None = None
+        self,
+        messages: MessageStore,
+        events: EventPublisher,
+        conversations: ConversationStore | None = None,
+        deliveries: DeliveryStore | None = None,
     ) -> None:
         self.messages = messages
         self.events = events
         self.conversations = conversations
+        self.deliveries = deliveries
 
     def apply(self, report: StatusReport) -> bool:
-        """Record a platform's report; True when the message's status moved.
+        """Record a platform's report; True when the delivery's or message's status moved.
 
         Raises StatusTargetMissingError when the platform message is not known yet: the report may
         have overtaken the route function's write, so the consumer retries it later.
         """
+        if self.deliveries is not None and report.channel_id is not None:
+            delivery = self.deliveries.find_by_platform_id(report.channel_id, report.platform_message_id)
+            if delivery is not None:
+                return self._apply_to_delivery(delivery, report)
         message = self.messages.find_by_platform_id(report.platform, report.platform_message_id)
         if message is None:
             raise StatusTargetMissingError(f"no message with {report.platform} id {report.platform_message_id}")
@@ -49,6 +97,25 @@ class StatusService:
         )
         if moved:
             collect(self.events, event)
+        return moved
+
+    def _apply_to_delivery(self, delivery: Delivery, report: StatusReport) -> bool:
+        """A GROUP recipient's delivery moves forward (history and dedupe as a message's), then its message's
+        aggregate."""
+        assert self.deliveries is not None
+        message = self.messages.get_message(delivery.message_id)
+        if message is None:
+            raise StatusTargetMissingError(f"delivery {delivery.delivery_id} has no message")
+        event = delivery_event(delivery, message, report.status, at=report.at)
+        moved = self.deliveries.append_status(
+            delivery.delivery_id,
+            StatusEntry(report.status, report.at, report.detail),
+            dedupe_key=report.dedupe_key,
+            events=[event],
+        )
+        if moved:
+            collect(self.events, event)
+            advance_group_message(message, self.messages, self.deliveries, self.events, report.at)
         return moved
 
     def _sent_through(self, message: Message, report: StatusReport) -> bool:
