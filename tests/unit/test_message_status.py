@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from chat4all.domain.models import MessageStatus as S
-from chat4all.domain.models import Platform, shown_platform_message_id
+from chat4all.domain.models import Platform, aggregate_status, shown_platform_message_id
 
 ALLOWED = {
     (S.PENDING, S.SENT),
@@ -42,3 +42,23 @@ def test_the_api_shows_telegrams_own_message_id_and_every_other_id_as_kept() -> 
     )
     assert shown_platform_message_id(Platform.WHATSAPP, "wamid.HBgL") == "wamid.HBgL"
     assert shown_platform_message_id(Platform.INSTAGRAM, None) is None
+
+
+@pytest.mark.parametrize(
+    ("deliveries", "aggregate"),
+    [
+        ({}, S.PENDING),
+        ({S.PENDING: 2, S.SENT: 1}, S.PENDING),
+        ({S.SENT: 2, S.FAILED: 1}, S.SENT),
+        ({S.SENT: 1, S.READ: 2}, S.SENT),
+        ({S.DELIVERED: 1, S.READ: 2, S.FAILED: 4}, S.DELIVERED),
+        ({S.READ: 3}, S.READ),
+        ({S.PENDING: 1, S.FAILED: 3}, S.PENDING),
+        ({S.FAILED: 3}, S.FAILED),
+        ({S.FAILED: 3, S.SENT: 0}, S.FAILED),
+    ],
+)
+def test_a_group_messages_status_is_the_furthest_every_delivery_not_failed_reached(
+    deliveries: dict[S, int], aggregate: S
+) -> None:
+    assert aggregate_status(deliveries) is aggregate
