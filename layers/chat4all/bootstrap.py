@@ -21,6 +21,7 @@ from chat4all.adapters.aws import (
 from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.jwt import JwksTokenVerifier
+from chat4all.adapters.limits import RedisRequestLimiter
 from chat4all.adapters.mongo import (
     MongoCheck,
     MongoConversationStore,
@@ -41,7 +42,7 @@ from chat4all.channels import CONNECTOR_TYPES
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
 from chat4all.domain.models import Platform
-from chat4all.services.auth import Authenticator
+from chat4all.services.auth import Authenticator, RequestLimits
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
 from chat4all.services.health import HealthMonitor
@@ -135,6 +136,12 @@ def authenticator() -> Authenticator:
     if config.chat4all_jwt_issuer and config.jwks_url:
         tokens = JwksTokenVerifier(config.chat4all_jwt_issuer, config.chat4all_jwt_audience, config.jwks_url)
     return Authenticator(PostgresApiKeyRepository(postgres()), users(), tokens)
+
+
+@lru_cache
+def request_limits() -> RequestLimits:
+    """Each credential's request rate, in Redis (shared by every container); the default from the settings."""
+    return RequestLimits(RedisRequestLimiter(redis_client()), settings().chat4all_api_rate_limit)
 
 
 @lru_cache

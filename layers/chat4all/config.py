@@ -49,6 +49,8 @@ class Settings(BaseModel):
     chat4all_jwt_audience: str = "chat4all"
     chat4all_jwt_jwks_url: str | None = None
     idempotency_ttl_seconds: int = Field(default=86_400, gt=0)
+    # requests per second of an API key or JWT subject without a rate of its own (contract: request limits)
+    chat4all_api_rate_limit: int = Field(default=200, gt=0)
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     # how long a message may wait on unavailable dependencies before delivery gives up on it (FAILED)
     delivery_trouble_seconds: int = Field(default=300, gt=0)

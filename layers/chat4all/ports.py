@@ -616,6 +616,16 @@ class CredentialVerifier(ABC):
         DependencyUnavailableError when it cannot be asked."""
 
 
+class RequestLimiter(ABC):
+    """Request rates per credential: a token bucket per key, shared by every function instance (Redis)."""
+
+    @abstractmethod
+    def wait_seconds(self, key: str, per_second: int) -> float:
+        """Take one request from `key`'s bucket, which holds `per_second` at most and refills `per_second` a
+        second: 0 when one was there, else the seconds until one will be. Never raises: when the rates cannot be
+        read, every request is let through (the limit protects the platform; it must not take it down)."""
+
+
 @dataclass(frozen=True)
 class TokenClaims:
     """What a verified OAuth2 JWT says: its subject and the role it grants."""

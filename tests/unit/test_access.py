@@ -13,12 +13,15 @@ from aws_lambda_powertools.event_handler import Response
 
 from chat4all.api.access import ROLE_TABLE, Access, allowed_methods
 from chat4all.api.app import DEADLINE_MARGIN_SECONDS, create_resolver, serve
-from chat4all.domain.errors import DependencyUnavailableError, UnauthorizedError
+from chat4all.domain.errors import DependencyUnavailableError, TooManyRequestsError, UnauthorizedError
 from chat4all.domain.models import Principal, Role
+from chat4all.services.auth import RequestLimits
 from chat4all.services.notifications import EventBuffer
 from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
 TEMPLATE_PATH = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -92,8 +95,10 @@ class FakeContext:
         return self.remaining_ms
 
 
-def resolver(credentials: Credentials) -> tuple[APIGatewayHttpResolver, list[Principal]]:
-    app = create_resolver(authenticate=credentials.authenticate)
+def resolver(
+    credentials: Credentials, admit: Callable[[Principal], None] = lambda principal: None
+) -> tuple[APIGatewayHttpResolver, list[Principal]]:
+    app = create_resolver(authenticate=credentials.authenticate, admit=admit)
     seen: list[Principal] = []
 
     def record() -> Response[str]:
@@ -252,3 +257,54 @@ def test_a_timer_set_before_the_request_runs_on_after_it() -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ------------------------------------------------------------------ request limits
+
+
+def test_a_caller_past_its_rate_is_a_429_problem_with_retry_after_and_the_route_does_not_run() -> None:
+    admitted: list[Principal] = []
+
+    def admit(principal: Principal) -> None:
+        admitted.append(principal)
+        if principal.key_id == "key-agent":
+            raise TooManyRequestsError("past its rate", retry_after_seconds=2)
+
+    app, seen = resolver(Credentials(), admit)
+    result = serve(
+        app,
+        request("GET /v1/users/{user_id}", "/v1/users/u", "Bearer agent-key"),
+        FakeContext(30_000),  # type: ignore[arg-type]
+        EventBuffer(InMemoryEventPublisher(), InMemoryEventOutbox()),
+    )
+    assert result["statusCode"] == 429
+    assert result["headers"]["Retry-After"] == "2"
+    assert json.loads(result["body"])["status"] == 429
+    assert seen == []
+    # another credential is not held back by it
+    assert answer(app, request("GET /v1/users/{user_id}", "/v1/users/u", "Bearer admin-key"))[0] == 200
+    assert [p.key_id for p in admitted] == ["key-agent", "key-admin"]
+
+
+class Buckets:
+    """A stand-in limiter: how long each key would wait, and what it was asked."""
+
+    def __init__(self, waits: dict[str, float]) -> None:
+        self.waits = waits
+        self.asked: list[tuple[str, int]] = []
+
+    def wait_seconds(self, key: str, per_second: int) -> float:
+        self.asked.append((key, per_second))
+        return self.waits.get(key, 0.0)
+
+
+def test_each_credential_is_held_to_its_own_rate_or_the_default() -> None:
+    buckets = Buckets({"requests:slow": 0.2, "requests:jwt:u-2": 2.5})
+    limits = RequestLimits(buckets, default_per_second=200)  # type: ignore[arg-type]
+    limits.admit(Principal("fast", Role.AGENT, "u-1", rate_limit=50))
+    with pytest.raises(TooManyRequestsError) as slow:
+        limits.admit(Principal("slow", Role.AGENT, "u-1", rate_limit=5))
+    with pytest.raises(TooManyRequestsError) as token:
+        limits.admit(Principal("jwt:u-2", Role.AGENT, "u-2"))
+    assert (slow.value.retry_after_seconds, token.value.retry_after_seconds) == (1, 3)  # whole seconds, at least 1
+    assert buckets.asked == [("requests:fast", 50), ("requests:slow", 5), ("requests:jwt:u-2", 200)]

@@ -60,6 +60,8 @@ def test_authenticated_operations_document_401_and_problems(path: str, item: dic
         for status, response in operation["responses"].items():
             if status == "413":  # the function's problem, or API Gateway's own answer over its payload limit
                 assert response == {"$ref": "#/components/responses/PayloadTooLarge"}, path
+            elif status == "429":  # the credential's rate (a problem), or API Gateway's own throttling
+                assert response == {"$ref": "#/components/responses/TooManyRequests"}, path
             elif status.startswith(("4", "5")):
                 assert response == {"$ref": "#/components/responses/Problem"}, (path, status)
 

@@ -636,10 +636,10 @@ class PostgresApiKeyRepository(ApiKeyRepository):
     def add_key(self, key: ApiKey, key_hash: str, audit: AuditEntry) -> None:
         with self.db.transaction() as cur:
             cur.execute(
-                "INSERT INTO api_keys (key_id, name, role, user_id, key_hash, created_at)"
-                " VALUES (%s, %s, %s, %s, %s, %s)"
+                "INSERT INTO api_keys (key_id, name, role, user_id, key_hash, created_at, rate_limit)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)"
                 " ON CONFLICT (key_hash) DO NOTHING",
-                (key.key_id, key.name, key.role.value, key.user_id, key_hash, key.created_at),
+                (key.key_id, key.name, key.role.value, key.user_id, key_hash, key.created_at, key.rate_limit),
             )
             if cur.rowcount:
                 _write_audit(cur, audit)
@@ -648,7 +648,7 @@ class PostgresApiKeyRepository(ApiKeyRepository):
         # one indexed lookup per request: a revoked key or a deactivated user stops at once
         with self.db.transaction() as cur:
             cur.execute(
-                "SELECT k.key_id, k.name, k.role, k.user_id, k.created_at FROM api_keys k"
+                "SELECT k.key_id, k.name, k.role, k.user_id, k.created_at, k.rate_limit FROM api_keys k"
                 " LEFT JOIN users u ON u.user_id = k.user_id"
                 " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND (k.user_id IS NULL OR u.active)",
                 (key_hash,),
@@ -662,6 +662,7 @@ class PostgresApiKeyRepository(ApiKeyRepository):
             role=Role(row["role"]),
             user_id=str(row["user_id"]) if row["user_id"] else None,
             created_at=row["created_at"],
+            rate_limit=row["rate_limit"],
         )
 
     def revoke(self, key_id: str, audit: AuditEntry) -> bool:

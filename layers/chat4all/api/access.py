@@ -94,11 +94,13 @@ def allowed_methods(path: str) -> list[str]:
 
 
 type Authenticate = Callable[[str | None], Principal]
+type Admit = Callable[[Principal], None]
 
 
-def role_table(authenticate: Authenticate) -> Middleware:
+def role_table(authenticate: Authenticate, admit: Admit) -> Middleware:
     """Resolver middleware: authenticates the bearer credential of every non-public route (401 without a valid
-    one, 503 when it cannot be checked) and refuses an agent an admin operation (403)."""
+    one, 503 when it cannot be checked), holds it to its request rate (`admit`: 429 past it) and refuses an
+    agent an admin operation (403)."""
 
     def enforce_role_table(app: ApiGatewayResolver, next_middleware: NextMiddleware) -> Response[Any]:
         event: APIGatewayProxyEventV2 = app.current_event  # type: ignore[assignment]
@@ -113,6 +115,7 @@ def role_table(authenticate: Authenticate) -> Middleware:
                 request_id=event.request_context.request_id or None,
                 source_ip=event.request_context.http.source_ip or None,
             )
+            admit(principal)
             if access is Access.ADMIN and not principal.is_admin:
                 raise ForbiddenError("this operation needs an admin")
             app.context["principal"] = principal

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-    from chat4all.api.access import Authenticate
+    from chat4all.api.access import Admit, Authenticate
     from chat4all.domain.models import Principal
     from chat4all.services.notifications import EventBuffer
 
@@ -35,19 +35,29 @@ class RequestDeadlineError(DependencyUnavailableError):
     """The request ran into its deadline (a dependency stalled): 503, retry shortly."""
 
 
-def create_resolver(authenticate: Authenticate | None = None) -> APIGatewayHttpResolver:
-    """The one resolver of every HTTP function: authentication and the role table before any route, problem
-    JSON for errors. `authenticate` checks a bearer header (default: the container's Authenticator)."""
+def create_resolver(authenticate: Authenticate | None = None, admit: Admit | None = None) -> APIGatewayHttpResolver:
+    """The one resolver of every HTTP function: authentication, request limits and the role table before any
+    route, problem JSON for errors. `authenticate` checks a bearer header and `admit` the caller's request rate
+    (defaults: the container's Authenticator and RequestLimits)."""
     app = APIGatewayHttpResolver(serializer=lambda body: json.dumps(body, separators=(",", ":")))
     register_problem_handlers(app)
-    app.use(middlewares=[role_table(authenticate or _container_authenticator)])
+    app.use(middlewares=[role_table(authenticate or _container_authenticator, admit or _container_limits)])
     return app
 
 
+# the composition root is built on the first request rather than at import
+
+
 def _container_authenticator(authorization: str | None) -> Principal:
-    from chat4all import bootstrap  # the composition root, built on the first request rather than at import
+    from chat4all import bootstrap
 
     return bootstrap.authenticator().authenticate(authorization)
+
+
+def _container_limits(principal: Principal) -> None:
+    from chat4all import bootstrap
+
+    bootstrap.request_limits().admit(principal)
 
 
 def serve(

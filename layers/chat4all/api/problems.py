@@ -19,6 +19,7 @@ from chat4all.domain.errors import (
     DependencyUnavailableError,
     FieldError,
     NotFoundError,
+    TooManyRequestsError,
     ValidationFailedError,
 )
 from chat4all.observability import logger
@@ -79,6 +80,8 @@ def _domain(exc: Chat4AllError) -> Response[str]:
             headers = {"Retry-After": "1"}
     if exc.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, TooManyRequestsError):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
     return problem_response(exc, headers)
 
 

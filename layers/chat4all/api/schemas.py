@@ -120,9 +120,12 @@ class CreateApiKeyRequest(RequestModel):
     name: Name
     role: Role
     user_id: uuid.UUID | None = None
+    # requests per second; absent: the platform's default (CHAT4ALL_API_RATE_LIMIT)
+    rate_limit: int | None = Field(default=None, ge=1, le=100_000, strict=True)
 
     def command(self) -> commands.CreateApiKey:
-        return commands.CreateApiKey(self.name, self.role, str(self.user_id) if self.user_id else None)
+        user_id = str(self.user_id) if self.user_id else None
+        return commands.CreateApiKey(self.name, self.role, user_id, self.rate_limit)
 
 
 def _distinct(participants: list[uuid.UUID]) -> list[uuid.UUID]:

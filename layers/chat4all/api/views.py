@@ -110,6 +110,7 @@ def api_key_view(key: ApiKey, raw_key: str) -> dict[str, Any]:
         "name": key.name,
         "role": key.role.value,
         "user_id": key.user_id,
+        "rate_limit": key.rate_limit,
         "created_at": timestamp(key.created_at),
     }
 

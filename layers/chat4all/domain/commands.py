@@ -59,6 +59,7 @@ class CreateApiKey:
     name: str
     role: Role
     user_id: str | None = None
+    rate_limit: int | None = None
 
 
 @dataclass(frozen=True)

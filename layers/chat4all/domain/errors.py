@@ -54,6 +54,18 @@ class ForbiddenError(Chat4AllError):
     slug = "forbidden"
 
 
+class TooManyRequestsError(Chat4AllError):
+    """The caller's credential is past its request rate: answered 429 with Retry-After."""
+
+    status = 429
+    title = "Too many requests"
+    slug = "too-many-requests"
+
+    def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+
+
 class NotFoundError(Chat4AllError):
     status = 404
     title = "Not found"

@@ -99,6 +99,8 @@ class Principal:
     user_id: str | None = None
     request_id: str | None = None
     source_ip: str | None = None
+    # the credential's own request rate (requests per second); None: the platform's default
+    rate_limit: int | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -189,6 +191,8 @@ class ApiKey:
     role: Role
     user_id: str | None
     created_at: datetime
+    # requests per second this key may make (None: the platform's default)
+    rate_limit: int | None = None
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,18 @@ within an operation it may call (itself, its conversations) is decided here, by 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import uuid
 from typing import TYPE_CHECKING
 
-from chat4all.domain.errors import ForbiddenError, UnauthorizedError
+from chat4all.domain.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
 from chat4all.domain.models import Principal, Role
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from chat4all.ports import ApiKeyRepository, TokenVerifier, UserRepository
+    from chat4all.ports import ApiKeyRepository, RequestLimiter, TokenVerifier, UserRepository
 
 API_KEY_PREFIX = "c4a_"
 JWT_ROLE_CLAIM = "chat4all_role"
@@ -60,7 +61,7 @@ class Authenticator:
         key = self.keys.find_active(hash_api_key(token))
         if key is None:
             raise UnauthorizedError("unknown or revoked API key, or its user is deactivated")
-        return Principal(key_id=key.key_id, role=key.role, user_id=key.user_id)
+        return Principal(key_id=key.key_id, role=key.role, user_id=key.user_id, rate_limit=key.rate_limit)
 
     def _from_jwt(self, token: str) -> Principal:
         assert self.tokens is not None
@@ -77,6 +78,25 @@ class Authenticator:
         if user is None or not user.active:
             raise UnauthorizedError("the token's user is unknown or deactivated")
         return Principal(key_id=f"jwt:{user_id}", role=role, user_id=user_id)
+
+
+class RequestLimits:
+    """Each API key and each JWT subject has a request rate: its own (`rate_limit`) or the platform's default."""
+
+    def __init__(self, limiter: RequestLimiter, default_per_second: int) -> None:
+        self.limiter = limiter
+        self.default_per_second = default_per_second
+
+    def admit(self, principal: Principal) -> None:
+        """Raise TooManyRequestsError (429, Retry-After) when the caller's credential is past its rate."""
+        per_second = principal.rate_limit or self.default_per_second
+        wait = self.limiter.wait_seconds(f"requests:{principal.key_id}", per_second)
+        if wait > 0:
+            retry_after = max(1, math.ceil(wait))
+            raise TooManyRequestsError(
+                f"this credential may make {per_second} requests per second; retry in {retry_after} s",
+                retry_after_seconds=retry_after,
+            )
 
 
 def require_admin(principal: Principal) -> None:

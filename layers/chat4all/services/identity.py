@@ -247,9 +247,14 @@ class IdentityService:
                 )
         raw_key = new_api_key()
         key = ApiKey(
-            key_id=str(uuid.uuid4()), name=command.name, role=command.role, user_id=command.user_id, created_at=utcnow()
+            key_id=str(uuid.uuid4()),
+            name=command.name,
+            role=command.role,
+            user_id=command.user_id,
+            created_at=utcnow(),
+            rate_limit=command.rate_limit,
         )
-        after = {"name": key.name, "role": key.role.value, "user_id": key.user_id}
+        after = {"name": key.name, "role": key.role.value, "user_id": key.user_id, "rate_limit": key.rate_limit}
         self.keys.add_key(
             key, hash_api_key(raw_key), audit(principal, "api_key.created", "api_key", key.key_id, after=after)
         )
