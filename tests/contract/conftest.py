@@ -36,6 +36,7 @@ from tests.fakes.in_memory import (
     InMemoryApiKeyRepository,
     InMemoryChannelRepository,
     InMemoryConversationStore,
+    InMemoryDeliveryStore,
     InMemoryEventOutbox,
     InMemoryMessageStore,
     InMemoryUserRepository,
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
         ApiKeyRepository,
         ChannelRepository,
         ConversationStore,
+        DeliveryStore,
         EventOutbox,
         MessageStore,
         UserRepository,
@@ -70,12 +72,14 @@ class Ports:
     conversations: ConversationStore
     messages: MessageStore
     outbox: EventOutbox
+    deliveries: DeliveryStore
 
 
 def fake_ports() -> Ports:
     users = InMemoryUserRepository()
     conversations = InMemoryConversationStore()
     messages = InMemoryMessageStore(conversations)
+    deliveries = InMemoryDeliveryStore()
     return Ports(
         "fake",
         users,
@@ -83,7 +87,8 @@ def fake_ports() -> Ports:
         InMemoryApiKeyRepository(users),
         conversations,
         messages,
-        InMemoryEventOutbox(messages),
+        InMemoryEventOutbox(messages, deliveries),
+        deliveries,
     )
 
 
@@ -98,6 +103,7 @@ def real_adapters(platform: LocalPlatform) -> Iterator[Ports]:
     from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
     from chat4all.adapters.mongo import (
         MongoConversationStore,
+        MongoDeliveryStore,
         MongoEventOutbox,
         MongoMessageStore,
         connect,
@@ -136,6 +142,7 @@ def real_adapters(platform: LocalPlatform) -> Iterator[Ports]:
         MongoMessageStore(db),
         # events kept on a message are the relay's at once (the live path's grace is a setting, not the contract)
         MongoEventOutbox(db, relay_after=timedelta(0)),
+        MongoDeliveryStore(db),
     )
     postgres.close()
     mongo_client.drop_database(name)
