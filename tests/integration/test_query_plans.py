@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_whatsapp import FakeWhatsApp
 
-COLLECTIONS = {"messages", "conversations"}
+COLLECTIONS = {"messages", "conversations", "deliveries", "lanes"}
 
 
 def exercise_the_platform(api: Api, setup: WhatsAppSetup, fake_whatsapp: FakeWhatsApp) -> None:
@@ -55,6 +55,33 @@ def exercise_the_platform(api: Api, setup: WhatsAppSetup, fake_whatsapp: FakeWha
     assert api.call("DELETE", f"{conversation}/participants/{setup.agent_id}").status_code == 204
     assert api.call("POST", f"{conversation}/participants", json={"user_id": newcomer}).status_code == 201
     assert api.call("GET", f"/v1/conversations?participant={newcomer}").status_code == 200
+    exercise_a_group(api, setup, fake_whatsapp)
+
+
+def exercise_a_group(api: Api, setup: WhatsAppSetup, fake_whatsapp: FakeWhatsApp) -> None:
+    """A GROUP message: its fan-out, its lanes, its aggregate, a status webhook on one of its deliveries."""
+    phone = "55119" + str(uuid.uuid4().int)[:8]
+    other = api.created("/v1/users", {"display_name": "Plan Group", "user_type": "CUSTOMER"})["user_id"]
+    api.created(f"/v1/users/{other}/identities", {"platform": "WHATSAPP", "platform_user_id": phone})
+    group = api.created(
+        "/v1/conversations",
+        {
+            "conversation_type": "GROUP",
+            "participants": [setup.agent_id, setup.customer_id, other],
+            "primary_channel": "WHATSAPP",
+            "channel_id": setup.channel["channel_id"],
+        },
+    )["conversation_id"]
+    body = {"conversation_id": group, "sender_id": setup.agent_id, "content": "plans for a group"}
+    response = api.call("POST", "/v1/messages", json=body)
+    assert response.status_code == 202, response.text
+    message_id = response.json()["message_id"]
+    wait_for_status(api, message_id, "SENT")
+    [request] = fake_whatsapp.wait_for(phone, 1)
+    assert request.platform_message_id is not None
+    report = status_webhook(setup.credentials["phone_number_id"], request.platform_message_id, "delivered", phone)
+    assert post_webhook(api, report, sign(setup.credentials["app_secret"], report)) == 200
+    assert api.call("GET", f"/v1/messages/{message_id}").status_code == 200
 
 
 def queries_of(entry: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], dict[str, Any] | None]]:
@@ -106,6 +133,7 @@ def test_no_query_of_the_message_path_reads_the_whole_collection(
     ]
     queries = [q for entry in profiled for q in queries_of(entry) if q[0] in COLLECTIONS]
     assert len(queries) >= 20, f"the profiler saw only {len(queries)} queries"
+    assert {"deliveries", "lanes"} <= {collection for collection, _, _ in queries}, "no GROUP query was seen"
     scanning = []
     for collection, query, sort in queries:
         cursor = db[collection].find(query)
