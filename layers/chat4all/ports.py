@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from chat4all.domain.models import (
         ApiKey,
         AuditRecord,
+        BreakerState,
         ChannelConfig,
         ChannelInfo,
         ChannelRef,
@@ -614,6 +615,36 @@ class CredentialVerifier(ABC):
     def verify(self, platform: Platform, credentials: dict[str, str]) -> None:
         """Return when the platform accepts them; raise ValidationFailedError when it refuses them and
         DependencyUnavailableError when it cannot be asked."""
+
+
+@dataclass(frozen=True)
+class Passage:
+    """What a channel's breaker says to one call: go (`probe` when it is the half-open breaker's one probe), or
+    wait `wait_seconds` (the breaker is open) without spending an attempt."""
+
+    allowed: bool
+    probe: bool = False
+    wait_seconds: float = 0.0
+
+
+class ChannelBreaker(ABC):
+    """A circuit breaker per installed channel, its state shared by every function instance (Redis).
+
+    Never raises: when the state cannot be read every call goes through, as without a breaker.
+    """
+
+    @abstractmethod
+    def admit(self, channel_id: str) -> Passage:
+        """Whether a platform call of this channel may go now."""
+
+    @abstractmethod
+    def record(self, channel_id: str, *, success: bool) -> BreakerState:
+        """The outcome of a call that went: a success closes the breaker; a failure that means the platform is
+        unwell counts toward opening it (and re-opens a half-open one). Returns the state after."""
+
+    @abstractmethod
+    def state(self, channel_id: str) -> BreakerState:
+        """The breaker's state now (CLOSED when it has none), for GET /v1/channels/{id}."""
 
 
 class RequestLimiter(ABC):

@@ -53,6 +53,14 @@ class Direction(StrEnum):
     INBOUND = "INBOUND"
 
 
+class BreakerState(StrEnum):
+    """A channel's circuit breaker: calls go through (CLOSED), wait (OPEN), or one probe goes (HALF_OPEN)."""
+
+    CLOSED = "CLOSED"
+    OPEN = "OPEN"
+    HALF_OPEN = "HALF_OPEN"
+
+
 class MessageStatus(StrEnum):
     """Delivery status. Moves forward only; FAILED is reachable from any state before READ."""
 

@@ -1,0 +1,193 @@
+"""Circuit breakers per installed channel in Redis, shared by every function instance: one round trip a call.
+
+A channel's breaker is one Redis hash (`state`, `failures`, `last_failure`, `opened_at`, `probe_until`), moved by
+Lua scripts on Redis's own clock, so that every container sees one state and one clock:
+
+- CLOSED: calls go through; a failure that means "the platform is unwell" (5xx, timeouts, no connection, 429
+  beyond its retry-after) counts, and FAILURE_THRESHOLD of them with no FAILURE_WINDOW_SECONDS gap between
+  them opens the breaker; a success forgets them.
+- OPEN: no call goes through until OPEN_SECONDS have passed since it opened.
+  A failure reported while it is open (a call that started before it opened) changes nothing.
+- HALF_OPEN: one caller gets a probe (leased for PROBE_LEASE_SECONDS, after which another may take it); its
+  success closes the breaker, its failure opens it again.
+
+Redis down: every call goes through (the breaker is bypassed, never a reason to stop), and Redis is asked again
+after SKIP_AFTER_FAILURE_SECONDS.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+from aws_lambda_powertools.metrics import MetricUnit
+
+from chat4all.domain.models import BreakerState
+from chat4all.observability import logger, metrics
+from chat4all.ports import ChannelBreaker, Passage
+
+if TYPE_CHECKING:
+    from redis.commands.core import Script
+
+# KEYS[1] the breaker; ARGV: open seconds, probe lease seconds. Returns {allowed 0|1, probe 0|1, wait seconds
+# (string), state before}.
+ADMIT_SCRIPT = """
+local open_seconds = tonumber(ARGV[1])
+local lease = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'probe_until')
+local state = b[1] or 'CLOSED'
+if state == 'CLOSED' then
+  return {1, 0, '0', state}
+end
+if state == 'OPEN' then
+  local reopen = tonumber(b[2]) + open_seconds
+  if now < reopen then
+    return {0, 0, tostring(reopen - now), state}
+  end
+end
+local probe_until = tonumber(b[3]) or 0
+if state == 'HALF_OPEN' and now < probe_until then
+  return {0, 0, tostring(probe_until - now), state}
+end
+redis.call('HSET', KEYS[1], 'state', 'HALF_OPEN', 'probe_until', tostring(now + lease))
+return {1, 1, '0', state}
+"""
+
+# KEYS[1] the breaker; ARGV: 'success' or 'failure', failure threshold, failure window seconds, state TTL
+# seconds. Returns {state before, state after}.
+RECORD_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'state', 'failures', 'last_failure')
+local before = b[1] or 'CLOSED'
+local after = before
+if ARGV[1] == 'success' then
+  after = 'CLOSED'
+  redis.call('DEL', KEYS[1])
+  return {before, after}
+end
+if before == 'OPEN' then
+  return {before, after}
+end
+if before == 'HALF_OPEN' then
+  after = 'OPEN'
+  redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', tostring(now), 'failures', '0')
+else
+  local failures = tonumber(b[2]) or 0
+  local last = tonumber(b[3]) or 0
+  if now - last > tonumber(ARGV[3]) then failures = 0 end
+  failures = failures + 1
+  if failures >= tonumber(ARGV[2]) then
+    after = 'OPEN'
+    redis.call('HSET', KEYS[1], 'state', 'OPEN', 'opened_at', tostring(now), 'failures', '0')
+  else
+    redis.call('HSET', KEYS[1], 'state', 'CLOSED', 'failures', tostring(failures), 'last_failure', tostring(now))
+  end
+end
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+return {before, after}
+"""
+
+FAILURE_THRESHOLD = 5
+FAILURE_WINDOW_SECONDS = 30.0
+OPEN_SECONDS = 15.0
+PROBE_LEASE_SECONDS = 15.0
+# a breaker nobody touched for a day is forgotten (CLOSED)
+STATE_TTL_SECONDS = 86_400
+SKIP_AFTER_FAILURE_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    failure_threshold: int = FAILURE_THRESHOLD
+    failure_window_seconds: float = FAILURE_WINDOW_SECONDS
+    open_seconds: float = OPEN_SECONDS
+    probe_lease_seconds: float = PROBE_LEASE_SECONDS
+
+
+class RedisChannelBreaker(ChannelBreaker):
+    def __init__(self, client: redis.Redis, settings: BreakerSettings | None = None) -> None:
+        self.client = client
+        self.settings = settings or BreakerSettings()
+        self._admit: Script = client.register_script(ADMIT_SCRIPT)
+        self._record: Script = client.register_script(RECORD_SCRIPT)
+        self._skip_until = 0.0
+        self._lock = threading.Lock()
+
+    def admit(self, channel_id: str) -> Passage:
+        if self._skipping():
+            return Passage(allowed=True)
+        try:
+            allowed, probe, wait, before = self._admit(
+                keys=[_key(channel_id)], args=[self.settings.open_seconds, self.settings.probe_lease_seconds]
+            )
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            return Passage(allowed=True)
+        if probe:
+            _moved(channel_id, _text(before), BreakerState.HALF_OPEN)
+        return Passage(allowed=bool(allowed), probe=bool(probe), wait_seconds=float(_text(wait)))
+
+    def record(self, channel_id: str, *, success: bool) -> BreakerState:
+        if self._skipping():
+            return BreakerState.CLOSED
+        s = self.settings
+        try:
+            before, after = self._record(
+                keys=[_key(channel_id)],
+                args=[
+                    "success" if success else "failure",
+                    s.failure_threshold,
+                    s.failure_window_seconds,
+                    STATE_TTL_SECONDS,
+                ],
+            )
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            return BreakerState.CLOSED
+        if _text(before) != _text(after):
+            _moved(channel_id, _text(before), BreakerState(_text(after)))
+        return BreakerState(_text(after))
+
+    def state(self, channel_id: str) -> BreakerState:
+        if self._skipping():
+            return BreakerState.CLOSED
+        try:
+            raw = self.client.hget(_key(channel_id), "state")
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            return BreakerState.CLOSED
+        return BreakerState(_text(raw)) if raw else BreakerState.CLOSED
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    def _unavailable(self, exc: redis.RedisError) -> None:
+        with self._lock:
+            self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE_SECONDS
+        logger.warning("channel breakers unavailable; calls go through", extra={"error": type(exc).__name__})
+
+
+def _key(channel_id: str) -> str:
+    return f"chat4all:breaker:{channel_id}"
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+MOVE_METRICS = {
+    BreakerState.OPEN: "ChannelBreakerOpened",
+    BreakerState.HALF_OPEN: "ChannelBreakerProbes",
+    BreakerState.CLOSED: "ChannelBreakerClosed",
+}
+
+
+def _moved(channel_id: str, before: str, after: BreakerState) -> None:
+    logger.warning("channel breaker moved", extra={"channel_id": channel_id, "from": before, "to": str(after)})
+    metrics.add_metric(name=MOVE_METRICS[after], unit=MetricUnit.Count, value=1)

@@ -1,0 +1,91 @@
+"""A channel's circuit breaker in Redis: shared by every instance, on Redis's clock, bypassed without Redis."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import redis
+
+from chat4all.adapters.breakers import BreakerSettings, RedisChannelBreaker
+from chat4all.domain.models import BreakerState
+from devstack.processes import free_port
+
+if TYPE_CHECKING:
+    from devstack.stack import LocalPlatform
+
+FAST = BreakerSettings(failure_threshold=3, failure_window_seconds=5, open_seconds=0.5, probe_lease_seconds=0.5)
+
+
+def breakers(platform: LocalPlatform, count: int = 1) -> list[RedisChannelBreaker]:
+    """`count` breakers as `count` containers would hold them: each with its own Redis connection."""
+    return [RedisChannelBreaker(redis.Redis.from_url(platform.urls["redis"]), FAST) for _ in range(count)]
+
+
+def test_failures_open_it_for_every_instance_and_a_single_probe_closes_it(platform: LocalPlatform) -> None:
+    one, other = breakers(platform, 2)
+    channel = str(uuid.uuid4())
+    assert one.admit(channel).allowed and one.state(channel) is BreakerState.CLOSED
+    # GIVEN three failures recorded by two instances
+    assert one.record(channel, success=False) is BreakerState.CLOSED
+    assert other.record(channel, success=False) is BreakerState.CLOSED
+    assert one.record(channel, success=False) is BreakerState.OPEN
+    # THEN no instance may call, and each is told how long to wait
+    passage = other.admit(channel)
+    assert not passage.allowed and 0 < passage.wait_seconds <= FAST.open_seconds
+    assert other.state(channel) is BreakerState.OPEN
+    # WHEN the open time has passed, exactly one of many callers gets the probe
+    time.sleep(passage.wait_seconds + 0.05)
+    with ThreadPoolExecutor(8) as pool:
+        passages = list(pool.map(lambda b: b.admit(channel), breakers(platform, 8)))
+    assert [p.probe for p in passages].count(True) == 1
+    assert [p.allowed for p in passages].count(True) == 1
+    assert one.state(channel) is BreakerState.HALF_OPEN
+    # AND its success closes the breaker for all
+    assert one.record(channel, success=True) is BreakerState.CLOSED
+    assert other.admit(channel).allowed and other.state(channel) is BreakerState.CLOSED
+
+
+def test_a_failed_probe_opens_it_again_and_an_abandoned_probe_is_given_to_another(platform: LocalPlatform) -> None:
+    (breaker,) = breakers(platform)
+    channel = str(uuid.uuid4())
+    for _ in range(FAST.failure_threshold):
+        breaker.record(channel, success=False)
+    time.sleep(FAST.open_seconds + 0.05)
+    assert breaker.admit(channel).probe
+    assert breaker.record(channel, success=False) is BreakerState.OPEN
+    assert not breaker.admit(channel).allowed
+    time.sleep(FAST.open_seconds + 0.05)
+    assert breaker.admit(channel).probe  # the probe's caller died without an answer...
+    assert not breaker.admit(channel).allowed
+    time.sleep(FAST.probe_lease_seconds + 0.05)
+    assert breaker.admit(channel).probe  # ...so after its lease another caller probes
+
+
+def test_failures_further_apart_than_the_window_do_not_add_up_and_a_success_forgets_them(
+    platform: LocalPlatform,
+) -> None:
+    settings = BreakerSettings(failure_threshold=2, failure_window_seconds=0.3, open_seconds=5, probe_lease_seconds=5)
+    breaker = RedisChannelBreaker(redis.Redis.from_url(platform.urls["redis"]), settings)
+    channel = str(uuid.uuid4())
+    breaker.record(channel, success=False)
+    time.sleep(0.4)
+    assert breaker.record(channel, success=False) is BreakerState.CLOSED
+    assert breaker.record(channel, success=True) is BreakerState.CLOSED
+    assert breaker.record(channel, success=False) is BreakerState.CLOSED
+    # and channels do not share a breaker
+    assert breaker.record(channel, success=False) is BreakerState.OPEN
+    assert breaker.admit(str(uuid.uuid4())).allowed
+
+
+def test_without_redis_every_call_goes_through() -> None:
+    breaker = RedisChannelBreaker(
+        redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.5, socket_connect_timeout=0.5), FAST
+    )
+    channel = str(uuid.uuid4())
+    for _ in range(10):
+        breaker.record(channel, success=False)
+    assert breaker.admit(channel).allowed
+    assert breaker.state(channel) is BreakerState.CLOSED
