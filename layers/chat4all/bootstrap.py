@@ -19,6 +19,7 @@ from chat4all.adapters.aws import (
     SqsVisibility,
 )
 from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
+from chat4all.adapters.breakers import RedisChannelBreaker
 from chat4all.adapters.idempotency import RedisIdempotencyStore
 from chat4all.adapters.jwt import JwksTokenVerifier
 from chat4all.adapters.limits import RedisRequestLimiter
@@ -174,7 +175,14 @@ def identity_service() -> IdentityService:
         conversations=MongoConversationStore(mongo()),
         audit_log=PostgresAuditLog(postgres()),
         verifier=PlatformCredentialVerifier(api_bases()),
+        breakers=channel_breakers(),
     )
+
+
+@lru_cache
+def channel_breakers() -> RedisChannelBreaker:
+    """Every channel's circuit breaker, in Redis (shared by every container)."""
+    return RedisChannelBreaker(redis_client())
 
 
 @lru_cache

@@ -154,6 +154,11 @@ class ChannelRepository(ABC):
         """
 
     @abstractmethod
+    def reject_credentials(self, channel_id: str, reason: str) -> bool:
+        """The platform refused the channel's token: keep why (shown as credentials REJECTED) until new
+        credentials are set. False when it was marked already (or there is no such channel)."""
+
+    @abstractmethod
     def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
         """Remove the channel and its credentials with `audit(removed)`; NotFoundError when there is none."""
 

@@ -203,6 +203,7 @@ class InMemoryChannelRepository(ChannelRepository):
             return before  # nothing changed: nothing written, nothing audited
         if credentials is not None:
             self._refuse_taken(channel_id, channel.platform, credentials)
+            after = dataclasses.replace(after, credentials_rejected=None)
         self.channels[channel_id] = dataclasses.replace(
             channel,
             name=after.name,
@@ -210,9 +211,18 @@ class InMemoryChannelRepository(ChannelRepository):
             default_agent_id=after.default_agent_id,
             updated_at=after.updated_at,
             credentials=credentials if credentials is not None else channel.credentials,
+            rate_limit=after.rate_limit,
+            credentials_rejected=after.credentials_rejected,
         )
         self.audit.append(audit(before, after))
         return after
+
+    def reject_credentials(self, channel_id: str, reason: str) -> bool:
+        channel = self.channels.get(channel_id)
+        if channel is None or channel.credentials_rejected is not None:
+            return False
+        self.channels[channel_id] = dataclasses.replace(channel, credentials_rejected=reason[:500])
+        return True
 
     def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
         channel = self.channels.pop(channel_id, None)
@@ -253,6 +263,8 @@ def _info(channel: ChannelConfig) -> ChannelInfo:
         channel.default_agent_id,
         channel.created_at,
         channel.updated_at,
+        channel.rate_limit,
+        channel.credentials_rejected,
     )
 
 

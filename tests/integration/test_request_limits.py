@@ -7,7 +7,6 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
-import httpx
 import pytest
 import redis
 
@@ -15,6 +14,8 @@ from chat4all.adapters.limits import RedisRequestLimiter
 from devstack.processes import free_port
 
 if TYPE_CHECKING:
+    import httpx
+
     from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api
 

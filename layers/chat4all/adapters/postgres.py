@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import uuid
 from importlib import resources
@@ -403,6 +404,8 @@ def _channel_info(row: dict[str, Any]) -> ChannelInfo:
         default_agent_id=str(row["default_agent_id"]) if row["default_agent_id"] else None,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        rate_limit=row["rate_limit"],
+        credentials_rejected=row["credentials_rejection"],
     )
 
 
@@ -447,6 +450,8 @@ class PostgresChannelRepository(ChannelRepository):
             created_at=info.created_at,
             updated_at=info.updated_at,
             default_agent_id=info.default_agent_id,
+            rate_limit=info.rate_limit,
+            credentials_rejected=info.credentials_rejected,
         )
 
     def add_channel(self, channel: ChannelConfig, audit: AuditEntry) -> None:
@@ -456,8 +461,8 @@ class PostgresChannelRepository(ChannelRepository):
             with self.db.transaction() as cur:
                 cur.execute(
                     "INSERT INTO channels (channel_id, platform, name, credentials_ciphertext, credentials_bound,"
-                    " enabled, default_agent_id, created_at, updated_at, account_id, webhook_secret_digest)"
-                    " VALUES (%s, %s, %s, %s, true, %s, %s, %s, %s, %s, %s)",
+                    " enabled, default_agent_id, created_at, updated_at, account_id, webhook_secret_digest, rate_limit)"
+                    " VALUES (%s, %s, %s, %s, true, %s, %s, %s, %s, %s, %s, %s)",
                     (
                         channel.channel_id,
                         channel.platform.value,
@@ -469,6 +474,7 @@ class PostgresChannelRepository(ChannelRepository):
                         channel.updated_at,
                         account_id,
                         secret_digest,
+                        channel.rate_limit,
                     ),
                 )
                 _write_audit(cur, audit)
@@ -542,10 +548,12 @@ class PostgresChannelRepository(ChannelRepository):
                     ciphertext = self.cipher.encrypt(credentials, encryption_context(channel_id, before.platform))
                     bound = True
                     account_id, secret_digest = channel_keys(before.platform, credentials)
+                if credentials is not None:  # new credentials: whatever the platform refused before is gone
+                    after = dataclasses.replace(after, credentials_rejected=None)
                 cur.execute(
                     "UPDATE channels SET name = %s, enabled = %s, default_agent_id = %s, credentials_ciphertext = %s,"
-                    " credentials_bound = %s, updated_at = %s, account_id = %s, webhook_secret_digest = %s"
-                    " WHERE channel_id = %s",
+                    " credentials_bound = %s, updated_at = %s, account_id = %s, webhook_secret_digest = %s,"
+                    " rate_limit = %s, credentials_rejection = %s WHERE channel_id = %s",
                     (
                         after.name,
                         after.enabled,
@@ -555,6 +563,8 @@ class PostgresChannelRepository(ChannelRepository):
                         after.updated_at,
                         account_id,
                         secret_digest,
+                        after.rate_limit,
+                        after.credentials_rejected,
                         channel_id,
                     ),
                 )
@@ -562,6 +572,15 @@ class PostgresChannelRepository(ChannelRepository):
                 return after
         except pg_errors.UniqueViolation as exc:
             raise _account_taken(platform, exc) from exc
+
+    def reject_credentials(self, channel_id: str, reason: str) -> bool:
+        with self.db.transaction() as cur:
+            cur.execute(
+                "UPDATE channels SET credentials_rejection = %s"
+                " WHERE channel_id = %s AND credentials_rejection IS NULL",
+                (reason[:500], channel_id),
+            )
+            return bool(cur.rowcount)
 
     def delete_channel(self, channel_id: str, audit: Callable[[ChannelInfo], AuditEntry]) -> None:
         with self.db.transaction() as cur:

@@ -87,10 +87,12 @@ class CreateChannelRequest(RequestModel):
     credentials: dict[str, Any]
     enabled: StrictBool = True
     default_agent_id: uuid.UUID | None = None
+    # messages per second; absent: the platform's published default (chat4all.domain.channel_limits)
+    rate_limit: int | None = Field(default=None, ge=1, le=100_000, strict=True)
 
     def command(self) -> commands.CreateChannel:
         agent = str(self.default_agent_id) if self.default_agent_id else None
-        return commands.CreateChannel(self.platform, self.name, self.credentials, self.enabled, agent)
+        return commands.CreateChannel(self.platform, self.name, self.credentials, self.enabled, agent, self.rate_limit)
 
 
 class UpdateChannelRequest(RequestModel):
@@ -100,6 +102,8 @@ class UpdateChannelRequest(RequestModel):
     enabled: StrictBool | None = None
     default_agent_id: uuid.UUID | None = None
     credentials: dict[str, Any] | None = None
+    # null goes back to the platform's default
+    rate_limit: int | None = Field(default=None, ge=1, le=100_000, strict=True)
 
     @model_validator(mode="after")
     def _not_null(self) -> UpdateChannelRequest:

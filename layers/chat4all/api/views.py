@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from chat4all.domain.channel_limits import effective_rate_limit
 from chat4all.domain.models import MessageStatus, shown_platform_message_id
 
 if TYPE_CHECKING:
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
     from chat4all.domain.models import (
         ApiKey,
         AuditRecord,
-        ChannelConfig,
         ChannelInfo,
         Conversation,
         Delivery,
@@ -59,7 +59,7 @@ def user_view(user: User) -> dict[str, Any]:
     }
 
 
-def channel_view(channel: ChannelConfig | ChannelInfo) -> dict[str, Any]:
+def channel_view(channel: ChannelInfo) -> dict[str, Any]:
     """A channel without its credentials: they are write-only."""
     return {
         "channel_id": channel.channel_id,
@@ -67,6 +67,8 @@ def channel_view(channel: ChannelConfig | ChannelInfo) -> dict[str, Any]:
         "name": channel.name,
         "enabled": channel.enabled,
         "default_agent_id": channel.default_agent_id,
+        "rate_limit": effective_rate_limit(channel.platform, channel.rate_limit),
+        "state": {"breaker": channel.state.breaker.value, "credentials": channel.state.credentials.value},
         "created_at": timestamp(channel.created_at),
         "updated_at": timestamp(channel.updated_at),
     }

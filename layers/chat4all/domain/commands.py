@@ -43,11 +43,13 @@ class CreateChannel:
     credentials: dict[str, str]
     enabled: bool = True
     default_agent_id: str | None = None
+    rate_limit: int | None = None
 
 
 @dataclass(frozen=True)
 class UpdateChannel:
-    """Only the fields the request named: name, enabled, default_agent_id (None clears); credentials rotate."""
+    """Only the fields the request named: name, enabled, default_agent_id and rate_limit (None clears);
+    credentials rotate (and clear a rejection)."""
 
     channel_id: str
     changes: dict[str, Any]

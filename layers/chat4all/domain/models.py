@@ -151,6 +151,23 @@ class ChannelConfig:
     created_at: datetime
     updated_at: datetime
     default_agent_id: str | None = None
+    # messages per second this channel may send (None: its platform's default, chat4all.domain.channel_limits)
+    rate_limit: int | None = None
+    # why the platform refused this channel's token, until the credentials are rotated (None: not refused)
+    credentials_rejected: str | None = None
+
+
+class CredentialsState(StrEnum):
+    VALID = "VALID"
+    REJECTED = "REJECTED"
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    """How a channel stands: its circuit breaker (shared by every instance) and whether its token works."""
+
+    breaker: BreakerState = BreakerState.CLOSED
+    credentials: CredentialsState = CredentialsState.VALID
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,15 @@ class ChannelInfo:
     default_agent_id: str | None
     created_at: datetime
     updated_at: datetime
+    rate_limit: int | None = None
+    credentials_rejected: str | None = None
+    # read from the breaker when the channel is shown (not stored with it)
+    breaker: BreakerState = BreakerState.CLOSED
+
+    @property
+    def state(self) -> ChannelState:
+        rejected = CredentialsState.REJECTED if self.credentials_rejected else CredentialsState.VALID
+        return ChannelState(self.breaker, rejected)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from chat4all.ports import (
         ApiKeyRepository,
         AuditLog,
+        ChannelBreaker,
         ChannelRepository,
         ConversationStore,
         CredentialVerifier,
@@ -61,6 +62,7 @@ class IdentityService:
         conversations: ConversationStore | None = None,
         audit_log: AuditLog | None = None,
         verifier: CredentialVerifier | None = None,
+        breakers: ChannelBreaker | None = None,
     ) -> None:
         self.users = users
         self.channels = channels
@@ -68,6 +70,7 @@ class IdentityService:
         self.conversations = conversations
         self.audit_log = audit_log
         self.verifier = verifier
+        self.breakers = breakers
 
     # ------------------------------------------------------------------ users
     def create_user(self, command: CreateUser, principal: Principal) -> User:
@@ -148,7 +151,7 @@ class IdentityService:
         return self.conversations is not None and self.conversations.share_conversation(user_id, other_user_id)
 
     # ------------------------------------------------------------------ channels
-    def create_channel(self, command: CreateChannel, principal: Principal) -> ChannelConfig:
+    def create_channel(self, command: CreateChannel, principal: Principal) -> ChannelInfo:
         require_admin(principal)
         credentials = parse_credentials(command.platform, command.credentials)
         if command.default_agent_id is not None:
@@ -164,21 +167,30 @@ class IdentityService:
             created_at=now,
             updated_at=now,
             default_agent_id=command.default_agent_id,
+            rate_limit=command.rate_limit,
         )
         entry = audit(principal, "channel.created", "channel", channel.channel_id, after=channel_data(channel))
         self.channels.add_channel(channel, entry)
-        return channel
+        return self._shown(channel.channel_id)
 
     def list_channels(self, principal: Principal) -> list[ChannelInfo]:
         require_admin(principal)
-        return self.channels.list_channels()
+        return [self._with_breaker(channel) for channel in self.channels.list_channels()]
 
     def get_channel(self, channel_id: str, principal: Principal) -> ChannelInfo:
         require_admin(principal)
+        return self._shown(channel_id)
+
+    def _shown(self, channel_id: str) -> ChannelInfo:
         channel = self.channels.channel_info(channel_id)
         if channel is None:
             raise NotFoundError(f"channel {channel_id} not found")
-        return channel
+        return self._with_breaker(channel)
+
+    def _with_breaker(self, channel: ChannelInfo) -> ChannelInfo:
+        if self.breakers is None:
+            return channel
+        return dataclasses.replace(channel, breaker=self.breakers.state(channel.channel_id))
 
     def update_channel(self, command: UpdateChannel, principal: Principal) -> ChannelInfo:
         """Rename, enable/disable, set or clear the default agent, rotate credentials (checked with the platform)."""
@@ -206,7 +218,8 @@ class IdentityService:
                 after_data["credentials"] = "rotated"  # the fact, never the values
             return audit(principal, action, "channel", after.channel_id, before=channel_data(before), after=after_data)
 
-        return self.channels.update_channel(command.channel_id, change, credentials, audited)
+        updated = self.channels.update_channel(command.channel_id, change, credentials, audited)
+        return self._with_breaker(updated)
 
     def delete_channel(self, channel_id: str, principal: Principal) -> None:
         require_admin(principal)
@@ -352,4 +365,5 @@ def channel_data(channel: ChannelConfig | ChannelInfo) -> dict[str, Any]:
         "name": channel.name,
         "enabled": channel.enabled,
         "default_agent_id": channel.default_agent_id,
+        "rate_limit": channel.rate_limit,
     }

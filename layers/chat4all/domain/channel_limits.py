@@ -1,0 +1,30 @@
+"""How fast each platform lets one installed channel send: the default of a channel's `rate_limit`.
+
+The platforms' own published figures (read 2026-12):
+
+- WhatsApp Cloud API: "For each registered business phone number, Cloud API supports up to 80 messages per
+  second (mps) by default, and up to 1,000 mps by automatic upgrade"; past it error 130429. Sending too fast to
+  one user is the pair rate limit, error 131056. (developers.facebook.com, WhatsApp Business Platform,
+  "Throughput", updated May 21, 2026.)
+- Telegram Bot API: "the API will not allow more than 30 messages per second or so" to many users, and about
+  one message per second in one chat (Telegram Bot FAQ, "My bot is hitting limits"); past it HTTP 429 with
+  `parameters.retry_after`.
+- Instagram (Messenger API for Instagram, Send API): 300 calls per second per Instagram professional account
+  for text, links, reactions and stickers, 10 per second for audio or video (developers.facebook.com,
+  "Messenger Platform rate limits", updated Mar 23, 2026).
+"""
+
+from __future__ import annotations
+
+from chat4all.domain.models import Platform
+
+PLATFORM_RATE_LIMITS: dict[Platform, int] = {
+    Platform.WHATSAPP: 80,
+    Platform.TELEGRAM: 30,
+    Platform.INSTAGRAM: 300,
+}
+
+
+def effective_rate_limit(platform: Platform, rate_limit: int | None) -> int:
+    """A channel's messages per second: its own setting, else its platform's published default."""
+    return rate_limit or PLATFORM_RATE_LIMITS[platform]
