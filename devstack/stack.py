@@ -62,6 +62,8 @@ QUEUE_VARIABLES = {
     "STATUS_QUEUE_URL": "StatusQueue",
     "STATUS_DEAD_LETTER_QUEUE_URL": "StatusDeadLetterQueue",
 }
+# the settings the functions get as Secrets Manager ARNs (chat4all.config.SECRET_VARIABLES), never as values
+SECRET_SETTINGS = ("DATABASE_URL", "MONGODB_URI", "REDIS_URL")
 # run once at start (and after LocalStack restarts): every message still PENDING goes back on the new queue
 SWEEPER_FUNCTION = "SweeperFunction"
 START_SWEEP_TIMEOUT = 120.0
@@ -259,6 +261,10 @@ class LocalPlatform:
     # -------------------------------------------------------------------- functions
     def start_functions(self) -> None:
         assert self.stack is not None
+        # this process reads the databases as the functions do: from the secrets the stack made of their URLs
+        # (chat4all.config.SECRET_VARIABLES), not from a URL given to the stack (the owner's, for DATABASE_URL)
+        for variable in SECRET_SETTINGS:
+            os.environ.pop(variable, None)
         os.environ.update(self.function_env())
         self.prepare_databases()
         self.runtime = LocalRuntime(

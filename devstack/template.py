@@ -102,6 +102,46 @@ def infrastructure_template(cfn: dict[str, Any]) -> dict[str, Any]:
     return infra | {"Resources": {k: v for k, v in resources.items() if k not in dropped}, "Outputs": outputs}
 
 
+def evaluate_conditions(cfn: dict[str, Any], parameters: dict[str, str]) -> dict[str, bool]:
+    """The template's Conditions for these parameter values (Fn::Equals, Not, And, Or, Condition; Ref and
+    Fn::Join of parameters), as CloudFormation evaluates them."""
+    declared: dict[str, Any] = cfn.get("Parameters", {})
+    conditions: dict[str, Any] = cfn.get("Conditions", {})
+    done: dict[str, bool] = {}
+
+    logic: dict[str, Callable[[list[Any]], bool]] = {
+        "Fn::Equals": lambda args: str(value(args[0])) == str(value(args[1])),
+        "Fn::Not": lambda args: not value(args[0]),
+        "Fn::And": lambda args: all(value(arg) for arg in args),
+        "Fn::Or": lambda args: any(value(arg) for arg in args),
+    }
+
+    def value(node: Any) -> Any:
+        if not isinstance(node, dict):
+            return node if isinstance(node, list) else plain(node)
+        if "Ref" in node:
+            spec = declared.get(node["Ref"], {})
+            raw = parameters.get(node["Ref"], plain(spec.get("Default", "")))
+            return raw.split(",") if str(spec.get("Type", "")).startswith("CommaDelimited") else raw
+        if "Fn::Join" in node:
+            separator, items = node["Fn::Join"]
+            items = value(items)
+            return separator.join(str(value(item)) for item in (items if isinstance(items, list) else [items]))
+        if "Condition" in node:
+            return condition(node["Condition"])
+        ((function, args),) = node.items()
+        if function not in logic:
+            raise ValueError(f"condition function {function} is not evaluated locally")
+        return logic[function](args)
+
+    def condition(name: str) -> bool:
+        if name not in done:
+            done[name] = bool(value(conditions[name]))
+        return done[name]
+
+    return {name: condition(name) for name in conditions}
+
+
 # ------------------------------------------------------------------------------------------ functions
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -9,7 +10,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 
 # The least-privilege PostgreSQL role the functions connect as (created by migration 0002); the owner migrates.
@@ -28,12 +29,48 @@ class ConfigurationError(RuntimeError):
     """The environment lacks or misstates a setting; the function cannot start."""
 
 
+# The connection settings that are secrets: in AWS (and locally) they reach the functions as the ARN of a Secrets
+# Manager secret, read once per container at cold start, never as a value in the function's environment
+SECRET_VARIABLES = {
+    "database_url": "DATABASE_SECRET_ARN",
+    "mongodb_uri": "MONGODB_URI_SECRET_ARN",
+    "redis_url": "REDIS_URL_SECRET_ARN",
+}
+
+
+def database_url_from_secret(secret: str, environ: Mapping[str, str]) -> str:
+    """The PostgreSQL URL a database secret stands for.
+
+    Either a URL itself (the secret the stack makes from `DatabaseUrl`), or RDS's JSON form `{"username",
+    "password", "host"?, "port"?, "dbname"?}` (the secret RDS Proxy signs in with): then the host is
+    DATABASE_HOST (the proxy's endpoint) when set, the database DATABASE_NAME, and TLS is required.
+    """
+    if secret.startswith(("postgresql://", "postgres://")):
+        return secret
+    try:
+        fields = json.loads(secret)
+        username, password = str(fields["username"]), str(fields["password"])
+    except (ValueError, TypeError, KeyError):
+        # the value is never part of the message
+        raise ConfigurationError(
+            "the database secret is neither a URL nor RDS's JSON with username and password"
+        ) from None
+    host = environ.get("DATABASE_HOST") or fields.get("host")
+    if not host:
+        raise ConfigurationError("the database secret names no host and DATABASE_HOST is not set")
+    port = fields.get("port") or 5432
+    name = environ.get("DATABASE_NAME") or fields.get("dbname") or "chat4all"
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    return f"postgresql://{userinfo}@{host}:{port}/{name}?sslmode=require"
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    database_url: str
-    mongodb_uri: str
-    redis_url: str
+    # secrets: kept out of the model's repr, so that no log line of a settings object shows them
+    database_url: str = Field(repr=False)
+    mongodb_uri: str = Field(repr=False)
+    redis_url: str = Field(repr=False)
     event_bus_name: str = "chat4all"
     route_queue_url: str | None = None
     route_dead_letter_queue_url: str | None = None
@@ -58,9 +95,23 @@ class Settings(BaseModel):
     sweep_pending_after_seconds: int = Field(default=120, ge=0)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, read_secret: Callable[[str], str] | None = None
+    ) -> Settings:
+        """The settings in `environ` (os.environ); a secret setting whose variable is unset is read from the secret
+        its `*_SECRET_ARN` names (SECRET_VARIABLES), with `read_secret` (Secrets Manager, where AWS_ENDPOINT_URL or
+        the region says)."""
         env = os.environ if environ is None else environ
         values = {name: env[name.upper()] for name in cls.model_fields if env.get(name.upper())}
+        for name, variable in SECRET_VARIABLES.items():
+            if name in values or not env.get(variable):
+                continue
+            if read_secret is None:
+                from chat4all.adapters.secrets import secrets_manager_reader
+
+                read_secret = secrets_manager_reader(env)
+            secret = read_secret(env[variable])
+            values[name] = database_url_from_secret(secret, env) if name == "database_url" else secret
         if "aws_region" not in values and env.get("AWS_DEFAULT_REGION"):
             values["aws_region"] = env["AWS_DEFAULT_REGION"]
         try:
