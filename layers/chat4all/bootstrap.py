@@ -212,7 +212,16 @@ def delivery_service() -> DeliveryService:
         deliveries=MongoDeliveryStore(db),
         queue=outbound_queue(),
         trouble_window=timedelta(seconds=settings().delivery_trouble_seconds),
+        breaker=channel_breakers(),
+        limiter=channel_limiter(),
+        delivery_window=timedelta(seconds=settings().chat4all_delivery_window_seconds),
     )
+
+
+@lru_cache
+def channel_limiter() -> RedisRequestLimiter:
+    """Every channel's token bucket and platform holds, in Redis (shared by every container)."""
+    return RedisRequestLimiter(redis_client())
 
 
 @lru_cache

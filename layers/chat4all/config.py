@@ -91,6 +91,9 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     # how long a message may wait on unavailable dependencies before delivery gives up on it (FAILED)
     delivery_trouble_seconds: int = Field(default=300, gt=0)
+    # how long after its acceptance a message may wait for its channel (open breaker, rate limits) before it is
+    # FAILED (chat4all.services.delivery.DEFAULT_DELIVERY_WINDOW says why an hour)
+    chat4all_delivery_window_seconds: int = Field(default=3600, gt=0)
     # the sweeper re-enqueues outbound messages PENDING for longer than this
     sweep_pending_after_seconds: int = Field(default=120, ge=0)
 

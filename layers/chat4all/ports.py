@@ -329,8 +329,12 @@ class MessageStore(ABC):
         same, so status webhooks still find the message)."""
 
     @abstractmethod
-    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
-        """Close `attempt` without a receipt (the platform refused it for now): send again after `retry_at`."""
+    def end_attempt(
+        self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
+    ) -> bool:
+        """Close `attempt` without a receipt (the platform refused it for now): send again after `retry_at`.
+        `spent=False` (the platform answered a rate limit: the request was refused unread) gives the attempt back:
+        the count is what it was before the claim, so that waiting for a platform's limit costs no attempt."""
 
     @abstractmethod
     def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
@@ -418,7 +422,9 @@ class DeliveryStore(ABC):
         """MessageStore.record_sent for a delivery."""
 
     @abstractmethod
-    def end_attempt(self, delivery_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+    def end_attempt(
+        self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
+    ) -> bool:
         """MessageStore.end_attempt for a delivery."""
 
     @abstractmethod
@@ -665,6 +671,12 @@ class RequestLimiter(ABC):
 @dataclass(frozen=True)
 class TokenClaims:
     """What a verified OAuth2 JWT says: its subject and the role it grants."""
+
+    def hold(self, key: str, seconds: float) -> bool:
+        """Give `key` no request for `seconds` (a platform's own retry-after), for every instance; a longer hold
+        already there stays. True when the key's previous hold ended less than a minute ago: the platform refused
+        again right after its own retry-after was honoured. The default: no holds (never raises either)."""
+        return False
 
     subject: str
     role: str | None

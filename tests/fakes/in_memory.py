@@ -548,10 +548,12 @@ class InMemoryMessageStore(MessageStore):
         self._keep(message_id, events)
         return True
 
-    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+    def end_attempt(
+        self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
+    ) -> bool:
         if not self._open(message_id, attempt):
             return False
-        self._replace(message_id, in_flight=None, retry_at=retry_at)
+        self._replace(message_id, in_flight=None, retry_at=retry_at, attempts=attempt if spent else attempt - 1)
         return True
 
     def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
@@ -842,10 +844,12 @@ class InMemoryDeliveryStore(DeliveryStore):
         self._keep(delivery_id, events)
         return True
 
-    def end_attempt(self, delivery_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+    def end_attempt(
+        self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
+    ) -> bool:
         if not self._open(delivery_id, attempt):
             return False
-        self._replace(delivery_id, in_flight=None, retry_at=retry_at)
+        self._replace(delivery_id, in_flight=None, retry_at=retry_at, attempts=attempt if spent else attempt - 1)
         return True
 
     def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:

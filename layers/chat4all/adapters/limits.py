@@ -14,13 +14,18 @@ from chat4all.ports import RequestLimiter
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-# KEYS[1] the bucket; ARGV[1] tokens a second, which is also the bucket's size. Redis's own TIME makes every
-# function instance share one clock. Returns the seconds until a token is there ("0" when one was taken), as a
-# string: a Lua number returned to Redis is cut to an integer.
+# KEYS[1] the bucket, KEYS[2] its hold; ARGV[1] tokens a second, which is also the bucket's size. Redis's own TIME
+# makes every function instance share one clock. Returns the seconds until a token is there ("0" when one was
+# taken), as a string: a Lua number returned to Redis is cut to an integer. While the key is held (HOLD_SCRIPT),
+# the answer is the rest of the hold and no token is taken.
 BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local held = tonumber(redis.call('GET', KEYS[2]) or '0')
+if now < held then
+  return tostring(held - now)
+end
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
 local tokens = tonumber(state[1]) or rate
 local at = tonumber(state[2]) or now
@@ -36,6 +41,20 @@ redis.call('EXPIRE', KEYS[1], 2)
 return tostring(wait)
 """
 
+# KEYS[1] the hold (the time it ends); ARGV[1] seconds. A longer hold already there stays. Returns 1 when the
+# previous hold ended less than REHOLD_WINDOW_SECONDS ago (refused again right after its retry-after), else 0.
+HOLD_SCRIPT = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local previous = tonumber(redis.call('GET', KEYS[1]) or '0')
+local again = 0
+if previous > 0 and previous <= now and now - previous < tonumber(ARGV[2]) then again = 1 end
+local ends = math.max(previous, now + tonumber(ARGV[1]))
+redis.call('SET', KEYS[1], tostring(ends), 'PX', math.ceil((ends - now + tonumber(ARGV[2])) * 1000))
+return again
+"""
+REHOLD_WINDOW_SECONDS = 60.0
+
 # after Redis failed to answer, requests go unlimited for this long before it is asked again, so that an outage
 # costs one request a socket timeout now and then instead of every request
 SKIP_AFTER_FAILURE_SECONDS = 5.0
@@ -44,6 +63,7 @@ SKIP_AFTER_FAILURE_SECONDS = 5.0
 class RedisRequestLimiter(RequestLimiter):
     def __init__(self, client: redis.Redis, *, skip_after_failure: float = SKIP_AFTER_FAILURE_SECONDS) -> None:
         self._script: Script = client.register_script(BUCKET_SCRIPT)
+        self._hold: Script = client.register_script(HOLD_SCRIPT)
         self._skip_after_failure = skip_after_failure
         self._skip_until = 0.0
         self._lock = threading.Lock()
@@ -52,10 +72,23 @@ class RedisRequestLimiter(RequestLimiter):
         if time.monotonic() < self._skip_until:
             return 0.0
         try:
-            answer = self._script(keys=[f"chat4all:{key}"], args=[per_second])
+            answer = self._script(keys=[f"chat4all:{key}", f"chat4all:{key}:hold"], args=[per_second])
         except redis.RedisError as exc:
-            with self._lock:
-                self._skip_until = time.monotonic() + self._skip_after_failure
-            logger.warning("request limits unavailable; requests are not limited", extra={"error": type(exc).__name__})
+            self._unavailable(exc)
             return 0.0
         return float(answer.decode() if isinstance(answer, bytes) else answer)
+
+    def hold(self, key: str, seconds: float) -> bool:
+        if time.monotonic() < self._skip_until or seconds <= 0:
+            return False
+        try:
+            again = self._hold(keys=[f"chat4all:{key}:hold"], args=[seconds, REHOLD_WINDOW_SECONDS])
+        except redis.RedisError as exc:
+            self._unavailable(exc)
+            return False
+        return bool(int(again))
+
+    def _unavailable(self, exc: redis.RedisError) -> None:
+        with self._lock:
+            self._skip_until = time.monotonic() + self._skip_after_failure
+        logger.warning("request limits unavailable; requests are not limited", extra={"error": type(exc).__name__})

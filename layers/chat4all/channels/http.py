@@ -1,21 +1,43 @@
 """The HTTP client the connectors share, and the error policy of their platform calls (the only httpx user
-among them: the interface, `chat4all.ports.ChannelConnector`, knows no HTTP library)."""
+among them: the interface, `chat4all.ports.ChannelConnector`, knows no HTTP library).
+
+A refused call becomes one of the platform's error classes (chat4all.domain.errors): unwell (5xx, no
+connection: retryable, counted by the channel's breaker), rate-limited (the platform's 429 or its own codes: the
+channel slows down and the message waits), permanent for this message, permanent for this recipient, or
+credentials rejected. Each connector names its platform's codes in `classify`; the default reads the HTTP status
+only. The detail keeps the platform's own code and message, with every credential value of the channel taken out:
+a Telegram bot token sits in the URL, and no exception text, URL or echoed body may carry it into a status
+history, a log line or a problem.
+"""
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from chat4all.domain.errors import ChannelOutcomeUnknownError, ChannelRejectedError, ChannelRetryableError
+from chat4all.domain.errors import (
+    ChannelCredentialsRejectedError,
+    ChannelError,
+    ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRejectedError,
+    ChannelRetryableError,
+)
 from chat4all.ports import ChannelConnector
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+# a rate-limit answer without a retry-after of its own: the channel is held this long
+DEFAULT_RETRY_AFTER_SECONDS = 1.0
+# httpx logs every request's URL at INFO, and a Telegram URL holds the bot's token
+logging.getLogger("httpx").setLevel(logging.WARNING)
+logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 
 @lru_cache(maxsize=1)
@@ -27,6 +49,21 @@ def tls_context() -> ssl.SSLContext:
 
 def http_client() -> httpx.Client:
     return httpx.Client(timeout=DEFAULT_TIMEOUT, verify=tls_context())
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """`text` with every secret of at least 4 characters replaced (a token, and a bot token's secret half)."""
+    for secret in sorted({s for s in secrets if isinstance(s, str) and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, "[redacted]")
+    return text
+
+
+def retry_after_header(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None
 
 
 class HttpConnector(ChannelConnector):
@@ -43,27 +80,38 @@ class HttpConnector(ChannelConnector):
             self._http = http_client()
         return self._http
 
-    def post_json(self, url: str, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-        """POST JSON and classify failures: 429/5xx and no connection are retryable, any other 4xx is final, a
-        request that left without a usable answer has an unknown outcome."""
+    def post_json(
+        self,
+        url: str,
+        body: dict[str, Any],
+        headers: Mapping[str, str] | None = None,
+        *,
+        secrets: Iterable[str] = (),
+    ) -> dict[str, Any]:
+        """POST JSON and classify failures (`classify`); no connection is retryable, a request that left without a
+        usable answer has an unknown outcome. `secrets` never appear in an error's detail."""
+        # what a header carries (a bearer token) is as secret as what the caller names (a token in the URL)
+        secrets = [*secrets, *(value.rsplit(" ", 1)[-1] for value in (headers or {}).values())]
         try:
             response = self.http.post(url, json=body, headers=dict(headers or {}))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # no connection, so the request never left: safe to send again
-            raise ChannelRetryableError(f"{self.platform} unreachable: {exc}") from exc
+            raise _scrubbed(ChannelRetryableError(f"{self.platform} unreachable: {exc!r}"), secrets) from None
         except httpx.TransportError as exc:
             # the request left and no answer came back: the platform may have taken it
-            raise ChannelOutcomeUnknownError(f"{self.platform} gave no answer: {exc!r}") from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise ChannelRetryableError(
-                f"{self.platform} answered {response.status_code}: {response.text[:500]}",
-                status_code=response.status_code,
-            )
+            raise _scrubbed(ChannelOutcomeUnknownError(f"{self.platform} gave no answer: {exc!r}"), secrets) from None
         if response.status_code >= 400:
-            raise ChannelRejectedError(
-                f"{self.platform} answered {response.status_code}: {response.text[:500]}",
-                status_code=response.status_code,
+            try:
+                payload = response.json()
+            except ValueError:
+                payload = None
+            error = self.classify(
+                response.status_code,
+                payload if isinstance(payload, dict) else None,
+                response.text[:500],
+                retry_after_header(response.headers),
             )
+            raise _scrubbed(error, secrets)
         try:
             payload = response.json()
         except ValueError as exc:
@@ -73,3 +121,29 @@ class HttpConnector(ChannelConnector):
                 f"{self.platform} answered {response.status_code} with JSON that is not an object"
             )
         return payload
+
+    def classify(
+        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
+    ) -> ChannelError:
+        """The error class of a refused call by its HTTP status alone: 429 rate-limited, 401 credentials rejected,
+        5xx retryable, any other 4xx permanent for this message. Connectors refine it with their platform's codes."""
+        return by_status(status, f"{self.platform} answered {status}: {text}", retry_after)
+
+
+def by_status(status: int, detail: str, retry_after: float | None) -> ChannelError:
+    """The error class of an HTTP status alone (HttpConnector.classify)."""
+    if status == 429:
+        return ChannelRateLimitedError(
+            detail, retry_after_seconds=retry_after or DEFAULT_RETRY_AFTER_SECONDS, status_code=status
+        )
+    if status == 401:
+        return ChannelCredentialsRejectedError(detail, status_code=status)
+    if status >= 500:
+        return ChannelRetryableError(detail, status_code=status)
+    return ChannelRejectedError(detail, status_code=status)
+
+
+def _scrubbed(error: ChannelError, secrets: list[str]) -> ChannelError:
+    error.detail = scrub(error.detail, secrets)
+    error.args = (error.detail,)
+    return error

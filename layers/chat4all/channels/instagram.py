@@ -8,15 +8,37 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.meta import MetaWebhookConnector, strings_at
+from chat4all.channels.http import by_status
+from chat4all.channels.meta import MetaWebhookConnector, graph_error, strings_at
 from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
-from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
+from chat4all.domain.errors import (
+    BadRequestError,
+    ChannelCredentialsRejectedError,
+    ChannelError,
+    ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
+    ChannelRetryableError,
+)
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from chat4all.domain.models import OutboundMessage
+
+# Instagram messaging answers with the Messenger Platform's Graph errors (developers.facebook.com/docs/
+# messenger-platform/error-codes, updated Mar 18, 2026) and the Graph API's throttling codes
+# (developers.facebook.com/docs/graph-api/overview/rate-limiting: 4 application, 17 user, 32 page, 613 custom,
+# 80002 the Instagram business use case). Rate limits hold the account for the answer's Retry-After, else a minute
+# (Meta: "pause requests until current requests drop below the limit"):
+RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80002})
+RATE_LIMIT_PAUSE_SECONDS = 60.0
+CREDENTIALS_CODES = frozenset({190})  # "Invalid OAuth access token"
+# 551 "This person isn't available right now"; 100/2018001 "No matching user found"
+RECIPIENT_CODES = frozenset({(551, None), (100, 2018001)})
+# 1 "An unknown error occurred", 2 "Temporary send message failure. Please try again later."
+RETRYABLE_CODES = frozenset({1, 2})
 
 # Instagram's attachment types, as message types where the names differ
 ATTACHMENT_TYPES = {"file": "document"}
@@ -135,6 +157,24 @@ class InstagramConnector(MetaWebhookConnector):
             message_type=kind,
             account_id=account,
         )
+
+    def classify(
+        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
+    ) -> ChannelError:
+        """Any other refusal (10/2018278 "sent outside of allowed window", 100 bad parameters ...) is permanent for
+        this message."""
+        code, subcode, summary, transient = graph_error(payload)
+        detail = f"Instagram answered {status}, {summary}" if summary else f"Instagram answered {status}: {text}"
+        if code in RATE_LIMIT_CODES:
+            wait = retry_after or RATE_LIMIT_PAUSE_SECONDS
+            return ChannelRateLimitedError(detail, retry_after_seconds=wait, status_code=status)
+        if code in CREDENTIALS_CODES:
+            return ChannelCredentialsRejectedError(detail, status_code=status)
+        if (code, None) in RECIPIENT_CODES or (code, subcode) in RECIPIENT_CODES:
+            return ChannelRecipientRejectedError(detail, status_code=status)
+        if code in RETRYABLE_CODES or transient:
+            return ChannelRetryableError(detail, status_code=status)
+        return by_status(status, detail, retry_after)
 
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         reply = self.post_json(

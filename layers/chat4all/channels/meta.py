@@ -36,6 +36,26 @@ def hmac_sha256_matches(secret: str, raw_body: bytes, signature_header: str | No
     return hmac.compare_digest(expected, signature_header[len(prefix) :].strip().lower())
 
 
+def graph_error(payload: dict[str, Any] | None) -> tuple[int | None, int | None, str, bool]:
+    """A Graph API error body (`{"error": {"message", "type", "code", "error_subcode", "error_data": {"details"},
+    "is_transient", "fbtrace_id"}}`, WhatsApp and Instagram alike): its code, subcode, a one-line summary with the
+    platform's own code and message, and whether Meta calls it transient."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict):
+        return None, None, "", False
+    code = error.get("code")
+    subcode = error.get("error_subcode")
+    code = int(code) if isinstance(code, int | str) and str(code).lstrip("-").isdigit() else None
+    subcode = int(subcode) if isinstance(subcode, int | str) and str(subcode).isdigit() else None
+    data = error.get("error_data")
+    details = data.get("details") if isinstance(data, dict) else None
+    summary = f"error {code}" + (f" (subcode {subcode})" if subcode is not None else "")
+    summary += f": {str(error.get('message') or '')[:300]}"
+    if isinstance(details, str) and details:
+        summary += f" ({details[:300]})"
+    return code, subcode, summary, error.get("is_transient") is True
+
+
 def strings_at(payload: Any, *path: str) -> list[str]:
     """Every string at `path` in untrusted JSON, where a path step into a list means each item of it."""
     found: list[Any] = [payload]

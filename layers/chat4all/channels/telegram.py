@@ -12,10 +12,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.http import HttpConnector
+from chat4all.channels.http import HttpConnector, by_status
 from chat4all.channels.whatsapp import location_text
 from chat4all.domain.credentials import ChannelCredentials, TelegramCredentials
-from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
+from chat4all.domain.errors import (
+    BadRequestError,
+    ChannelError,
+    ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
+)
 from chat4all.domain.models import InboundMessage, Platform, ProviderReceipt
 
 if TYPE_CHECKING:
@@ -23,6 +29,13 @@ if TYPE_CHECKING:
 
     from chat4all.domain.models import OutboundMessage, StatusReport
 
+# Telegram's answers (core.telegram.org/bots/api, "Making requests": `ok: false`, `error_code`, `description`,
+# and `parameters.retry_after`, "in case of exceeding flood control, the number of seconds left to wait before
+# the request can be repeated"; Bot FAQ, "My bot is hitting limits": 429 past about 30 messages a second, or about
+# one a second in one chat). 401 "Unauthorized" is a token Telegram does not know (revoked in @BotFather); a 403
+# ("Forbidden: bot was blocked by the user", "user is deactivated", "bot can't initiate conversation with a user")
+# and a 400 naming the chat or user as not found are about this recipient; any other 400 is about this message.
+RECIPIENT_NOT_FOUND = ("chat not found", "user not found", "peer_id_invalid")
 SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name, not a secret
 # the kinds of message Telegram sends besides text, in the order a message is classified by
 MEDIA_KINDS = ("photo", "video", "animation", "document", "audio", "voice", "video_note", "sticker")
@@ -185,10 +198,27 @@ class TelegramConnector(HttpConnector):
             ]
         return []
 
+    def classify(
+        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
+    ) -> ChannelError:
+        description = str(payload.get("description") or "")[:300] if payload is not None else ""
+        code = payload.get("error_code", status) if payload is not None else status
+        detail = f"Telegram answered {status} (error_code {code}): {description or text}"
+        parameters = payload.get("parameters") if payload is not None else None
+        wait = parameters.get("retry_after") if isinstance(parameters, dict) else None
+        if status == 429:
+            seconds = float(wait) if isinstance(wait, int | float) and wait > 0 else retry_after or 1.0
+            return ChannelRateLimitedError(detail, retry_after_seconds=seconds, status_code=status)
+        if status == 403 or (status == 400 and any(n in description.lower() for n in RECIPIENT_NOT_FOUND)):
+            return ChannelRecipientRejectedError(detail, status_code=status)
+        return by_status(status, detail, retry_after)
+
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         chat_id: int | str = int(message.recipient) if message.recipient.lstrip("-").isdigit() else message.recipient
         reply = self.post_json(
-            f"{self.api_base}/bot{credentials['bot_token']}/sendMessage", {"chat_id": chat_id, "text": message.text}
+            f"{self.api_base}/bot{credentials['bot_token']}/sendMessage",
+            {"chat_id": chat_id, "text": message.text},
+            secrets=[credentials["bot_token"], credentials["bot_token"].split(":", 1)[-1]],
         )
         result = reply.get("result")
         if reply.get("ok") is not True or not isinstance(result, dict) or "message_id" not in result:

@@ -7,15 +7,39 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.meta import MetaWebhookConnector, strings_at
+from chat4all.channels.http import by_status
+from chat4all.channels.meta import MetaWebhookConnector, graph_error, strings_at
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
-from chat4all.domain.errors import BadRequestError, ChannelOutcomeUnknownError
+from chat4all.domain.errors import (
+    BadRequestError,
+    ChannelCredentialsRejectedError,
+    ChannelError,
+    ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
+    ChannelRetryableError,
+)
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from chat4all.domain.models import OutboundMessage
+
+# The Cloud API's error codes by class (developers.facebook.com/documentation/business-messaging/whatsapp/support/
+# error-codes, updated Jun 18, 2026; throughput: .../whatsapp/throughput). Rate limits, with the wait when the
+# answer names none, and whether the whole number is held or only this recipient waits:
+RATE_LIMIT_CODES: dict[int, tuple[float, bool]] = {
+    4: (60.0, True),  # "API Too Many Calls": the app's call rate
+    80007: (60.0, True),  # "Rate limit issues": the WhatsApp Business Account's limit
+    130429: (1.0, True),  # "Rate limit hit": the number's throughput (80 mps by default)
+    131056: (6.0, False),  # "(Business Account, Consumer Account) pair rate limit hit": about 1 message / 6 s
+}
+CREDENTIALS_CODES = frozenset({190})  # OAuthException "Access token has expired" / invalid token
+# "Message Undeliverable": not a WhatsApp user, has not accepted the terms, or too old a client
+RECIPIENT_CODES = frozenset({131026})
+# "Unknown API" / "API Service" / "Something went wrong" / "Service unavailable": Meta's side, worth retrying
+RETRYABLE_CODES = frozenset({1, 2, 131000, 131016})
 
 STATUS_MAP = {
     "sent": MessageStatus.SENT,
@@ -190,6 +214,27 @@ class WhatsAppConnector(MetaWebhookConnector):
             detail=detail,
             account_id=account,
         )
+
+    def classify(
+        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
+    ) -> ChannelError:
+        """The Cloud API's error classes by its `error.code` (the codes above), then by HTTP status; any other
+        refusal (131047 "Re-engagement message", 131008/131009 bad parameters, 100 ...) is permanent for this
+        message."""
+        code, _, summary, transient = graph_error(payload)
+        detail = f"WhatsApp answered {status}, {summary}" if summary else f"WhatsApp answered {status}: {text}"
+        if code in RATE_LIMIT_CODES:
+            wait, channel_wide = RATE_LIMIT_CODES[code]
+            return ChannelRateLimitedError(
+                detail, retry_after_seconds=retry_after or wait, channel_wide=channel_wide, status_code=status
+            )
+        if code in CREDENTIALS_CODES:
+            return ChannelCredentialsRejectedError(detail, status_code=status)
+        if code in RECIPIENT_CODES:
+            return ChannelRecipientRejectedError(detail, status_code=status)
+        if code in RETRYABLE_CODES or transient:
+            return ChannelRetryableError(detail, status_code=status)
+        return by_status(status, detail, retry_after)
 
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         reply = self.post_json(

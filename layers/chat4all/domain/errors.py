@@ -110,11 +110,34 @@ class ChannelError(Chat4AllError):
 
 
 class ChannelRetryableError(ChannelError):
-    """429, 5xx, timeout or connection failure: worth another attempt later."""
+    """5xx, timeout or connection failure (the platform is unwell): worth another attempt later."""
+
+
+class ChannelRateLimitedError(ChannelRetryableError):
+    """The platform refused the call for its rate limit (a 429, or its own rate-limit codes: each connector names
+    them): the request was not taken. `retry_after_seconds` is the platform's own figure (or the connector's
+    default); `channel_wide` is False when the limit is about one recipient only (WhatsApp's pair rate)."""
+
+    def __init__(
+        self, detail: str, *, retry_after_seconds: float, channel_wide: bool = True, status_code: int | None = None
+    ) -> None:
+        super().__init__(detail, status_code=status_code)
+        self.retry_after_seconds = retry_after_seconds
+        self.channel_wide = channel_wide
 
 
 class ChannelRejectedError(ChannelError):
-    """A 4xx other than 429: the platform will never accept this request."""
+    """A 4xx other than a rate limit: the platform will never accept this request (permanent for this message)."""
+
+
+class ChannelRecipientRejectedError(ChannelRejectedError):
+    """The platform will not deliver to this recipient (WhatsApp 131026, Telegram 403 "bot was blocked by the
+    user", Instagram 551, ...): permanent for the recipient, not a fault of the channel."""
+
+
+class ChannelCredentialsRejectedError(ChannelRejectedError):
+    """The platform refused the channel's token (WhatsApp/Instagram OAuthException 190, Telegram 401): the channel
+    is marked, and its messages fail until new credentials are set."""
 
 
 class ChannelOutcomeUnknownError(ChannelError):

@@ -7,6 +7,16 @@ Every platform call is recorded as an open attempt (journaled) before it is made
 after; a run that finds an attempt open past its lease never sends again: it settles the message FAILED,
 "outcome unknown". docs/GUARANTEES.md has the whole model.
 
+Channels protect each other and obey their platforms (issue 17). Before a platform call, and before its attempt
+is claimed, the channel's token bucket (its `rate_limit`, or the platform's published figure) and its circuit
+breaker (both in Redis, shared by every instance) are asked: a wait under a second is slept here; a longer one, an
+open breaker, or a platform's own retry-after makes the message (or delivery) wait where it is, holding back the
+later ones of its conversation or lane, and its job comes back after the wait. None of these waits spends an
+attempt: nothing is claimed, or (a rate-limit answer) the claimed attempt is given back. A message that cannot go
+out within the delivery window of its acceptance because of them is FAILED with the reason. The platform's answer
+moves the breaker: a receipt or a refusal about this message is the platform being well; 5xx, no connection, no
+answer and a rate limit repeated right after its own retry-after are it being unwell.
+
 A GROUP message is not sent by its conversation's run: the run *fans it out* (one `Delivery` per recipient, each
 with its own route, in one write; route_jobs steps 7-8 give each recipient's lane a job) and goes on. Each
 lane's run sends its PENDING deliveries lowest sequence first with the very protocol of a one-to-one message
@@ -24,8 +34,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+from chat4all.domain.channel_limits import effective_rate_limit
 from chat4all.domain.errors import (
+    ChannelCredentialsRejectedError,
     ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
     ChannelRejectedError,
     ChannelRetryableError,
     CredentialsUnreadableError,
@@ -58,6 +72,7 @@ if TYPE_CHECKING:
         ProviderReceipt,
     )
     from chat4all.ports import (
+        ChannelBreaker,
         ChannelConnector,
         ChannelRepository,
         ConversationStore,
@@ -65,6 +80,7 @@ if TYPE_CHECKING:
         EventPublisher,
         MessageStore,
         OutboundQueue,
+        RequestLimiter,
         UserRepository,
     )
 
@@ -80,6 +96,16 @@ SEND_MARGIN = timedelta(seconds=15)
 # pauses between tries of recording a receipt: a short MongoDB blip must not turn a sent message into "unknown"
 RECORD_PAUSES_SECONDS = (0.2, 0.5, 1.0, 2.0)
 LEASE_GRACE_SECONDS = 1.0
+# how long after its acceptance a message may still wait for its channel (an open breaker, the platform's rate
+# limits) before it is FAILED: a chat message an hour late has lost most of its worth to the customer and the agent
+# should be told it did not go; it is past Meta's rolling one-hour rate-limit windows (Graph API "Rate Limits": the
+# business use case limits count calls over the last hour), so a channel Meta throttled has had its limit reset,
+# and it is well under the route queue's retention. CHAT4ALL_DELIVERY_WINDOW_SECONDS sets it.
+DEFAULT_DELIVERY_WINDOW = timedelta(hours=1)
+# a channel's token bucket wait shorter than this is slept in the invocation; a longer one brings the job back
+SHORT_WAIT_SECONDS = 1.0
+# an open breaker is asked again after its own wait, and never sooner than this
+MIN_BREAKER_WAIT_SECONDS = 0.5
 
 
 def backoff_seconds(attempt: int) -> int:
@@ -127,7 +153,7 @@ class _Subject:
     def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
         raise NotImplementedError
 
-    def end_attempt(self, attempt: int, retry_at: datetime, error: str) -> bool:
+    def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
         raise NotImplementedError
 
     def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
@@ -180,8 +206,8 @@ class _MessageSubject(_Subject):
             collect(self.service.events, event)
         return recorded
 
-    def end_attempt(self, attempt: int, retry_at: datetime, error: str) -> bool:
-        return self.service.messages.end_attempt(self.message.message_id, attempt, retry_at, error)
+    def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
+        return self.service.messages.end_attempt(self.message.message_id, attempt, retry_at, error, spent=spent)
 
     def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
         self.service.messages.postpone(self.message.message_id, retry_at, since, error)
@@ -227,8 +253,8 @@ class _DeliverySubject(_Subject):
             self._aggregate()
         return recorded
 
-    def end_attempt(self, attempt: int, retry_at: datetime, error: str) -> bool:
-        return self.store.end_attempt(self.delivery.delivery_id, attempt, retry_at, error)
+    def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
+        return self.store.end_attempt(self.delivery.delivery_id, attempt, retry_at, error, spent=spent)
 
     def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
         self.store.postpone(self.delivery.delivery_id, retry_at, since, error)
@@ -284,6 +310,9 @@ class DeliveryService:
         send_margin: timedelta = SEND_MARGIN,
         clock: Callable[[], datetime] = utcnow,
         sleep: Callable[[float], None] = time.sleep,
+        breaker: ChannelBreaker | None = None,
+        limiter: RequestLimiter | None = None,
+        delivery_window: timedelta = DEFAULT_DELIVERY_WINDOW,
     ) -> None:
         self.messages = messages
         self.conversations = conversations
@@ -297,6 +326,12 @@ class DeliveryService:
         self.send_margin = send_margin
         self.clock = clock
         self.sleep = sleep
+        self.breaker = breaker
+        self.limiter = limiter
+        self.delivery_window = delivery_window
+        # channels whose token the platform refused in this container: channel_id -> (reason, the channel's
+        # updated_at then); a channel read since with another updated_at had its credentials set anew
+        self._rejected: dict[str, tuple[str, datetime]] = {}
 
     # ------------------------------------------------------------------ a conversation's run
 
@@ -371,6 +406,16 @@ class DeliveryService:
     def _claim_and_call(
         self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, lease_until: datetime
     ) -> DeliveryOutcome | float:
+        rejected = self._credentials_rejected(channel)
+        if rejected is not None:
+            return self._fail(
+                subject,
+                f"channel {channel.channel_id}: {channel.platform} rejected its credentials ({rejected}); "
+                "its messages fail until new credentials are set",
+            )
+        wait = self._admission(subject, channel, lease_until)
+        if wait is not None:  # nothing claimed: waiting spends no attempt
+            return wait
         started = self.clock()
         attempt = subject.begin(started, lease_until)
         if attempt is None:  # another invocation claimed it a moment ago
@@ -378,18 +423,99 @@ class DeliveryService:
         # from here on, an exception leaves the attempt open: a later run settles it, it never sends again
         return self._call(subject, channel, outbound, attempt)
 
+    def _credentials_rejected(self, channel: ChannelConfig) -> str | None:
+        if channel.credentials_rejected:
+            return channel.credentials_rejected
+        marked = self._rejected.get(channel.channel_id)
+        if marked is not None and marked[1] == channel.updated_at:
+            return marked[0]
+        return None
+
+    def _admission(
+        self, subject: _Subject, channel: ChannelConfig, lease_until: datetime
+    ) -> DeliveryOutcome | float | None:
+        """None when the channel may call its platform now (a token taken from its bucket, its breaker closed or
+        this the half-open breaker's probe); else the wait, or FAILED past the delivery window."""
+        if self.limiter is not None:
+            rate = effective_rate_limit(channel.platform, channel.rate_limit)
+            while (wait := self.limiter.wait_seconds(f"channel:{channel.channel_id}", rate)) > 0:
+                if (
+                    wait >= SHORT_WAIT_SECONDS
+                    or self.clock() + timedelta(seconds=wait) + self.send_margin > lease_until
+                ):
+                    why = f"channel {channel.channel_id} is at its rate limit ({rate}/s) or held by its platform"
+                    return self._wait(subject, wait, why)
+                self.sleep(wait)
+        if self.breaker is not None:
+            passage = self.breaker.admit(channel.channel_id)
+            if not passage.allowed:
+                why = f"channel {channel.channel_id}'s circuit breaker is open (its platform is failing)"
+                return self._wait(subject, max(passage.wait_seconds, MIN_BREAKER_WAIT_SECONDS), why)
+            if passage.probe:
+                logger.info("%s is the probe of channel %s's breaker", subject.name, channel.channel_id)
+        return None
+
+    def _wait(self, subject: _Subject, seconds: float, why: str) -> DeliveryOutcome | float:
+        """`subject` waits `seconds` without spending an attempt, unless it was accepted longer than the delivery
+        window ago: then it is FAILED with why it waited."""
+        waited = self.clock() - subject.message.created_at
+        if waited >= self.delivery_window:
+            window = int(self.delivery_window.total_seconds())
+            return self._fail(subject, f"not sent within the delivery window ({window} s after acceptance): {why}")
+        logger.info("%s waits %.2f s: %s", subject.name, seconds, why)
+        return seconds
+
+    def _record(self, channel: ChannelConfig, *, success: bool) -> None:
+        if self.breaker is not None:
+            self.breaker.record(channel.channel_id, success=success)
+
     def _call(
         self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
     ) -> DeliveryOutcome | float:
+        """The platform call and its outcome by the platform's error class (chat4all.channels.http)."""
         try:
             receipt = self.connectors[subject.platform].send(channel.credentials, outbound)
-        except ChannelRejectedError as exc:
-            return self._fail(subject, exc.detail, attempt=attempt)
+        except ChannelCredentialsRejectedError as exc:
+            self._record(channel, success=True)  # the platform answered: it is well, the token is not
+            if self.channels.reject_credentials(channel.channel_id, exc.detail):
+                logger.warning("channel %s: credentials rejected: %s", channel.channel_id, exc.detail)
+            self._rejected[channel.channel_id] = (exc.detail, channel.updated_at)
+            return self._fail(subject, f"credentials rejected: {exc.detail}", attempt=attempt)
+        except ChannelRejectedError as exc:  # permanent for this message, or for this recipient
+            self._record(channel, success=True)
+            about = "recipient cannot be reached: " if isinstance(exc, ChannelRecipientRejectedError) else ""
+            return self._fail(subject, about + exc.detail, attempt=attempt)
         except ChannelOutcomeUnknownError as exc:
+            self._record(channel, success=False)
             return self._fail(subject, f"outcome unknown: {exc.detail}; not sent again, to never send twice", attempt)
+        except ChannelRateLimitedError as exc:
+            return self._rate_limited(subject, channel, attempt, exc)
         except ChannelRetryableError as exc:
+            self._record(channel, success=False)
             return self._retry_or_fail(subject, attempt, exc)
+        self._record(channel, success=True)
         return self._record_sent(subject, attempt, receipt)
+
+    def _rate_limited(
+        self, subject: _Subject, channel: ChannelConfig, attempt: int, exc: ChannelRateLimitedError
+    ) -> DeliveryOutcome | float:
+        """The platform's rate limit: the channel is held for its retry-after (every instance: no call of the channel
+        goes before it ends; a pair limit holds only this recipient's message), and the message waits with its
+        attempt given back. A limit answered again right after a hold ended counts against the breaker."""
+        if exc.channel_wide and self.limiter is not None:
+            if self.limiter.hold(f"channel:{channel.channel_id}", exc.retry_after_seconds):
+                self._record(channel, success=False)
+        now = self.clock()
+        if now - subject.message.created_at >= self.delivery_window:
+            window = int(self.delivery_window.total_seconds())
+            return self._fail(
+                subject, f"not sent within the delivery window ({window} s after acceptance): {exc.detail}", attempt
+            )
+        subject.end_attempt(attempt, now + timedelta(seconds=exc.retry_after_seconds), exc.detail, spent=False)
+        logger.info(
+            "%s waits %.2f s for its platform's rate limit: %s", subject.name, exc.retry_after_seconds, exc.detail
+        )
+        return exc.retry_after_seconds
 
     def _retry_or_fail(self, subject: _Subject, attempt: int, exc: ChannelRetryableError) -> DeliveryOutcome | float:
         """The platform refused for now (429, 5xx, unreachable): another attempt after a back-off, up to three."""

@@ -150,11 +150,19 @@ class MongoDeliveryStore(DeliveryStore):
             )
         return False
 
-    def end_attempt(self, delivery_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+    def end_attempt(
+        self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
+    ) -> bool:
+        update: dict[str, Any] = {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}}
+        if not spent:  # the count as it was before the claim (none at all for a first claim: begin_attempt reads it so)
+            if attempt > 1:
+                update["$set"]["delivery_attempts"] = attempt - 1
+            else:
+                update["$unset"]["delivery_attempts"] = ""
         with translated():
             done = self.durable.update_one(
                 self._open_attempt(delivery_id, attempt),
-                {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}},
+                update,
             )
         return bool(done.modified_count)
 

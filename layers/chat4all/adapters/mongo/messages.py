@@ -283,7 +283,15 @@ class MongoMessageStore(MessageStore):
         self.append_status(message_id, entry, platform_message_id=platform_message_id)
         return False
 
-    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str) -> bool:
+    def end_attempt(
+        self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
+    ) -> bool:
+        update: dict[str, Any] = {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}}
+        if not spent:  # the count as it was before the claim (none at all for a first claim: begin_attempt reads it so)
+            if attempt > 1:
+                update["$set"]["delivery_attempts"] = attempt - 1
+            else:
+                update["$unset"]["delivery_attempts"] = ""
         with translated():
             done = self.durable.update_one(
                 {
@@ -292,7 +300,7 @@ class MongoMessageStore(MessageStore):
                     "attempt": {"$exists": True},
                     "delivery_attempts": attempt,
                 },
-                {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}},
+                update,
             )
         return bool(done.modified_count)
 
