@@ -34,7 +34,7 @@ settings = bootstrap.settings()
 app = create_resolver()
 idempotency = IdempotencyConfig(
     event_key_jmespath="message_id",
-    payload_validation_jmespath="[conversation_id, sender_id, content, file_id, channel_type]",
+    payload_validation_jmespath="[conversation_id, sender_id, content, file_id, channel_type, template]",
     expires_after_seconds=settings.idempotency_ttl_seconds,
 )
 

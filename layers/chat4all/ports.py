@@ -235,6 +235,11 @@ class ConversationStore(ABC):
     def add_conversation_once(self, conversation: Conversation) -> bool:
         """Store a new conversation; False (storing nothing) when one with its id exists already."""
 
+    @abstractmethod
+    def record_inbound(self, conversation_id: str, at: datetime) -> None:
+        """Keep `at` (a platform's timestamp of an inbound message) as the conversation's `last_inbound_at`
+        unless a later one is kept already: it only moves forward."""
+
 
 class MessageStore(ABC):
     """Messages and their status history (MongoDB)."""

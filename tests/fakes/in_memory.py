@@ -373,6 +373,11 @@ class InMemoryConversationStore(ConversationStore):
         self.add_conversation(conversation)
         return True
 
+    def record_inbound(self, conversation_id: str, at: datetime) -> None:
+        conversation = self.conversations.get(conversation_id)
+        if conversation is not None and (conversation.last_inbound_at is None or at > conversation.last_inbound_at):
+            self.conversations[conversation_id] = dataclasses.replace(conversation, last_inbound_at=at)
+
 
 class InMemoryMessageStore(MessageStore):
     def __init__(self, conversations: InMemoryConversationStore | None = None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -164,6 +164,152 @@ class ConversationListQuery(RequestModel):
     before: str | None = Field(default=None, min_length=1, max_length=200)
 
 
+# A WhatsApp template message's parts, as the Cloud API takes them (`template.components[].parameters[]`), bounded
+# here so that a hostile body is a 422 and never reaches WhatsApp; openapi.yaml (WhatsAppTemplate) states the same.
+TemplateText = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+FallbackText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+MediaLink = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://[!-~]+$")]  # printable ASCII, no spaces
+MediaId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,64}$")]
+
+
+class _Currency(RequestModel):
+    fallback_value: FallbackText
+    code: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]  # ISO 4217
+    amount_1000: int = Field(ge=-(10**15), le=10**15, strict=True)
+
+
+class _DateTime(RequestModel):
+    fallback_value: FallbackText
+
+
+class _Media(RequestModel):
+    """An uploaded media id or an https link, exactly one of them."""
+
+    link: MediaLink | None = None
+    id: MediaId | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Media:
+        if (self.link is None) == (self.id is None):
+            raise ValueError("media needs exactly one of link and id")
+        return self
+
+
+class _Document(_Media):
+    filename: Annotated[str, StringConstraints(min_length=1, max_length=240, pattern=r"^[^\x00-\x1f/\\]+$")] | None = (
+        None
+    )
+
+
+class _TextParameter(RequestModel):
+    type: Literal["text"]
+    text: TemplateText
+
+
+class _CurrencyParameter(RequestModel):
+    type: Literal["currency"]
+    currency: _Currency
+
+
+class _DateTimeParameter(RequestModel):
+    type: Literal["date_time"]
+    date_time: _DateTime
+
+
+class _ImageParameter(RequestModel):
+    type: Literal["image"]
+    image: _Media
+
+
+class _DocumentParameter(RequestModel):
+    type: Literal["document"]
+    document: _Document
+
+
+class _VideoParameter(RequestModel):
+    type: Literal["video"]
+    video: _Media
+
+
+class _PayloadParameter(RequestModel):
+    """A quick-reply button's payload (what WhatsApp sends back when the customer taps it)."""
+
+    type: Literal["payload"]
+    payload: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+
+
+TemplateParameter = Annotated[
+    _TextParameter
+    | _CurrencyParameter
+    | _DateTimeParameter
+    | _ImageParameter
+    | _DocumentParameter
+    | _VideoParameter
+    | _PayloadParameter,
+    Field(discriminator="type"),
+]
+
+# which parameter types each component takes (WhatsApp: a header shows one text or media, a body's variables are
+# text, currency or date_time, a quick-reply button returns a payload and a URL button completes its URL with text)
+_PARAMETER_TYPES = {
+    "header": {"text", "image", "document", "video"},
+    "body": {"text", "currency", "date_time"},
+    "quick_reply": {"payload", "text"},
+    "url": {"text"},
+}
+MAX_TEMPLATE_PARAMETERS = 20
+MAX_TEMPLATE_BUTTONS = 10
+
+
+class TemplateComponent(RequestModel):
+    type: Literal["header", "body", "button"]
+    sub_type: Literal["quick_reply", "url"] | None = None
+    # the button's position, 0-9: a number, or a string as the Cloud API's own examples write it
+    index: (
+        Annotated[int, Field(ge=0, lt=MAX_TEMPLATE_BUTTONS, strict=True)]
+        | Annotated[str, StringConstraints(pattern=r"^[0-9]$")]
+        | None
+    ) = None
+    parameters: Annotated[list[TemplateParameter], Field(min_length=1, max_length=MAX_TEMPLATE_PARAMETERS)]
+
+    @model_validator(mode="after")
+    def _fits_its_type(self) -> TemplateComponent:
+        if self.type == "button":
+            if self.sub_type is None or self.index is None:
+                raise ValueError("a button component needs sub_type and index")
+            if len(self.parameters) != 1:
+                raise ValueError("a button component takes exactly one parameter")
+            allowed = _PARAMETER_TYPES[self.sub_type]
+        else:
+            if self.sub_type is not None or self.index is not None:
+                raise ValueError(f"a {self.type} component takes no sub_type or index")
+            if self.type == "header" and len(self.parameters) != 1:
+                raise ValueError("a header component takes exactly one parameter")
+            allowed = _PARAMETER_TYPES[self.type]
+        wrong = sorted({p.type for p in self.parameters} - allowed)
+        if wrong:
+            raise ValueError(f"a {self.sub_type or self.type} component takes no {', '.join(wrong)} parameter")
+        return self
+
+
+class TemplateRequest(RequestModel):
+    """A WhatsApp message template, approved in WhatsApp Manager, with the values of its variables."""
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,512}$")]
+    # WhatsApp's language codes: `en`, `en_US`, `pt_BR`, `zh_HK`, `fil`, ...
+    language: Annotated[str, StringConstraints(pattern=r"^[a-z]{2,3}(_[A-Z]{2})?$")]
+    components: Annotated[list[TemplateComponent], Field(min_length=1, max_length=MAX_TEMPLATE_BUTTONS + 2)] | None = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _components_once(self) -> TemplateRequest:
+        kinds = [(c.type, str(c.index)) for c in self.components or ()]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("components repeat: one header, one body and one button per index at most")
+        return self
+
+
 class SendMessageRequest(RequestModel):
     message_id: uuid.UUID | None = None
     conversation_id: uuid.UUID
@@ -171,11 +317,17 @@ class SendMessageRequest(RequestModel):
     content: str | None = Field(default=None, min_length=1, max_length=MAX_CONTENT_CHARS)
     file_id: uuid.UUID | None = None
     channel_type: Platform | None = None
+    # WhatsApp only (checked against the conversation when the message is accepted); alone, without content or file
+    template: TemplateRequest | None = None
 
     @model_validator(mode="after")
     def _has_content_or_file(self) -> SendMessageRequest:
+        if self.template is not None:
+            if self.content is not None or self.file_id is not None:
+                raise ValueError("a template message carries neither content nor file_id: its text is the template's")
+            return self
         if self.content is None and self.file_id is None:
-            raise ValueError("a message needs content or file_id")
+            raise ValueError("a message needs content, file_id or template")
         return self
 
     def command(self) -> commands.SendMessage:
@@ -186,6 +338,7 @@ class SendMessageRequest(RequestModel):
             content=self.content,
             file_id=str(self.file_id) if self.file_id else None,
             channel_type=self.channel_type,
+            template=self.template.model_dump(mode="json", exclude_none=True) if self.template else None,
         )
 
 

@@ -142,7 +142,7 @@ def status_entry_view(entry: StatusEntry) -> dict[str, Any]:
 def message_view(message: Message, deliveries: Sequence[Delivery] | None = None) -> dict[str, Any]:
     """The message; given its deliveries (GET /v1/messages/{id}), a GROUP message (one with recipients) adds
     `deliveries` and `delivery_counts` (a history page lists messages without them)."""
-    view = {
+    view: dict[str, Any] = {
         "message_id": message.message_id,
         "conversation_id": message.conversation_id,
         "sender_id": message.sender_id,
@@ -157,6 +157,8 @@ def message_view(message: Message, deliveries: Sequence[Delivery] | None = None)
         "error": message.error,
         "created_at": timestamp(message.created_at),
     }
+    if message.template is not None:
+        view["template"] = message.template  # a WhatsApp template message: {name, language, components?}
     return view | deliveries_view(message, deliveries)
 
 

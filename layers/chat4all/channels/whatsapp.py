@@ -156,6 +156,23 @@ def location_text(latitude: float | None, longitude: float | None, name: str | N
     return f"{latitude},{longitude}" + (f" {name}" if name else "")
 
 
+def _content(message: OutboundMessage) -> dict[str, Any]:
+    """The message's part of a Cloud API send: a text, or a template by name and language with its components."""
+    if message.template is None:
+        return {"type": "text", "text": {"body": message.text}}
+    template: dict[str, Any] = {"name": message.template["name"], "language": {"code": message.template["language"]}}
+    if message.template.get("components"):
+        template["components"] = [_component(c) for c in message.template["components"]]
+    return {"type": "template", "template": template}
+
+
+def _component(component: dict[str, Any]) -> dict[str, Any]:
+    """A component as the Cloud API takes it (a button's index is a string there)."""
+    if component.get("index") is None:
+        return component
+    return {**component, "index": str(component["index"])}
+
+
 def _timestamp(raw: str) -> datetime:
     try:
         return datetime.fromtimestamp(int(raw), UTC)
@@ -239,12 +256,7 @@ class WhatsAppConnector(MetaWebhookConnector):
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         reply = self.post_json(
             f"{self.api_base}/{credentials['phone_number_id']}/messages",
-            {
-                "messaging_product": "whatsapp",
-                "to": message.recipient.lstrip("+"),
-                "type": "text",
-                "text": {"body": message.text},
-            },
+            {"messaging_product": "whatsapp", "to": message.recipient.lstrip("+"), **_content(message)},
             headers={"Authorization": f"Bearer {credentials['access_token']}"},
         )
         try:

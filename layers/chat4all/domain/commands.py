@@ -80,10 +80,14 @@ class SendMessage:
     content: str | None
     file_id: str | None = None
     channel_type: Platform | None = None
+    # a WhatsApp template {name, language, components?} (validated by the API's schema), instead of content
+    template: dict[str, Any] | None = None
 
     @property
     def fingerprint(self) -> str:
         """Hash of everything but the id: a retry with the same id must carry the same body."""
         body = asdict(self)
         body.pop("message_id")
+        if body["template"] is None:
+            body.pop("template")  # a message without one hashes as it did before templates existed
         return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()

@@ -247,6 +247,9 @@ class Conversation:
     channel_id: str | None = None
     # the highest sequence taken so far (None for a conversation stored before the counter existed)
     last_sequence: int | None = None
+    # the platform's timestamp of the newest inbound WhatsApp message stored in it (None: the customer never wrote
+    # here); WhatsApp's 24-hour window is counted from it (services/messages.py)
+    last_inbound_at: datetime | None = None
 
     def participant(self, user_id: str) -> Participant | None:
         return next((p for p in self.participants if p.user_id == user_id), None)
@@ -306,6 +309,8 @@ class Message:
     # a GROUP message whose deliveries exist (one per recipient): it has left its conversation's route run,
     # its recipients' lanes send it, and its status is their aggregate (aggregate_status)
     fanned_out: bool = False
+    # a WhatsApp template message: {name, language, components?} as the API accepted it (message_type "template")
+    template: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -380,6 +385,8 @@ class OutboundMessage:
     message_id: str
     recipient: str
     text: str
+    # a WhatsApp template ({name, language, components?}): sent as a template message instead of `text`
+    template: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

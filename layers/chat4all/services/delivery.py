@@ -575,7 +575,7 @@ class DeliveryService:
         if key not in routes:
             routes[key] = self._route(message, conversation)
         channel, recipient = routes[key]
-        return channel, OutboundMessage(message.message_id, recipient, message.content)
+        return channel, OutboundMessage(message.message_id, recipient, message.content, template=message.template)
 
     def _route(self, message: Message, conversation: Conversation | None) -> tuple[ChannelConfig, str]:
         if message.channel not in self.connectors:

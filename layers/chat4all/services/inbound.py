@@ -59,6 +59,10 @@ class InboundService:
             return None
         sender_id = self._sender(channel, inbound)
         conversation = self._conversation_on(channel, sender_id)
+        if inbound.platform is Platform.WHATSAPP:
+            # the customer's 24-hour window (services/messages.py) runs from WhatsApp's timestamp of this message;
+            # written before the message, forward only, so a webhook retried after a failure here records it then
+            self.conversations.record_inbound(conversation.conversation_id, inbound.at)
         content = inbound.text
         message = Message(
             message_id=message_id,

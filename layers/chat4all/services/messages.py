@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.errors import (
     ConflictError,
@@ -14,7 +15,15 @@ from chat4all.domain.errors import (
     NotFoundError,
     ValidationFailedError,
 )
-from chat4all.domain.models import ConversationType, Direction, Message, MessageStatus, StatusEntry, utcnow
+from chat4all.domain.models import (
+    ConversationType,
+    Direction,
+    Message,
+    MessageStatus,
+    Platform,
+    StatusEntry,
+    utcnow,
+)
 from chat4all.services import route_jobs
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.notifications import message_event
@@ -27,6 +36,39 @@ if TYPE_CHECKING:
     from chat4all.ports import ConversationStore, DeliveryStore, MessageStore, OutboundQueue, UserRepository
 
 logger = logging.getLogger(__name__)
+
+# WhatsApp's customer service window: a message other than a template reaches a customer only within 24 hours of
+# the customer's last message to the business; outside it WhatsApp refuses it with error 131047 ("Re-engagement
+# message"). See docs/GUARANTEES.md, "WhatsApp templates and the 24-hour window".
+WHATSAPP_WINDOW = timedelta(hours=24)
+
+
+class WhatsAppWindowClosedError(ValidationFailedError):
+    """A free-form message to a WhatsApp customer who last wrote more than 24 hours ago: a template is needed."""
+
+    title = "Outside WhatsApp's 24-hour window"
+    slug = "whatsapp-window-closed"
+
+
+def whatsapp_window_closed(conversation: Conversation, channel: Platform, now: datetime) -> datetime | None:
+    """When the window of this conversation's WhatsApp customer closed, if it has: None while it is open or unknown
+    (the customer never wrote here: the message is sent, and WhatsApp's own 131047 fails it if it must).
+
+    A ONE_TO_ONE conversation only: a GROUP message's WhatsApp deliveries are not refused at acceptance (their
+    recipients' windows are not on the group's conversation); WhatsApp's 131047 fails that delivery alone.
+    """
+    if channel is not Platform.WHATSAPP or conversation.conversation_type is not ConversationType.ONE_TO_ONE:
+        return None
+    if conversation.last_inbound_at is None:
+        return None
+    closed_at = conversation.last_inbound_at + WHATSAPP_WINDOW
+    return closed_at if now > closed_at else None
+
+
+def template_text(template: dict[str, Any]) -> str:
+    """What a template message shows as its `content`: a stand-in naming the template (its text is the one
+    approved in WhatsApp Manager, which the platform never sees); `template` has the whole of it."""
+    return f"[template {template['name']} ({template['language']})]"
 
 
 @dataclass(frozen=True)
@@ -129,13 +171,15 @@ def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> t
     """The message a participant sends into the conversation, as it is stored, and its MessageAccepted."""
     if conversation.participant(command.sender_id) is None:
         raise ForbiddenError("the sender is not a participant of this conversation")
+    channel = command.channel_type or conversation.primary_channel
+    _check_whatsapp_rules(command, conversation, channel, now)
     message = Message(
         message_id=command.message_id,
         conversation_id=conversation.conversation_id,
         sender_id=command.sender_id,
-        content=command.content,
+        content=template_text(command.template) if command.template is not None else command.content,
         file_id=command.file_id,
-        channel=command.channel_type or conversation.primary_channel,
+        channel=channel,
         direction=Direction.OUTBOUND,
         sequence=0,  # the store gives it the conversation's next sequence as it stores it
         status=MessageStatus.PENDING,
@@ -148,8 +192,39 @@ def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> t
             if conversation.conversation_type is ConversationType.GROUP
             else None
         ),
+        message_type="template" if command.template is not None else "text",
+        template=command.template,
     )
     return message, [message_event("MessageAccepted", message, at=now)]
+
+
+def _check_whatsapp_rules(command: SendMessage, conversation: Conversation, channel: Platform, now: datetime) -> None:
+    """Templates go to one WhatsApp customer; anything else to a WhatsApp customer only within the 24-hour window.
+
+    Checked on the conversation as the accepting transaction reads it (a 422 raised here stores nothing), so an
+    inbound message recorded just before it opens the window for this very send.
+    """
+    if command.template is not None:
+        if channel is not Platform.WHATSAPP:
+            raise ValidationFailedError(
+                f"templates are WhatsApp's; this message goes out on {channel.value}",
+                errors=[FieldError("template", f"not available on {channel.value}: send content instead")],
+            )
+        if conversation.conversation_type is not ConversationType.ONE_TO_ONE:
+            raise ValidationFailedError(
+                "a template goes to one WhatsApp customer: send it in a ONE_TO_ONE conversation",
+                errors=[FieldError("template", "not available in a GROUP conversation")],
+            )
+        return
+    closed_at = whatsapp_window_closed(conversation, channel, now)
+    if closed_at is not None:
+        assert conversation.last_inbound_at is not None
+        raise WhatsAppWindowClosedError(
+            "WhatsApp's 24-hour window is closed: the customer last wrote at "
+            f"{conversation.last_inbound_at.isoformat()}, more than 24 hours ago, and WhatsApp takes only a "
+            "template message until the customer writes again; send `template` instead of content",
+            errors=[FieldError("content", "outside WhatsApp's 24-hour window: send a template")],
+        )
 
 
 def _accepted(message: Message) -> AcceptedMessage:

@@ -116,6 +116,11 @@ class MongoConversationStore(ConversationStore):
             )
         return to_conversation(doc) if doc else None
 
+    def record_inbound(self, conversation_id: str, at: datetime) -> None:
+        with translated():
+            # by `_id` alone, `$max` keeps the later time: a late or replayed webhook never moves it back
+            self.collection.update_one({"_id": conversation_id}, {"$max": {"last_inbound_at": at}})
+
     def add_conversation_once(self, conversation: Conversation) -> bool:
         try:
             self.add_conversation(conversation)

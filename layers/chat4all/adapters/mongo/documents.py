@@ -41,6 +41,7 @@ def message_doc(message: Message) -> dict[str, Any]:
         "message_type": message.message_type,
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
         **({"recipients": list(message.recipients)} if message.recipients is not None else {}),
+        **({"template": message.template} if message.template is not None else {}),
     }
 
 
@@ -102,6 +103,7 @@ def to_message(doc: dict[str, Any]) -> Message:
         ),
         recipients=tuple(doc["recipients"]) if doc.get("recipients") is not None else None,
         fanned_out=bool(doc.get("fanned_out", False)),
+        template=doc.get("template"),
     )
 
 
@@ -168,4 +170,5 @@ def to_conversation(doc: dict[str, Any]) -> Conversation:
         created_at=doc["created_at"],
         channel_id=doc.get("channel_id"),
         last_sequence=doc.get("last_sequence"),
+        last_inbound_at=doc.get("last_inbound_at"),
     )
