@@ -4,8 +4,13 @@ PYTHON313 ?= $(shell p="$$(pyenv root 2>/dev/null)/versions/3.13.0/bin/python3.1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# AWS SAM CLI in a virtualenv of its own: it pins its own aws-sam-translator and cfn-lint (sam/requirements.txt)
+SAM_VENV := .sam-venv
+SAM_STAMP := $(SAM_VENV)/.installed
+# `sam build` builds python3.13 functions with the python3.13 it finds on PATH; no telemetry from CI
+SAM := SAM_CLI_TELEMETRY=0 PATH="$(dir $(PYTHON313)):$$PATH" $(SAM_VENV)/bin/sam
 
-.PHONY: dev test unit lint format clean system-packages bench redrive chaos
+.PHONY: dev test unit lint format clean system-packages bench redrive chaos sam-check
 
 $(STAMP): layers/requirements.txt requirements-dev.txt
 	@[ -n "$(PYTHON313)" ] || { echo "Python 3.13 is required (pyenv 3.13.0 or python3.13 on PATH)"; exit 1; }
@@ -13,13 +18,25 @@ $(STAMP): layers/requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r layers/requirements.txt -r requirements-dev.txt
 	@touch $@
 
+$(SAM_STAMP): sam/requirements.txt
+	@[ -n "$(PYTHON313)" ] || { echo "Python 3.13 is required (pyenv 3.13.0 or python3.13 on PATH)"; exit 1; }
+	@[ -x $(SAM_VENV)/bin/python ] || $(PYTHON313) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --disable-pip-version-check -r sam/requirements.txt
+	@touch $@
+
+# what `sam deploy` would first do: the template validated and linted by SAM itself, every function and the layer
+# built (.aws-sam/, samconfig.toml's cached build)
+sam-check: $(SAM_STAMP)
+	$(SAM) validate --lint --region us-east-1
+	$(SAM) build --region us-east-1
+
 system-packages:
 	@scripts/ensure-system-packages.sh
 
 dev: $(STAMP) system-packages
 	$(PY) -m devstack
 
-test: $(STAMP) system-packages lint
+test: $(STAMP) system-packages lint sam-check
 	$(PY) -m pytest
 
 bench: $(STAMP) system-packages
