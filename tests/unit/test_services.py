@@ -12,7 +12,10 @@ import pytest
 
 from chat4all.domain.commands import CreateConversation, CreateUser, LinkIdentity, SendMessage
 from chat4all.domain.errors import (
+    ChannelCredentialsRejectedError,
     ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
     ChannelRejectedError,
     ChannelRetryableError,
     ConflictError,
@@ -22,6 +25,7 @@ from chat4all.domain.errors import (
     ValidationFailedError,
 )
 from chat4all.domain.models import (
+    BreakerState,
     ChannelConfig,
     ConversationType,
     Direction,
@@ -38,6 +42,7 @@ from chat4all.domain.models import (
     User,
     UserType,
 )
+from chat4all.ports import Passage
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import ConversationProgress, DeliveryService
 from chat4all.services.identity import IdentityService
@@ -652,3 +657,173 @@ class CountingBus(InMemoryEventPublisher):
     def publish_many(self, events: Sequence[DomainEvent]) -> list[DomainEvent]:
         self.calls.append(list(events))
         return [e for e in events if e.detail["n"] in self.refuse]
+
+
+# ---------------------------------------------------------------- channels protecting each other (issue 17)
+
+
+@dataclass
+class FakeBreaker:
+    """A channel breaker whose answers are scripted; it remembers what it was told."""
+
+    passages: list[Passage] = field(default_factory=list)
+    recorded: list[tuple[str, bool]] = field(default_factory=list)
+
+    def admit(self, channel_id: str) -> Passage:
+        return self.passages.pop(0) if self.passages else Passage(allowed=True)
+
+    def record(self, channel_id: str, *, success: bool) -> BreakerState:
+        self.recorded.append((channel_id, success))
+        return BreakerState.CLOSED
+
+    def state(self, channel_id: str) -> BreakerState:
+        return BreakerState.CLOSED
+
+
+@dataclass
+class FakeLimiter:
+    waits: list[float] = field(default_factory=list)
+    asked: list[tuple[str, int]] = field(default_factory=list)
+    holds: list[tuple[str, float]] = field(default_factory=list)
+    again: bool = False
+
+    def wait_seconds(self, key: str, per_second: int) -> float:
+        self.asked.append((key, per_second))
+        return self.waits.pop(0) if self.waits else 0.0
+
+    def hold(self, key: str, seconds: float) -> bool:
+        self.holds.append((key, seconds))
+        return self.again
+
+
+def protected(world: World, breaker: FakeBreaker | None = None, limiter: FakeLimiter | None = None) -> World:
+    world.delivery.breaker = breaker or FakeBreaker()  # type: ignore[assignment]
+    world.delivery.limiter = limiter or FakeLimiter()  # type: ignore[assignment]
+    return world
+
+
+def stored(world: World, message_id: str) -> Message:
+    message = world.messages.get_message(message_id)
+    assert message is not None
+    return message
+
+
+def test_an_open_breaker_makes_the_conversation_wait_in_order_without_spending_an_attempt(world: World) -> None:
+    breaker = FakeBreaker([Passage(allowed=False, wait_seconds=12.5)])
+    protected(world, breaker)
+    first = world.message_service.accept(world.send("one"), ADMIN)
+    second = world.message_service.accept(world.send("two"), ADMIN)
+    progress = run(world)
+    assert progress.outcomes == [] and progress.retry_after_seconds == 12.5
+    assert world.connector.sent == []
+    assert stored(world, first.message_id).attempts == 0  # waiting for the breaker is not an attempt
+    assert stored(world, first.message_id).status is MessageStatus.PENDING
+    # once the breaker lets calls through, both go, in order, and the breaker hears of each success
+    assert [o.message_id for o in run(world).outcomes] == [first.message_id, second.message_id]
+    assert [m.text for m in world.connector.sent] == ["one", "two"]
+    assert breaker.recorded == [("ch-1", True), ("ch-1", True)]
+
+
+def test_the_probe_is_a_normal_attempt_and_its_failure_is_recorded(world: World) -> None:
+    breaker = FakeBreaker([Passage(allowed=True, probe=True)])
+    protected(world, breaker)
+    world.connector.script = [ChannelRetryableError("WhatsApp answered 500")]
+    accepted = world.message_service.accept(world.send("probe"), ADMIN)
+    assert run(world).retry_after_seconds == 2
+    assert stored(world, accepted.message_id).attempts == 1
+    assert breaker.recorded == [("ch-1", False)]
+
+
+def test_a_wait_past_the_delivery_window_fails_the_message_with_why(world: World) -> None:
+    protected(world, FakeBreaker([Passage(allowed=False, wait_seconds=15)]))
+    accepted = world.message_service.accept(world.send("late"), ADMIN)
+    world.now = stored(world, accepted.message_id).created_at + timedelta(hours=1, seconds=1)
+    [outcome] = run(world).outcomes
+    assert outcome.status is MessageStatus.FAILED
+    assert "delivery window (3600 s" in (outcome.reason or "") and "circuit breaker is open" in (outcome.reason or "")
+    assert world.connector.sent == []
+
+
+def test_the_channel_rate_limit_sleeps_short_waits_and_brings_the_job_back_for_long_ones(world: World) -> None:
+    limiter = FakeLimiter(waits=[0.2, 0.0, 3.0])
+    protected(world, limiter=limiter)
+    world.channels.channels["ch-1"] = dataclasses.replace(world.channels.channels["ch-1"], rate_limit=5)
+    first = world.message_service.accept(world.send("one"), ADMIN)
+    second = world.message_service.accept(world.send("two"), ADMIN)
+    progress = run(world)
+    assert [o.message_id for o in progress.outcomes] == [first.message_id]  # slept 0.2 s, then sent
+    assert world.slept == [0.2]
+    assert progress.retry_after_seconds == 3.0  # the second waits for its token: its job comes back
+    assert stored(world, second.message_id).attempts == 0
+    assert limiter.asked == [("channel:ch-1", 5)] * 3
+
+
+def test_a_platform_rate_limit_holds_the_channel_and_gives_the_attempt_back(world: World) -> None:
+    limiter = FakeLimiter()
+    breaker = FakeBreaker()
+    protected(world, breaker, limiter)
+    limited = ChannelRateLimitedError("WhatsApp answered 429, error 130429: Rate limit hit", retry_after_seconds=7)
+    world.connector.script = [limited, limited, limited, limited, None]
+    accepted = world.message_service.accept(world.send("patient"), ADMIN)
+    for _ in range(4):  # more rate limits than the attempts budget: none FAILs it
+        assert run(world).retry_after_seconds == 7
+        message = stored(world, accepted.message_id)
+        assert message.attempts == 0 and message.status is MessageStatus.PENDING
+        world.now += timedelta(seconds=7)
+    assert run(world).outcomes[0].status is MessageStatus.SENT
+    assert limiter.holds == [("channel:ch-1", 7)] * 4
+    assert breaker.recorded == [("ch-1", True)]  # a rate limit alone does not count against the breaker
+    # one repeated right after its own retry-after ended does
+    limiter.again = True
+    world.connector.script = [limited]
+    world.message_service.accept(world.send("again"), ADMIN)
+    run(world)
+    assert breaker.recorded[-1] == ("ch-1", False)
+
+
+def test_a_pair_rate_limit_holds_only_its_message(world: World) -> None:
+    limiter = FakeLimiter()
+    protected(world, limiter=limiter)
+    world.connector.script = [
+        ChannelRateLimitedError("error 131056: pair rate limit hit", retry_after_seconds=6, channel_wide=False)
+    ]
+    world.message_service.accept(world.send("pair"), ADMIN)
+    assert run(world).retry_after_seconds == 6
+    assert limiter.holds == []
+
+
+def test_credentials_rejected_mark_the_channel_and_fail_its_messages_until_rotated(world: World) -> None:
+    breaker = FakeBreaker()
+    protected(world, breaker)
+    world.connector.script = [ChannelCredentialsRejectedError("WhatsApp answered 401, error 190: token expired")]
+    first = world.message_service.accept(world.send("one"), ADMIN)
+    second = world.message_service.accept(world.send("two"), ADMIN)
+    outcomes = run(world).outcomes
+    assert [o.status for o in outcomes] == [MessageStatus.FAILED, MessageStatus.FAILED]
+    assert "credentials rejected" in (outcomes[0].reason or "") and "error 190" in (outcomes[0].reason or "")
+    assert "rejected its credentials" in (outcomes[1].reason or "")
+    assert len(world.connector.sent) == 1  # the second was not sent with a token known to be refused
+    assert world.channels.channels["ch-1"].credentials_rejected is not None
+    assert stored(world, second.message_id).history[-1].detail == outcomes[1].reason
+    assert first.message_id != second.message_id
+    # new credentials (what PATCH does: the mark cleared, updated_at moved) let the next message go
+    later = world.channels.channels["ch-1"].updated_at + timedelta(seconds=1)
+    world.channels.channels["ch-1"] = dataclasses.replace(
+        world.channels.channels["ch-1"], credentials_rejected=None, updated_at=later
+    )
+    world.message_service.accept(world.send("three"), ADMIN)
+    assert run(world).outcomes[0].status is MessageStatus.SENT
+
+
+def test_a_recipient_refusal_fails_the_message_at_once_with_the_platforms_reason(world: World) -> None:
+    breaker = FakeBreaker()
+    protected(world, breaker)
+    world.connector.script = [
+        ChannelRecipientRejectedError("Telegram answered 403 (error_code 403): Forbidden: bot was blocked by the user")
+    ]
+    accepted = world.message_service.accept(world.send("hi"), ADMIN)
+    [outcome] = run(world).outcomes
+    assert outcome.status is MessageStatus.FAILED and not outcome.dead_letter
+    detail = stored(world, accepted.message_id).history[-1].detail or ""
+    assert detail.startswith("recipient cannot be reached") and "bot was blocked by the user" in detail
+    assert breaker.recorded == [("ch-1", True)]  # about the recipient, not the platform's health

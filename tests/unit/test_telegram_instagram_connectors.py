@@ -15,7 +15,11 @@ from chat4all.channels.instagram import InstagramConnector
 from chat4all.channels.telegram import TelegramConnector
 from chat4all.domain.errors import (
     BadRequestError,
+    ChannelCredentialsRejectedError,
+    ChannelError,
     ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
     ChannelRejectedError,
     ChannelRetryableError,
 )
@@ -201,3 +205,112 @@ def test_instagram_send_request_and_receipt() -> None:
     assert str(seen[0].url) == f"https://ig.example/v21.0/{INSTAGRAM['ig_user_id']}/messages"
     assert seen[0].headers["authorization"] == "Bearer IGAA-token"
     assert json.loads(seen[0].content) == {"recipient": {"id": "9001"}, "message": {"text": "hello"}}
+
+
+# ---------------------------------------------------------------- error classes by the platforms' own codes
+
+
+def _raised(connector: Any, credentials: dict[str, str], recipient: str) -> ChannelError:
+    with pytest.raises(ChannelError) as caught:
+        connector.send(credentials, OutboundMessage("m1", recipient, "hello"))
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "error"),
+    [
+        (
+            429,
+            {
+                "ok": False,
+                "error_code": 429,
+                "description": "Too Many Requests: retry after 17",
+                "parameters": {"retry_after": 17},
+            },
+            ChannelRateLimitedError,
+        ),
+        (401, {"ok": False, "error_code": 401, "description": "Unauthorized"}, ChannelCredentialsRejectedError),
+        (
+            403,
+            {"ok": False, "error_code": 403, "description": "Forbidden: bot was blocked by the user"},
+            ChannelRecipientRejectedError,
+        ),
+        (
+            400,
+            {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"},
+            ChannelRecipientRejectedError,
+        ),
+        (
+            400,
+            {"ok": False, "error_code": 400, "description": "Bad Request: message is too long"},
+            ChannelRejectedError,
+        ),
+        (502, {"ok": False, "error_code": 502, "description": "Bad Gateway"}, ChannelRetryableError),
+    ],
+)
+def test_telegram_errors_by_class_keep_telegrams_description(
+    status: int, body: dict[str, Any], error: type[ChannelError]
+) -> None:
+    raised = _raised(telegram(lambda request: httpx.Response(status, json=body)), TELEGRAM, "4242")
+    assert type(raised) is error
+    assert body["description"] in raised.detail
+    if isinstance(raised, ChannelRateLimitedError):
+        assert raised.retry_after_seconds == 17 and raised.channel_wide
+
+
+@pytest.mark.parametrize(
+    ("status", "error_body", "error"),
+    [
+        (400, {"code": 613, "message": "Calls to this api have exceeded the rate limit."}, ChannelRateLimitedError),
+        (400, {"code": 4, "message": "Application request limit reached"}, ChannelRateLimitedError),
+        (
+            400,
+            {"code": 80002, "message": "There have been too many calls to this Instagram account."},
+            ChannelRateLimitedError,
+        ),
+        (
+            400,
+            {"code": 190, "type": "OAuthException", "message": "Invalid OAuth access token."},
+            ChannelCredentialsRejectedError,
+        ),
+        (400, {"code": 551, "message": "This person isn't available right now."}, ChannelRecipientRejectedError),
+        (
+            400,
+            {"code": 100, "error_subcode": 2018001, "message": "No matching user found"},
+            ChannelRecipientRejectedError,
+        ),
+        (
+            400,
+            {"code": 10, "error_subcode": 2018278, "message": "This message is sent outside of allowed window."},
+            ChannelRejectedError,
+        ),
+        (500, {"code": 2, "message": "Temporary send message failure. Please try again later."}, ChannelRetryableError),
+        (400, {"code": 1, "message": "An unknown error occurred", "is_transient": True}, ChannelRetryableError),
+    ],
+)
+def test_instagram_errors_by_class_keep_metas_code_and_message(
+    status: int, error_body: dict[str, Any], error: type[ChannelError]
+) -> None:
+    raised = _raised(instagram(lambda request: httpx.Response(status, json={"error": error_body})), INSTAGRAM, "9001")
+    assert type(raised) is error
+    assert f"error {error_body['code']}" in raised.detail and error_body["message"] in raised.detail
+
+
+def test_no_detail_of_a_telegram_failure_carries_the_bot_token() -> None:
+    token = TELEGRAM["bot_token"]
+
+    def echo(request: httpx.Request) -> httpx.Response:  # a proxy's page that echoes the URL it was asked for
+        return httpx.Response(404, text=f"<html>no route for {request.url}</html>")
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+
+    def hang_up(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout(f"no answer from {request.url}", request=request)
+
+    for handler in (echo, refuse, hang_up):
+        raised = _raised(telegram(handler), TELEGRAM, "4242")
+        assert token not in raised.detail and token not in str(raised), raised.detail
+        assert token.split(":", 1)[1] not in raised.detail
+        assert raised.__cause__ is None  # no chained exception with the URL in a logged traceback
+        assert "[redacted]" in raised.detail

@@ -16,7 +16,11 @@ from chat4all.channels import http as channels_http
 from chat4all.channels.whatsapp import WhatsAppConnector
 from chat4all.domain.errors import (
     BadRequestError,
+    ChannelCredentialsRejectedError,
+    ChannelError,
     ChannelOutcomeUnknownError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
     ChannelRejectedError,
     ChannelRetryableError,
 )
@@ -231,3 +235,53 @@ def test_a_success_without_a_message_id_is_an_unknown_outcome() -> None:
         wa = connector(lambda request, reply=reply: reply)
         with pytest.raises(ChannelOutcomeUnknownError):
             wa.send(CREDENTIALS, OutboundMessage("m1", "1", "hi"))
+
+
+# ---------------------------------------------------------------- error classes by the Cloud API's codes
+
+
+@pytest.mark.parametrize(
+    ("status", "error_body", "error", "wait", "channel_wide"),
+    [
+        (429, {"code": 130429, "message": "(#130429) Rate limit hit"}, ChannelRateLimitedError, 1.0, True),
+        (400, {"code": 131056, "message": "(#131056) pair rate limit hit"}, ChannelRateLimitedError, 6.0, False),
+        (400, {"code": 4, "message": "(#4) Application request limit reached"}, ChannelRateLimitedError, 60.0, True),
+        (
+            401,
+            {"code": 190, "type": "OAuthException", "message": "Error validating access token"},
+            ChannelCredentialsRejectedError,
+            None,
+            None,
+        ),
+        (400, {"code": 131026, "message": "Message undeliverable"}, ChannelRecipientRejectedError, None, None),
+        (400, {"code": 131047, "message": "Re-engagement message"}, ChannelRejectedError, None, None),
+        (400, {"code": 100, "message": "Invalid parameter"}, ChannelRejectedError, None, None),
+        (500, {"code": 131000, "message": "Something went wrong"}, ChannelRetryableError, None, None),
+        (503, {"code": 2, "message": "Service temporarily unavailable"}, ChannelRetryableError, None, None),
+    ],
+)
+def test_cloud_api_errors_by_class_keep_the_code_and_message(
+    status: int, error_body: dict[str, Any], error: type[ChannelError], wait: float | None, channel_wide: bool | None
+) -> None:
+    body = {"error": error_body | {"error_data": {"messaging_product": "whatsapp", "details": "why"}}}
+    with pytest.raises(ChannelError) as caught:
+        connector(lambda request: httpx.Response(status, json=body)).send(
+            CREDENTIALS, OutboundMessage("m1", "+5511999990000", "hi")
+        )
+    raised = caught.value
+    assert type(raised) is error
+    assert f"error {error_body['code']}" in raised.detail and error_body["message"] in raised.detail
+    assert "(why)" in raised.detail
+    if isinstance(raised, ChannelRateLimitedError):
+        assert (raised.retry_after_seconds, raised.channel_wide) == (wait, channel_wide)
+
+
+def test_a_retry_after_header_wins_and_the_token_never_reaches_a_detail() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        echoed = {"error": {"code": 130429, "message": f"slow down {request.headers['authorization']}"}}
+        return httpx.Response(429, json=echoed, headers={"Retry-After": "3"})
+
+    with pytest.raises(ChannelRateLimitedError) as caught:
+        connector(answer).send(CREDENTIALS, OutboundMessage("m1", "+5511999990000", "hi"))
+    assert caught.value.retry_after_seconds == 3.0
+    assert CREDENTIALS["access_token"] not in caught.value.detail
