@@ -145,6 +145,8 @@ class FakeWhatsApp:
                 {"error": {"message": "Unsupported post request", "type": "GraphMethodException", "code": 100}},
                 None,
             )
+        if body.get("type") == "template" and not _template_shaped(body.get("template")):
+            return 400, INVALID_TEMPLATE.body, None
         wamid = f"wamid.{uuid.uuid4().hex}"
         reply = {
             "messaging_product": "whatsapp",
@@ -182,6 +184,37 @@ INVALID_RECIPIENT = ScriptedFailure(
             "message": "(#131030) Recipient phone number not in allowed list",
             "type": "OAuthException",
             "code": 131030,
+        }
+    },
+)
+
+
+def _template_shaped(template: Any) -> bool:
+    """A template as the Cloud API requires it: a name and `language.code`, components a list when present."""
+    if not isinstance(template, dict) or not isinstance(template.get("name"), str):
+        return False
+    language = template.get("language")
+    if not isinstance(language, dict) or not isinstance(language.get("code"), str):
+        return False
+    return isinstance(template.get("components", []), list)
+
+
+INVALID_TEMPLATE = ScriptedFailure(
+    400, {"error": {"message": "(#100) Invalid parameter", "type": "OAuthException", "code": 100}}
+)
+# WhatsApp's answer to a free-form message outside the customer's 24-hour window (its error code 131047)
+RE_ENGAGEMENT = ScriptedFailure(
+    400,
+    {
+        "error": {
+            "message": "(#131047) Re-engagement message",
+            "type": "OAuthException",
+            "code": 131047,
+            "error_data": {
+                "messaging_product": "whatsapp",
+                "details": "Message failed to send because more than 24 hours have passed since the customer last "
+                "replied to this number.",
+            },
         }
     },
 )
