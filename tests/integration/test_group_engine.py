@@ -48,6 +48,11 @@ def test_a_group_message_reaches_each_recipient_once_on_their_own_platform_and_e
 ) -> None:
     # GIVEN a group on the WhatsApp line: an agent, one customer on each platform, one reachable on none
     channel, wa = whatsapp_channel
+    # a recipient off the conversation's platform is reached through its platform's only enabled channel: a
+    # Telegram or Instagram channel an earlier test left enabled would make that ambiguous (and the delivery FAILED)
+    for other in api.call("GET", "/v1/channels").json()["items"]:
+        if other["platform"] in ("TELEGRAM", "INSTAGRAM") and other["enabled"]:
+            disable(api, other["channel_id"])
     tg_channel, tg = telegram_channel(api)
     ig_channel, _ = instagram_channel(api, fake_instagram)
     client: MongoClient[dict[str, Any]] = MongoClient(platform.urls["mongo"], tz_aware=True)
