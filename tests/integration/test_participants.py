@@ -35,7 +35,7 @@ def test_an_agent_hands_over_and_the_new_agent_sees_history_from_its_join(
     # GIVEN a conversation of agent A (with a key) and a customer, with one message in it
     setup = whatsapp_conversation
     key_a = api.created("/v1/api-keys", {"name": "a", "role": "agent", "user_id": setup.agent_id})["api_key"]
-    send(api, setup.conversation_id, setup.agent_id, "before the hand-over", key=key_a)
+    before = send(api, setup.conversation_id, setup.agent_id, "before the hand-over", key=key_a)
     agent_b, key_b = agent_with_key(api, "Bia Agent")
     path = f"/v1/conversations/{setup.conversation_id}/participants"
     # WHEN agent A leaves the ONE_TO_ONE conversation (it is full until then) and adds agent B
@@ -55,8 +55,14 @@ def test_an_agent_hands_over_and_the_new_agent_sees_history_from_its_join(
     added = api.call("POST", path, json={"user_id": agent_b})
     assert added.status_code == 201, added.text
     assert [p["user_id"] for p in added.json()["participants"]] == [setup.customer_id, agent_b]
-    send(api, setup.conversation_id, agent_b, "after the hand-over", key=key_b)
+    after = send(api, setup.conversation_id, agent_b, "after the hand-over", key=key_b)
     assert history(api, setup.conversation_id, key=key_b) == ["after the hand-over"]
+    # nor the message or the status of what came before its join point, while it reads its own
+    for read in ("", "/status"):
+        earlier = api.call("GET", f"/v1/messages/{before['message_id']}{read}", key=key_b)
+        assert earlier.status_code == 403, earlier.text
+        assert api.call("GET", f"/v1/messages/{after['message_id']}{read}", key=key_b).status_code == 200
+        assert api.call("GET", f"/v1/messages/{before['message_id']}{read}").status_code == 200  # the admin
     assert history(api, setup.conversation_id) == ["before the hand-over", "after the hand-over"]
     # AND adding B again is a conflict, removing someone who is not in it is 404
     assert api.call("POST", path, json={"user_id": agent_b}).status_code == 409

@@ -155,8 +155,9 @@ class MessageService:
         if not principal.is_admin:
             conversation = self.conversations.get_conversation(message.conversation_id)
             member = conversation.participant(principal.user_id) if conversation and principal.user_id else None
-            if member is None:
-                raise ForbiddenError("only participants can read this message")
+            # a participant reads the conversation from its join point on, its messages' statuses too
+            if member is None or message.created_at < member.joined_at:
+                raise ForbiddenError("only participants can read this message, from the moment they joined")
         return message
 
     def deliveries(self, message: Message) -> list[Delivery]:
