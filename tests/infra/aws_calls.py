@@ -49,9 +49,8 @@ ALLOWED_MANAGED_POLICIES = {
     "arn:aws:iam::aws:policy/AWSXrayWriteOnlyAccess",
     "arn:aws:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole",
 }
-# ... and, to a function with an SQS event, AWSLambdaSQSQueueExecutionRole (receive and delete on every queue: SAM
-# gives no way around it but a role of one's own, or raw AWS::Lambda::EventSourceMapping resources)
-SQS_EVENT_MANAGED_POLICY = "arn:aws:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole"
+# (not AWSLambdaSQSQueueExecutionRole, receive and delete on every queue, which a SAM SQS event would attach: the
+# template's event source mappings are resources of their own)
 # adapters whose calls act on the queue a record came from, not on a resource their factory names
 EVENT_QUEUE_ADAPTERS = {"SqsVisibility"}
 
