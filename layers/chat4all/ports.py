@@ -334,9 +334,7 @@ class MessageStore(ABC):
         same, so status webhooks still find the message)."""
 
     @abstractmethod
-    def end_attempt(
-        self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
-    ) -> bool:
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
         """Close `attempt` without a receipt (the platform refused it for now): send again after `retry_at`.
         `spent=False` (the platform answered a rate limit: the request was refused unread) gives the attempt back:
         the count is what it was before the claim, so that waiting for a platform's limit costs no attempt."""
@@ -667,21 +665,22 @@ class RequestLimiter(ABC):
     """Request rates per credential: a token bucket per key, shared by every function instance (Redis)."""
 
     @abstractmethod
-    def wait_seconds(self, key: str, per_second: int) -> float:
-        """Take one request from `key`'s bucket, which holds `per_second` at most and refills `per_second` a
-        second: 0 when one was there, else the seconds until one will be. Never raises: when the rates cannot be
-        read, every request is let through (the limit protects the platform; it must not take it down)."""
-
-
-@dataclass(frozen=True)
-class TokenClaims:
-    """What a verified OAuth2 JWT says: its subject and the role it grants."""
+    def wait_seconds(self, key: str, per_second: int, burst: int | None = None) -> float:
+        """Take one request from `key`'s bucket, which holds `burst` (else `per_second`) at most and refills
+        `per_second` a second: 0 when one was there, else the seconds until one will be. Never raises: when the
+        rates cannot be read, every request is let through (the limit protects the platform; it must not take it
+        down)."""
 
     def hold(self, key: str, seconds: float) -> bool:
         """Give `key` no request for `seconds` (a platform's own retry-after), for every instance; a longer hold
         already there stays. True when the key's previous hold ended less than a minute ago: the platform refused
         again right after its own retry-after was honoured. The default: no holds (never raises either)."""
         return False
+
+
+@dataclass(frozen=True)
+class TokenClaims:
+    """What a verified OAuth2 JWT says: its subject and the role it grants."""
 
     subject: str
     role: str | None

@@ -553,9 +553,7 @@ class InMemoryMessageStore(MessageStore):
         self._keep(message_id, events)
         return True
 
-    def end_attempt(
-        self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
-    ) -> bool:
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
         if not self._open(message_id, attempt):
             return False
         self._replace(message_id, in_flight=None, retry_at=retry_at, attempts=attempt if spent else attempt - 1)

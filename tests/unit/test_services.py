@@ -687,7 +687,7 @@ class FakeLimiter:
     holds: list[tuple[str, float]] = field(default_factory=list)
     again: bool = False
 
-    def wait_seconds(self, key: str, per_second: int) -> float:
+    def wait_seconds(self, key: str, per_second: int, burst: int | None = None) -> float:
         self.asked.append((key, per_second))
         return self.waits.pop(0) if self.waits else 0.0
 

@@ -14,12 +14,13 @@ from chat4all.ports import RequestLimiter
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-# KEYS[1] the bucket, KEYS[2] its hold; ARGV[1] tokens a second, which is also the bucket's size. Redis's own TIME
-# makes every function instance share one clock. Returns the seconds until a token is there ("0" when one was
-# taken), as a string: a Lua number returned to Redis is cut to an integer. While the key is held (HOLD_SCRIPT),
-# the answer is the rest of the hold and no token is taken.
+# KEYS[1] the bucket, KEYS[2] its hold; ARGV[1] tokens a second, ARGV[2] the bucket's size (else the rate).
+# Redis's own TIME makes every function instance share one clock. Returns the seconds until a token is there
+# ("0" when one was taken), as a string: a Lua number returned to Redis is cut to an integer. While the key is
+# held (HOLD_SCRIPT), the answer is the rest of the hold and no token is taken.
 BUCKET_SCRIPT = """
 local rate = tonumber(ARGV[1])
+local size = tonumber(ARGV[2]) or rate
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local held = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -27,9 +28,9 @@ if now < held then
   return tostring(held - now)
 end
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or rate
+local tokens = tonumber(state[1]) or size
 local at = tonumber(state[2]) or now
-tokens = math.min(rate, tokens + math.max(0, now - at) * rate)
+tokens = math.min(size, tokens + math.max(0, now - at) * rate)
 local wait = 0
 if tokens >= 1 then
   tokens = tokens - 1
@@ -68,11 +69,12 @@ class RedisRequestLimiter(RequestLimiter):
         self._skip_until = 0.0
         self._lock = threading.Lock()
 
-    def wait_seconds(self, key: str, per_second: int) -> float:
+    def wait_seconds(self, key: str, per_second: int, burst: int | None = None) -> float:
         if time.monotonic() < self._skip_until:
             return 0.0
         try:
-            answer = self._script(keys=[f"chat4all:{key}", f"chat4all:{key}:hold"], args=[per_second])
+            args = [per_second] if burst is None else [per_second, burst]
+            answer = self._script(keys=[f"chat4all:{key}", f"chat4all:{key}:hold"], args=args)
         except redis.RedisError as exc:
             self._unavailable(exc)
             return 0.0

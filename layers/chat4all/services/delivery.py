@@ -108,6 +108,13 @@ SHORT_WAIT_SECONDS = 1.0
 MIN_BREAKER_WAIT_SECONDS = 0.5
 
 
+def channel_burst(rate: int) -> int:
+    """A channel's bucket holds a tenth of a second's calls (at least one): an idle channel may start with that
+    burst, and no second ever sees more than its rate and that tenth (a bucket as big as the rate would let a
+    channel back from a pause make twice its rate in one second)."""
+    return max(1, rate // 10)
+
+
 def backoff_seconds(attempt: int) -> int:
     """Exponential back-off before attempt `attempt + 1`: 2 s, 4 s, 8 s ... at most a minute."""
     return int(min(BACKOFF_BASE_SECONDS**attempt, MAX_BACKOFF_SECONDS))
@@ -438,7 +445,8 @@ class DeliveryService:
         this the half-open breaker's probe); else the wait, or FAILED past the delivery window."""
         if self.limiter is not None:
             rate = effective_rate_limit(channel.platform, channel.rate_limit)
-            while (wait := self.limiter.wait_seconds(f"channel:{channel.channel_id}", rate)) > 0:
+            key, burst = f"channel:{channel.channel_id}", channel_burst(rate)
+            while (wait := self.limiter.wait_seconds(key, rate, burst)) > 0:
                 if (
                     wait >= SHORT_WAIT_SECONDS
                     or self.clock() + timedelta(seconds=wait) + self.send_margin > lease_until

@@ -283,9 +283,7 @@ class MongoMessageStore(MessageStore):
         self.append_status(message_id, entry, platform_message_id=platform_message_id)
         return False
 
-    def end_attempt(
-        self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
-    ) -> bool:
+    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
         update: dict[str, Any] = {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}}
         if not spent:  # the count as it was before the claim (none at all for a first claim: begin_attempt reads it so)
             if attempt > 1:
