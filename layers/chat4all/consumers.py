@@ -57,42 +57,30 @@ def consume_batch(
     events: EventBuffer,
 ) -> PartialItemFailureResponse:
     with events.unit_of_work():
-        return _consume_batch(event, context, record_handler, fifo=fifo, queue_url=queue_url, visibility=visibility)
+        delays: dict[str, int] = {}
 
-
-def _consume_batch(
-    event: dict[str, Any],
-    context: LambdaContext,
-    record_handler: Callable[[SQSRecord], None],
-    *,
-    fifo: bool,
-    queue_url: str,
-    visibility: SqsVisibility,
-) -> PartialItemFailureResponse:
-    delays: dict[str, int] = {}
-
-    def handle(record: SQSRecord) -> None:
-        try:
-            record_handler(record)
-        except RetryLaterError as exc:
-            delays[_group_of(record.raw_event)] = exc.delay_seconds
-            logger.info("retrying later", extra={"message_id": record.message_id, "delay": exc.delay_seconds})
-            raise
-
-    processor = SqsFifoPartialProcessor(skip_group_on_error=True) if fifo else BatchProcessor(EventType.SQS)
-    # report an all-failed batch as failures (with back-off) rather than failing the invocation, which
-    # would hold every record for the queue's full visibility timeout
-    processor.raise_on_entire_batch_failure = False
-    result = process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
-    failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
-    for record in event.get("Records", []):
-        if record["messageId"] in failed:
-            delay = delays.get(_group_of(record), retry_delay(_receive_count(record)))
+        def handle(record: SQSRecord) -> None:
             try:
-                visibility.postpone(queue_url, record["receiptHandle"], delay)
-            except Exception:  # the record still returns after the visibility timeout; nothing is lost
-                logger.exception("could not postpone a failed record")
-    return result
+                record_handler(record)
+            except RetryLaterError as exc:
+                delays[_group_of(record.raw_event)] = exc.delay_seconds
+                logger.info("retrying later", extra={"message_id": record.message_id, "delay": exc.delay_seconds})
+                raise
+
+        processor = SqsFifoPartialProcessor(skip_group_on_error=True) if fifo else BatchProcessor(EventType.SQS)
+        # report an all-failed batch as failures (with back-off) rather than failing the invocation, which
+        # would hold every record for the queue's full visibility timeout
+        processor.raise_on_entire_batch_failure = False
+        result = process_partial_response(event=event, record_handler=handle, processor=processor, context=context)
+        failed = {item["itemIdentifier"] for item in result.get("batchItemFailures", [])}
+        for record in event.get("Records", []):
+            if record["messageId"] in failed:
+                delay = delays.get(_group_of(record), retry_delay(_receive_count(record)))
+                try:
+                    visibility.postpone(queue_url, record["receiptHandle"], delay)
+                except Exception:  # the record still returns after the visibility timeout; nothing is lost
+                    logger.exception("could not postpone a failed record")
+        return result
 
 
 def _group_of(record: dict[str, Any]) -> str:
@@ -119,58 +107,49 @@ def consume_conversations(
     chat4all.services.route_jobs.refresh).
     """
     with events.unit_of_work():
-        return _consume_conversations(event, work, queue_url=queue_url, visibility=visibility, requeue=requeue)
-
-
-def _consume_conversations(
-    event: dict[str, Any],
-    work: Callable[[RouteJob], float | None],
-    *,
-    queue_url: str,
-    visibility: SqsVisibility,
-    requeue: Callable[[RouteJob, str], None],
-) -> PartialItemFailureResponse:
-    jobs: dict[str, list[tuple[dict[str, Any], RouteJob]]] = {}
-    failures: list[str] = []
-    for record in event.get("Records", []):
-        try:
-            job = RouteJob.parse(record["body"])
-            jobs.setdefault(job.group_id, []).append((record, job))
-        except (ValidationError, KeyError, TypeError):
-            logger.error("not a route job; left to the dead-letter queue", extra={"body": str(record["body"])[:500]})
-            failures.append(record["messageId"])
-
-    def run(key: str) -> float | None:
-        first, first_job = jobs[key][0]
-        try:
-            return work(first_job)
-        except Exception:
-            logger.exception("route work failed", extra={"job": key})
-            return float(retry_delay(_receive_count(first)))
-
-    if len(jobs) > 1:
-        with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_CONCURRENT_KEYS)) as pool:
-            delays = dict(zip(jobs, pool.map(run, jobs), strict=True))
-    else:
-        delays = {key: run(key) for key in jobs}
-    for key, records in jobs.items():
-        first, first_job = records[0]
-        receives = _receive_count(first)
-        delay = delays[key]
-        if delay is None:
-            continue
-        if receives >= REFRESH_AFTER_RECEIVES:
+        jobs: dict[str, list[tuple[dict[str, Any], RouteJob]]] = {}
+        failures: list[str] = []
+        for record in event.get("Records", []):
             try:
-                requeue(first_job, f"{first['messageId']}:{receives}")
+                job = RouteJob.parse(record["body"])
+                jobs.setdefault(job.group_id, []).append((record, job))
+            except (ValidationError, KeyError, TypeError):
+                logger.error(
+                    "not a route job; left to the dead-letter queue", extra={"body": str(record["body"])[:500]}
+                )
+                failures.append(record["messageId"])
+
+        def run(key: str) -> float | None:
+            first, first_job = jobs[key][0]
+            try:
+                return work(first_job)
+            except Exception:
+                logger.exception("route work failed", extra={"job": key})
+                return float(retry_delay(_receive_count(first)))
+
+        if len(jobs) > 1:
+            with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_CONCURRENT_KEYS)) as pool:
+                delays = dict(zip(jobs, pool.map(run, jobs), strict=True))
+        else:
+            delays = {key: run(key) for key in jobs}
+        for key, records in jobs.items():
+            first, first_job = records[0]
+            receives = _receive_count(first)
+            delay = delays[key]
+            if delay is None:
                 continue
-            except Exception:  # the record stays; the next receive tries again
-                logger.exception("could not refresh a waiting job")
-        failures.append(first["messageId"])
-        try:
-            visibility.postpone(queue_url, first["receiptHandle"], max(0, min(int(delay + 0.999), 43_200)))
-        except Exception:  # the record still returns after the visibility timeout; nothing is lost
-            logger.exception("could not postpone a waiting job")
-    return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
+            if receives >= REFRESH_AFTER_RECEIVES:
+                try:
+                    requeue(first_job, f"{first['messageId']}:{receives}")
+                    continue
+                except Exception:  # the record stays; the next receive tries again
+                    logger.exception("could not refresh a waiting job")
+            failures.append(first["messageId"])
+            try:
+                visibility.postpone(queue_url, first["receiptHandle"], max(0, min(int(delay + 0.999), 43_200)))
+            except Exception:  # the record still returns after the visibility timeout; nothing is lost
+                logger.exception("could not postpone a waiting job")
+        return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failures]}
 
 
 def retry_delay(receives: int) -> int:
