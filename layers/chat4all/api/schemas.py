@@ -168,7 +168,8 @@ class ConversationListQuery(RequestModel):
 # here so that a hostile body is a 422 and never reaches WhatsApp; openapi.yaml (WhatsAppTemplate) states the same.
 TemplateText = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 FallbackText = Annotated[str, StringConstraints(min_length=1, max_length=200)]
-MediaLink = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://[!-~]+$")]  # printable ASCII, no spaces
+# an https URL of printable ASCII, no spaces (percent-encoded as URLs are)
+MediaLink = Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://[!-~]+$")]
 MediaId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,64}$")]
 
 
