@@ -74,7 +74,7 @@ class RedisRequestLimiter(RequestLimiter):
             return 0.0
         try:
             args = [per_second] if burst is None else [per_second, burst]
-            answer = self._script(keys=[f"chat4all:{key}", f"chat4all:{key}:hold"], args=args)
+            answer = self._script(keys=[_bucket(key), _hold(key)], args=args)
         except redis.RedisError as exc:
             self._unavailable(exc)
             return 0.0
@@ -84,7 +84,7 @@ class RedisRequestLimiter(RequestLimiter):
         if time.monotonic() < self._skip_until or seconds <= 0:
             return False
         try:
-            again = self._hold(keys=[f"chat4all:{key}:hold"], args=[seconds, REHOLD_WINDOW_SECONDS])
+            again = self._hold(keys=[_hold(key)], args=[seconds, REHOLD_WINDOW_SECONDS])
         except redis.RedisError as exc:
             self._unavailable(exc)
             return False
@@ -94,3 +94,12 @@ class RedisRequestLimiter(RequestLimiter):
         with self._lock:
             self._skip_until = time.monotonic() + self._skip_after_failure
         logger.warning("request limits unavailable; requests are not limited", extra={"error": type(exc).__name__})
+
+
+# one hash tag for a key's bucket and its hold: on a Redis cluster both are in one slot, as a script needs
+def _bucket(key: str) -> str:
+    return f"chat4all:{{{key}}}"
+
+
+def _hold(key: str) -> str:
+    return f"chat4all:{{{key}}}:hold"
