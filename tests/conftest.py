@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+# the platforms' definitions, as every function's bootstrap registers them (the domain and the services ask them)
+import chat4all.channels.registry  # noqa: F401
 from devstack.template import load_template
 
 # the platform under test and the channels' local servers, for every test directory that asks for them

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -39,10 +40,9 @@ from chat4all.adapters.postgres import (
     PostgresDatabase,
     PostgresUserRepository,
 )
-from chat4all.channels import CONNECTOR_TYPES
+from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
-from chat4all.domain.models import Platform
 from chat4all.services.auth import Authenticator, RequestLimits
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from botocore.credentials import Credentials
     from pymongo.database import Database
 
+    from chat4all.domain.models import Platform
     from chat4all.ports import ChannelConnector, DependencyCheck
 
 
@@ -103,19 +104,18 @@ def idempotency_store() -> RedisIdempotencyStore:
     return RedisIdempotencyStore(client=cast("RedisClientProtocol", redis_client()))
 
 
+# the platforms a deployment adds to the built-ins (CHAT4ALL_CHANNEL_MODULES), registered at cold start
+registry.load_modules()
+
+
 def api_bases() -> dict[Platform, str]:
-    config = settings()
-    return {
-        Platform.WHATSAPP: config.whatsapp_api_base,
-        Platform.TELEGRAM: config.telegram_api_base,
-        Platform.INSTAGRAM: config.instagram_api_base,
-    }
+    """Each registered platform's API base: its definition's variable (WHATSAPP_API_BASE, ...), else its default."""
+    return {d.platform: os.environ.get(d.api_base_variable) or d.api_base_default for d in registry.definitions()}
 
 
 @lru_cache
 def connectors() -> dict[Platform, ChannelConnector]:
-    bases = api_bases()
-    return {platform: connector(bases[platform]) for platform, connector in CONNECTOR_TYPES.items()}
+    return {platform: registry.definition(platform).make_connector(base) for platform, base in api_bases().items()}
 
 
 @lru_cache

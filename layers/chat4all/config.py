@@ -79,9 +79,6 @@ class Settings(BaseModel):
     credentials_key_id: str | None = None
     aws_endpoint_url: str | None = None
     aws_region: str = "us-east-1"
-    whatsapp_api_base: str = "https://graph.facebook.com/v21.0"
-    telegram_api_base: str = "https://api.telegram.org"
-    instagram_api_base: str = "https://graph.instagram.com/v21.0"
     chat4all_jwt_issuer: str | None = None
     chat4all_jwt_audience: str = "chat4all"
     chat4all_jwt_jwks_url: str | None = None

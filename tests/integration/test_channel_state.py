@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from chat4all.adapters.breakers import BreakerSettings, RedisChannelBreaker
-from chat4all.domain.channel_limits import PLATFORM_RATE_LIMITS
 from chat4all.domain.models import Platform
+from chat4all.domain.platforms import definition
 
 if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
@@ -29,7 +29,7 @@ def new_channel(api: Api, **extra: Any) -> dict[str, Any]:
 
 def test_a_channel_takes_its_platforms_rate_unless_it_has_its_own(api: Api) -> None:
     default = new_channel(api)
-    assert default["rate_limit"] == PLATFORM_RATE_LIMITS[Platform.TELEGRAM]
+    assert default["rate_limit"] == definition(Platform.TELEGRAM).rate_limit
     assert default["state"] == {"breaker": "CLOSED", "credentials": "VALID"}
     own = new_channel(api, rate_limit=5)
     assert own["rate_limit"] == 5

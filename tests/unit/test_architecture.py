@@ -41,10 +41,10 @@ def test_ports_domain_and_services_import_no_infrastructure_and_no_channel_modul
 
 
 def test_the_connector_interface_is_a_port_the_channels_implement() -> None:
-    from chat4all.channels import CONNECTOR_TYPES
+    from chat4all.channels import registry
     from chat4all.ports import ChannelConnector
 
-    assert all(issubclass(connector, ChannelConnector) for connector in CONNECTOR_TYPES.values())
+    assert all(issubclass(d.connector, ChannelConnector) for d in registry.definitions())
 
 
 def test_the_guard_sees_what_it_forbids() -> None:

@@ -15,6 +15,7 @@ from psycopg import pq, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from chat4all.channels.registry import definition
 from chat4all.config import APP_ROLE
 from chat4all.domain.contact import email_key
 from chat4all.domain.credentials import channel_keys
@@ -409,19 +410,12 @@ def _channel_info(row: dict[str, Any]) -> ChannelInfo:
     )
 
 
-# the credential a second channel with the same account or Telegram secret would repeat
-_ACCOUNT_FIELDS = {
-    Platform.WHATSAPP: "credentials.phone_number_id",
-    Platform.INSTAGRAM: "credentials.ig_user_id",
-    Platform.TELEGRAM: "credentials.bot_token",
-}
-
-
 def _account_taken(platform: Platform, exc: pg_errors.UniqueViolation) -> ConflictError:
     if exc.diag.constraint_name == "channels_webhook_secret_digest_key":
         field, what = "credentials.secret_token", "this secret_token"
     else:
-        field, what = _ACCOUNT_FIELDS[platform], "this account"
+        # the credential a second channel with the same account would repeat
+        field, what = f"credentials.{definition(platform).account_field}", "this account"
     return ConflictError(
         f"another {platform} channel has {what}: webhooks must name exactly one channel",
         errors=[FieldError(field, "is another channel's already")],

@@ -21,6 +21,7 @@ from chat4all.domain.errors import (
     ChannelRetryableError,
 )
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
+from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -187,3 +188,31 @@ class InstagramConnector(MetaWebhookConnector):
             # a 2xx answer: Instagram may have sent it, so it is never sent again (as WhatsApp's)
             raise ChannelOutcomeUnknownError(f"Instagram reply has no message_id: {str(reply)[:300]}")
         return ProviderReceipt(platform_message_id=platform_message_id)
+
+
+def _refused_account(answer: Mapping[str, Any], credentials: Mapping[str, str]) -> tuple[str, str] | None:
+    if credentials["ig_user_id"] not in {str(answer.get("user_id")), str(answer.get("id"))}:
+        return "credentials.ig_user_id", "is not the account this access token belongs to"
+    return None
+
+
+# Rate: 300 calls per second per Instagram professional account for text, links, reactions and stickers
+# (developers.facebook.com, "Messenger Platform rate limits"; chat4all.domain.channel_limits).
+DEFINITION = register(
+    PlatformDefinition(
+        name=Platform.INSTAGRAM,
+        connector=InstagramConnector,
+        api_base_variable="INSTAGRAM_API_BASE",
+        api_base_default="https://graph.instagram.com/v21.0",
+        rate_limit=300,
+        account_field="ig_user_id",  # entry[].id names it in every webhook
+        credential_check=CredentialCheck(
+            path=lambda credentials: "/me",
+            refused_field="credentials.access_token",
+            bearer_field="access_token",
+            params=(("fields", "user_id,username"),),
+            refusal=_refused_account,
+        ),
+        subscription_check=True,
+    )
+)

@@ -7,6 +7,7 @@ is named `<bot id>:<chat id>:<message_id>` as its platform_message_id: unique ac
 from __future__ import annotations
 
 import hmac
+import re
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -23,6 +24,7 @@ from chat4all.domain.errors import (
     ChannelRecipientRejectedError,
 )
 from chat4all.domain.models import InboundMessage, Platform, ProviderReceipt
+from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -228,3 +230,43 @@ class TelegramConnector(HttpConnector):
         sent_to = chat.get("id", chat_id) if isinstance(chat, dict) else chat_id
         bot_id = credentials["bot_token"].split(":", 1)[0]
         return ProviderReceipt(platform_message_id=telegram_message_id(bot_id, sent_to, result["message_id"]))
+
+
+# a message is kept under `<bot id>:<chat id>:<message_id>` (telegram_message_id); the API shows Telegram's own
+# `message_id`, as the contract names it (a reaction's key, `...:reaction:<date>`, is shown whole)
+_MESSAGE_KEY = re.compile(r"\d+:-?\d+:(\d+)")
+
+
+def shown_message_id(key: str) -> str:
+    return match.group(1) if (match := _MESSAGE_KEY.fullmatch(key)) else key
+
+
+def _refused_bot(answer: Mapping[str, Any], credentials: Mapping[str, str]) -> tuple[str, str] | None:
+    result = answer.get("result")
+    if answer.get("ok") is not True or not isinstance(result, dict) or result.get("is_bot") is not True:
+        return "credentials.bot_token", "getMe did not describe a bot"
+    return None
+
+
+# Rate: "the API will not allow more than 30 messages per second or so" (Telegram Bot FAQ, "My bot is hitting
+# limits"; chat4all.domain.channel_limits).
+DEFINITION = register(
+    PlatformDefinition(
+        name=Platform.TELEGRAM,
+        connector=TelegramConnector,
+        api_base_variable="TELEGRAM_API_BASE",
+        api_base_default="https://api.telegram.org",
+        rate_limit=30,
+        # the bot's id, the part of the token before the colon: it identifies the bot but is no secret
+        account_field="bot_token",
+        account_of=lambda token: token.split(":", 1)[0],
+        # Telegram's Updates do not name the bot: its webhooks carry the channel's secret_token in a header
+        webhook_header_field="secret_token",
+        credential_check=CredentialCheck(
+            path=lambda credentials: f"/bot{credentials['bot_token']}/getMe",
+            refused_field="credentials.bot_token",
+            refusal=_refused_bot,
+        ),
+        shown_message_id=shown_message_id,
+    )
+)

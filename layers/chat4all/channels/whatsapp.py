@@ -20,6 +20,7 @@ from chat4all.domain.errors import (
     ChannelRetryableError,
 )
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
+from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -264,3 +265,31 @@ class WhatsAppConnector(MetaWebhookConnector):
         except (KeyError, IndexError, TypeError) as exc:
             # a success without the id: it was probably sent, so it must not be sent again
             raise ChannelOutcomeUnknownError(f"WhatsApp reply has no messages[0].id: {str(reply)[:300]}") from exc
+
+
+def _refused_number(answer: Mapping[str, Any], credentials: Mapping[str, str]) -> tuple[str, str] | None:
+    if str(answer.get("id")) != credentials["phone_number_id"]:
+        return "credentials.phone_number_id", "is not the number this access token manages"
+    return None
+
+
+# Rate: "For each registered business phone number, Cloud API supports up to 80 messages per second (mps) by
+# default" (developers.facebook.com, WhatsApp Business Platform, "Throughput"; chat4all.domain.channel_limits).
+DEFINITION = register(
+    PlatformDefinition(
+        name=Platform.WHATSAPP,
+        connector=WhatsAppConnector,
+        api_base_variable="WHATSAPP_API_BASE",
+        api_base_default="https://graph.facebook.com/v21.0",
+        rate_limit=80,
+        account_field="phone_number_id",  # value.metadata.phone_number_id names it in every webhook
+        credential_check=CredentialCheck(
+            path=lambda credentials: f"/{credentials['phone_number_id']}",
+            refused_field="credentials.access_token",
+            bearer_field="access_token",
+            refusal=_refused_number,
+        ),
+        subscription_check=True,  # GET hub.mode=subscribe&hub.verify_token=..&hub.challenge=..
+        user_id_is_phone=True,  # a wa_id is the customer's number, E.164 without the +
+    )
+)

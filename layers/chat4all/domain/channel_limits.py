@@ -1,6 +1,6 @@
-"""How fast each platform lets one installed channel send: the default of a channel's `rate_limit`.
-
-The platforms' own published figures (read 2026-12):
+"""How fast each platform lets one installed channel send: the default of a channel's `rate_limit`, the
+`rate_limit` of the platform's definition (each cited beside its definition too). The built-ins' published
+figures (read 2026-12):
 
 - WhatsApp Cloud API: "For each registered business phone number, Cloud API supports up to 80 messages per
   second (mps) by default, and up to 1,000 mps by automatic upgrade"; past it error 130429. Sending too fast to
@@ -16,15 +16,15 @@ The platforms' own published figures (read 2026-12):
 
 from __future__ import annotations
 
-from chat4all.domain.models import Platform
+from typing import TYPE_CHECKING
 
-PLATFORM_RATE_LIMITS: dict[Platform, int] = {
-    Platform.WHATSAPP: 80,
-    Platform.TELEGRAM: 30,
-    Platform.INSTAGRAM: 300,
-}
+from chat4all.domain.platforms import definition
+
+if TYPE_CHECKING:
+    from chat4all.domain.models import Platform
 
 
 def effective_rate_limit(platform: Platform, rate_limit: int | None) -> int:
-    """A channel's messages per second: its own setting, else its platform's published default."""
-    return rate_limit or PLATFORM_RATE_LIMITS[platform]
+    """A channel's messages per second: its own setting, else its platform's published default (its definition's
+    `rate_limit`)."""
+    return rate_limit or definition(platform).rate_limit

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import phonenumbers
 
-from chat4all.domain.models import Platform, User
+from chat4all.domain.platforms import definition
+
+if TYPE_CHECKING:
+    from chat4all.domain.models import User
 
 PHONE_SEPARATORS = str.maketrans("", "", " ().-")
 
@@ -32,10 +37,11 @@ def email_key(email: str) -> str:
 
 
 def phones_of(user: User) -> set[str]:
-    """The user's phone and the numbers of its WhatsApp identities, in E.164."""
+    """The user's phone and the numbers of its identities on platforms whose user ids are phone numbers
+    (WhatsApp's), in E.164."""
     phones = {user.phone} if user.phone else set()
     for identity in user.external_identities:
-        if identity.platform is Platform.WHATSAPP:
+        if definition(identity.platform).user_id_is_phone:
             try:
                 phones.add(normalise_phone("+" + identity.platform_user_id.lstrip("+")))
             except ValueError:

@@ -1,17 +1,19 @@
-"""The credentials each platform's channel needs (contract: Channels), validated field by field."""
+"""The credentials each platform's channel needs (contract: Channels), validated field by field by the model its
+definition names (chat4all.domain.platforms)."""
 
 from __future__ import annotations
 
-import hashlib
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from chat4all.domain.errors import FieldError, ValidationFailedError
-from chat4all.domain.models import Platform
+from chat4all.domain.platforms import definition, webhook_secret_digest
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from chat4all.domain.models import Platform
 
 # tokens and secrets as the platforms issue them: visible ASCII (they travel in HTTP headers and URLs)
 Secret = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,1024}$")]
@@ -47,17 +49,10 @@ class InstagramCredentials(ChannelCredentials):
     verify_token: Secret
 
 
-CREDENTIAL_MODELS: dict[Platform, type[ChannelCredentials]] = {
-    Platform.WHATSAPP: WhatsAppCredentials,
-    Platform.TELEGRAM: TelegramCredentials,
-    Platform.INSTAGRAM: InstagramCredentials,
-}
-
-
 def parse_credentials(platform: Platform, raw: Any) -> dict[str, str]:
     """The platform's credentials from a request, or ValidationFailedError naming each `credentials.<field>`."""
     try:
-        model = CREDENTIAL_MODELS[platform].model_validate(raw)
+        model = definition(platform).credentials_model.model_validate(raw)
     except ValidationError as exc:
         errors = [
             FieldError(".".join(["credentials", *(str(part) for part in e["loc"])]), e["msg"])
@@ -67,20 +62,20 @@ def parse_credentials(platform: Platform, raw: Any) -> dict[str, str]:
     return {name: str(value) for name, value in model.model_dump().items()}
 
 
-def webhook_secret_digest(secret: str) -> str:
-    """How a channel's webhook secret is looked up without decrypting every channel: its SHA-256, in hex."""
-    return hashlib.sha256(secret.encode()).hexdigest()
-
-
 def channel_keys(platform: Platform, credentials: Mapping[str, str]) -> tuple[str, str | None]:
-    """What a channel is found by when a webhook arrives, stored in plaintext beside the ciphertext.
+    """What a channel is found by when a webhook arrives, stored in plaintext beside the ciphertext: the account
+    its platform names in its webhooks (WhatsApp phone_number_id, Instagram ig_user_id, Telegram the bot's id,
+    the part of the token before the colon, no secret), and the digest of the secret its webhooks carry in a
+    header (Telegram's secret_token). Each platform's definition says which (chat4all.domain.platforms)."""
+    return definition(platform).channel_keys(credentials)
 
-    The account the platform names in its webhooks (WhatsApp phone_number_id, Instagram ig_user_id; for
-    Telegram the bot's id, the part of the token before the colon, which identifies the bot but is no secret),
-    and for Telegram the digest of the secret_token its webhooks carry in a header.
-    """
-    if platform is Platform.WHATSAPP:
-        return credentials["phone_number_id"], None
-    if platform is Platform.INSTAGRAM:
-        return credentials["ig_user_id"], None
-    return credentials["bot_token"].split(":", 1)[0], webhook_secret_digest(credentials["secret_token"])
+
+__all__ = [
+    "ChannelCredentials",
+    "InstagramCredentials",
+    "TelegramCredentials",
+    "WhatsAppCredentials",
+    "channel_keys",
+    "parse_credentials",
+    "webhook_secret_digest",
+]

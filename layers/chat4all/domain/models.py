@@ -2,35 +2,79 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic_core import core_schema
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class Platform(StrEnum):
-    WHATSAPP = "WHATSAPP"
-    TELEGRAM = "TELEGRAM"
-    INSTAGRAM = "INSTAGRAM"
+class Platform(str):
+    """A registered platform's name ("WHATSAPP"): a `str`, compared, stored and serialised as its name.
+
+    The names are those of the registered platforms (`chat4all.domain.platforms.register`, which the channel
+    modules call); any other is a ValueError, and a 422 in a request model. One object per name, so `is` and
+    `==` both compare platforms. The three built-ins are constants; `.value` is the name, as an enum's was.
+    """
+
+    __slots__ = ()
+    WHATSAPP: ClassVar[Platform]
+    TELEGRAM: ClassVar[Platform]
+    INSTAGRAM: ClassVar[Platform]
+    _registered: ClassVar[dict[str, Platform]] = {}
+
+    def __new__(cls, name: object) -> Platform:
+        found = cls._registered.get(name) if isinstance(name, str) else None
+        if found is None:
+            known = ", ".join(cls._registered)
+            raise ValueError(f"{str(name)[:40]!r} is not a platform: one of {known}")
+        return found
+
+    @classmethod
+    def register(cls, name: str) -> Platform:
+        """The platform of this name, made known (chat4all.domain.platforms.register checks the name first)."""
+        found = cls._registered.get(name)
+        if found is None:
+            found = cls._registered[name] = str.__new__(cls, name)
+        return found
+
+    @classmethod
+    def registered(cls) -> list[Platform]:
+        return list(cls._registered.values())
+
+    @property
+    def value(self) -> str:
+        return str.__str__(self)
+
+    def __repr__(self) -> str:
+        return f"Platform({str.__repr__(self)})"
+
+    def __getnewargs__(self) -> tuple[str]:  # copies and pickles come back as the one object of the name
+        return (str.__str__(self),)
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls, core_schema.str_schema(), serialization=core_schema.to_string_ser_schema()
+        )
 
 
-_TELEGRAM_KEY = re.compile(r"\d+:-?\d+:(\d+)")
+Platform.WHATSAPP = Platform.register("WHATSAPP")
+Platform.TELEGRAM = Platform.register("TELEGRAM")
+Platform.INSTAGRAM = Platform.register("INSTAGRAM")
 
 
 def shown_platform_message_id(platform: Platform, key: str | None) -> str | None:
-    """The platform's own id of a message, as the API shows it.
+    """The platform's own id of a message, as the API shows it (Telegram's per-chat `message_id`, say): its
+    definition's `shown_message_id` (chat4all.domain.platforms, which imports this module)."""
+    from chat4all.domain.platforms import shown_platform_message_id as shown
 
-    Telegram numbers messages per chat, so messages are kept under `<bot id>:<chat id>:<message_id>` (unique
-    across bots and chats); the API shows Telegram's `message_id`, as the contract names it.
-    """
-    if key is not None and platform is Platform.TELEGRAM and (match := _TELEGRAM_KEY.fullmatch(key)):
-        return match.group(1)
-    return key
+    return shown(platform, key)
 
 
 class UserType(StrEnum):

@@ -22,6 +22,7 @@ from chat4all.domain.models import (
     UserType,
     utcnow,
 )
+from chat4all.domain.platforms import definition
 from chat4all.ports import AuditEntry
 from chat4all.services.notifications import collect, message_event
 
@@ -98,7 +99,7 @@ class InboundService:
             display_name=(inbound.sender_name or inbound.platform_user_id)[:200],
             user_type=UserType.CUSTOMER,
             email=None,
-            phone=f"+{inbound.platform_user_id}" if inbound.platform is Platform.WHATSAPP else None,
+            phone=f"+{inbound.platform_user_id}" if definition(inbound.platform).user_id_is_phone else None,
             metadata={},
             active=True,
             created_at=now,
