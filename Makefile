@@ -10,7 +10,7 @@ SAM_STAMP := $(SAM_VENV)/.installed
 # `sam build` builds python3.13 functions with the python3.13 it finds on PATH; no telemetry from CI
 SAM := SAM_CLI_TELEMETRY=0 PATH="$(dir $(PYTHON313)):$$PATH" $(SAM_VENV)/bin/sam
 
-.PHONY: dev test unit lint format clean system-packages bench redrive chaos sam-check
+.PHONY: dev test unit lint format clean system-packages bench redrive chaos sam-check backup restore
 
 $(STAMP): layers/requirements.txt requirements-dev.txt
 	@[ -n "$(PYTHON313)" ] || { echo "Python 3.13 is required (pyenv 3.13.0 or python3.13 on PATH)"; exit 1; }
@@ -45,6 +45,16 @@ bench: $(STAMP) system-packages
 # dead-lettered records of the running `make dev` stack back to their queues (safe to run twice)
 redrive: $(STAMP)
 	$(PY) -m devstack.redrive
+
+# both databases of the running `make dev` stack (else DATABASE_URL, the owner, and MONGODB_URI) into a new
+# directory under backups/ (CHAT4ALL_BACKUP_DIR), its path the last line; `make restore BACKUP=<dir>` brings it
+# back, refusing databases that are not empty unless FORCE=1 (docs/OPERATIONS.md)
+backup: $(STAMP)
+	@$(PY) -m devstack.backup
+
+restore: $(STAMP)
+	@[ -n "$(BACKUP)" ] || { echo "make restore BACKUP=<backup directory> [FORCE=1]"; exit 2; }
+	@$(PY) -m devstack.backup restore "$(BACKUP)" $(if $(filter 1,$(FORCE)),--force)
 
 # fault injection: N messages while servers, functions and the platform fail one at a time (bench/chaos.py);
 # CHAOS_ARGS="--messages 2000" for a shorter run

@@ -280,9 +280,17 @@ class LocalPlatform:
         self.runtime.start(http_port=free_port() if self.options.port == 0 else self.options.port)
         self.api_url = self.runtime.api_url
         self.take_up_pending_messages()
-        # what tools run beside `make dev` (make redrive) need to reach this stack; removed at stop
-        running = {"api_url": self.api_url, "environment": self.queue_environment()}
-        (self.options.state_dir / RUNNING_FILE).write_text(json.dumps(running, indent=2))
+        # what tools run beside `make dev` (make redrive, make backup/restore) need to reach this stack; removed
+        # at stop; private: a database URL given by the user may hold a password
+        running = {
+            "api_url": self.api_url,
+            "environment": self.queue_environment(),
+            "databases": {"DATABASE_URL": self.urls["postgres"], "MONGODB_URI": self.urls["mongo"]},
+            "stack_name": self.options.stack_name,
+        }
+        running_file = self.options.state_dir / RUNNING_FILE
+        running_file.touch(mode=0o600)
+        running_file.write_text(json.dumps(running, indent=2))
 
     def queue_environment(self) -> dict[str, str]:
         """Where this stack's queues are, as the functions and `python -m chat4all.redrive` name them."""
