@@ -19,7 +19,8 @@ from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.requests import parse_body, raw_body
 from chat4all.api.schemas import SendMessageRequest
 from chat4all.api.views import accepted_view
-from chat4all.domain.models import Platform
+from chat4all.channels import registry
+from chat4all.domain.errors import NotFoundError
 from chat4all.observability import logger, metrics, tracer
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.messages import AcceptedMessage
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from chat4all.domain.commands import SendMessage
-    from chat4all.domain.models import Principal
+    from chat4all.domain.models import Platform, Principal
 
 settings = bootstrap.settings()
 app = create_resolver()
@@ -64,42 +65,31 @@ def post_message() -> Response[str]:
     return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
 
 
-def answer_subscription(platform: Platform) -> Response[str]:
+def webhook_platform(segment: str, *, subscription: bool = False) -> Platform:
+    """The registered platform whose webhooks arrive at `/webhooks/{segment}`; 404 for any other, and for a
+    subscription check on a platform that has none (Telegram)."""
+    found = registry.by_webhook_path(segment)
+    if found is None or (subscription and not found.subscription_check):
+        what = "subscription checks" if found is not None else "webhooks"
+        raise NotFoundError(f"no platform takes {what} at /webhooks/{segment[:40]}")
+    return found.platform
+
+
+@app.get("/webhooks/<platform>")
+def answer_subscription(platform: str) -> Response[str]:
+    found = webhook_platform(platform, subscription=True)
     params = app.current_event.query_string_parameters or {}
-    challenge = bootstrap.webhook_service().subscription_challenge(platform, params)
+    challenge = bootstrap.webhook_service().subscription_challenge(found, params)
     return Response(status_code=200, content_type="text/plain", body=challenge)
 
 
-def receive_webhook(platform: Platform) -> Response[str]:
+@app.post("/webhooks/<platform>")
+def receive_webhook(platform: str) -> Response[str]:
+    found = webhook_platform(platform)
     body = raw_body(app.current_event, settings.max_body_bytes)
-    events = bootstrap.webhook_service().receive(platform, app.current_event.headers, body)
+    events = bootstrap.webhook_service().receive(found, app.current_event.headers, body)
     metrics.add_metric(name="WebhookEventsReceived", unit=MetricUnit.Count, value=len(events))
     return json_response(200, {"received": len(events)})
-
-
-@app.get("/webhooks/whatsapp")
-def whatsapp_subscription() -> Response[str]:
-    return answer_subscription(Platform.WHATSAPP)
-
-
-@app.post("/webhooks/whatsapp")
-def whatsapp_webhook() -> Response[str]:
-    return receive_webhook(Platform.WHATSAPP)
-
-
-@app.post("/webhooks/telegram")
-def telegram_webhook() -> Response[str]:
-    return receive_webhook(Platform.TELEGRAM)
-
-
-@app.get("/webhooks/instagram")
-def instagram_subscription() -> Response[str]:
-    return answer_subscription(Platform.INSTAGRAM)
-
-
-@app.post("/webhooks/instagram")
-def instagram_webhook() -> Response[str]:
-    return receive_webhook(Platform.INSTAGRAM)
 
 
 @app.get("/health")

@@ -36,11 +36,9 @@ class Access(StrEnum):
 # The contract's role table, by API Gateway route key. A route that is not here is refused (403).
 ROLE_TABLE: dict[str, Access] = {
     "GET /health": Access.PUBLIC,
-    "GET /webhooks/whatsapp": Access.PUBLIC,
-    "POST /webhooks/whatsapp": Access.PUBLIC,
-    "POST /webhooks/telegram": Access.PUBLIC,
-    "GET /webhooks/instagram": Access.PUBLIC,
-    "POST /webhooks/instagram": Access.PUBLIC,
+    # every registered platform's webhooks (chat4all.channels.registry): the platform is the path's last segment
+    "GET /webhooks/{platform}": Access.PUBLIC,
+    "POST /webhooks/{platform}": Access.PUBLIC,
     # users and identities: admin only, except reading a user (itself and people it shares a conversation with)
     "POST /v1/users": Access.ADMIN,
     "GET /v1/users/{user_id}": Access.SCOPED,
