@@ -20,6 +20,7 @@ import psycopg
 import pymongo
 from psycopg import sql
 
+from devstack.clamd import start_clamd
 from devstack.localstack import deploy_stack, start_localstack
 from devstack.mongo import start_mongo
 from devstack.postgres import start_postgres
@@ -135,6 +136,7 @@ SERVERS: dict[str, tuple[str, str, Callable[[Path, ProcessGroup, int | None], tu
     "postgres": ("postgres_server", "DATABASE_URL", start_postgres),
     "mongo": ("mongo_server", "MONGODB_URI", start_mongo),
     "redis": ("redis", "REDIS_URL", start_redis),
+    "clamd": ("clamd", "CLAMD_ADDRESS", start_clamd),
 }
 
 
@@ -218,6 +220,7 @@ class LocalPlatform:
             "DatabaseUrl": self.urls["postgres_app"],
             "MongoDbUri": self.urls["mongo"],
             "RedisUrl": self.urls["redis"],
+            "ClamdAddress": self.urls["clamd"],
         }
         for name, key in ENV_PARAMETERS.items():
             if value := opts.channel_api_bases.get(name) or opts.environ.get(name):

@@ -32,6 +32,7 @@ from chat4all.adapters.mongo import (
     MongoMessageStore,
     connect,
 )
+from chat4all.adapters.mongo.files import MongoFileStore
 from chat4all.adapters.postgres import (
     PostgresApiKeyRepository,
     PostgresAuditLog,
@@ -40,12 +41,15 @@ from chat4all.adapters.postgres import (
     PostgresDatabase,
     PostgresUserRepository,
 )
+from chat4all.adapters.s3 import S3Api, S3ObjectStorage
+from chat4all.adapters.scanner import ClamdScanner
 from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
 from chat4all.services.auth import Authenticator, RequestLimits
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
+from chat4all.services.files import FileService
 from chat4all.services.health import HealthMonitor
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
@@ -273,3 +277,23 @@ def dependency_checks() -> list[DependencyCheck]:
         SqsCheck(aws_client("sqs"), config.require("route_queue_url")),
         EventBridgeCheck(aws_client("events"), config.event_bus_name),
     ]
+
+
+# ------------------------------------------------------------------ files (issue 18)
+
+
+@lru_cache
+def s3_api() -> S3Api:
+    config = settings()
+    return S3Api(region=config.aws_region, endpoint_url=config.aws_endpoint_url, credentials=aws_credentials())
+
+
+@lru_cache
+def file_service() -> FileService:
+    from chat4all.adapters.thumbnails import PillowThumbnailer  # Pillow: only the files function imports it
+
+    config = settings()
+    db = mongo()
+    storage = S3ObjectStorage(s3_api(), config.require("files_bucket"))
+    scanner = ClamdScanner(config.clamd_address) if config.clamd_address else None
+    return FileService(MongoFileStore(db), storage, MongoConversationStore(db), scanner, PillowThumbnailer())

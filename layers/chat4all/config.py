@@ -93,6 +93,10 @@ class Settings(BaseModel):
     chat4all_delivery_window_seconds: int = Field(default=3600, gt=0)
     # the sweeper re-enqueues outbound messages PENDING for longer than this
     sweep_pending_after_seconds: int = Field(default=120, ge=0)
+    # files (issue 18): the private bucket of their bytes, and the clamd that scans them (host:port; empty - none)
+    files_bucket: str | None = None
+    file_events_queue_url: str | None = None
+    clamd_address: str | None = None
 
     @classmethod
     def from_env(

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from datetime import datetime
 
     from chat4all.domain.credentials import ChannelCredentials
+    from chat4all.domain.files import FileRecord, FileStatus, ScanVerdict, UploadedPart
     from chat4all.domain.models import (
         ApiKey,
         AuditRecord,
@@ -715,3 +716,86 @@ class PendingJob:
     conversation_id: str
     sequence: int
     user_id: str | None = None
+
+
+# ------------------------------------------------------------------ files (issue 18)
+
+
+class FileStore(ABC):
+    """File metadata (MongoDB `files`); the bytes are in an ObjectStorage."""
+
+    @abstractmethod
+    def insert(self, record: FileRecord) -> None: ...
+
+    @abstractmethod
+    def get(self, file_id: str) -> FileRecord | None: ...
+
+    @abstractmethod
+    def move(
+        self, file_id: str, from_statuses: Sequence[FileStatus], to: FileStatus, **fields: Any
+    ) -> FileRecord | None:
+        """Set `to` (and `fields`) when the file is in one of `from_statuses`; the record after, else None."""
+
+    @abstractmethod
+    def add_conversation(self, file_id: str, conversation_id: str) -> None:
+        """The file was carried in a message of that conversation: its participants may read it."""
+
+    @abstractmethod
+    def delete(self, file_id: str) -> None: ...
+
+
+class ObjectStorage(ABC):
+    """The private bucket of files: presigned URLs for clients, streamed reads for the checks."""
+
+    @abstractmethod
+    def presign_post(self, key: str, size: int, content_type: str, expires: int) -> dict[str, Any]:
+        """One form upload `{method: "POST", url, fields}` that S3 takes only at exactly `size` bytes."""
+
+    @abstractmethod
+    def start_multipart(self, key: str, content_type: str) -> str:
+        """A new multipart upload's id."""
+
+    @abstractmethod
+    def presign_part(self, key: str, upload_id: str, part_number: int, expires: int) -> str: ...
+
+    @abstractmethod
+    def list_parts(self, key: str, upload_id: str) -> list[UploadedPart]: ...
+
+    @abstractmethod
+    def complete_multipart(self, key: str, upload_id: str, parts: Sequence[UploadedPart]) -> None: ...
+
+    @abstractmethod
+    def abort_multipart(self, key: str, upload_id: str) -> None: ...
+
+    @abstractmethod
+    def size_of(self, key: str) -> int | None:
+        """The stored object's size, None when there is none."""
+
+    @abstractmethod
+    def read_range(self, key: str, start: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    def stream(self, key: str, chunk_size: int) -> Iterator[bytes]:
+        """The object's bytes in chunks of at most `chunk_size`, never all at once."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None: ...
+
+    @abstractmethod
+    def presign_get(self, key: str, expires: int, filename: str | None = None) -> str: ...
+
+
+class MalwareScanner(ABC):
+    """Scans a stream of bytes; a scanner that cannot decide raises DependencyUnavailableError."""
+
+    @abstractmethod
+    def scan(self, chunks: Iterable[bytes]) -> ScanVerdict: ...
+
+
+class Thumbnailer(ABC):
+    @abstractmethod
+    def thumbnail(self, chunks: Iterable[bytes]) -> bytes:
+        """A small JPEG of the image the chunks hold; ValueError when it is not one that may be decoded."""

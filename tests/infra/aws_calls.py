@@ -40,7 +40,18 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "layers" / "chat4all"
 BOOTSTRAP = PACKAGE / "bootstrap.py"
 # AwsJsonApi's service name -> IAM's action prefix
-IAM_PREFIX = {"sqs": "sqs", "events": "events", "kms": "kms", "secretsmanager": "secretsmanager"}
+IAM_PREFIX = {"sqs": "sqs", "events": "events", "kms": "kms", "secretsmanager": "secretsmanager", "s3": "s3"}
+# S3 (chat4all.adapters.s3.S3Api, built by bootstrap's s3_api()): the operations whose IAM action has another name;
+# `presign("Op")` and `presign_post` are calls too (the URL acts with the function's grants)
+S3_ACTIONS = {
+    "HeadObject": "GetObject",
+    "CreateMultipartUpload": "PutObject",
+    "UploadPart": "PutObject",
+    "CompleteMultipartUpload": "PutObject",
+    "ListParts": "ListMultipartUploadParts",
+    "HeadBucket": "ListBucket",
+}
+CLIENT_FACTORIES = {"aws_client": None, "s3_api": "s3"}  # factory -> its service (None: the factory's argument)
 # Lambda's SQS event source mapping polls with the function's role (AWSLambdaSQSQueueExecutionRole's actions)
 EVENT_SOURCE_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
 # the managed policies SAM attaches: logs (always), X-Ray (Tracing: Active), ENIs (VpcConfig)
@@ -80,12 +91,14 @@ def adapter_operations() -> dict[str, dict[str, set[str]]]:
                     if (
                         isinstance(node, ast.Call)
                         and isinstance(node.func, ast.Attribute)
-                        and node.func.attr == "call"
+                        and node.func.attr in ("call", "presign")
                         and node.args
                         and isinstance(node.args[0], ast.Constant)
                         and isinstance(node.args[0].value, str)
                     ):
                         found.setdefault(cls.name, {}).setdefault(method.name, set()).add(node.args[0].value)
+                    elif isinstance(node, ast.Call) and _call_name(node) == "presign_post":
+                        found.setdefault(cls.name, {}).setdefault(method.name, set()).add("PutObject")
     return found
 
 
@@ -128,12 +141,12 @@ def bootstrap_graph(adapters: set[str]) -> Bootstrap:
         }
         for call in (n for n in ast.walk(node) if isinstance(n, ast.Call) and _call_name(n) in adapters):
             client = call.args[0] if call.args else None
-            if not (isinstance(client, ast.Call) and _call_name(client) == "aws_client" and client.args):
+            factory = _call_name(client) if isinstance(client, ast.Call) else None
+            if factory not in CLIENT_FACTORIES or (CLIENT_FACTORIES[factory] is None and not client.args):
                 raise AssertionError(f"bootstrap.{name}: {_call_name(call)} is not built over aws_client(...)")
-            service = client.args[0]
-            assert isinstance(service, ast.Constant)
+            service = CLIENT_FACTORIES[factory] or client.args[0].value
             variable = _setting_name(call.args[1]) if len(call.args) > 1 else None
-            built.setdefault(name, []).append(Construction(str(_call_name(call)), str(service.value), variable))
+            built.setdefault(name, []).append(Construction(str(_call_name(call)), str(service), variable))
     return Bootstrap(calls, built, classes)
 
 
@@ -387,7 +400,9 @@ def required(template: dict[str, Any]) -> dict[str, set[Grant]]:
                     else:
                         assert built.variable is not None, built
                         targets = {template_names(variables[built.variable])}
-                    needs |= {(f"{IAM_PREFIX[built.service]}:{op}", t) for op in ops for t in targets}
+                    prefix = IAM_PREFIX[built.service]
+                    actions = {S3_ACTIONS.get(op, op) if prefix == "s3" else op for op in ops}
+                    needs |= {(f"{prefix}:{action}", t) for action in actions for t in targets}
         result[logical_id] = needs
     return result
 

@@ -13,6 +13,7 @@ import pytest
 from devstack.template import cloudformation, load_template
 from tests.infra.aws_calls import (
     ALLOWED_MANAGED_POLICIES,
+    S3_ACTIONS,
     adapter_operations,
     compare,
     granted,
@@ -45,7 +46,9 @@ def test_the_derivation_finds_every_aws_operation_the_adapters_call() -> None:
     adapter is required by some function (the operator tools, redrive and prepare_databases, are not functions)."""
     needs = required(TEMPLATE)
     derived = {action.split(":", 1)[1] for grants in needs.values() for action, _ in grants}
-    called = {op for methods in adapter_operations().values() for ops in methods.values() for op in ops}
+    called = {
+        S3_ACTIONS.get(op, op) for methods in adapter_operations().values() for ops in methods.values() for op in ops
+    }
     assert called <= derived
     assert {"SendMessage", "SendMessageBatch", "PutEvents", "Decrypt", "Encrypt", "GetSecretValue"} <= called
 

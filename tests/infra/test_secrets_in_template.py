@@ -17,7 +17,7 @@ def test_no_function_environment_holds_a_secret_value() -> None:
     secret_parameters = {name for name, spec in cfn["Parameters"].items() if spec.get("NoEcho")}
     assert secret_parameters == {"DatabaseUrl", "MongoDbUri", "RedisUrl"}
     functions = {lid: res for lid, res in cfn["Resources"].items() if res["Type"] == "AWS::Lambda::Function"}
-    assert len(functions) == 7
+    assert len(functions) == 8
     for logical_id, resource in functions.items():
         variables = resource["Properties"]["Environment"]["Variables"]
         for name, value in variables.items():

@@ -23,7 +23,7 @@ def test_cfn_lint_finds_nothing() -> None:
 
 def test_consumers_report_partial_batch_failures() -> None:
     subscriptions = {s.function: s for s in queue_subscriptions(load_template(ROOT / "template.yaml"))}
-    assert set(subscriptions) == {"RouteFunction", "StatusFunction", "DeadLetterFunction"}
+    assert set(subscriptions) == {"RouteFunction", "StatusFunction", "DeadLetterFunction", "FilesFunction"}
     assert all(s.report_batch_item_failures for s in subscriptions.values())
     assert subscriptions["RouteFunction"].queue_logical_id == "RouteQueue"
 
