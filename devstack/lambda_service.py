@@ -361,7 +361,10 @@ class LambdaService:
                 "AWS_LAMBDA_LOG_STREAM_NAME": f"{time.strftime('%Y/%m/%d')}/[$LATEST]{container.container_id}",
                 "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{container.port}",
                 "LAMBDA_TASK_ROOT": str(spec.code_dir),
-                "PYTHONPATH": os.pathsep.join(str(p) for p in (spec.code_dir, *spec.layer_dirs)),
+                # a function's own PYTHONPATH (code a deployment adds, as Lambda allows) comes after its layers
+                "PYTHONPATH": os.pathsep.join(
+                    str(p) for p in (spec.code_dir, *spec.layer_dirs, spec.environment.get("PYTHONPATH")) if p
+                ),
                 "TZ": ":UTC",
             }
         )

@@ -108,6 +108,9 @@ class PlatformOptions:
     create_fresh_database: bool = False
     preferred_ports: bool = True
     channel_api_bases: dict[str, str] = field(default_factory=dict)
+    # variables every function gets besides the template's, as a deployment sets its own (a platform module it
+    # adds: CHAT4ALL_CHANNEL_MODULES, that platform's API base, and PYTHONPATH where its code is)
+    function_variables: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     runtime: RuntimeOptions | None = None  # None: RuntimeOptions.from_env(environ)
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
@@ -246,7 +249,7 @@ class LocalPlatform:
         """One function's own variables (Globals and its own, resolved), and where AWS is locally."""
         assert self.stack is not None
         env = function_environment(self.template, logical_id, self.stack.resolve)
-        return env | LOCAL_AWS_ENV | {"AWS_ENDPOINT_URL": self.urls["aws"]}
+        return env | LOCAL_AWS_ENV | {"AWS_ENDPOINT_URL": self.urls["aws"]} | self.options.function_variables
 
     def prepare_databases(self) -> None:
         from chat4all.prepare_databases import prepare_databases
@@ -372,8 +375,11 @@ class LocalPlatform:
 
 
 @contextlib.contextmanager
-def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterator[LocalPlatform]:
-    """A whole platform with its own state dir, stack and databases, all removed again on exit.
+def throwaway_platform(
+    label: str, channel_api_bases: dict[str, str], function_variables: dict[str, str] | None = None
+) -> Iterator[LocalPlatform]:
+    """A whole platform with its own state dir, stack and databases, all removed again on exit; every function
+    gets `function_variables` besides the template's.
 
     Servers given by URL are used as they are, but still get databases of their own, dropped on exit.
     """
@@ -387,6 +393,7 @@ def throwaway_platform(label: str, channel_api_bases: dict[str, str]) -> Iterato
         create_fresh_database=True,
         preferred_ports=False,
         channel_api_bases=channel_api_bases,
+        function_variables=dict(function_variables or {}),
     )
     platform = LocalPlatform(options).start()
     try:
