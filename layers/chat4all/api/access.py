@@ -65,6 +65,12 @@ ROLE_TABLE: dict[str, Access] = {
     "POST /v1/messages": Access.SCOPED,
     "GET /v1/messages/{message_id}": Access.SCOPED,
     "GET /v1/messages/{message_id}/status": Access.SCOPED,
+    # files: an agent reads files it uploaded or that belong to its conversations (chat4all.services.files)
+    "POST /v1/files": Access.SCOPED,
+    "GET /v1/files/{file_id}": Access.SCOPED,
+    "DELETE /v1/files/{file_id}": Access.SCOPED,
+    "GET /v1/files/{file_id}/parts": Access.SCOPED,
+    "POST /v1/files/{file_id}/complete": Access.SCOPED,
 }
 
 
