@@ -141,8 +141,9 @@ def test_deeply_nested_signed_webhook_is_400(api: Api, whatsapp_conversation: Wh
 def test_a_dependency_that_is_down_is_503_naming_no_internal(platform: LocalPlatform, api: Api) -> None:
     # the identity function's PostgreSQL moves to a port where nothing listens (UpdateFunctionConfiguration)
     assert platform.runtime is not None
+    # (the functions read their database URL from a secret; a DATABASE_URL in the environment wins over it)
     environment = platform.function_environment("IdentityFunction")
-    real_url = environment["DATABASE_URL"]
+    real_url = platform.urls["postgres_app"]
     down = real_url.replace(real_url.rpartition("@")[2].split("/")[0], "127.0.0.1:9")
     platform.runtime.update_function_environment("IdentityFunction", {**environment, "DATABASE_URL": down})
     try:
