@@ -33,6 +33,7 @@ from chat4all.adapters.mongo import (
     connect,
 )
 from chat4all.adapters.mongo.files import MongoFileStore
+from chat4all.adapters.mongo.references import MongoReferenceSource
 from chat4all.adapters.postgres import (
     PostgresApiKeyRepository,
     PostgresAuditLog,
@@ -41,12 +42,14 @@ from chat4all.adapters.postgres import (
     PostgresDatabase,
     PostgresUserRepository,
 )
+from chat4all.adapters.postgres_references import PostgresReferenceTarget
 from chat4all.adapters.s3 import S3Api, S3ObjectStorage
 from chat4all.adapters.scanner import ClamdScanner
 from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
 from chat4all.services.auth import Authenticator, RequestLimits
+from chat4all.services.consistency import ConsistencyCheck
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
 from chat4all.services.files import FileService
@@ -297,3 +300,9 @@ def file_service() -> FileService:
     storage = S3ObjectStorage(s3_api(), config.require("files_bucket"))
     scanner = ClamdScanner(config.clamd_address) if config.clamd_address else None
     return FileService(MongoFileStore(db), storage, MongoConversationStore(db), scanner, PillowThumbnailer())
+
+
+@lru_cache
+def consistency_check() -> ConsistencyCheck:
+    """The cross-database check (services/consistency.py): MongoDB read in pages, PostgreSQL asked in batches."""
+    return ConsistencyCheck(MongoReferenceSource(mongo()), PostgresReferenceTarget(postgres()))

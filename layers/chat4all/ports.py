@@ -799,3 +799,41 @@ class Thumbnailer(ABC):
     @abstractmethod
     def thumbnail(self, chunks: Iterable[bytes]) -> bytes:
         """A small JPEG of the image the chunks hold; ValueError when it is not one that may be decoded."""
+
+
+# -------------------------------------------------------------- cross-database consistency (services/consistency.py)
+@dataclass(frozen=True)
+class DocumentRefs:
+    """What one MongoDB document names in PostgreSQL: users, and at most one channel."""
+
+    kind: str  # "message", "conversation", "delivery"
+    document_id: str
+    users: tuple[tuple[str, str], ...]  # (role, user_id): ("sender", ...), ("recipient", ...), ("participant", ...)
+    channel_id: str | None = None
+    settled: bool = True  # nothing of it is still to be sent (a PENDING message or delivery is not settled)
+
+
+class ReferenceSource(ABC):
+    """The MongoDB side, read in pages: every page a list, never a collection at once."""
+
+    @abstractmethod
+    def pages(self, kind: str, page_size: int) -> Iterator[list[DocumentRefs]]:
+        """The documents of one kind ("message", "conversation", "delivery"), `page_size` at a time."""
+
+    @abstractmethod
+    def has_pending_messages(self, conversation_id: str) -> bool: ...
+
+
+class ReferenceTarget(ABC):
+    """The PostgreSQL side: which of these ids exist (asked in batches)."""
+
+    @abstractmethod
+    def existing_users(self, user_ids: Sequence[str]) -> set[str]: ...
+
+    @abstractmethod
+    def existing_channels(self, channel_ids: Sequence[str]) -> set[str]: ...
+
+    @abstractmethod
+    def identities(self, limit: int) -> tuple[int, int, list[str]]:
+        """How many external identities there are, how many name a user that does not exist, and (up to
+        `limit`) which."""

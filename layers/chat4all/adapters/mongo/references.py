@@ -1,0 +1,58 @@
+"""What MongoDB's documents name in PostgreSQL, read in pages for the consistency check
+(chat4all.services.consistency): a cursor per collection with a batch size, only the fields that hold ids."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from chat4all.adapters.mongo.connection import translated
+from chat4all.ports import DocumentRefs, ReferenceSource
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pymongo.database import Database
+
+PENDING = "PENDING"
+# kind -> (collection, the fields read)
+COLLECTIONS = {
+    "message": ("messages", {"sender_id": 1, "recipients": 1, "status": 1}),
+    "conversation": ("conversations", {"participants.user_id": 1, "channel_id": 1}),
+    "delivery": ("deliveries", {"user_id": 1, "channel_id": 1, "status": 1}),
+}
+
+
+def _refs(kind: str, doc: dict[str, Any]) -> DocumentRefs:
+    if kind == "message":
+        users = [("sender", doc["sender_id"])] if doc.get("sender_id") else []
+        users += [("recipient", r) for r in doc.get("recipients") or ()]
+        return DocumentRefs(kind, str(doc["_id"]), tuple(users), None, doc.get("status") != PENDING)
+    if kind == "conversation":
+        users = [("participant", p["user_id"]) for p in doc.get("participants") or ()]
+        return DocumentRefs(kind, str(doc["_id"]), tuple(users), doc.get("channel_id"))
+    users = [("recipient", doc["user_id"])] if doc.get("user_id") else []
+    return DocumentRefs(kind, str(doc["_id"]), tuple(users), doc.get("channel_id"), doc.get("status") != PENDING)
+
+
+class MongoReferenceSource(ReferenceSource):
+    def __init__(self, db: Database[dict[str, Any]]) -> None:
+        self.db = db
+
+    def pages(self, kind: str, page_size: int) -> Iterator[list[DocumentRefs]]:
+        name, projection = COLLECTIONS[kind]
+        page: list[DocumentRefs] = []
+        with translated():
+            # one cursor, fetched batch by batch (getMore): the server streams, nothing holds the collection
+            for doc in self.db[name].find({}, projection=projection, batch_size=page_size):
+                page.append(_refs(kind, doc))
+                if len(page) == page_size:
+                    yield page
+                    page = []
+        if page:
+            yield page
+
+    def has_pending_messages(self, conversation_id: str) -> bool:
+        # the prefix of the index (conversation_id, status, sequence)
+        with translated():
+            found = self.db.messages.find_one({"conversation_id": conversation_id, "status": PENDING}, {"_id": 1})
+        return found is not None
