@@ -7,6 +7,7 @@ the checkout on their path, as a deployment would add a layer: no other test see
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from pathlib import Path
@@ -36,10 +37,31 @@ def pigeon() -> Iterator[FakePigeon]:
 def client(pigeon: FakePigeon) -> Iterator[httpx.Client]:
     from devstack.stack import throwaway_platform
 
+    # a stack's start sets this process's environment to its functions' and its teardown drops the databases
+    # this process's bootstrap names: with the suite's own stack running too, both are set back afterwards
+    environment = dict(os.environ)
+    forget_connections()
     variables = {"CHAT4ALL_CHANNEL_MODULES": MODULE, "PIGEON_API_BASE": pigeon.url, "PYTHONPATH": str(REPO)}
-    with throwaway_platform("pigeon", {}, variables) as stack, httpx.Client(base_url=stack.api_url, timeout=30) as http:
-        http.headers["Authorization"] = f"Bearer {stack.admin_api_key}"
-        yield http
+    try:
+        with (
+            throwaway_platform("pigeon", {}, variables) as stack,
+            httpx.Client(base_url=stack.api_url, timeout=30) as http,
+        ):
+            http.headers["Authorization"] = f"Bearer {stack.admin_api_key}"
+            yield http
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        forget_connections()
+
+
+def forget_connections() -> None:
+    """Clear the test process's bootstrap caches (settings, connections, services: made from the environment)."""
+    from chat4all import bootstrap
+
+    for value in list(vars(bootstrap).values()):
+        if callable(getattr(value, "cache_clear", None)):
+            value.cache_clear()
 
 
 def created(client: httpx.Client, path: str, body: dict[str, Any]) -> dict[str, Any]:
