@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = "tests.support.fourth_platform.connector"
+SERVER_VARIABLES = ("AWS_ENDPOINT_URL", "DATABASE_URL", "MONGODB_URI", "REDIS_URL")
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,12 @@ def client(pigeon: FakePigeon) -> Iterator[httpx.Client]:
     from devstack.stack import throwaway_platform
 
     # a stack's start sets this process's environment to its functions' and its teardown drops the databases
-    # this process's bootstrap names: with the suite's own stack running too, both are set back afterwards
+    # this process's bootstrap names: with the suite's own stack running too, both are set back afterwards. The
+    # servers that stack's start named here are its own (and one LocalStack holds one `chat4all` bus): Pigeon's
+    # stack starts servers of its own
     environment = dict(os.environ)
+    for name in SERVER_VARIABLES:
+        os.environ.pop(name, None)
     forget_connections()
     variables = {"CHAT4ALL_CHANNEL_MODULES": MODULE, "PIGEON_API_BASE": pigeon.url, "PYTHONPATH": str(REPO)}
     try:
