@@ -43,8 +43,8 @@ from chat4all.adapters.postgres import (
     PostgresUserRepository,
 )
 from chat4all.adapters.postgres_references import PostgresReferenceTarget
-from chat4all.adapters.s3 import S3Api, S3ObjectStorage
-from chat4all.adapters.scanner import ClamdScanner
+from chat4all.adapters.s3 import S3Api, S3BucketCheck, S3ObjectStorage
+from chat4all.adapters.scanner import ClamdCheck, ClamdScanner
 from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
@@ -273,13 +273,19 @@ def health_monitor() -> HealthMonitor:
 
 def dependency_checks() -> list[DependencyCheck]:
     config = settings()
-    return [
+    checks: list[DependencyCheck] = [
         PostgresCheck(postgres()),
         MongoCheck(mongo()),
         RedisCheck(redis_client()),
         SqsCheck(aws_client("sqs"), config.require("route_queue_url")),
         EventBridgeCheck(aws_client("events"), config.event_bus_name),
     ]
+    # files (issue 18): S3 where the files bucket is configured, the malware scanner where one is
+    if config.files_bucket:
+        checks.append(S3BucketCheck(s3_api(), config.require("files_bucket")))
+    if config.clamd_address:
+        checks.append(ClamdCheck(config.clamd_address))
+    return checks
 
 
 # ------------------------------------------------------------------ files (issue 18)

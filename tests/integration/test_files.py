@@ -283,3 +283,9 @@ def test_a_file_of_another_conversation_is_forbidden_to_an_agent(api: Api) -> No
     created = upload(api, "private.png", "image/png", png_bytes(32, 32))
     response = api.call("GET", f"/v1/files/{created['file_id']}", key=key["api_key"])
     assert response.status_code == 403, response.text
+
+
+def test_health_names_s3_and_the_scanner(api: Api) -> None:
+    response = api.client.get("/health")
+    assert response.status_code == 200, response.text
+    assert {"s3": "UP", "scanner": "UP"}.items() <= response.json()["dependencies"].items()

@@ -19,7 +19,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.domain.files import UploadedPart
 from chat4all.observability import logger
-from chat4all.ports import ObjectStorage
+from chat4all.ports import DependencyCheck, ObjectStorage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -189,3 +189,17 @@ class S3ObjectStorage(ObjectStorage):
             quoted = urllib.parse.quote(filename, safe="")
             params["ResponseContentDisposition"] = f"attachment; filename*=UTF-8''{quoted}"
         return self.s3.presign("GetObject", params, expires)
+
+
+class S3BucketCheck(DependencyCheck):
+    """/health's S3: the files bucket answers HeadBucket (s3:ListBucket on the bucket)."""
+
+    name = "s3"
+    iam_actions = ("s3:ListBucket",)
+
+    def __init__(self, s3: S3Api, bucket: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+
+    def check(self) -> None:
+        self.s3.call("HeadBucket", {"Bucket": self.bucket})
