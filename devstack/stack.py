@@ -335,12 +335,23 @@ class LocalPlatform:
 
         LocalStack comes back empty: the template's resources are deployed again (same names, so the same
         queue URLs; the KMS keys with the same id and material) and the start-up sweep re-enqueues what the
-        lost queues held.
+        lost queues held. A secret made again has a new ARN (Secrets Manager adds a random suffix): the functions
+        whose variables changed get them as UpdateFunctionConfiguration would give them (new containers), and so
+        does this process.
         """
         key, _, launcher = SERVERS[name]
         launcher(self.options.state_dir.resolve(), self.group, urlsplit(self.urls[key]).port)
         if name == "localstack":
+            functions = [
+                i for i, r in self.template["Resources"].items() if r.get("Type") == "AWS::Serverless::Function"
+            ]
+            before = {logical_id: self.function_environment(logical_id) for logical_id in functions}
             self._deploy()
+            os.environ.update(self.function_env())
+            for logical_id, environment in before.items():
+                now = self.function_environment(logical_id)
+                if self.runtime is not None and now != environment:
+                    self.runtime.update_function_environment(logical_id, now)
             self.take_up_pending_messages()
 
     def invoke(self, logical_id: str, event: Any) -> InvocationResult:
