@@ -53,7 +53,7 @@ from tests.support.waiting import wait_until
 SOMEONE = str(uuid.uuid4())
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from chat4all.domain.models import OutboundMessage, ProviderReceipt
     from chat4all.ports import ChannelConnector
@@ -403,6 +403,13 @@ def test_concurrent_duplicates_get_the_same_202_and_one_delivery(
 # ------------------------------------------------------------------------------------------------ outages
 
 
+# the URLs the functions' secrets hold, as the stack knows them
+REAL_URLS: dict[str, Callable[[LocalPlatform], str]] = {
+    "MONGODB_URI": lambda platform: platform.urls["mongo"],
+    "DATABASE_URL": lambda platform: platform.urls["postgres_app"],
+}
+
+
 @pytest.mark.parametrize("variable", ["MONGODB_URI", "DATABASE_URL"])
 def test_a_database_that_is_down_is_a_quick_503_and_recovers(
     platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, variable: str
@@ -410,8 +417,9 @@ def test_a_database_that_is_down_is_a_quick_503_and_recovers(
     # GIVEN the ingest function's database moved to a port where nothing listens (UpdateFunctionConfiguration)
     setup = whatsapp_conversation
     assert platform.runtime is not None
+    # (the functions read these URLs from secrets; a variable in their environment wins over the secret)
     environment = platform.function_environment("IngestFunction")
-    real = environment[variable]
+    real = REAL_URLS[variable](platform)
     host = real.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
     platform.runtime.update_function_environment(
         "IngestFunction", {**environment, variable: real.replace(host, "127.0.0.1:9")}
@@ -487,7 +495,7 @@ def test_a_dependency_down_for_route_is_retried_then_failed_with_its_reason(
     setup = whatsapp_conversation
     assert platform.runtime is not None
     environment = platform.function_environment("RouteFunction")
-    real = environment["DATABASE_URL"]
+    real = REAL_URLS["DATABASE_URL"](platform)
     host = real.split("://", 1)[1].split("/", 1)[0].rpartition("@")[2]
     down = {**environment, "DATABASE_URL": real.replace(host, "127.0.0.1:9"), "DELIVERY_TROUBLE_SECONDS": "4"}
     platform.runtime.update_function_environment("RouteFunction", down)
