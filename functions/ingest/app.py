@@ -21,7 +21,7 @@ from chat4all.api.schemas import SendMessageRequest
 from chat4all.api.views import accepted_view
 from chat4all.channels import registry
 from chat4all.domain.errors import NotFoundError
-from chat4all.observability import logger, metrics, tracer
+from chat4all.observability import current_correlation_id, logger, metrics, tracer
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.messages import AcceptedMessage
 
@@ -46,8 +46,8 @@ idempotency = IdempotencyConfig(
     config=idempotency,
     output_serializer=DataclassSerializer(AcceptedMessage),
 )
-def accept_message(command: SendMessage, principal: Principal) -> AcceptedMessage:
-    return bootstrap.message_service().accept(command, principal)
+def accept_message(command: SendMessage, principal: Principal, correlation_id: str | None = None) -> AcceptedMessage:
+    return bootstrap.message_service().accept(command, principal, correlation_id=correlation_id)
 
 
 @app.post("/v1/messages")
@@ -55,12 +55,14 @@ def post_message() -> Response[str]:
     principal = caller(app)
     command = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes).command()
     require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
+    # the message keeps the request's correlation id (a replay keeps the first request's)
+    correlation_id = current_correlation_id()
     try:
-        accepted = accept_message(command=command, principal=principal)
+        accepted = accept_message(command=command, principal=principal, correlation_id=correlation_id)
     except (IdempotencyAlreadyInProgressError, IdempotencyPersistenceLayerError):
         # the cache is only the fast path: a duplicate in flight or Redis in trouble is answered from the
         # message in MongoDB (stored before any 202), the same 202 or a 409 for another body
-        accepted = bootstrap.message_service().accept(command, principal)
+        accepted = bootstrap.message_service().accept(command, principal, correlation_id=correlation_id)
     metrics.add_metric(name="MessagesAccepted", unit=MetricUnit.Count, value=1)
     return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
 

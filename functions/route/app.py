@@ -9,25 +9,22 @@ authority on what was sent, and a cached outcome would only stand in the way of 
 
 from __future__ import annotations
 
-import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
-
-from aws_lambda_powertools.metrics import MetricUnit
 
 from chat4all import bootstrap
 from chat4all.consumers import consume_conversations
 from chat4all.domain.models import MessageStatus, utcnow
 from chat4all.domain.wire import RouteJob
-from chat4all.observability import logger, metrics, tracer
+from chat4all.observability import count, log_context, logger, metrics, tracer
 from chat4all.services import route_jobs
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
+    from chat4all.services.delivery import DeliveryOutcome
+
 settings = bootstrap.settings()
-# the batch's job keys run on threads of their own; Powertools' metrics are not made for that
-_metrics_lock = threading.Lock()
 
 
 def conversation_work(job: RouteJob, context: LambdaContext) -> float | None:
@@ -38,21 +35,30 @@ def conversation_work(job: RouteJob, context: LambdaContext) -> float | None:
     else:
         progress = service.deliver_lane(job.conversation_id, job.user_id, lease_until)
     for outcome in progress.outcomes:
-        if outcome.dead_letter:
-            copy = RouteJob(message_id=outcome.message_id, conversation_id=job.conversation_id, user_id=outcome.user_id)
-            try:
-                bootstrap.route_dead_letters().dead_letter(copy, outcome.reason or "failed")
-            except Exception:  # the message is FAILED with its reason already; the copy is for operators
-                logger.exception("could not dead-letter", extra={"message_id": outcome.message_id})
-        kind = "Deliveries" if outcome.user_id else "Messages"
-        status = "FannedOut" if outcome.status is MessageStatus.PENDING else str(outcome.status).title()
-        with _metrics_lock:
-            metrics.add_metric(name=f"{kind}{status}", unit=MetricUnit.Count, value=1)
-        logger.info(
-            "routed",
-            extra={"message_id": outcome.message_id, "user_id": outcome.user_id, "status": str(outcome.status)},
-        )
+        with log_context(correlation_id=outcome.correlation_id, message_id=outcome.message_id, user_id=outcome.user_id):
+            _report(job, outcome)
     return progress.retry_after_seconds
+
+
+def _report(job: RouteJob, outcome: DeliveryOutcome) -> None:
+    """An outcome's metrics (MessagesSent, MessagesFailed, MessagesFannedOut, Deliveries*, *DeadLettered), its
+    dead-letter copy, and its line."""
+    kind = "Deliveries" if outcome.user_id else "Messages"
+    if outcome.dead_letter:
+        copy = RouteJob(
+            message_id=outcome.message_id,
+            conversation_id=job.conversation_id,
+            user_id=outcome.user_id,
+            correlation_id=outcome.correlation_id,
+        )
+        try:
+            bootstrap.route_dead_letters().dead_letter(copy, outcome.reason or "failed")
+            count(f"{kind}DeadLettered")
+        except Exception:  # the message is FAILED with its reason already; the copy is for operators
+            logger.exception("could not dead-letter")
+    status = "FannedOut" if outcome.status is MessageStatus.PENDING else str(outcome.status).title()
+    count(f"{kind}{status}")
+    logger.info("routed", extra={"status": str(outcome.status)})
 
 
 @logger.inject_lambda_context

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from chat4all import bootstrap
 from chat4all.api.access import caller
 from chat4all.api.app import create_resolver, json_response, serve
@@ -14,7 +12,7 @@ from chat4all.api.views import message_status_view, message_view
 from chat4all.consumers import consume_batch
 from chat4all.domain.errors import RetryLaterError, StatusTargetMissingError
 from chat4all.domain.wire import ChannelStatusReported
-from chat4all.observability import logger, metrics, tracer
+from chat4all.observability import count, log_context, logger, metrics, tracer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import Response
@@ -45,15 +43,16 @@ def get_message_status(message_id: str) -> Response[str]:
 
 def record_handler(record: SQSRecord) -> None:
     report = ChannelStatusReported.parse(record.body)
-    try:
-        moved = bootstrap.status_service().apply(report)
-    except StatusTargetMissingError as exc:
-        # the report overtook the route function's write of the platform id; try again shortly
-        raise RetryLaterError(exc.detail, delay_seconds=UNKNOWN_TARGET_RETRY_SECONDS) from exc
-    metrics.add_metric(
-        name="StatusReportsApplied" if moved else "StatusReportsKeptInHistory", unit=MetricUnit.Count, value=1
-    )
-    logger.info("status applied", extra={"platform_message_id": report.platform_message_id, "moved": moved})
+    # the reporting webhook's correlation id until the report is matched to its message: the service logs the
+    # lines applying it with the message's own (MessagesDelivered, MessagesRead, ... are counted there)
+    with log_context(correlation_id=report.correlation_id):
+        try:
+            moved = bootstrap.status_service().apply(report)
+        except StatusTargetMissingError as exc:
+            # the report overtook the route function's write of the platform id; try again shortly
+            raise RetryLaterError(exc.detail, delay_seconds=UNKNOWN_TARGET_RETRY_SECONDS) from exc
+        count("StatusReportsApplied" if moved else "StatusReportsKeptInHistory")
+        logger.info("status report done", extra={"platform_message_id": report.platform_message_id, "moved": moved})
 
 
 @logger.inject_lambda_context

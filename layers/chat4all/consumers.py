@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from chat4all.domain.errors import RetryLaterError
 from chat4all.domain.wire import RouteJob
-from chat4all.observability import logger
+from chat4all.observability import log_context, logger
 from chat4all.services.route_jobs import REFRESH_AFTER_RECEIVES
 
 if TYPE_CHECKING:
@@ -121,11 +121,18 @@ def consume_conversations(
 
         def run(key: str) -> float | None:
             first, first_job = jobs[key][0]
-            try:
-                return work(first_job)
-            except Exception:
-                logger.exception("route work failed", extra={"job": key})
-                return float(retry_delay(_receive_count(first)))
+            # the job's keys for the lines of its run (each message's own lines carry the message's correlation id)
+            with log_context(
+                correlation_id=first_job.correlation_id,
+                message_id=first_job.message_id,
+                conversation_id=first_job.conversation_id,
+                user_id=first_job.user_id,
+            ):
+                try:
+                    return work(first_job)
+                except Exception:
+                    logger.exception("route work failed", extra={"job": key})
+                    return float(retry_delay(_receive_count(first)))
 
         if len(jobs) > 1:
             with ThreadPoolExecutor(max_workers=min(len(jobs), MAX_CONCURRENT_KEYS)) as pool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from chat4all.adapters.aws_api import AwsApiError
 from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
 from chat4all.domain.wire import DEAD_LETTER_REASON_ATTRIBUTE, RouteJob
-from chat4all.observability import logger
+from chat4all.observability import current_correlation_id, logger
 from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
 
 if TYPE_CHECKING:
@@ -55,7 +55,8 @@ class SqsOutboundQueue(OutboundQueue):
         self.queue_url = queue_url
 
     def enqueue(self, message_id: str, conversation_id: str, *, dedupe_key: str | None = None) -> None:
-        job = RouteJob(message_id=message_id, conversation_id=conversation_id)
+        # the job carries the correlation id of the work that asks for it (the accepting request's)
+        job = RouteJob(message_id=message_id, conversation_id=conversation_id, correlation_id=current_correlation_id())
         with _translated("SQS"):
             self.sqs.call(
                 "SendMessage",

@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from chat4all.api.access import role_table
 from chat4all.api.problems import problem_response, register_problem_handlers
 from chat4all.domain.errors import Chat4AllError, DependencyUnavailableError
-from chat4all.observability import logger
+from chat4all.observability import CORRELATION_HEADER, correlation_id_for, log_context, logger
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -67,12 +67,27 @@ def serve(
 
     The events the request collected (`events`, default the container's EventBuffer) are published when it ends,
     however it ends; an unexpected exception is a 500 problem, and a request still running
-    DEADLINE_MARGIN_SECONDS before the function's Timeout a 503 one.
+    DEADLINE_MARGIN_SECONDS before the function's Timeout a 503 one. Every answer, problems included, carries
+    the request's correlation id in `X-Correlation-Id` (chat4all.observability.correlation_id_for), and every
+    line logged while it runs carries it as `correlation_id`.
     """
     if events is None:
         from chat4all import bootstrap
 
         events = bootstrap.event_buffer()
+    request_id = (event.get("requestContext") or {}).get("requestId")
+    correlation_id, replaced = correlation_id_for(event.get("headers"), request_id)
+    with log_context(correlation_id=correlation_id):
+        if replaced:  # the refused value is not logged: it is the client's, and may be anything
+            logger.info("X-Correlation-Id refused (1-128 of A-Za-z0-9._-); replaced by the request id")
+        result = _serve(app, event, context, events)
+    result["headers"] = {**(result.get("headers") or {}), CORRELATION_HEADER: correlation_id}
+    return result
+
+
+def _serve(
+    app: APIGatewayHttpResolver, event: dict[str, Any], context: LambdaContext, events: EventBuffer
+) -> dict[str, Any]:
     with events.unit_of_work():
         try:
             with deadline(context.get_remaining_time_in_millis() / 1000 - DEADLINE_MARGIN_SECONDS):

@@ -26,6 +26,7 @@ from chat4all.domain.errors import (
     ChannelRejectedError,
     ChannelRetryableError,
 )
+from chat4all.observability import tracer
 from chat4all.ports import ChannelConnector
 
 if TYPE_CHECKING:
@@ -93,7 +94,10 @@ class HttpConnector(ChannelConnector):
         # what a header carries (a bearer token) is as secret as what the caller names (a token in the URL)
         secrets = [*secrets, *(value.rsplit(" ", 1)[-1] for value in (headers or {}).values())]
         try:
-            response = self.http.post(url, json=body, headers=dict(headers or {}))
+            # an X-Ray subsegment per platform call where tracing is on (a no-op without X-Ray: locally, in tests)
+            with tracer.provider.in_subsegment(f"## {self.platform} POST") as subsegment:
+                subsegment.put_annotation("platform", str(self.platform))
+                response = self.http.post(url, json=body, headers=dict(headers or {}))
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             # no connection, so the request never left: safe to send again
             raise _scrubbed(ChannelRetryableError(f"{self.platform} unreachable: {exc!r}"), secrets) from None

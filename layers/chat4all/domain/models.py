@@ -355,6 +355,8 @@ class Message:
     fanned_out: bool = False
     # a WhatsApp template message: {name, language, components?} as the API accepted it (message_type "template")
     template: dict[str, Any] | None = None
+    # the accepting request's correlation id (X-Correlation-Id or the request id): in its log lines and events
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -451,6 +453,8 @@ class StatusReport:
     channel_id: str | None = None
     # the account the webhook named (WhatsApp phone_number_id, Instagram entry id), while it is attributed
     account_id: str | None = None
+    # the correlation id of the webhook request that reported it (the message keeps its own)
+    correlation_id: str | None = None
 
     @property
     def dedupe_key(self) -> str:

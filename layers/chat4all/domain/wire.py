@@ -43,6 +43,9 @@ class RouteJob(BaseModel):
     message_id: str
     conversation_id: str
     user_id: str | None = None
+    # the correlation id of the work that enqueued it (the accepting request's, or its message's for a lane job),
+    # for the lines logged before the message is read; each message's own lines carry the message's own
+    correlation_id: str | None = None
 
     def body(self) -> str:
         return self.model_dump_json(exclude_none=True)
@@ -75,6 +78,8 @@ class StatusReportDetail(BaseModel):
     detail: str | None = None
     # the installed channel whose webhook reported it: the status is applied only to that channel's messages
     channel_id: str | None = None
+    # the webhook request's correlation id (status logs its lines with the message's own, and this one besides)
+    correlation_id: str | None = None
 
     @classmethod
     def of(cls, report: StatusReport) -> StatusReportDetail:
@@ -85,6 +90,7 @@ class StatusReportDetail(BaseModel):
             at=report.at,
             detail=report.detail,
             channel_id=report.channel_id,
+            correlation_id=report.correlation_id,
         )
 
     @field_serializer("at")
@@ -92,8 +98,11 @@ class StatusReportDetail(BaseModel):
         return at.isoformat()
 
     def event_detail(self) -> dict[str, Any]:
-        """As it is put on the bus (PutEvents' `Detail`)."""
-        return self.model_dump(mode="json")
+        """As it is put on the bus (PutEvents' `Detail`); no `correlation_id` key when there is none."""
+        detail = self.model_dump(mode="json")
+        if detail.get("correlation_id") is None:
+            detail.pop("correlation_id", None)
+        return detail
 
     def report(self) -> StatusReport:
         return StatusReport(
@@ -103,6 +112,7 @@ class StatusReportDetail(BaseModel):
             at=self.at,
             detail=self.detail,
             channel_id=self.channel_id,
+            correlation_id=self.correlation_id,
         )
 
 
@@ -128,7 +138,8 @@ class MessageEventDetail(BaseModel):
     """The `detail` of every event about a message (MessageAccepted, MessageSent, MessageStatusChanged,
     MessageReceived, MessageFailed) and of DeliveryStatusChanged, a GROUP recipient's delivery (with the
     recipient's `user_id` and the delivery's `channel_id`; `channel` is then the delivery's platform);
-    `at` is the time of the change, not of publishing."""
+    `at` is the time of the change, not of publishing; `correlation_id` is the message's (absent only on a
+    message stored before messages kept one)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -141,6 +152,7 @@ class MessageEventDetail(BaseModel):
     reason: str | None = None
     user_id: str | None = None
     channel_id: str | None = None
+    correlation_id: str | None = None
 
     @classmethod
     def of(
@@ -160,6 +172,7 @@ class MessageEventDetail(BaseModel):
             at=at or utcnow(),
             platform_message_id=platform_message_id,
             reason=reason,
+            correlation_id=message.correlation_id,
         )
 
     @field_serializer("at")

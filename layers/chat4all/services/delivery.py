@@ -57,6 +57,7 @@ from chat4all.domain.models import (
 from chat4all.services import route_jobs
 from chat4all.services.notifications import collect, delivery_event, message_event
 from chat4all.services.statuses import advance_group_message
+from chat4all.telemetry import accept_to_sent, count, log_context
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -130,6 +131,8 @@ class DeliveryOutcome:
     conversation_id: str | None = None
     # a GROUP delivery's recipient (its dead-letter copy is a lane job)
     user_id: str | None = None
+    # the message's correlation id, for the lines its caller logs about it and its dead-letter copy
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -184,6 +187,7 @@ class _Subject:
             dead_letter=dead_letter,
             reason=reason,
             conversation_id=self.message.conversation_id,
+            correlation_id=self.message.correlation_id,
         )
 
 
@@ -363,14 +367,15 @@ class DeliveryService:
                 announced.add(message.message_id)
                 collect(self.events, *message.unpublished_events)
             subject = _MessageSubject(self, message)
-            if _is_group(message, conversation):
-                step = self._step(
-                    subject, lease_until, functools.partial(self._fan_out, subject, conversation, channels)
-                )
-            else:
-                step = self._step(
-                    subject, lease_until, functools.partial(self._deliver, subject, conversation, lease_until, routes)
-                )
+            # every line about this message (the platform call's too) carries its own correlation id
+            with log_context(
+                correlation_id=message.correlation_id, message_id=message.message_id, conversation_id=conversation_id
+            ):
+                if _is_group(message, conversation):
+                    act = functools.partial(self._fan_out, subject, conversation, channels)
+                else:
+                    act = functools.partial(self._deliver, subject, conversation, lease_until, routes)
+                step = self._step(subject, lease_until, act)
             if not isinstance(step, DeliveryOutcome):
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)
@@ -482,7 +487,7 @@ class DeliveryService:
     ) -> DeliveryOutcome | float:
         """The platform call and its outcome by the platform's error class (chat4all.channels.http)."""
         try:
-            receipt = self.connectors[subject.platform].send(channel.credentials, outbound)
+            receipt = self._platform_call(subject, channel, outbound, attempt)
         except ChannelCredentialsRejectedError as exc:
             self._record(channel, success=True)  # the platform answered: it is well, the token is not
             if self.channels.reject_credentials(channel.channel_id, exc.detail):
@@ -503,6 +508,32 @@ class DeliveryService:
             return self._retry_or_fail(subject, attempt, exc)
         self._record(channel, success=True)
         return self._record_sent(subject, attempt, receipt)
+
+    def _platform_call(
+        self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
+    ) -> ProviderReceipt:
+        """The connector's send (its HTTP call is an X-Ray subsegment: chat4all.channels.http), logged with its
+        outcome and duration under the message's keys."""
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            receipt = self.connectors[subject.platform].send(channel.credentials, outbound)
+            outcome = "sent"
+            return receipt
+        except Exception as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            logger.info(
+                "platform call",
+                extra={
+                    "platform": str(subject.platform),
+                    "channel_id": channel.channel_id,
+                    "attempt": attempt,
+                    "outcome": outcome,
+                    "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                },
+            )
 
     def _rate_limited(
         self, subject: _Subject, channel: ChannelConfig, attempt: int, exc: ChannelRateLimitedError
@@ -531,13 +562,18 @@ class DeliveryService:
             return self._fail(subject, f"gave up after {attempt} attempts: {exc.detail}", attempt, True)
         delay = backoff_seconds(attempt)
         subject.end_attempt(attempt, self.clock() + timedelta(seconds=delay), exc.detail)
+        count("DeliveriesRetried" if isinstance(subject, _DeliverySubject) else "MessagesRetried")
+        logger.info("%s is tried again in %s s: %s", subject.name, delay, exc.detail)
         return float(delay)
 
     def _record_sent(self, subject: _Subject, attempt: int, receipt: ProviderReceipt) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.SENT, self.clock())
         for pause in (*RECORD_PAUSES_SECONDS, None):
             try:
-                subject.record_sent(attempt, entry, receipt.platform_message_id)
+                if subject.record_sent(attempt, entry, receipt.platform_message_id):
+                    latency = (entry.at - subject.message.created_at).total_seconds() * 1000
+                    accept_to_sent(str(subject.platform), latency)
+                    logger.info("%s SENT", subject.name, extra={"accept_to_sent_ms": round(latency, 1)})
                 break
             except DependencyUnavailableError:
                 if pause is None:
@@ -763,9 +799,15 @@ class DeliveryService:
                 )
                 continue
             subject = _DeliverySubject(self, delivery, message)
-            step = self._step(
-                subject, lease_until, functools.partial(self._send_delivery, subject, lease_until, channels)
-            )
+            with log_context(
+                correlation_id=message.correlation_id,
+                message_id=message.message_id,
+                conversation_id=conversation_id,
+                user_id=user_id,
+            ):
+                step = self._step(
+                    subject, lease_until, functools.partial(self._send_delivery, subject, lease_until, channels)
+                )
             if not isinstance(step, DeliveryOutcome):
                 return ConversationProgress(outcomes, step)
             outcomes.append(step)

@@ -27,6 +27,7 @@ from chat4all.domain.models import (
 from chat4all.services import route_jobs
 from chat4all.services.auth import require_self_or_admin
 from chat4all.services.notifications import message_event
+from chat4all.telemetry import log_context
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -95,14 +96,25 @@ class MessageService:
         self.queue = queue
         self.delivery_store = deliveries
 
-    def accept(self, command: SendMessage, principal: Principal) -> AcceptedMessage:
-        """Validate, store PENDING with the conversation's next sequence, and enqueue for delivery."""
+    def accept(
+        self, command: SendMessage, principal: Principal, *, correlation_id: str | None = None
+    ) -> AcceptedMessage:
+        """Validate, store PENDING with the conversation's next sequence (keeping the request's `correlation_id`),
+        and enqueue for delivery; every line it logs names the message and its conversation."""
+        with log_context(
+            correlation_id=correlation_id, message_id=command.message_id, conversation_id=command.conversation_id
+        ):
+            return self._accept(command, principal, correlation_id)
+
+    def _accept(self, command: SendMessage, principal: Principal, correlation_id: str | None) -> AcceptedMessage:
         require_self_or_admin(principal, command.sender_id)
         now = utcnow()
         try:
             self._check_sender(command, principal)
             try:
-                added = self.messages.add_outbound(command.conversation_id, now, lambda c: _draft(command, c, now))
+                added = self.messages.add_outbound(
+                    command.conversation_id, now, lambda c: _draft(command, c, now, correlation_id)
+                )
             except NotFoundError:
                 raise ValidationFailedError(
                     "unknown conversation",
@@ -121,6 +133,9 @@ class MessageService:
                 raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
             return self._replay(existing, command)
         route_jobs.after_accept(added, self.messages, self.queue)
+        logger.info(
+            "message accepted", extra={"sequence": added.message.sequence, "channel": str(added.message.channel)}
+        )
         # MessageAccepted stays kept on the message: route publishes it with the events of its batch (one
         # PutEvents for both), and the sweeper's relay publishes it should route not come to it in time
         return _accepted(added.message)
@@ -168,7 +183,9 @@ class MessageService:
         return self.delivery_store.deliveries_of(message.message_id)
 
 
-def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> tuple[Message, list[DomainEvent]]:
+def _draft(
+    command: SendMessage, conversation: Conversation, now: datetime, correlation_id: str | None = None
+) -> tuple[Message, list[DomainEvent]]:
     """The message a participant sends into the conversation, as it is stored, and its MessageAccepted."""
     if conversation.participant(command.sender_id) is None:
         raise ForbiddenError("the sender is not a participant of this conversation")
@@ -195,6 +212,7 @@ def _draft(command: SendMessage, conversation: Conversation, now: datetime) -> t
         ),
         message_type="template" if command.template is not None else "text",
         template=command.template,
+        correlation_id=correlation_id,
     )
     return message, [message_event("MessageAccepted", message, at=now)]
 

@@ -185,7 +185,15 @@ def open_lanes(
     if not unmarked:
         return True
     deliveries.mark_lanes(conversation_id, unmarked, now)
-    jobs = [RouteJob(message_id=message.message_id, conversation_id=conversation_id, user_id=u) for u in unmarked]
+    jobs = [
+        RouteJob(
+            message_id=message.message_id,
+            conversation_id=conversation_id,
+            user_id=u,
+            correlation_id=message.correlation_id,
+        )
+        for u in unmarked
+    ]
     refused = queue.enqueue_lanes(jobs)
     if not refused:
         return True

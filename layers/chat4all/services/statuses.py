@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from chat4all.domain.errors import StatusTargetMissingError
 from chat4all.domain.models import MessageStatus, StatusEntry, aggregate_status
 from chat4all.services.notifications import collect, delivery_event, message_event
+from chat4all.telemetry import count, log_context
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -81,6 +82,18 @@ class StatusService:
         message = self.messages.find_by_platform_id(report.platform, report.platform_message_id)
         if message is None:
             raise StatusTargetMissingError(f"no message with {report.platform} id {report.platform_message_id}")
+        # the lines applying it carry the message's correlation id, and the reporting webhook's besides
+        with log_context(
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            webhook_correlation_id=report.correlation_id,
+        ):
+            moved = self._apply_to_message(message, report)
+            logger.info("status %s %s", report.status, "applied" if moved else "kept in history")
+        return moved
+
+    def _apply_to_message(self, message: Message, report: StatusReport) -> bool:
         if not self._sent_through(message, report):
             logger.warning(
                 "status report ignored: channel %s reported on a message of another channel (%s)",
@@ -97,6 +110,7 @@ class StatusService:
         )
         if moved:
             collect(self.events, event)
+            count(f"Messages{str(report.status).title()}")  # MessagesDelivered, MessagesRead, MessagesFailed
         return moved
 
     def _apply_to_delivery(self, delivery: Delivery, report: StatusReport) -> bool:
@@ -106,6 +120,19 @@ class StatusService:
         message = self.messages.get_message(delivery.message_id)
         if message is None:
             raise StatusTargetMissingError(f"delivery {delivery.delivery_id} has no message")
+        with log_context(
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+            conversation_id=message.conversation_id,
+            user_id=delivery.user_id,
+            webhook_correlation_id=report.correlation_id,
+        ):
+            moved = self._move_delivery(delivery, message, report)
+            logger.info("delivery status %s %s", report.status, "applied" if moved else "kept in history")
+        return moved
+
+    def _move_delivery(self, delivery: Delivery, message: Message, report: StatusReport) -> bool:
+        assert self.deliveries is not None
         event = delivery_event(delivery, message, report.status, at=report.at)
         moved = self.deliveries.append_status(
             delivery.delivery_id,
@@ -115,6 +142,7 @@ class StatusService:
         )
         if moved:
             collect(self.events, event)
+            count(f"Deliveries{str(report.status).title()}")
             advance_group_message(message, self.messages, self.deliveries, self.events, report.at)
         return moved
 

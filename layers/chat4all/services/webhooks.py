@@ -11,6 +11,7 @@ from chat4all.domain.errors import BadRequestError, CredentialsUnreadableError, 
 from chat4all.domain.models import InboundMessage, StatusReport
 from chat4all.domain.untrusted import loads_untrusted
 from chat4all.domain.wire import STATUS_EVENT_SOURCE, STATUS_EVENT_TYPE, StatusReportDetail
+from chat4all.telemetry import current_correlation_id
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
@@ -74,7 +75,10 @@ class WebhookService:
         for event in events:
             channel = attributed[event.account_id or ""]
             if isinstance(event, StatusReport):
-                report = dataclasses.replace(event, channel_id=channel.channel_id)
+                # the webhook request's correlation id travels with the report (the status lines add the message's)
+                report = dataclasses.replace(
+                    event, channel_id=channel.channel_id, correlation_id=current_correlation_id()
+                )
                 detail = StatusReportDetail.of(report).event_detail()
                 self.events.publish(STATUS_EVENT_TYPE, detail, source=STATUS_EVENT_SOURCE)
             else:

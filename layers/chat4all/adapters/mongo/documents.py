@@ -42,6 +42,7 @@ def message_doc(message: Message) -> dict[str, Any]:
         **({"platform_message_id": message.platform_message_id} if message.platform_message_id else {}),
         **({"recipients": list(message.recipients)} if message.recipients is not None else {}),
         **({"template": message.template} if message.template is not None else {}),
+        **({"correlation_id": message.correlation_id} if message.correlation_id is not None else {}),
     }
 
 
@@ -104,6 +105,7 @@ def to_message(doc: dict[str, Any]) -> Message:
         recipients=tuple(doc["recipients"]) if doc.get("recipients") is not None else None,
         fanned_out=bool(doc.get("fanned_out", False)),
         template=doc.get("template"),
+        correlation_id=doc.get("correlation_id"),
     )
 
 
