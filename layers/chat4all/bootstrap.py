@@ -43,7 +43,7 @@ from chat4all.adapters.postgres import (
     PostgresUserRepository,
 )
 from chat4all.adapters.postgres_references import PostgresReferenceTarget
-from chat4all.adapters.s3 import S3Api, S3BucketCheck, S3ObjectStorage
+from chat4all.adapters.s3 import S3Api, S3BucketCheck, S3DownloadLinks, S3ObjectStorage
 from chat4all.adapters.scanner import ClamdCheck, ClamdScanner
 from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
@@ -52,7 +52,7 @@ from chat4all.services.auth import Authenticator, RequestLimits
 from chat4all.services.consistency import ConsistencyCheck
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import DeliveryService
-from chat4all.services.files import FileService
+from chat4all.services.files import FileAttachments, FileService, MediaLinks
 from chat4all.services.health import HealthMonitor
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
@@ -202,7 +202,12 @@ def conversation_service() -> ConversationService:
 def message_service() -> MessageService:
     db = mongo()
     return MessageService(
-        MongoMessageStore(db), MongoConversationStore(db), users(), outbound_queue(), MongoDeliveryStore(db)
+        MongoMessageStore(db),
+        MongoConversationStore(db),
+        users(),
+        outbound_queue(),
+        MongoDeliveryStore(db),
+        files=FileAttachments(MongoFileStore(db), MongoConversationStore(db)),
     )
 
 
@@ -222,6 +227,7 @@ def delivery_service() -> DeliveryService:
         breaker=channel_breakers(),
         limiter=channel_limiter(),
         delivery_window=timedelta(seconds=settings().chat4all_delivery_window_seconds),
+        media=media_links(),
     )
 
 
@@ -312,3 +318,11 @@ def file_service() -> FileService:
 def consistency_check() -> ConsistencyCheck:
     """The cross-database check (services/consistency.py): MongoDB read in pages, PostgreSQL asked in batches."""
     return ConsistencyCheck(MongoReferenceSource(mongo()), PostgresReferenceTarget(postgres()))
+
+
+def media_links() -> MediaLinks | None:
+    """A file message's file by link for the platforms (None where no files bucket is configured)."""
+    config = settings()
+    if not config.files_bucket:
+        return None
+    return MediaLinks(MongoFileStore(mongo()), S3DownloadLinks(s3_api(), config.require("files_bucket")).presign_get)

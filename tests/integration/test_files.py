@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import time
 import uuid
 import zipfile
@@ -25,7 +26,10 @@ from tests.support.waiting import wait_until
 
 if TYPE_CHECKING:
     from devstack.stack import LocalPlatform
-    from tests.integration.conftest import Api
+    from tests.integration.conftest import Api, WhatsAppSetup
+    from tests.support.fake_instagram import FakeInstagram
+    from tests.support.fake_telegram import FakeTelegram
+    from tests.support.fake_whatsapp import FakeWhatsApp
 
 MIB = 1024 * 1024
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
@@ -289,3 +293,166 @@ def test_health_names_s3_and_the_scanner(api: Api) -> None:
     response = api.client.get("/health")
     assert response.status_code == 200, response.text
     assert {"s3": "UP", "scanner": "UP"}.items() <= response.json()["dependencies"].items()
+
+
+# ------------------------------------------------------------------ media out (a file message by link)
+
+
+def clean_pdf(api: Api) -> tuple[str, bytes]:
+    data = pdf_bytes(3000)
+    created = upload(api, "quote.pdf", "application/pdf", data)
+    assert settled(api, created["file_id"])["status"] == "CLEAN"
+    return str(created["file_id"]), data
+
+
+def send_file(api: Api, conversation_id: str, sender_id: str, file_id: str, caption: str | None) -> httpx.Response:
+    body: dict[str, Any] = {"conversation_id": conversation_id, "sender_id": sender_id, "file_id": file_id}
+    if caption is not None:
+        body["content"] = caption
+    return api.call("POST", "/v1/messages", json=body)
+
+
+def sent(api: Api, message_id: str) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def done() -> bool:
+        seen.update(api.call("GET", f"/v1/messages/{message_id}").json())
+        return seen["status"] in ("SENT", "FAILED")
+
+    wait_until(done, 60, f"message {message_id} sent")
+    assert seen["status"] == "SENT", seen
+    return seen
+
+
+def user(api: Api, name: str, user_type: str = "CUSTOMER", **extra: Any) -> str:
+    return str(api.created("/v1/users", {"display_name": name, "user_type": user_type, **extra})["user_id"])
+
+
+def identity(api: Api, user_id: str, platform: str, platform_user_id: str) -> None:
+    api.created(f"/v1/users/{user_id}/identities", {"platform": platform, "platform_user_id": platform_user_id})
+
+
+def conversation(api: Api, participants: list[str], platform: str, channel_id: str) -> str:
+    kind = "ONE_TO_ONE" if len(participants) == 2 else "GROUP"
+    body = {
+        "conversation_type": kind,
+        "participants": participants,
+        "primary_channel": platform,
+        "channel_id": channel_id,
+    }
+    return str(api.created("/v1/conversations", body)["conversation_id"])
+
+
+def only_channel(api: Api, platform: str, credentials: dict[str, str]) -> str:
+    """A new channel of `platform`, the only enabled one (a GROUP reaches a platform through its only channel)."""
+    for channel in api.call("GET", "/v1/channels").json()["items"]:
+        if channel["platform"] == platform and channel["enabled"]:
+            assert api.call("PATCH", f"/v1/channels/{channel['channel_id']}", json={"enabled": False}).is_success
+    body = {"platform": platform, "name": f"files {platform.lower()}", "credentials": credentials}
+    return str(api.created("/v1/channels", body)["channel_id"])
+
+
+def telegram_credentials() -> dict[str, str]:
+    bot_id = str(random.randrange(10**9, 10**10))
+    return {"bot_token": f"{bot_id}:AAH{uuid.uuid4().hex}", "secret_token": f"tg_{uuid.uuid4().hex}"}
+
+
+def instagram_credentials(fake: FakeInstagram) -> dict[str, str]:
+    credentials = {
+        "access_token": f"IGAA{uuid.uuid4().hex}",
+        "ig_user_id": str(random.randrange(10**16, 10**17)),
+        "app_secret": uuid.uuid4().hex,
+        "verify_token": uuid.uuid4().hex,
+    }
+    fake.add_account(credentials["access_token"], credentials["ig_user_id"])
+    return credentials
+
+
+def test_a_file_not_clean_unknown_or_not_the_senders_is_422(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
+    setup = whatsapp_conversation
+    pending = create(api, "later.pdf", "application/pdf", 1000)  # UPLOADING: never uploaded
+    rejected = upload(api, "fake.pdf", "application/pdf", b"MZ" + os.urandom(2000))
+    assert settled(api, rejected["file_id"])["status"] == "REJECTED"
+    for file_id in (pending["file_id"], rejected["file_id"], str(uuid.uuid4())):
+        response = send_file(api, setup.conversation_id, setup.agent_id, file_id, "see attached")
+        assert response.status_code == 422, response.text
+    # an agent sending a file it cannot read (an admin's upload for no conversation of its own)
+    file_id, _ = clean_pdf(api)
+    key = api.created("/v1/api-keys", {"name": "files-agent", "role": "agent", "user_id": setup.agent_id})
+    body = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "file_id": file_id}
+    response = api.call("POST", "/v1/messages", json=body, key=key["api_key"])
+    assert response.status_code == 422, response.text
+
+
+def test_a_pdf_goes_out_on_whatsapp_as_a_document_whose_link_downloads_it(
+    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+) -> None:
+    setup = whatsapp_conversation
+    file_id, data = clean_pdf(api)
+    key = api.created("/v1/api-keys", {"name": "files-a", "role": "agent", "user_id": setup.agent_id})["api_key"]
+    assert api.call("GET", f"/v1/files/{file_id}", key=key).status_code == 403  # an admin's, of no conversation
+    response = send_file(api, setup.conversation_id, setup.agent_id, file_id, "your quote")
+    assert response.status_code == 202, response.text
+    sent(api, response.json()["message_id"])
+    [request] = fake_whatsapp.wait_for(setup.customer_phone, 1)
+    assert request.body["type"] == "document", request.body
+    assert request.body["document"]["caption"] == "your quote"
+    assert request.body["document"]["filename"] == "quote.pdf"
+    assert download(request.body["document"]["link"]) == data
+    # the file joined the conversation it was sent in: its participants may read it now
+    assert api.call("GET", f"/v1/files/{file_id}", key=key).status_code == 200
+
+
+def test_a_pdf_goes_out_on_telegram_by_send_document(api: Api, fake_telegram: FakeTelegram) -> None:
+    credentials = telegram_credentials()
+    channel_id = only_channel(api, "TELEGRAM", credentials)
+    agent, customer = user(api, "Tina Agent", "AGENT"), user(api, "Tom")
+    chat_id = str(random.randrange(10**8, 10**9))
+    identity(api, customer, "TELEGRAM", chat_id)
+    conversation_id = conversation(api, [agent, customer], "TELEGRAM", channel_id)
+    file_id, data = clean_pdf(api)
+    response = send_file(api, conversation_id, agent, file_id, None)
+    assert response.status_code == 202, response.text
+    sent(api, response.json()["message_id"])
+    [body] = [b for token, b in fake_telegram.called("sendDocument") if token == credentials["bot_token"]]
+    assert body["chat_id"] == int(chat_id) and "caption" not in body
+    assert download(body["document"]) == data
+
+
+def test_a_pdf_goes_out_on_instagram_as_a_file_attachment(api: Api, fake_instagram: FakeInstagram) -> None:
+    credentials = instagram_credentials(fake_instagram)
+    channel_id = only_channel(api, "INSTAGRAM", credentials)
+    agent, customer = user(api, "Ines Agent", "AGENT"), user(api, "Ivo")
+    igsid = str(random.randrange(10**15, 10**16))
+    identity(api, customer, "INSTAGRAM", igsid)
+    conversation_id = conversation(api, [agent, customer], "INSTAGRAM", channel_id)
+    file_id, data = clean_pdf(api)
+    response = send_file(api, conversation_id, agent, file_id, "the catalogue")
+    assert response.status_code == 202, response.text
+    sent(api, response.json()["message_id"])
+    [(_, attachment, _)] = [a for a in fake_instagram.attachments if a[0] == igsid]
+    assert attachment["type"] == "file"
+    assert download(attachment["payload"]["url"]) == data
+
+
+def test_a_group_gets_an_image_on_each_recipients_platform(
+    api: Api, fake_whatsapp: FakeWhatsApp, fake_telegram: FakeTelegram, whatsapp_conversation: WhatsAppSetup
+) -> None:
+    setup = whatsapp_conversation
+    credentials = telegram_credentials()
+    only_channel(api, "TELEGRAM", credentials)
+    on_telegram = user(api, "Gil")
+    chat_id = str(random.randrange(10**8, 10**9))
+    identity(api, on_telegram, "TELEGRAM", chat_id)
+    group = conversation(api, [setup.agent_id, setup.customer_id, on_telegram], "WHATSAPP", setup.channel["channel_id"])
+    data = png_bytes(200, 100)
+    created = upload(api, "map.png", "image/png", data)
+    assert settled(api, created["file_id"])["status"] == "CLEAN"
+    response = send_file(api, group, setup.agent_id, created["file_id"], "here")
+    assert response.status_code == 202, response.text
+    sent(api, response.json()["message_id"])
+    [request] = fake_whatsapp.wait_for(setup.customer_phone, 1)
+    assert request.body["type"] == "image" and request.body["image"]["caption"] == "here"
+    assert download(request.body["image"]["link"]) == data
+    [body] = [b for token, b in fake_telegram.called("sendPhoto") if token == credentials["bot_token"]]
+    assert body["caption"] == "here" and download(body["photo"]) == data

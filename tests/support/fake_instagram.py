@@ -28,6 +28,8 @@ class FakeInstagram:
         self.accounts: dict[str, str] = {}  # access token -> ig_user_id
         self.calls: list[tuple[str, str, dict[str, str], dict[str, Any]]] = []  # (method, path, headers, body)
         self.sent: list[tuple[str, str, str]] = []  # messages accepted: (recipient id, text, message_id)
+        # files accepted by URL: (recipient id, {type, payload: {url}}, message_id)
+        self.attachments: list[tuple[str, dict[str, Any], str]] = []
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # recipient id -> scripted answers
         self._lock = threading.Lock()
         fake = self
@@ -75,7 +77,7 @@ class FakeInstagram:
             return 200, {"user_id": ig_user_id, "username": f"chat4all_{ig_user_id}", "id": f"app-{ig_user_id}"}
         if method == "POST" and path == f"/{ig_user_id}/messages":
             recipient, message = body.get("recipient"), body.get("message")
-            if not isinstance(recipient, dict) or not isinstance(message, dict) or not message.get("text"):
+            if not isinstance(recipient, dict) or not isinstance(message, dict) or not _sendable(message):
                 return 400, {"error": {"message": "(#100) Invalid parameter", "type": "IGApiException", "code": 100}}
             with self._lock:
                 queue = self._failures.get(str(recipient.get("id")))
@@ -84,7 +86,10 @@ class FakeInstagram:
                 return failure
             mid = f"aWdf{uuid.uuid4().hex}"
             with self._lock:
-                self.sent.append((str(recipient.get("id")), str(message["text"]), mid))
+                if "attachment" in message:  # a file by URL
+                    self.attachments.append((str(recipient.get("id")), message["attachment"], mid))
+                else:
+                    self.sent.append((str(recipient.get("id")), str(message["text"]), mid))
             return 200, {"recipient_id": recipient.get("id"), "message_id": mid}
         return 400, {"error": {"message": "Unsupported request", "type": "IGApiException", "code": 100}}
 
@@ -100,6 +105,17 @@ class FakeInstagram:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def _sendable(message: dict[str, Any]) -> bool:
+    """A text, or one attachment by URL (image, video, audio, file)."""
+    if message.get("text"):
+        return True
+    attachment = message.get("attachment")
+    if not isinstance(attachment, dict) or attachment.get("type") not in ("image", "video", "audio", "file"):
+        return False
+    payload = attachment.get("payload")
+    return isinstance(payload, dict) and str(payload.get("url", "")).startswith(("http://", "https://"))
 
 
 SERVER_ERROR = (500, {"error": {"message": "An unexpected error has occurred.", "type": "OAuthException", "code": 2}})

@@ -11,6 +11,8 @@ from typing import Any
 
 from tests.support.json_reply import send_json
 
+# the Bot API's send methods for a file by URL, and the field that carries it
+MEDIA_FIELDS = {"sendPhoto": "photo", "sendVideo": "video", "sendDocument": "document"}
 BOT_PATH = re.compile(r"^/bot(?P<token>[^/]+)/(?P<method>[A-Za-z]+)$")
 UNAUTHORIZED = {"ok": False, "error_code": 401, "description": "Unauthorized"}
 
@@ -75,11 +77,11 @@ class FakeTelegram:
                     "supports_inline_queries": False,
                 },
             }
-        if method == "sendMessage":
-            return self._send_message(body)
+        if method == "sendMessage" or method in MEDIA_FIELDS:
+            return self._send_message(body, method)
         return 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
 
-    def _send_message(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _send_message(self, body: dict[str, Any], method: str = "sendMessage") -> tuple[int, dict[str, Any]]:
         with self._lock:
             queue = self._failures.get(str(body.get("chat_id")))
             failure = queue.pop(0) if queue else None
@@ -87,7 +89,11 @@ class FakeTelegram:
             return failure
         if "chat_id" not in body:
             return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat_id is empty"}
-        if not isinstance(body.get("text"), str) or not body["text"]:
+        field = MEDIA_FIELDS.get(method)
+        if field is not None:  # a file by its URL (Telegram fetches it), with an optional caption
+            if not isinstance(body.get(field), str) or not body[field].startswith(("http://", "https://")):
+                return 400, {"ok": False, "error_code": 400, "description": f"Bad Request: {field} is not a URL"}
+        elif not isinstance(body.get("text"), str) or not body["text"]:
             return 400, {"ok": False, "error_code": 400, "description": "Bad Request: message text is empty"}
         chat_id = body["chat_id"]
         with self._lock:  # as Telegram numbers them: per chat, so two chats both have a message 1

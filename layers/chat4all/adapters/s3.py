@@ -184,6 +184,17 @@ class S3ObjectStorage(ObjectStorage):
             self.s3.call("DeleteObject", {"Bucket": self.bucket, "Key": key})
 
     def presign_get(self, key: str, expires: int, filename: str | None = None) -> str:
+        return S3DownloadLinks(self.s3, self.bucket).presign_get(key, expires, filename)
+
+
+class S3DownloadLinks:
+    """Download URLs only (GetObject): what a send needs to hand a CLEAN file to a platform by link."""
+
+    def __init__(self, s3: S3Api, bucket: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+
+    def presign_get(self, key: str, expires: int, filename: str | None = None) -> str:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if filename:
             quoted = urllib.parse.quote(filename, safe="")

@@ -180,7 +180,7 @@ class InstagramConnector(MetaWebhookConnector):
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         reply = self.post_json(
             f"{self.api_base}/{credentials['ig_user_id']}/messages",
-            {"recipient": {"id": message.recipient}, "message": {"text": message.text}},
+            {"recipient": {"id": message.recipient}, "message": _message_body(message)},
             headers={"Authorization": f"Bearer {credentials['access_token']}"},
         )
         platform_message_id = reply.get("message_id")
@@ -188,6 +188,14 @@ class InstagramConnector(MetaWebhookConnector):
             # a 2xx answer: Instagram may have sent it, so it is never sent again (as WhatsApp's)
             raise ChannelOutcomeUnknownError(f"Instagram reply has no message_id: {str(reply)[:300]}")
         return ProviderReceipt(platform_message_id=platform_message_id)
+
+
+def _message_body(message: OutboundMessage) -> dict[str, Any]:
+    """A text, or a file as an attachment by URL (Instagram takes no caption with it: the text is not sent)."""
+    if message.media is None:
+        return {"text": message.text}
+    kind = {"image": "image", "video": "video"}.get(message.media.kind, "file")
+    return {"attachment": {"type": kind, "payload": {"url": message.media.url}}}
 
 
 def _refused_account(answer: Mapping[str, Any], credentials: Mapping[str, str]) -> tuple[str, str] | None:

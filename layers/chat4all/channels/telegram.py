@@ -217,9 +217,10 @@ class TelegramConnector(HttpConnector):
 
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         chat_id: int | str = int(message.recipient) if message.recipient.lstrip("-").isdigit() else message.recipient
+        method, body = _send_call(message)
         reply = self.post_json(
-            f"{self.api_base}/bot{credentials['bot_token']}/sendMessage",
-            {"chat_id": chat_id, "text": message.text},
+            f"{self.api_base}/bot{credentials['bot_token']}/{method}",
+            {"chat_id": chat_id, **body},
             secrets=[credentials["bot_token"], credentials["bot_token"].split(":", 1)[-1]],
         )
         result = reply.get("result")
@@ -230,6 +231,24 @@ class TelegramConnector(HttpConnector):
         sent_to = chat.get("id", chat_id) if isinstance(chat, dict) else chat_id
         bot_id = credentials["bot_token"].split(":", 1)[0]
         return ProviderReceipt(platform_message_id=telegram_message_id(bot_id, sent_to, result["message_id"]))
+
+
+# a file goes out by its URL (Telegram fetches it): sendPhoto, sendVideo or sendDocument, the text its caption
+MEDIA_METHODS = {
+    "image": ("sendPhoto", "photo"),
+    "video": ("sendVideo", "video"),
+    "document": ("sendDocument", "document"),
+}
+
+
+def _send_call(message: OutboundMessage) -> tuple[str, dict[str, Any]]:
+    if message.media is None:
+        return "sendMessage", {"text": message.text}
+    method, field = MEDIA_METHODS[message.media.kind]
+    body: dict[str, Any] = {field: message.media.url}
+    if message.text:
+        body["caption"] = message.text
+    return method, body
 
 
 # a message is kept under `<bot id>:<chat id>:<message_id>` (telegram_message_id); the API shows Telegram's own

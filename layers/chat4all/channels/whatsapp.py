@@ -158,7 +158,15 @@ def location_text(latitude: float | None, longitude: float | None, name: str | N
 
 
 def _content(message: OutboundMessage) -> dict[str, Any]:
-    """The message's part of a Cloud API send: a text, or a template by name and language with its components."""
+    """The message's part of a Cloud API send: a text, a media message by link (its caption the text), or a
+    template by name and language with its components."""
+    if message.media is not None:
+        media: dict[str, Any] = {"link": message.media.url}
+        if message.text:
+            media["caption"] = message.text
+        if message.media.kind == "document":
+            media["filename"] = message.media.filename
+        return {"type": message.media.kind, message.media.kind: media}
     if message.template is None:
         return {"type": "text", "text": {"body": message.text}}
     template: dict[str, Any] = {"name": message.template["name"], "language": {"code": message.template["language"]}}

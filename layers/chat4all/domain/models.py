@@ -425,6 +425,17 @@ class DomainEvent:
 
 
 @dataclass(frozen=True)
+class OutboundMedia:
+    """A CLEAN file as the platforms take it by link (issue 18): `image`, `video` or `document`, and a download URL
+    the platform fetches (presigned, 24 hours)."""
+
+    kind: str
+    url: str
+    filename: str
+    mime_type: str
+
+
+@dataclass(frozen=True)
 class OutboundMessage:
     """What a connector needs to put one message on a platform."""
 
@@ -433,6 +444,8 @@ class OutboundMessage:
     text: str
     # a WhatsApp template ({name, language, components?}): sent as a template message instead of `text`
     template: dict[str, Any] | None = None
+    # a file sent by link as the platform's media message; `text` is then its caption ("" for none)
+    media: OutboundMedia | None = None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ from chat4all.domain.models import (
     ConversationType,
     Delivery,
     MessageStatus,
+    OutboundMedia,
     OutboundMessage,
     StatusEntry,
     utcnow,
@@ -324,8 +325,11 @@ class DeliveryService:
         breaker: ChannelBreaker | None = None,
         limiter: RequestLimiter | None = None,
         delivery_window: timedelta = DEFAULT_DELIVERY_WINDOW,
+        media: Callable[[str], OutboundMedia] | None = None,
     ) -> None:
         self.messages = messages
+        # a file message's file by link (chat4all.services.files.MediaLinks); None: file messages fail
+        self.media = media
         self.conversations = conversations
         self.users = users
         self.channels = channels
@@ -613,13 +617,24 @@ class DeliveryService:
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]],
     ) -> tuple[ChannelConfig, OutboundMessage]:
         """The channel and the recipient's platform id; looked up once per sender and platform in a run."""
-        if message.content is None:
+        if message.content is None and message.file_id is None:
             raise UndeliverableError("message has no text content")
         key = (message.sender_id, message.channel)
         if key not in routes:
             routes[key] = self._route(message, conversation)
         channel, recipient = routes[key]
-        return channel, OutboundMessage(message.message_id, recipient, message.content, template=message.template)
+        media = self._media_of(message)
+        return channel, OutboundMessage(
+            message.message_id, recipient, message.content or "", template=message.template, media=media
+        )
+
+    def _media_of(self, message: Message) -> OutboundMedia | None:
+        """A file message's file by link (a fresh download URL for each send); UndeliverableError when it is gone."""
+        if message.file_id is None:
+            return None
+        if self.media is None:
+            raise UndeliverableError("files are not configured here")
+        return self.media(message.file_id)
 
     def _route(self, message: Message, conversation: Conversation | None) -> tuple[ChannelConfig, str]:
         if message.channel not in self.connectors:
@@ -816,11 +831,9 @@ class DeliveryService:
     def _send_delivery(
         self, subject: _DeliverySubject, lease_until: datetime, channels: dict[str, ChannelConfig | str]
     ) -> DeliveryOutcome | float:
-        delivery, message = subject.delivery, subject.message
+        delivery = subject.delivery
         if delivery.platform is None or delivery.channel_id is None or delivery.address is None:
             return self._fail(subject, "delivery has no route")
-        if message.content is None:
-            return self._fail(subject, "message has no text content")
         if delivery.channel_id not in channels:
             try:
                 channels[delivery.channel_id] = self._channel_for(delivery.platform, delivery.channel_id)
@@ -831,8 +844,23 @@ class DeliveryService:
         channel = channels[delivery.channel_id]
         if isinstance(channel, str):
             return self._fail(subject, channel)
-        outbound = OutboundMessage(message.message_id, delivery.address, message.content)
+        outbound = self._delivery_outbound(subject, delivery.address)
+        if not isinstance(outbound, OutboundMessage):
+            return outbound
         return self._claim_and_call(subject, channel, outbound, lease_until)
+
+    def _delivery_outbound(self, subject: _DeliverySubject, address: str) -> OutboundMessage | DeliveryOutcome | float:
+        """A GROUP recipient's message: its text, or its file by link with the text as caption."""
+        message = subject.message
+        if message.content is None and message.file_id is None:
+            return self._fail(subject, "message has no text content")
+        try:
+            media = self._media_of(message)
+        except UndeliverableError as exc:
+            return self._fail(subject, exc.detail)
+        except DependencyUnavailableError as exc:
+            return self._troubled(subject, exc.detail)
+        return OutboundMessage(message.message_id, address, message.content or "", media=media)
 
 
 def _recipients(message: Message, conversation: Conversation | None) -> list[str]:

@@ -22,6 +22,7 @@ from chat4all.domain.errors import (
     FieldError,
     ForbiddenError,
     NotFoundError,
+    UndeliverableError,
     ValidationFailedError,
 )
 from chat4all.domain.files import (
@@ -41,8 +42,11 @@ from chat4all.domain.files import (
     sniff,
     thumbnail_key,
 )
+from chat4all.domain.models import OutboundMedia
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from chat4all.domain.models import Principal
     from chat4all.ports import ConversationStore, FileStore, MalwareScanner, ObjectStorage, Thumbnailer
 
@@ -313,12 +317,8 @@ class FileService:
 
     def _readable(self, file_id: str, principal: Principal) -> FileRecord:
         record = self._get(file_id)
-        if principal.is_admin or (principal.user_id is not None and record.owner_id == principal.user_id):
+        if readable(record, principal, self.conversations):
             return record
-        for conversation_id in record.conversation_ids:
-            conversation = self.conversations.get_conversation(conversation_id)
-            if conversation is not None and conversation.participant(principal.user_id or "") is not None:
-                return record
         raise ForbiddenError("only participants of the file's conversations can read it")
 
     def _check_conversation(self, conversation_id: str, principal: Principal) -> None:
@@ -327,3 +327,56 @@ class FileService:
             raise NotFoundError(f"conversation {conversation_id} not found")
         if not principal.is_admin and conversation.participant(principal.user_id or "") is None:
             raise ForbiddenError("an agent can only upload files to conversations it takes part in")
+
+
+def readable(record: FileRecord, principal: Principal, conversations: ConversationStore) -> bool:
+    """Admins; the uploader; a participant of a conversation the file belongs to."""
+    if principal.is_admin or (principal.user_id is not None and record.owner_id == principal.user_id):
+        return True
+    for conversation_id in record.conversation_ids:
+        conversation = conversations.get_conversation(conversation_id)
+        if conversation is not None and conversation.participant(principal.user_id or "") is not None:
+            return True
+    return False
+
+
+class FileAttachments:
+    """What a send checks of its `file_id` (CLEAN and readable by the caller, else 422), and the file joining the
+    conversation it was sent in (its participants may read it from then on)."""
+
+    def __init__(self, files: FileStore, conversations: ConversationStore) -> None:
+        self.files = files
+        self.conversations = conversations
+
+    def attachable(self, file_id: str, principal: Principal) -> FileRecord:
+        record = self.files.get(file_id)
+        if record is None or not readable(record, principal, self.conversations):
+            raise ValidationFailedError(
+                f"file {file_id} does not exist or is not yours to send",
+                errors=[FieldError("file_id", "unknown file")],
+            )
+        if record.status is not FileStatus.CLEAN:
+            raise ValidationFailedError(
+                f"file {file_id} is {record.status}; only CLEAN files can be sent",
+                errors=[FieldError("file_id", f"is {record.status}, not CLEAN")],
+            )
+        return record
+
+    def join(self, file_id: str, conversation_id: str) -> None:
+        self.files.add_conversation(file_id, conversation_id)
+
+
+class MediaLinks:
+    """A file message's file as the platforms take it: its kind of media and a fresh download URL (24 hours)."""
+
+    def __init__(self, files: FileStore, presign_get: Callable[[str, int, str | None], str]) -> None:
+        self.files = files
+        self.presign_get = presign_get
+
+    def __call__(self, file_id: str) -> OutboundMedia:
+        record = self.files.get(file_id)
+        if record is None or record.status is not FileStatus.CLEAN:
+            raise UndeliverableError(f"file {file_id} is {'gone' if record is None else record.status}, not CLEAN")
+        kind = record.kind or KIND_BY_MIME[record.mime_type]
+        url = self.presign_get(record.key, DOWNLOAD_URL_SECONDS, record.filename)
+        return OutboundMedia(kind.media, url, record.filename, kind.mime_type)

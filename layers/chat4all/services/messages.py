@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from chat4all.domain.commands import SendMessage
     from chat4all.domain.models import Conversation, Delivery, DomainEvent, Principal
     from chat4all.ports import ConversationStore, DeliveryStore, MessageStore, OutboundQueue, UserRepository
+    from chat4all.services.files import FileAttachments
 
 logger = logging.getLogger(__name__)
 
@@ -89,12 +90,15 @@ class MessageService:
         users: UserRepository,
         queue: OutboundQueue,
         deliveries: DeliveryStore | None = None,
+        files: FileAttachments | None = None,
     ) -> None:
         self.messages = messages
         self.conversations = conversations
         self.users = users
         self.queue = queue
         self.delivery_store = deliveries
+        # file messages (issue 18): a file_id must be CLEAN and the caller's to send; None - every file_id is 422
+        self.files = files
 
     def accept(
         self, command: SendMessage, principal: Principal, *, correlation_id: str | None = None
@@ -132,6 +136,7 @@ class MessageService:
             if existing is None:
                 raise DependencyUnavailableError(f"message {command.message_id} is being accepted; retry shortly")
             return self._replay(existing, command)
+        self._join_file(added.message)
         route_jobs.after_accept(added, self.messages, self.queue)
         logger.info(
             "message accepted", extra={"sequence": added.message.sequence, "channel": str(added.message.channel)}
@@ -143,9 +148,11 @@ class MessageService:
     def _check_sender(self, command: SendMessage, principal: Principal) -> None:
         """What can be checked before the conversation is read (in the transaction that stores the message)."""
         if command.file_id is not None:
-            raise ValidationFailedError(
-                "file messages are not available yet", errors=[FieldError("file_id", "not supported yet")]
-            )
+            if self.files is None:
+                raise ValidationFailedError(
+                    "file messages are not available here", errors=[FieldError("file_id", "no files configured")]
+                )
+            self.files.attachable(command.file_id, principal)
         if principal.user_id == command.sender_id:
             return  # authentication found this user active for this very request (services/auth.py)
         sender = self.users.get_user(command.sender_id)
@@ -154,9 +161,15 @@ class MessageService:
                 "unknown sender", errors=[FieldError("sender_id", f"no active user {command.sender_id}")]
             )
 
+    def _join_file(self, message: Message) -> None:
+        """A file message's file joins its conversation (again on a replay: the first may have stopped before)."""
+        if message.file_id is not None and self.files is not None:
+            self.files.join(message.file_id, message.conversation_id)
+
     def _replay(self, existing: Message, command: SendMessage) -> AcceptedMessage:
         if existing.request_fingerprint != command.fingerprint or existing.sender_id != command.sender_id:
             raise ConflictError(f"message {command.message_id} was accepted before with a different body")
+        self._join_file(existing)
         if existing.status is MessageStatus.PENDING and existing.platform_message_id is None:
             # the first attempt may have stored the message and then failed to enqueue it; the route
             # function never sends a message twice, so enqueueing again is safe
