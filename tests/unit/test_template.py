@@ -50,7 +50,8 @@ def test_each_dead_letter_queue_has_a_consumer_and_the_sweeper_runs_on_a_schedul
     consumed = {s.queue_logical_id: s.function for s in queue_subscriptions(template)}
     assert consumed["RouteDeadLetterQueue"] == consumed["StatusDeadLetterQueue"] == "DeadLetterFunction"
     schedules = {s.function: s.period_seconds for s in schedule_subscriptions(template)}
-    assert schedules == {"SweeperFunction": 60}  # rate(1 minute)
+    # rate(1 minute), and the weekly consistency check, rate(7 days)
+    assert schedules == {"SweeperFunction": 60, "ConsistencyFunction": 7 * 24 * 3600}
     for logical_id in ("DeadLetterFunction", "SweeperFunction"):
         code_uri = template["Resources"][logical_id]["Properties"]["CodeUri"]
         assert (ROOT / code_uri / "app.py").is_file(), logical_id
