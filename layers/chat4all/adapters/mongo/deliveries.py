@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
+from chat4all.adapters.mongo import attempts
 from chat4all.adapters.mongo.connection import DURABLE, translated
 from chat4all.adapters.mongo.documents import delivery_doc, entry_doc, pushes, to_delivery
 from chat4all.domain.models import MessageStatus
@@ -99,29 +100,7 @@ class MongoDeliveryStore(DeliveryStore):
         return [lanes[key] for key in sorted(lanes)]
 
     def begin_attempt(self, delivery: Delivery, started_at: datetime, lease_until: datetime) -> int | None:
-        counted: dict[str, Any] = (
-            {"delivery_attempts": delivery.attempts} if delivery.attempts else {"delivery_attempts": {"$exists": False}}
-        )
-        with translated():
-            claimed = self.durable.update_one(
-                {"_id": delivery.delivery_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}}
-                | counted,
-                {
-                    "$set": {
-                        "attempt": {"started_at": started_at, "lease_until": lease_until},
-                        "delivery_attempts": delivery.attempts + 1,
-                    }
-                },
-            )
-        return delivery.attempts + 1 if claimed.modified_count else None
-
-    def _open_attempt(self, delivery_id: str, attempt: int) -> dict[str, Any]:
-        return {
-            "_id": delivery_id,
-            "status": MessageStatus.PENDING.value,
-            "attempt": {"$exists": True},
-            "delivery_attempts": attempt,
-        }
+        return attempts.claim(self.durable, delivery.delivery_id, delivery.attempts, started_at, lease_until)
 
     def record_sent(
         self,
@@ -132,18 +111,10 @@ class MongoDeliveryStore(DeliveryStore):
         *,
         events: Sequence[DomainEvent] = (),
     ) -> bool:
+        if attempts.receipt(self.durable, delivery_id, attempt, entry, platform_message_id, events):
+            return True
+        # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
         with translated():
-            done = self.durable.update_one(
-                self._open_attempt(delivery_id, attempt),
-                {
-                    "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
-                    "$push": pushes(entry, events),
-                    "$unset": {"attempt": "", "retry_at": "", "troubled_since": "", "troubles": ""},
-                },
-            )
-            if done.modified_count:
-                return True
-            # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
             self.durable.update_one(
                 {"_id": delivery_id},
                 {"$set": {"platform_message_id": platform_message_id}, "$push": {"history": entry_doc(entry)}},
@@ -153,29 +124,10 @@ class MongoDeliveryStore(DeliveryStore):
     def end_attempt(
         self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
     ) -> bool:
-        update: dict[str, Any] = {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}}
-        if not spent:  # the count as it was before the claim (none at all for a first claim: begin_attempt reads it so)
-            if attempt > 1:
-                update["$set"]["delivery_attempts"] = attempt - 1
-            else:
-                update["$unset"]["delivery_attempts"] = ""
-        with translated():
-            done = self.durable.update_one(
-                self._open_attempt(delivery_id, attempt),
-                update,
-            )
-        return bool(done.modified_count)
+        return attempts.release(self.durable, delivery_id, attempt, retry_at, error, spent=spent)
 
     def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        with translated():
-            self.collection.update_one(
-                {"_id": delivery_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
-                {
-                    "$set": {"retry_at": retry_at, "last_error": error},
-                    "$min": {"troubled_since": troubled_since},
-                    "$inc": {"troubles": 1},
-                },
-            )
+        attempts.postpone(self.collection, delivery_id, retry_at, troubled_since, error)
 
     def settle_failed(
         self,
@@ -185,20 +137,7 @@ class MongoDeliveryStore(DeliveryStore):
         attempt: int | None = None,
         events: Sequence[DomainEvent] = (),
     ) -> bool:
-        query: dict[str, Any] = {"_id": delivery_id, "status": MessageStatus.PENDING.value}
-        query["attempt"] = {"$exists": attempt is not None}
-        if attempt is not None:
-            query["delivery_attempts"] = attempt
-        with translated():
-            done = self.durable.update_one(
-                query,
-                {
-                    "$set": {"status": MessageStatus.FAILED.value},
-                    "$push": pushes(entry, events),
-                    "$unset": {"attempt": "", "retry_at": ""},
-                },
-            )
-        return bool(done.modified_count)
+        return attempts.settle_failed(self.durable, delivery_id, entry, attempt, events)
 
     def append_status(
         self,

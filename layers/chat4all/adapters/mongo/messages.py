@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
+from chat4all.adapters.mongo import attempts
 from chat4all.adapters.mongo.connection import DURABLE, translated
 from chat4all.adapters.mongo.documents import entry_doc, event_docs, message_doc, pushes, to_conversation, to_message
 from chat4all.domain.errors import DependencyUnavailableError, NotFoundError
@@ -236,23 +237,7 @@ class MongoMessageStore(MessageStore):
         return sorted(jobs, key=lambda job: (job.conversation_id, job.sequence))
 
     def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
-        # update_one on the count as it was read (no findAndModify: SecantusDB plans one on `_id` plus other
-        # fields as a collection scan, docs/MONGODB.md), so the new number is known without reading it back
-        counted: dict[str, Any] = (
-            {"delivery_attempts": message.attempts} if message.attempts else {"delivery_attempts": {"$exists": False}}
-        )
-        with translated():
-            claimed = self.durable.update_one(
-                {"_id": message.message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}}
-                | counted,
-                {
-                    "$set": {
-                        "attempt": {"started_at": started_at, "lease_until": lease_until},
-                        "delivery_attempts": message.attempts + 1,
-                    }
-                },
-            )
-        return message.attempts + 1 if claimed.modified_count else None
+        return attempts.claim(self.durable, message.message_id, message.attempts, started_at, lease_until)
 
     def record_sent(
         self,
@@ -263,55 +248,17 @@ class MongoMessageStore(MessageStore):
         *,
         events: Sequence[DomainEvent] = (),
     ) -> bool:
-        with translated():
-            done = self.durable.update_one(
-                {
-                    "_id": message_id,
-                    "status": MessageStatus.PENDING.value,
-                    "attempt": {"$exists": True},
-                    "delivery_attempts": attempt,
-                },
-                {
-                    "$set": {"status": entry.status.value, "platform_message_id": platform_message_id},
-                    "$push": pushes(entry, events),
-                    "$unset": {"attempt": "", "retry_at": "", "troubled_since": "", "troubles": ""},
-                },
-            )
-        if done.modified_count:
+        if attempts.receipt(self.durable, message_id, attempt, entry, platform_message_id, events):
             return True
         # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
         self.append_status(message_id, entry, platform_message_id=platform_message_id)
         return False
 
     def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        update: dict[str, Any] = {"$set": {"retry_at": retry_at, "last_error": error}, "$unset": {"attempt": ""}}
-        if not spent:  # the count as it was before the claim (none at all for a first claim: begin_attempt reads it so)
-            if attempt > 1:
-                update["$set"]["delivery_attempts"] = attempt - 1
-            else:
-                update["$unset"]["delivery_attempts"] = ""
-        with translated():
-            done = self.durable.update_one(
-                {
-                    "_id": message_id,
-                    "status": MessageStatus.PENDING.value,
-                    "attempt": {"$exists": True},
-                    "delivery_attempts": attempt,
-                },
-                update,
-            )
-        return bool(done.modified_count)
+        return attempts.release(self.durable, message_id, attempt, retry_at, error, spent=spent)
 
     def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        with translated():
-            self.collection.update_one(
-                {"_id": message_id, "status": MessageStatus.PENDING.value, "attempt": {"$exists": False}},
-                {
-                    "$set": {"retry_at": retry_at, "last_error": error},
-                    "$min": {"troubled_since": troubled_since},
-                    "$inc": {"troubles": 1},
-                },
-            )
+        attempts.postpone(self.collection, message_id, retry_at, troubled_since, error)
 
     def settle_failed(
         self,
@@ -321,21 +268,10 @@ class MongoMessageStore(MessageStore):
         attempt: int | None = None,
         events: Sequence[DomainEvent] = (),
     ) -> bool:
-        query: dict[str, Any] = {"_id": message_id, "status": MessageStatus.PENDING.value}
-        query["fanned_out"] = {"$exists": False}
-        query["attempt"] = {"$exists": attempt is not None}
-        if attempt is not None:
-            query["delivery_attempts"] = attempt
-        with translated():
-            done = self.durable.update_one(
-                query,
-                {
-                    "$set": {"status": MessageStatus.FAILED.value},
-                    "$push": pushes(entry, events),
-                    "$unset": {"attempt": "", "retry_at": ""},
-                },
-            )
-        return bool(done.modified_count)
+        # a fanned-out GROUP message is settled by its deliveries' aggregate, never here
+        return attempts.settle_failed(
+            self.durable, message_id, entry, attempt, events, also={"fanned_out": {"$exists": False}}
+        )
 
     def append_status(
         self,
