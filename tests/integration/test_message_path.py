@@ -262,5 +262,5 @@ def test_health_reports_every_dependency(api: Api) -> None:
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "UP"
-    assert set(body["dependencies"]) == {"postgresql", "mongodb", "redis", "sqs", "eventbridge"}
+    assert set(body["dependencies"]) == {"postgresql", "mongodb", "redis", "sqs", "eventbridge", "s3", "scanner"}
     assert set(body["dependencies"].values()) == {"UP"}
