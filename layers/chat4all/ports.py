@@ -6,6 +6,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from chat4all.domain.errors import ChannelRejectedError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from datetime import datetime
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
         Delivery,
         DomainEvent,
         ExternalIdentity,
+        FetchedMedia,
         InboundMessage,
         Message,
         MessageStatus,
@@ -622,6 +625,14 @@ class ChannelConnector(ABC):
         """The challenge to echo for a subscription check, or None when it is not for this channel."""
         return None
 
+    def fetch_media(self, credentials: Mapping[str, str], reference: str) -> FetchedMedia:
+        """The bytes of a file a person sent (`InboundMedia.reference`), streamed (use it as a context manager).
+
+        Raises ChannelRejectedError when the platform will never serve it (it does not know the reference, or this
+        platform's connector cannot fetch media), ChannelRetryableError when it may serve it later.
+        """
+        raise ChannelRejectedError(f"{self.platform} media cannot be fetched by this connector")
+
 
 class CredentialVerifier(ABC):
     """Asks a platform whether channel credentials work (WhatsApp GET /{id}, Telegram getMe, Instagram /me)."""
@@ -726,6 +737,13 @@ class FileStore(ABC):
 
     @abstractmethod
     def insert(self, record: FileRecord) -> None: ...
+
+    def insert_once(self, record: FileRecord) -> bool:
+        """Insert it unless a file of its id exists (a replayed inbound webhook); True when this call inserted it."""
+        if self.get(record.file_id) is not None:
+            return False
+        self.insert(record)
+        return True
 
     @abstractmethod
     def get(self, file_id: str) -> FileRecord | None: ...

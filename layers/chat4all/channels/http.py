@@ -12,6 +12,7 @@ history, a log line or a problem.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -31,9 +32,13 @@ from chat4all.ports import ChannelConnector
 
 if TYPE_CHECKING:
     import ssl
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Iterator, Mapping
 
 DEFAULT_TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+# a platform's JSON answer to a GET (WhatsApp's media URL, Telegram's getFile) is small; more is refused unread
+MAX_JSON_BYTES = 1024 * 1024
+# an inbound file's bytes are read in chunks of this size as they arrive
+MEDIA_CHUNK_BYTES = 1024 * 1024
 # a rate-limit answer without a retry-after of its own: the channel is held this long
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
 # httpx logs every request's URL at INFO, and a Telegram URL holds the bot's token
@@ -126,6 +131,63 @@ class HttpConnector(ChannelConnector):
             )
         return payload
 
+    def get_json(
+        self, url: str, headers: Mapping[str, str] | None = None, *, secrets: Iterable[str] = ()
+    ) -> dict[str, Any]:
+        """GET a JSON object; failures classified as `post_json`'s, except that a GET is always safe to repeat."""
+        response = self.get_stream(url, headers, secrets=secrets)
+        try:
+            payload = json.loads(b"".join(_bounded(response, MAX_JSON_BYTES)))
+        except (ValueError, httpx.TransportError, httpx.StreamError):
+            raise ChannelRetryableError(f"{self.platform} answered {response.status_code} without JSON") from None
+        finally:
+            response.close()
+        if not isinstance(payload, dict):
+            raise ChannelRejectedError(f"{self.platform} answered {response.status_code} with JSON that is no object")
+        return payload
+
+    def get_stream(
+        self, url: str, headers: Mapping[str, str] | None = None, *, secrets: Iterable[str] = ()
+    ) -> httpx.Response:
+        """GET with the body left to read (`iter_bytes`; the caller closes the response), following redirects
+        (httpx drops the Authorization header when one leads to another host). A refusal is classified by
+        `classify`; no connection, or no answer, is retryable. `secrets` never appear in an error's detail."""
+        secrets = [*secrets, *(value.rsplit(" ", 1)[-1] for value in (headers or {}).values())]
+        try:
+            with tracer.provider.in_subsegment(f"## {self.platform} GET") as subsegment:
+                subsegment.put_annotation("platform", str(self.platform))
+                request = self.http.build_request("GET", url, headers=dict(headers or {}))
+                response = self.http.send(request, stream=True, follow_redirects=True)
+        except httpx.HTTPError as exc:
+            raise _scrubbed(ChannelRetryableError(f"{self.platform} gave no answer: {exc!r}"), secrets) from None
+        if response.status_code < 400:
+            return response
+        try:
+            text = b"".join(_bounded(response, 2000, truncate=True)).decode("utf-8", "replace")
+        except (httpx.TransportError, httpx.StreamError):
+            text = ""
+        finally:
+            response.close()
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = None
+        error = self.classify(
+            response.status_code,
+            payload if isinstance(payload, dict) else None,
+            text[:500],
+            retry_after_header(response.headers),
+        )
+        raise _scrubbed(error, secrets)
+
+    def media_chunks(self, response: httpx.Response, secrets: Iterable[str] = ()) -> Iterator[bytes]:
+        """The body of a `get_stream` response in chunks; a connection lost on the way is retryable."""
+        try:
+            yield from response.iter_bytes(MEDIA_CHUNK_BYTES)
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            detail = f"{self.platform} media download broke off: {exc!r}"
+            raise _scrubbed(ChannelRetryableError(detail), list(secrets)) from None
+
     def classify(
         self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
     ) -> ChannelError:
@@ -145,6 +207,24 @@ def by_status(status: int, detail: str, retry_after: float | None) -> ChannelErr
     if status >= 500:
         return ChannelRetryableError(detail, status_code=status)
     return ChannelRejectedError(detail, status_code=status)
+
+
+def content_length(response: httpx.Response) -> int | None:
+    raw = response.headers.get("content-length")
+    return int(raw) if raw is not None and raw.isdigit() else None
+
+
+def _bounded(response: httpx.Response, limit: int, *, truncate: bool = False) -> Iterator[bytes]:
+    """At most `limit` bytes of the body: the rest is not read (truncate), or the answer is refused."""
+    taken = 0
+    for chunk in response.iter_bytes():
+        taken += len(chunk)
+        if taken > limit:
+            if truncate:
+                yield chunk[: limit - (taken - len(chunk))]
+                return
+            raise ValueError(f"more than {limit} bytes")
+        yield chunk
 
 
 def _scrubbed(error: ChannelError, secrets: list[str]) -> ChannelError:

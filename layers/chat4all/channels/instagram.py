@@ -3,12 +3,13 @@ with messages, reactions and read receipts."""
 
 from __future__ import annotations
 
+import urllib.parse
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.http import by_status
+from chat4all.channels.http import by_status, content_length
 from chat4all.channels.meta import MetaWebhookConnector, graph_error, strings_at
 from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
 from chat4all.domain.errors import (
@@ -18,9 +19,18 @@ from chat4all.domain.errors import (
     ChannelOutcomeUnknownError,
     ChannelRateLimitedError,
     ChannelRecipientRejectedError,
+    ChannelRejectedError,
     ChannelRetryableError,
 )
-from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
+from chat4all.domain.models import (
+    FetchedMedia,
+    InboundMedia,
+    InboundMessage,
+    MessageStatus,
+    Platform,
+    ProviderReceipt,
+    StatusReport,
+)
 from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
@@ -43,6 +53,8 @@ RETRYABLE_CODES = frozenset({1, 2})
 
 # Instagram's attachment types, as message types where the names differ
 ATTACHMENT_TYPES = {"file": "document"}
+# the attachments fetched as files (by their payload.url); audio, stickers and shares keep their type only
+MEDIA_KINDS = frozenset({"image", "document", "video"})
 
 
 class _Lenient(BaseModel):
@@ -53,8 +65,13 @@ class _Party(_Lenient):
     id: str
 
 
+class _Payload(_Lenient):
+    url: str | None = None
+
+
 class _Attachment(_Lenient):
     type: str
+    payload: _Payload | None = None
 
 
 class _Message(_Lenient):
@@ -137,9 +154,14 @@ class InstagramConnector(MetaWebhookConnector):
         if item.message is not None and not item.message.is_echo and not item.message.is_deleted:
             message = item.message
             kind = "text"
+            media = None
             if message.attachments:
-                kind = ATTACHMENT_TYPES.get(message.attachments[0].type, message.attachments[0].type)[:40]
-            return self._inbound(item, message.mid, message.text, kind, account)
+                first = message.attachments[0]
+                kind = ATTACHMENT_TYPES.get(first.type, first.type)[:40]
+                url = first.payload.url if first.payload is not None else None
+                if kind in MEDIA_KINDS and url:
+                    media = InboundMedia(url)
+            return self._inbound(item, message.mid, message.text, kind, account, media)
         if item.reaction is not None and item.reaction.action != "unreact":
             reaction = item.reaction
             # a reaction has no id of its own: the message it is on, who reacted and when
@@ -147,7 +169,9 @@ class InstagramConnector(MetaWebhookConnector):
             return self._inbound(item, pmid, reaction.emoji or reaction.reaction, "reaction", account)
         return None
 
-    def _inbound(self, item: _Messaging, pmid: str, text: str | None, kind: str, account: str) -> InboundMessage:
+    def _inbound(
+        self, item: _Messaging, pmid: str, text: str | None, kind: str, account: str, media: InboundMedia | None = None
+    ) -> InboundMessage:
         return InboundMessage(
             platform=Platform.INSTAGRAM,
             platform_message_id=pmid,
@@ -157,6 +181,7 @@ class InstagramConnector(MetaWebhookConnector):
             at=_at(item.timestamp),
             message_type=kind,
             account_id=account,
+            media=media,
         )
 
     def classify(
@@ -188,6 +213,20 @@ class InstagramConnector(MetaWebhookConnector):
             # a 2xx answer: Instagram may have sent it, so it is never sent again (as WhatsApp's)
             raise ChannelOutcomeUnknownError(f"Instagram reply has no message_id: {str(reply)[:300]}")
         return ProviderReceipt(platform_message_id=platform_message_id)
+
+    def fetch_media(self, credentials: Mapping[str, str], reference: str) -> FetchedMedia:
+        """GET the attachment's URL (`attachments[].payload.url`, a CDN link that needs no token: none is sent,
+        so the account's token never goes to a host the webhook names). Only http(s) URLs."""
+        if urllib.parse.urlsplit(reference).scheme not in ("https", "http"):
+            raise ChannelRejectedError("Instagram attachment URL is not http(s)")
+        response = self.get_stream(reference)
+        return FetchedMedia(
+            chunks=self.media_chunks(response),
+            mime_type=response.headers.get("content-type"),
+            filename=None,
+            size=content_length(response),
+            close=response.close,
+        )
 
 
 def _message_body(message: OutboundMessage) -> dict[str, Any]:

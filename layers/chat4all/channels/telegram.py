@@ -7,13 +7,15 @@ is named `<bot id>:<chat id>:<message_id>` as its platform_message_id: unique ac
 from __future__ import annotations
 
 import hmac
+import mimetypes
 import re
+import urllib.parse
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.http import HttpConnector, by_status
+from chat4all.channels.http import HttpConnector, by_status, content_length, scrub
 from chat4all.channels.whatsapp import location_text
 from chat4all.domain.credentials import ChannelCredentials, TelegramCredentials
 from chat4all.domain.errors import (
@@ -22,8 +24,10 @@ from chat4all.domain.errors import (
     ChannelOutcomeUnknownError,
     ChannelRateLimitedError,
     ChannelRecipientRejectedError,
+    ChannelRejectedError,
+    ChannelRetryableError,
 )
-from chat4all.domain.models import InboundMessage, Platform, ProviderReceipt
+from chat4all.domain.models import FetchedMedia, InboundMedia, InboundMessage, Platform, ProviderReceipt
 from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
@@ -115,6 +119,29 @@ class _Message(_Lenient):
                 return ("image" if kind == "photo" else kind), self.caption
         return "unsupported", self.caption
 
+    def media(self) -> InboundMedia | None:
+        """A photo (its largest size: Telegram sends each photo in several), a document or a video, by `file_id`
+        (getFile gives its path). Telegram's photos are JPEGs; a document and a video name their own type."""
+        if self.photo:
+            sizes = [p for p in self.photo if isinstance(p.get("file_id"), str)]
+            if not sizes:
+                return None
+            largest = max(sizes, key=lambda p: (_number(p.get("file_size")), _number(p.get("width"))))
+            return InboundMedia(largest["file_id"], "image/jpeg", None)
+        for item in (self.document, self.video):
+            if item is not None and isinstance(item.get("file_id"), str):
+                mime_type, filename = item.get("mime_type"), item.get("file_name")
+                return InboundMedia(
+                    item["file_id"],
+                    mime_type if isinstance(mime_type, str) else None,
+                    filename if isinstance(filename, str) else None,
+                )
+        return None
+
+
+def _number(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
 
 class _ReactionType(_Lenient):
     type: str
@@ -180,6 +207,7 @@ class TelegramConnector(HttpConnector):
                     at=_at(message.date),
                     message_type=kind,
                     account_id=account_id,
+                    media=message.media(),
                 )
             ]
         if reaction is not None and reaction.chat.type == "private" and reaction.user and not reaction.user.is_bot:
@@ -231,6 +259,32 @@ class TelegramConnector(HttpConnector):
         sent_to = chat.get("id", chat_id) if isinstance(chat, dict) else chat_id
         bot_id = credentials["bot_token"].split(":", 1)[0]
         return ProviderReceipt(platform_message_id=telegram_message_id(bot_id, sent_to, result["message_id"]))
+
+    def fetch_media(self, credentials: Mapping[str, str], reference: str) -> FetchedMedia:
+        """getFile gives the file's path, read at `{base}/file/bot<token>/<file_path>` (core.telegram.org/bots/api,
+        "getFile": the link is good for at least an hour; bots get files of up to 20 MB). The token is in both
+        URLs: neither is logged or kept, and no error's detail carries it."""
+        token = credentials["bot_token"]
+        secrets = [token, token.split(":", 1)[-1]]
+        try:
+            reply = self.post_json(f"{self.api_base}/bot{token}/getFile", {"file_id": reference}, secrets=secrets)
+        except ChannelOutcomeUnknownError as exc:  # getFile changes nothing: asking again is safe
+            raise ChannelRetryableError(exc.detail) from None
+        result = reply.get("result")
+        path = result.get("file_path") if isinstance(result, dict) else None
+        if reply.get("ok") is not True or not isinstance(path, str) or not path or ".." in path.split("/"):
+            raise ChannelRejectedError(f"Telegram getFile gave no file_path: {scrub(str(reply)[:200], secrets)}")
+        response = self.get_stream(
+            f"{self.api_base}/file/bot{token}/{urllib.parse.quote(path, safe='/')}", secrets=secrets
+        )
+        name = path.rsplit("/", 1)[-1]
+        return FetchedMedia(
+            chunks=self.media_chunks(response, secrets),
+            mime_type=mimetypes.guess_type(name)[0],
+            filename=name or None,
+            size=content_length(response),
+            close=response.close,
+        )
 
 
 # a file goes out by its URL (Telegram fetches it): sendPhoto, sendVideo or sendDocument, the text its caption

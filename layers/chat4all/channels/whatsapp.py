@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from chat4all.channels.http import by_status
+from chat4all.channels.http import by_status, content_length
 from chat4all.channels.meta import MetaWebhookConnector, graph_error, strings_at
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
 from chat4all.domain.errors import (
@@ -17,9 +18,18 @@ from chat4all.domain.errors import (
     ChannelOutcomeUnknownError,
     ChannelRateLimitedError,
     ChannelRecipientRejectedError,
+    ChannelRejectedError,
     ChannelRetryableError,
 )
-from chat4all.domain.models import InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
+from chat4all.domain.models import (
+    FetchedMedia,
+    InboundMedia,
+    InboundMessage,
+    MessageStatus,
+    Platform,
+    ProviderReceipt,
+    StatusReport,
+)
 from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
@@ -66,6 +76,8 @@ class _Contact(_Lenient):
 class _Media(_Lenient):
     id: str | None = None
     caption: str | None = None
+    mime_type: str | None = None
+    filename: str | None = None  # a document's
 
 
 class _Location(_Lenient):
@@ -108,6 +120,13 @@ class _InboundMessage(_Lenient):
         if self.reaction is not None:
             return self.reaction.emoji or None
         return None
+
+    def media(self) -> InboundMedia | None:
+        """A photo, document or video: its media id (GET /{media id} gives its URL), type and name."""
+        media = self.image or self.document or self.video
+        if media is None or not media.id:
+            return None
+        return InboundMedia(media.id, media.mime_type, media.filename)
 
 
 class _StatusError(_Lenient):
@@ -228,6 +247,7 @@ class WhatsAppConnector(MetaWebhookConnector):
             at=_timestamp(message.timestamp),
             message_type=message.type[:40] or "unknown",
             account_id=account,
+            media=message.media(),
         )
 
     def _status(self, status: _Status, account: str) -> StatusReport:
@@ -273,6 +293,24 @@ class WhatsAppConnector(MetaWebhookConnector):
         except (KeyError, IndexError, TypeError) as exc:
             # a success without the id: it was probably sent, so it must not be sent again
             raise ChannelOutcomeUnknownError(f"WhatsApp reply has no messages[0].id: {str(reply)[:300]}") from exc
+
+    def fetch_media(self, credentials: Mapping[str, str], reference: str) -> FetchedMedia:
+        """GET /{media id} with the number's token gives the media's URL (good for minutes), which is read with
+        the same token (developers.facebook.com, WhatsApp Cloud API, "Media": retrieve and download media)."""
+        auth = {"Authorization": f"Bearer {credentials['access_token']}"}
+        answer = self.get_json(f"{self.api_base}/{urllib.parse.quote(reference, safe='')}", auth)
+        url = answer.get("url")
+        if not isinstance(url, str) or not url.startswith(("https://", "http://")):
+            raise ChannelRejectedError(f"WhatsApp media {reference} has no URL: {str(answer)[:200]}")
+        response = self.get_stream(url, auth)
+        mime_type = answer.get("mime_type")
+        return FetchedMedia(
+            chunks=self.media_chunks(response, [credentials["access_token"]]),
+            mime_type=mime_type if isinstance(mime_type, str) else response.headers.get("content-type"),
+            filename=None,
+            size=content_length(response),
+            close=response.close,
+        )
 
 
 def _refused_number(answer: Mapping[str, Any], credentials: Mapping[str, str]) -> tuple[str, str] | None:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic_core import core_schema
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 
 def utcnow() -> datetime:
@@ -488,3 +491,34 @@ class InboundMessage:
     message_type: str = "text"
     # the account the webhook named (WhatsApp phone_number_id, Instagram entry id), while it is attributed
     account_id: str | None = None
+    # a photo, document or video: the platform's reference to its bytes, fetched later (queued work)
+    media: InboundMedia | None = None
+
+
+@dataclass(frozen=True)
+class InboundMedia:
+    """The file of an inbound message, as the platform names it: WhatsApp's media id, Telegram's `file_id` (the
+    largest photo size), Instagram's attachment URL; with the type and name the webhook gave, where it gave them."""
+
+    reference: str
+    mime_type: str | None = None
+    filename: str | None = None
+
+
+@dataclass
+class FetchedMedia:
+    """An inbound file's bytes as a platform serves them: `chunks` read as they arrive (never all at once),
+    the type and name the platform gave (None where it gave none) and the size it announced. A context
+    manager: leaving it closes the connection."""
+
+    chunks: Iterator[bytes]
+    mime_type: str | None
+    filename: str | None
+    size: int | None
+    close: Callable[[], None]
+
+    def __enter__(self) -> FetchedMedia:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
