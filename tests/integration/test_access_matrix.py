@@ -45,6 +45,16 @@ class World:
         body = {"platform": "TELEGRAM", "platform_user_id": str(uuid.uuid4().int)[:12]}
         return str(self.api.created(f"/v1/users/{self.customer_c['user_id']}/identities", body)["identity_id"])
 
+    def fresh_file(self) -> str:
+        """A file of B's conversation, made by an admin (no bytes uploaded)."""
+        body = {
+            "filename": "matrix.png",
+            "mime_type": "image/png",
+            "size": 1000,
+            "conversation_id": self.conversation_id,
+        }
+        return str(self.api.created("/v1/files", body)["file_id"])
+
     def fresh_channel(self) -> str:
         return str(self.api.created("/v1/channels", whatsapp_channel_body("to delete"))["channel_id"])
 
@@ -256,6 +266,20 @@ OPERATIONS = [
     ),
     Operation("GET", "/v1/messages/{message_id}", 200, lambda w: (f"/v1/messages/{w.message_id}", None)),
     Operation("GET", "/v1/messages/{message_id}/status", 200, lambda w: (f"/v1/messages/{w.message_id}/status", None)),
+    Operation(
+        "POST",
+        "/v1/files",
+        201,
+        lambda w: (
+            "/v1/files",
+            {"filename": "a.png", "mime_type": "image/png", "size": 1000, "conversation_id": w.conversation_id},
+        ),
+    ),
+    Operation("GET", "/v1/files/{file_id}", 200, lambda w: (f"/v1/files/{w.fresh_file()}", None)),
+    Operation("GET", "/v1/files/{file_id}/parts", 200, lambda w: (f"/v1/files/{w.fresh_file()}/parts", None)),
+    # nothing was uploaded to it: an admin is told so (409); anyone else is refused before that
+    Operation("POST", "/v1/files/{file_id}/complete", 409, lambda w: (f"/v1/files/{w.fresh_file()}/complete", None)),
+    Operation("DELETE", "/v1/files/{file_id}", 204, lambda w: (f"/v1/files/{w.fresh_file()}", None)),
 ]
 
 CALLERS = {

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING, DESCENDING, MongoClient, WriteConcern
+from pymongo import ASCENDING, DESCENDING, IndexModel, MongoClient, WriteConcern
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from chat4all.domain.errors import DependencyUnavailableError
@@ -15,6 +15,7 @@ from chat4all.ports import DependencyCheck
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from pymongo.collection import Collection
     from pymongo.database import Database
 
 DEFAULT_DATABASE = "chat4all"
@@ -50,38 +51,66 @@ def translated() -> Iterator[None]:
 
 
 def ensure_indexes(db: Database[dict[str, Any]]) -> None:
-    """Create the collections' indexes; safe to run on every start."""
+    """Create the collections' indexes; safe to run on every start, and after a restore: an index that exists with
+    the same name, keys and options (in whatever order a restore wrote them) is left as it is."""
     with translated():
-        db.messages.create_index([("conversation_id", ASCENDING), ("sequence", ASCENDING)], unique=True)
+        # an index of earlier versions, for the open conversation on a channel (now read through another)
+        if OLD_CHANNEL_INDEX in db.conversations.index_information():
+            db.conversations.drop_index(OLD_CHANNEL_INDEX)
+        if "platform_message_id_unique" in db.messages.index_information():
+            db.messages.drop_index("platform_message_id_unique")
+        for collection, indexes in INDEXES.items():
+            _ensure(db[collection], indexes)
+
+
+INDEXES: dict[str, list[IndexModel]] = {
+    "messages": [
+        IndexModel([("conversation_id", ASCENDING), ("sequence", ASCENDING)], unique=True),
         # route's "what does this conversation send next": its lowest PENDING sequence
-        db.messages.create_index([("conversation_id", ASCENDING), ("status", ASCENDING), ("sequence", ASCENDING)])
+        IndexModel([("conversation_id", ASCENDING), ("status", ASCENDING), ("sequence", ASCENDING)]),
         # A sparse single-field index: the server plans a query on a partial compound index as a collection
         # scan (docs/BENCHMARKS.md, "MongoDB (SecantusDB)"), and uses this one. Platform message ids are
         # unique across platforms by their format (wamid..., Instagram mids, Telegram chat-qualified ids).
-        if "platform_message_id_unique" in db.messages.index_information():
-            db.messages.drop_index("platform_message_id_unique")
-        db.messages.create_index("platform_message_id", unique=True, sparse=True, name="platform_message_id_sparse")
-        db.conversations.create_index([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)])
-        db.outbox.create_index([("kept_at", ASCENDING)])
+        IndexModel("platform_message_id", unique=True, sparse=True, name="platform_message_id_sparse"),
         # events kept on their message until published: the relay finds the old ones through this index
-        db.messages.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
-        db.conversations.create_index([("last_activity_at", DESCENDING), ("_id", DESCENDING)])
-        # an index of earlier versions, for the open conversation on a channel (now read through the one above)
-        if OLD_CHANNEL_INDEX in db.conversations.index_information():
-            db.conversations.drop_index(OLD_CHANNEL_INDEX)
+        IndexModel([("pending_events.kept_at", ASCENDING)], sparse=True),
         # the sweeper's, so a sweep reads the PENDING messages it re-enqueues only. A plain compound index:
         # SecantusDB answers a partial index's query by scanning the collection (docs/MONGODB.md).
-        db.messages.create_index([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX)
-        # GROUP deliveries (adapters/mongo/deliveries.py): a lane's PENDING ones in sequence order; the one a
-        # channel's status webhook names; a message's, by recipient (the API, the aggregate's count); the
-        # sweeper's stale PENDING ones; the relay's kept events
-        db.deliveries.create_index(
+        IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX),
+    ],
+    "conversations": [
+        IndexModel([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)]),
+        IndexModel([("last_activity_at", DESCENDING), ("_id", DESCENDING)]),
+    ],
+    "outbox": [IndexModel([("kept_at", ASCENDING)])],
+    # GROUP deliveries (adapters/mongo/deliveries.py): a lane's PENDING ones in sequence order; the one a channel's
+    # status webhook names; a message's, by recipient (the API, the aggregate's count); the sweeper's stale
+    # PENDING ones; the relay's kept events
+    "deliveries": [
+        IndexModel(
             [("conversation_id", ASCENDING), ("user_id", ASCENDING), ("status", ASCENDING), ("sequence", ASCENDING)]
-        )
-        db.deliveries.create_index([("channel_id", ASCENDING), ("platform_message_id", ASCENDING)])
-        db.deliveries.create_index([("message_id", ASCENDING), ("user_id", ASCENDING)], unique=True)
-        db.deliveries.create_index([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX)
-        db.deliveries.create_index([("pending_events.kept_at", ASCENDING)], sparse=True)
+        ),
+        IndexModel([("channel_id", ASCENDING), ("platform_message_id", ASCENDING)]),
+        IndexModel([("message_id", ASCENDING), ("user_id", ASCENDING)], unique=True),
+        IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX),
+        IndexModel([("pending_events.kept_at", ASCENDING)], sparse=True),
+    ],
+}
+
+
+def _ensure(collection: Collection[dict[str, Any]], indexes: list[IndexModel]) -> None:
+    existing = {
+        name: (list(info["key"]), bool(info.get("unique")), bool(info.get("sparse")))
+        for name, info in collection.index_information().items()
+    }
+    missing = []
+    for index in indexes:
+        spec = index.document
+        wanted = (list(spec["key"].items()), bool(spec.get("unique")), bool(spec.get("sparse")))
+        if existing.get(spec["name"]) != wanted:
+            missing.append(index)
+    if missing:
+        collection.create_indexes(missing)
 
 
 class MongoCheck(DependencyCheck):
