@@ -1,5 +1,6 @@
 """Files: presigned uploads (one request or parts) and downloads, and every stored object checked, scanned and
-thumbnailed when S3 announces it (the file-events queue)."""
+thumbnailed when S3 announces it (the file-events queue); inbound messages' files fetched from their platforms
+(jobs on the same queue)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.files import CreateFileRequest, file_view
 from chat4all.api.requests import parse_body, resource_id
 from chat4all.consumers import consume_batch
-from chat4all.observability import logger, metrics, tracer
+from chat4all.domain.files import FileStatus
+from chat4all.domain.wire import MediaFetchJob
+from chat4all.observability import log_context, logger, metrics, tracer
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -62,8 +65,18 @@ def delete_file(file_id: str) -> Response[str]:
 
 
 def record_handler(record: SQSRecord) -> None:
-    """One S3 notification: each ObjectCreated record's object checked (s3:TestEvent and others ignored)."""
+    """One S3 notification: each ObjectCreated record's object checked (s3:TestEvent and others ignored); or one
+    job of ours: an inbound message's file fetched from its platform into the bucket (whose notification follows)."""
     notification = json.loads(record.body)
+    job = MediaFetchJob.of(notification) if isinstance(notification, dict) else None
+    if job is not None:
+        attempt = int(record.attributes.approximate_receive_count or 1)
+        with log_context(correlation_id=job.correlation_id, file_id=job.file_id):
+            fetched = bootstrap.media_fetcher().fetch(job, attempt)
+            logger.info("inbound media job", extra={"status": fetched, "attempt": attempt})
+        if fetched is FileStatus.REJECTED:
+            metrics.add_metric(name="FilesRejected", unit=MetricUnit.Count, value=1)
+        return
     if notification.get("Event") == "s3:TestEvent":
         return
     for entry in notification.get("Records", []):

@@ -16,6 +16,7 @@ from chat4all.adapters.aws import (
     RedisCheck,
     SqsCheck,
     SqsDeadLetterQueue,
+    SqsMediaFetchQueue,
     SqsOutboundQueue,
     SqsVisibility,
 )
@@ -56,6 +57,7 @@ from chat4all.services.files import FileAttachments, FileService, MediaLinks
 from chat4all.services.health import HealthMonitor
 from chat4all.services.identity import IdentityService
 from chat4all.services.inbound import InboundService
+from chat4all.services.media_in import MediaFetcher, MediaIntake
 from chat4all.services.messages import MessageService
 from chat4all.services.notifications import EventBuffer, EventRelay
 from chat4all.services.recovery import RecoveryService
@@ -268,8 +270,20 @@ def recovery_service() -> RecoveryService:
 @lru_cache
 def webhook_service() -> WebhookService:
     db = mongo()
-    inbound = InboundService(users(), MongoConversationStore(db), MongoMessageStore(db), event_buffer())
+    inbound = InboundService(
+        users(), MongoConversationStore(db), MongoMessageStore(db), event_buffer(), media=media_intake()
+    )
     return WebhookService(channels(), connectors(), event_publisher(), inbound)
+
+
+def media_intake() -> MediaIntake | None:
+    """An inbound file's record and its fetch job on the file-events queue (None where files are not configured)."""
+    config = settings()
+    if not config.files_bucket or not config.file_events_queue_url:
+        return None
+    return MediaIntake(
+        MongoFileStore(mongo()), SqsMediaFetchQueue(aws_client("sqs"), settings().require("file_events_queue_url"))
+    )
 
 
 @lru_cache
@@ -312,6 +326,13 @@ def file_service() -> FileService:
     storage = S3ObjectStorage(s3_api(), config.require("files_bucket"))
     scanner = ClamdScanner(config.clamd_address) if config.clamd_address else None
     return FileService(MongoFileStore(db), storage, MongoConversationStore(db), scanner, PillowThumbnailer())
+
+
+@lru_cache
+def media_fetcher() -> MediaFetcher:
+    """Inbound files fetched from their platforms with their channel's credentials, into the files bucket."""
+    storage = S3ObjectStorage(s3_api(), settings().require("files_bucket"))
+    return MediaFetcher(MongoFileStore(mongo()), storage, channels(), connectors())
 
 
 @lru_cache

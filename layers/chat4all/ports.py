@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         StatusReport,
         User,
     )
-    from chat4all.domain.wire import RouteJob
+    from chat4all.domain.wire import MediaFetchJob, RouteJob
 
 
 # the message to store (its sequence is the store's to give) and the events kept with it, made from its conversation
@@ -762,6 +762,13 @@ class FileStore(ABC):
     def delete(self, file_id: str) -> None: ...
 
 
+class MediaFetchQueue(ABC):
+    """Where an inbound message's file waits to be fetched from its platform (the file-events queue)."""
+
+    @abstractmethod
+    def enqueue(self, job: MediaFetchJob) -> None: ...
+
+
 class ObjectStorage(ABC):
     """The private bucket of files: presigned URLs for clients, streamed reads for the checks."""
 
@@ -798,6 +805,14 @@ class ObjectStorage(ABC):
 
     @abstractmethod
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
+
+    @abstractmethod
+    def upload(
+        self, key: str, chunks: Iterable[bytes], content_type: str, before_complete: Callable[[int], None]
+    ) -> int:
+        """Store the bytes `chunks` yields, holding one part at most (a multipart upload when they fill more than
+        one); `before_complete(size)` runs before the object exists (a raise stops it, and nothing is stored).
+        Returns the size."""
 
     @abstractmethod
     def delete(self, key: str) -> None: ...

@@ -30,7 +30,7 @@ from chat4all.ports import FileStore, MalwareScanner, ObjectStorage
 from chat4all.services.files import CreateFile, FileService
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
 EICAR = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
@@ -177,6 +177,17 @@ class InMemoryStorage(ObjectStorage):
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self.objects[key] = data
+
+    def upload(
+        self, key: str, chunks: Iterable[bytes], content_type: str, before_complete: Callable[[int], None]
+    ) -> int:
+        data = b""
+        for chunk in chunks:
+            self.largest_chunk = max(self.largest_chunk, len(chunk))
+            data += chunk
+        before_complete(len(data))
+        self.objects[key] = data
+        return len(data)
 
     def delete(self, key: str) -> None:
         self.objects.pop(key, None)

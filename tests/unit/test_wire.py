@@ -18,25 +18,28 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from chat4all import bootstrap
-from chat4all.adapters.aws import EventBridgePublisher, SqsDeadLetterQueue, SqsOutboundQueue
+from chat4all.adapters.aws import EventBridgePublisher, SqsDeadLetterQueue, SqsMediaFetchQueue, SqsOutboundQueue
 from chat4all.channels.whatsapp import WhatsAppConnector
 from chat4all.consumers import consume_conversations
 from chat4all.domain.models import InboundMessage, MessageStatus, Platform, StatusReport
 from chat4all.domain.wire import (
     STATUS_EVENT_SOURCE,
     STATUS_EVENT_TYPE,
+    MediaFetchJob,
     MessageEventDetail,
     RouteJob,
     StatusReportDetail,
 )
 from chat4all.ports import PendingJob
 from chat4all.services.inbound import InboundService
+from chat4all.services.media_in import MediaIntake
 from chat4all.services.notifications import EventBuffer
 from chat4all.services.recovery import RecoveryService, StatusSettlement
 from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
 from tests.fakes.in_memory import InMemoryEventOutbox, InMemoryEventPublisher
 from tests.unit.test_channel_binding import _add_channel
+from tests.unit.test_files import InMemoryFileStore
 from tests.unit.test_services import ADMIN, World
 
 if TYPE_CHECKING:
@@ -71,7 +74,8 @@ class RecordingAws:
                 "messageId": str(uuid.uuid4()),
                 "receiptHandle": "handle",
                 "body": entry["MessageBody"],
-                "attributes": {"ApproximateReceiveCount": "1", "MessageGroupId": entry["MessageGroupId"]},
+                "attributes": {"ApproximateReceiveCount": "1"}
+                | ({"MessageGroupId": entry["MessageGroupId"]} if "MessageGroupId" in entry else {}),
                 "messageAttributes": {
                     name: {"stringValue": value["StringValue"], "dataType": value["DataType"]}
                     for name, value in entry.get("MessageAttributes", {}).items()
@@ -286,3 +290,56 @@ def test_every_message_event_as_produced_and_as_the_bus_carries_it_has_the_contr
         detail = MessageEventDetail.model_validate(carried["detail"])
         assert detail.message_id == event.message_id
         assert detail.at.tzinfo is not None
+
+
+def test_an_inbound_media_job_from_a_webhook_is_read_by_the_files_function_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ingest's webhook sends it through SqsMediaFetchQueue; the files function's record handler reads it (beside
+    S3's notifications on the same queue) and hands it to the fetcher with the record's receive count."""
+    for name in ("DATABASE_URL", "MONGODB_URI", "REDIS_URL"):
+        monkeypatch.setenv(name, "unused://")
+    monkeypatch.setenv("FILE_EVENTS_QUEUE_URL", QUEUE)
+    bootstrap.settings.cache_clear()
+    spec = importlib.util.spec_from_file_location("function_files_app", ROOT / "functions" / "files" / "app.py")
+    assert spec is not None and spec.loader is not None
+    files_app = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, files_app)
+    spec.loader.exec_module(files_app)
+    bootstrap.settings.cache_clear()
+
+    world = World()
+    _add_channel(world, "ch-2", phone_number_id="106540352242922")  # the number the fixture's webhook names
+    aws = RecordingAws()
+    intake = MediaIntake(InMemoryFileStore(), SqsMediaFetchQueue(aws, QUEUE))  # type: ignore[arg-type]
+    inbound = InboundService(world.users, world.conversations, world.messages, world.events, media=intake)
+    service = WebhookService(
+        world.channels, {Platform.WHATSAPP: WhatsAppConnector("http://unused")}, world.events, inbound
+    )
+    body = json.loads((FIXTURES / "message_text.json").read_bytes())
+    message = body["entry"][0]["changes"][0]["value"]["messages"][0]
+    message.pop("text")
+    message.update(type="image", image={"id": "1479", "mime_type": "image/jpeg", "sha256": "x", "caption": "c"})
+    raw = json.dumps(body).encode()
+    signature = "sha256=" + hmac.new(b"secret-ch-2", raw, hashlib.sha256).hexdigest()
+    service.receive(Platform.WHATSAPP, {"x-hub-signature-256": signature}, raw)
+
+    seen: list[tuple[MediaFetchJob, int]] = []
+
+    class Fetcher:
+        def fetch(self, job: MediaFetchJob, attempt: int) -> None:
+            seen.append((job, attempt))
+
+    monkeypatch.setattr(bootstrap, "media_fetcher", Fetcher)
+    [record] = [dict(r, attributes={"ApproximateReceiveCount": "3"}) for r in aws.sqs_records()]
+    files_app.record_handler(SQSRecord(record))
+    [(job, attempt)] = seen
+    stored = next(iter(world.messages.messages.values()))
+    assert (job.file_id, job.channel_id, job.platform, job.reference, job.mime_type, attempt) == (
+        stored.file_id,
+        "ch-2",
+        Platform.WHATSAPP,
+        "1479",
+        "image/jpeg",
+        3,
+    )

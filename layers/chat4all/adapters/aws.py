@@ -13,13 +13,21 @@ from chat4all.adapters.aws_api import AwsApiError
 from chat4all.domain.errors import CredentialsUnreadableError, DependencyUnavailableError
 from chat4all.domain.wire import DEAD_LETTER_REASON_ATTRIBUTE, RouteJob
 from chat4all.observability import current_correlation_id, logger
-from chat4all.ports import CredentialCipher, DeadLetterQueue, DependencyCheck, EventPublisher, OutboundQueue
+from chat4all.ports import (
+    CredentialCipher,
+    DeadLetterQueue,
+    DependencyCheck,
+    EventPublisher,
+    MediaFetchQueue,
+    OutboundQueue,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from chat4all.adapters.aws_api import AwsJsonApi
     from chat4all.domain.models import DomainEvent
+    from chat4all.domain.wire import MediaFetchJob
     from chat4all.ports import PendingJob
 
 
@@ -147,6 +155,18 @@ class SqsDeadLetterQueue(DeadLetterQueue):
                     },
                 },
             )
+
+
+class SqsMediaFetchQueue(MediaFetchQueue):
+    """The file-events queue (a standard queue: S3 notifies it too), for jobs that fetch an inbound file."""
+
+    def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
+
+    def enqueue(self, job: MediaFetchJob) -> None:
+        with _translated("SQS"):
+            self.sqs.call("SendMessage", {"QueueUrl": self.queue_url, "MessageBody": job.body()})
 
 
 class SqsVisibility:

@@ -22,11 +22,13 @@ from chat4all.observability import logger
 from chat4all.ports import DependencyCheck, ObjectStorage
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterable, Iterator, Sequence
 
     from botocore.credentials import Credentials
 
 MISSING_CODES = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+# the parts of an upload the platform makes itself (an inbound file fetched from its platform): at least S3's 5 MiB
+UPLOAD_PART_BYTES = 8 * 1024 * 1024
 
 
 class S3Api:
@@ -178,6 +180,46 @@ class S3ObjectStorage(ObjectStorage):
     def put(self, key: str, data: bytes, content_type: str) -> None:
         with _translated():
             self.s3.call("PutObject", {"Bucket": self.bucket, "Key": key, "Body": data, "ContentType": content_type})
+
+    def upload(
+        self, key: str, chunks: Iterable[bytes], content_type: str, before_complete: Callable[[int], None]
+    ) -> int:
+        """One PutObject when the bytes fit in one part, else a multipart upload of UPLOAD_PART_BYTES parts:
+        never more than one part in memory. Anything raised on the way aborts the multipart upload."""
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[UploadedPart] = []
+        total = 0
+        try:
+            for chunk in chunks:
+                total += len(chunk)
+                buffer += chunk
+                while len(buffer) >= UPLOAD_PART_BYTES:
+                    if upload_id is None:
+                        upload_id = self.start_multipart(key, content_type)
+                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer[:UPLOAD_PART_BYTES])))
+                    del buffer[:UPLOAD_PART_BYTES]
+            if upload_id is None:
+                before_complete(total)
+                self.put(key, bytes(buffer), content_type)
+                return total
+            if buffer:
+                parts.append(self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer)))
+            before_complete(total)
+            self.complete_multipart(key, upload_id, parts)
+            return total
+        except BaseException:
+            if upload_id is not None:
+                self.abort_multipart(key, upload_id)
+            raise
+
+    def _upload_part(self, key: str, upload_id: str, part_number: int, data: bytes) -> UploadedPart:
+        with _translated():
+            answer = self.s3.call(
+                "UploadPart",
+                {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number, "Body": data},
+            )
+        return UploadedPart(part_number, len(data), str(answer["ETag"]))
 
     def delete(self, key: str) -> None:
         with _translated():

@@ -11,6 +11,9 @@
 - `MessageEventDetail`, the `detail` of every event about a message on the bus (`source: chat4all`), kept on
   the message until it is published. Produced by `chat4all.services.notifications.message_event`; consumed by
   whoever listens on the bus.
+- `MediaFetchJob`, a record of ours on the file-events queue (beside S3's ObjectCreated notifications): "fetch
+  this inbound message's file from its platform". Produced by ingest's webhooks (`InboundService`, through
+  `SqsMediaFetchQueue`); consumed by the files function (`MediaFetcher`).
 
 Nothing else writes or parses these bodies by hand; tests/unit/test_wire.py produces each through its real
 producers and parses it as its consumers do.
@@ -19,7 +22,7 @@ producers and parses it as its consumers do.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
@@ -182,3 +185,36 @@ class MessageEventDetail(BaseModel):
     def event_detail(self) -> dict[str, Any]:
         """As it is put on the bus, and kept on the message until then (JSON types, no absent fields)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+# ------------------------------------------------------------------------------------- inbound media jobs
+
+MEDIA_FETCH_JOB = "inbound-media"
+
+
+class MediaFetchJob(BaseModel):
+    """Fetch the file of an inbound message: the file record (UPLOADING) its bytes go to, the channel whose
+    credentials fetch it and the platform's reference (a WhatsApp media id, a Telegram file_id, an Instagram
+    attachment URL), with the type and name the webhook gave. No credential is ever in it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    job: Literal["inbound-media"] = "inbound-media"
+    file_id: str
+    channel_id: str
+    platform: Platform
+    reference: str
+    mime_type: str | None = None
+    filename: str | None = None
+    correlation_id: str | None = None
+
+    def body(self) -> str:
+        return self.model_dump_json(exclude_none=True)
+
+    @classmethod
+    def of(cls, record: dict[str, Any]) -> MediaFetchJob | None:
+        """The job a file-events record's parsed body is, or None when it is no job of ours (an S3 notification);
+        raises pydantic.ValidationError when it names itself a job but is not one."""
+        if record.get("job") != MEDIA_FETCH_JOB:
+            return None
+        return cls.model_validate(record)

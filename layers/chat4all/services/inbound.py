@@ -1,4 +1,5 @@
-"""Messages people send us on a platform: who sent them, which conversation, stored once."""
+"""Messages people send us on a platform: who sent them, which conversation, stored once; a photo, document or
+video with a file of the conversation whose bytes queued work fetches (services/media_in.py)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from chat4all.services.notifications import collect, message_event
 if TYPE_CHECKING:
     from chat4all.domain.models import ChannelConfig, InboundMessage
     from chat4all.ports import ConversationStore, EventPublisher, MessageStore, UserRepository
+    from chat4all.services.media_in import MediaIntake
 
 # message ids of inbound messages derive from the platform's id, so a replayed webhook maps to the same message
 INBOUND_NAMESPACE = uuid.UUID("5d0b3c1e-9a47-4c43-8c2b-3f1f6c1d2a10")
@@ -47,11 +49,14 @@ class InboundService:
         conversations: ConversationStore,
         messages: MessageStore,
         events: EventPublisher,
+        media: MediaIntake | None = None,
     ) -> None:
         self.users = users
         self.conversations = conversations
         self.messages = messages
         self.events = events
+        # inbound files (issue 18): None where no files bucket is configured (a file message keeps its type only)
+        self.media = media
 
     def receive(self, channel: ChannelConfig, inbound: InboundMessage) -> Message | None:
         """Store the message; None when it was stored before (a replayed webhook changes nothing)."""
@@ -65,12 +70,16 @@ class InboundService:
             # written before the message, forward only, so a webhook retried after a failure here records it then
             self.conversations.record_inbound(conversation.conversation_id, inbound.at)
         content = inbound.text
+        file_id = None
+        if inbound.media is not None and self.media is not None:
+            # a file record in the conversation and the job that fetches its bytes; the webhook does not wait
+            file_id = self.media.accept(channel, inbound, message_id, conversation.conversation_id)
         message = Message(
             message_id=message_id,
             conversation_id=conversation.conversation_id,
             sender_id=sender_id,
             content=content,
-            file_id=None,
+            file_id=file_id,
             channel=inbound.platform,
             direction=Direction.INBOUND,
             sequence=0,  # the store gives it the conversation's next sequence as it stores it

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from chat4all.adapters.mongo.connection import DURABLE, translated
 from chat4all.domain.files import FileKind, FileRecord, FileStatus, utcnow
@@ -59,6 +60,13 @@ class MongoFileStore(FileStore):
     def insert(self, record: FileRecord) -> None:
         with translated():
             self.collection.insert_one(to_document(record))
+
+    def insert_once(self, record: FileRecord) -> bool:
+        try:
+            self.insert(record)
+        except DuplicateKeyError:
+            return False
+        return True
 
     def get(self, file_id: str) -> FileRecord | None:
         with translated():
