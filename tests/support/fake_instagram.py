@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from tests.support.json_reply import send_json
 
+# where the fake serves attachments, as Meta's CDN would (no token asked)
+CDN_PREFIX = "/cdn/ig/"
 INVALID_TOKEN = {
     "error": {
         "message": "Invalid OAuth access token - Cannot parse access token",
@@ -31,11 +33,17 @@ class FakeInstagram:
         # files accepted by URL: (recipient id, {type, payload: {url}}, message_id)
         self.attachments: list[tuple[str, dict[str, Any], str]] = []
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # recipient id -> scripted answers
+        # what people attached (Meta's CDN): path -> (bytes, content type); served to anyone, as a CDN link is
+        self.cdn: dict[str, tuple[bytes, str]] = {}
+        self.cdn_reads: list[tuple[str, dict[str, str]]] = []  # (path, headers)
         self._lock = threading.Lock()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self) -> None:
+                if self.path.startswith(CDN_PREFIX):
+                    fake._serve_cdn(self)
+                    return
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:
@@ -57,6 +65,33 @@ class FakeInstagram:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add_attachment(self, data: bytes, content_type: str) -> str:
+        """A file a person attached: its CDN URL (`attachments[].payload.url`), which needs no token."""
+        path = f"{CDN_PREFIX}{uuid.uuid4().hex}?stp=dst-jpg&oh=00_AY&oe=6800"
+        with self._lock:
+            self.cdn[path.partition("?")[0]] = (data, content_type)
+        return f"{self.url.removesuffix('/v21.0')}{path}"
+
+    def missing_attachment(self) -> str:
+        """A CDN URL that answers 404 (an expired attachment)."""
+        return f"{self.url.removesuffix('/v21.0')}{CDN_PREFIX}{uuid.uuid4().hex}"
+
+    def _serve_cdn(self, handler: BaseHTTPRequestHandler) -> None:
+        path = handler.path.split("?")[0]
+        with self._lock:
+            self.cdn_reads.append((path, {k.lower(): v for k, v in handler.headers.items()}))
+            found = self.cdn.get(path)
+        if found is None:
+            handler.send_response(404)
+            handler.send_header("content-length", "0")
+            handler.end_headers()
+            return
+        handler.send_response(200)
+        handler.send_header("content-type", found[1])
+        handler.send_header("content-length", str(len(found[0])))
+        handler.end_headers()
+        handler.wfile.write(found[0])
 
     def add_account(self, access_token: str, ig_user_id: str) -> None:
         with self._lock:
@@ -136,14 +171,17 @@ def messaging_webhook(
     *,
     text: str | None = None,
     attachment: str | None = None,
+    attachment_url: str | None = None,
     timestamp_ms: int | None = None,
 ) -> bytes:
-    """An Instagram messaging webhook body with one message (entry[].messaging[].message)."""
+    """An Instagram messaging webhook body with one message (entry[].messaging[].message); an attachment's
+    payload.url is `attachment_url` (FakeInstagram.add_attachment), else a made-up CDN link."""
     message: dict[str, Any] = {"mid": mid}
     if text is not None:
         message["text"] = text
     if attachment is not None:
-        message["attachments"] = [{"type": attachment, "payload": {"url": f"https://lookaside.example/{mid}"}}]
+        url = attachment_url or f"https://lookaside.example/{mid}"
+        message["attachments"] = [{"type": attachment, "payload": {"url": url}}]
     if sender == ig_user_id:
         message["is_echo"] = True
     recipient = "9001" if sender == ig_user_id else ig_user_id

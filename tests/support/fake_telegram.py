@@ -6,6 +6,7 @@ import json
 import re
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -14,6 +15,8 @@ from tests.support.json_reply import send_json
 # the Bot API's send methods for a file by URL, and the field that carries it
 MEDIA_FIELDS = {"sendPhoto": "photo", "sendVideo": "video", "sendDocument": "document"}
 BOT_PATH = re.compile(r"^/bot(?P<token>[^/]+)/(?P<method>[A-Za-z]+)$")
+# where a file's bytes are, once getFile gave its path: /file/bot<token>/<file_path>
+FILE_PATH = re.compile(r"^/file/bot(?P<token>[^/]+)/(?P<path>.+)$")
 UNAUTHORIZED = {"ok": False, "error_code": 401, "description": "Unauthorized"}
 
 
@@ -31,10 +34,15 @@ class FakeTelegram:
         self._lock = threading.Lock()
         self._next_message_id: dict[str, int] = {}
         self._failures: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # chat id -> scripted answers
+        # files people sent the bots: file_id -> (bot token, file_path, bytes)
+        self.files: dict[str, tuple[str, str, bytes]] = {}
+        self.downloads: list[str] = []  # the file paths read
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
             def _serve(self) -> None:
+                if fake._serve_file(self):
+                    return
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:
@@ -79,7 +87,45 @@ class FakeTelegram:
             }
         if method == "sendMessage" or method in MEDIA_FIELDS:
             return self._send_message(body, method)
+        if method == "getFile":
+            return self._get_file(token, str(body.get("file_id")))
         return 404, {"ok": False, "error_code": 404, "description": "Not Found: method not found"}
+
+    def add_file(self, token: str, data: bytes, file_path: str) -> str:
+        """A file a person sent to the bot of `token`: its file_id, as an Update names it."""
+        file_id = f"AgACAgEAAxkBAAI{uuid.uuid4().hex}"
+        with self._lock:
+            self.files[file_id] = (token, file_path, data)
+        return file_id
+
+    def _get_file(self, token: str, file_id: str) -> tuple[int, dict[str, Any]]:
+        """getFile: the file's path (its bytes are at /file/bot<token>/<file_path>), for the bot that got it."""
+        with self._lock:
+            found = self.files.get(file_id)
+        if found is None or found[0] != token:
+            return 400, {"ok": False, "error_code": 400, "description": "Bad Request: invalid file_id"}
+        result = {"file_id": file_id, "file_unique_id": f"AQAD{file_id[-6:]}", "file_size": len(found[2])}
+        return 200, {"ok": True, "result": result | {"file_path": found[1]}}
+
+    def _serve_file(self, handler: BaseHTTPRequestHandler) -> bool:
+        """GET /file/bot<token>/<file_path>: the bytes, for the bot that got the file (else 404)."""
+        found = FILE_PATH.match(handler.path.split("?")[0])
+        if found is None:
+            return False
+        with self._lock:
+            self.downloads.append(found["path"])
+            data = next(
+                (d for t, path, d in self.files.values() if t == found["token"] and path == found["path"]), None
+            )
+        if data is None:
+            send_json(handler, 404, {"ok": False, "error_code": 404, "description": "Not Found"})
+            return True
+        handler.send_response(200)
+        handler.send_header("content-type", "application/octet-stream")
+        handler.send_header("content-length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        return True
 
     def _send_message(self, body: dict[str, Any], method: str = "sendMessage") -> tuple[int, dict[str, Any]]:
         with self._lock:
@@ -148,6 +194,7 @@ def update(
     first_name: str = "Ana",
     date: int | None = None,
     photo: bool = False,
+    photo_file_id: str | None = None,
     caption: str | None = None,
     location: tuple[float, float] | None = None,
     chat_type: str = "private",
@@ -162,11 +209,12 @@ def update(
     message: dict[str, Any] = {"message_id": message_id, "from": sender, "chat": chat, "date": date or int(time.time())}
     if text is not None:
         message["text"] = text
-    if photo:
-        sizes = [(90, 51, 1234), (320, 180, 15321)]
+    if photo or photo_file_id:
+        # Telegram sends a photo in several sizes, the largest last; `photo_file_id` is the largest's
+        sizes = [(90, 51, 1234, f"AgACAgEAAxkBAAI{90}"), (320, 180, 15321, photo_file_id or f"AgACAgEAAxkBAAI{320}")]
         message["photo"] = [
-            {"file_id": f"AgACAgEAAxkBAAI{w}", "file_unique_id": f"AQAD{w}", "width": w, "height": h, "file_size": n}
-            for w, h, n in sizes
+            {"file_id": file_id, "file_unique_id": f"AQAD{w}", "width": w, "height": h, "file_size": n}
+            for w, h, n, file_id in sizes
         ]
     if caption is not None:
         message["caption"] = caption

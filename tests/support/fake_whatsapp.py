@@ -48,6 +48,11 @@ class FakeWhatsApp:
         self.requests: list[RecordedRequest] = []
         self.lookups: list[tuple[str, dict[str, str]]] = []  # GET /{phone_number_id}: (path, headers)
         self.refused_tokens: set[str] = set()
+        # media a person sent (the Cloud API's media store): media id -> (bytes, mime type, the token that reads it)
+        self.media: dict[str, tuple[bytes, str, str]] = {}
+        self.missing_media: set[str] = set()  # ids the Graph API answers 404 for
+        self.media_reads: list[tuple[str, str]] = []  # (path, authorization) of every media request
+        self.media_delay = 0.0  # seconds each media download waits before its bytes
         self.on_request = on_request
         self._failures: dict[str, list[ScriptedFailure]] = {}
         self._fault: tuple[float, int | None, float] = (0.0, None, 0.0)  # (until, status, delay)
@@ -57,6 +62,8 @@ class FakeWhatsApp:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 headers = {k.lower(): v for k, v in self.headers.items()}
+                if fake._serve_media(self, headers.get("authorization", "")):
+                    return
                 with fake._lock:
                     fake.lookups.append((self.path, headers))
                 status, reply = fake._lookup(self.path, headers.get("authorization", ""))
@@ -91,6 +98,73 @@ class FakeWhatsApp:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v21.0"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add_media(self, data: bytes, mime_type: str, access_token: str) -> str:
+        """A file a person sent to a number whose token is `access_token`: its media id, as a webhook names it."""
+        media_id = str(uuid.uuid4().int)[:16]
+        with self._lock:
+            self.media[media_id] = (data, mime_type, access_token)
+        return media_id
+
+    def missing_media_id(self) -> str:
+        """A media id the Graph API does not know (answers 404 for)."""
+        media_id = str(uuid.uuid4().int)[:16]
+        with self._lock:
+            self.missing_media.add(media_id)
+        return media_id
+
+    def _serve_media(self, handler: BaseHTTPRequestHandler, authorization: str) -> bool:
+        """GET /{version}/{media id} -> {url, mime_type, sha256, file_size, id}, and GET of that url -> the bytes,
+        both with the number's token as a bearer (Cloud API, "Media": retrieve the URL, then download it).
+        False when the request is not about media (a number's lookup)."""
+        path, _, query = handler.path.partition("?")
+        token = authorization.removeprefix("Bearer ").strip()
+        if path == "/whatsapp_business/attachments/":
+            media_id = dict(p.partition("=")[::2] for p in query.split("&")).get("mid", "")
+            with self._lock:
+                self.media_reads.append((handler.path, authorization))
+                found = self.media.get(media_id)
+            if found is None or token != found[2]:
+                send_json(handler, 404 if found is None else 401, {"error": {"message": "not found", "code": 100}})
+                return True
+            time.sleep(self.media_delay)
+            handler.send_response(200)
+            handler.send_header("content-type", found[1])
+            handler.send_header("content-length", str(len(found[0])))
+            handler.end_headers()
+            handler.wfile.write(found[0])
+            return True
+        media_id = path.rstrip("/").rsplit("/", 1)[-1]
+        with self._lock:
+            found = self.media.get(media_id)
+            missing = media_id in self.missing_media
+            if found is not None or missing:
+                self.media_reads.append((handler.path, authorization))
+        if missing:
+            send_json(
+                handler, 404, {"error": {"message": "(#100) Invalid parameter", "type": "OAuthException", "code": 100}}
+            )
+            return True
+        if found is None:
+            return False
+        if token != found[2]:
+            send_json(
+                handler,
+                401,
+                {"error": {"message": "Invalid OAuth access token", "type": "OAuthException", "code": 190}},
+            )
+            return True
+        host = handler.headers.get("host", "127.0.0.1")
+        reply = {
+            "messaging_product": "whatsapp",
+            "url": f"http://{host}/whatsapp_business/attachments/?mid={media_id}&ext=1&hash=ARk",
+            "mime_type": found[1],
+            "sha256": hashlib.sha256(found[0]).hexdigest(),
+            "file_size": len(found[0]),
+            "id": media_id,
+        }
+        send_json(handler, 200, reply)
+        return True
 
     def _lookup(self, path: str, authorization: str) -> tuple[int, dict[str, Any]]:
         """GET /{version}/{phone_number_id}, as the Graph API answers it for the number's access token."""
@@ -255,22 +329,28 @@ def status_webhook(
 
 
 def message_webhook(
-    phone_number_id: str, wamid: str, sender: str, name: str, text: str, timestamp: int | None = None
+    phone_number_id: str,
+    wamid: str,
+    sender: str,
+    name: str,
+    text: str,
+    timestamp: int | None = None,
+    *,
+    media: tuple[str, str, str] | None = None,
 ) -> bytes:
-    """A WhatsApp Cloud API inbound text message webhook body (entry[].changes[].value.messages)."""
+    """A WhatsApp Cloud API inbound message webhook body (entry[].changes[].value.messages): a text, or with
+    `media` (type, media id, mime type) an image, document or video whose caption is `text`."""
+    message: dict[str, Any] = {"from": sender, "id": wamid, "timestamp": str(timestamp or int(time.time()))}
+    if media is None:
+        message |= {"type": "text", "text": {"body": text}}
+    else:
+        kind, media_id, mime_type = media
+        message |= {"type": kind, kind: {"id": media_id, "mime_type": mime_type, "sha256": "x", "caption": text}}
     value = {
         "messaging_product": "whatsapp",
         "metadata": {"display_phone_number": "15550783881", "phone_number_id": phone_number_id},
         "contacts": [{"profile": {"name": name}, "wa_id": sender}],
-        "messages": [
-            {
-                "from": sender,
-                "id": wamid,
-                "timestamp": str(timestamp or int(time.time())),
-                "type": "text",
-                "text": {"body": text},
-            }
-        ],
+        "messages": [message],
     }
     payload = {
         "object": "whatsapp_business_account",

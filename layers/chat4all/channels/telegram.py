@@ -121,13 +121,14 @@ class _Message(_Lenient):
 
     def media(self) -> InboundMedia | None:
         """A photo (its largest size: Telegram sends each photo in several), a document or a video, by `file_id`
-        (getFile gives its path). Telegram's photos are JPEGs; a document and a video name their own type."""
+        (getFile gives its path). A photo names no type (its file path's extension does: Telegram's photos are
+        JPEGs); a document and a video name their own."""
         if self.photo:
             sizes = [p for p in self.photo if isinstance(p.get("file_id"), str)]
             if not sizes:
                 return None
             largest = max(sizes, key=lambda p: (_number(p.get("file_size")), _number(p.get("width"))))
-            return InboundMedia(largest["file_id"], "image/jpeg", None)
+            return InboundMedia(largest["file_id"])
         for item in (self.document, self.video):
             if item is not None and isinstance(item.get("file_id"), str):
                 mime_type, filename = item.get("mime_type"), item.get("file_name")
