@@ -13,6 +13,8 @@ import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
 from chat4all.adapters.breakers import FAILURE_THRESHOLD, OPEN_SECONDS
 from tests.integration.test_channels import agent, disable, instagram_channel, send, telegram_channel, wait_until
 from tests.integration.test_group_engine import customer
@@ -66,6 +68,12 @@ def accept_to_sent(api: Api, message_ids: list[str]) -> list[float]:
         at = {h["status"]: datetime.fromisoformat(h["at"]) for h in body["history"]}
         seconds.append((at["SENT"] - at["PENDING"]).total_seconds())
     return seconds
+
+
+# the p95 of 24 samples lies between the two largest: one container started or descheduled on this 2-core machine
+# (seen once: 0.87 s among ~0.03 s samples, p95 0.17 s) moves it by itself, while a platform that held the others
+# back would slow every sample by its seconds of retries
+SCHEDULING_SLACK_SECONDS = 0.25
 
 
 def p95(values: list[float]) -> float:
@@ -127,7 +135,9 @@ def test_a_whatsapp_outage_costs_telegram_and_instagram_nothing_and_whatsapp_onl
             waiting[phone].append((send(api, conversation_id, agent_id, text), text))
     stormy = accept_to_sent(api, send_paced(api, agent_id, others, "stormy"))
     print(f"Telegram+Instagram accept-to-SENT p95: calm {p95(calm):.3f} s, WhatsApp outage {p95(stormy):.3f} s")
-    assert p95(stormy) <= 1.5 * p95(calm), (calm, stormy)
+    if p95(stormy) > 1.5 * p95(calm) + SCHEDULING_SLACK_SECONDS:
+        fake_whatsapp.fault(0)  # end the outage now: later tests share this server
+        pytest.fail(f"Telegram/Instagram slowed by the WhatsApp outage: {calm} vs {stormy}")
 
     # every WhatsApp message goes out once the outage ends, in order, none twice; FAILED only with no attempt left
     every = [m for phone in phones for m, _ in waiting[phone]]
