@@ -12,19 +12,18 @@ Lua scripts on Redis's own clock, so that every container sees one state and one
   success closes the breaker, its failure opens it again.
 
 Redis down: every call goes through (the breaker is bypassed, never a reason to stop), and Redis is asked again
-after SKIP_AFTER_FAILURE_SECONDS.
+after a few seconds (chat4all.adapters.fail_open).
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import redis
 from aws_lambda_powertools.metrics import MetricUnit
 
+from chat4all.adapters.fail_open import FailOpen
 from chat4all.domain.models import BreakerState
 from chat4all.observability import logger, metrics
 from chat4all.ports import ChannelBreaker, Passage
@@ -99,7 +98,6 @@ OPEN_SECONDS = 15.0
 PROBE_LEASE_SECONDS = 15.0
 # a breaker nobody touched for a day is forgotten (CLOSED)
 STATE_TTL_SECONDS = 86_400
-SKIP_AFTER_FAILURE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -116,25 +114,24 @@ class RedisChannelBreaker(ChannelBreaker):
         self.settings = settings or BreakerSettings()
         self._admit: Script = client.register_script(ADMIT_SCRIPT)
         self._record: Script = client.register_script(RECORD_SCRIPT)
-        self._skip_until = 0.0
-        self._lock = threading.Lock()
+        self._redis = FailOpen("channel breakers unavailable; calls go through")
 
     def admit(self, channel_id: str) -> Passage:
-        if self._skipping():
+        if self._redis.skipping():
             return Passage(allowed=True)
         try:
             allowed, probe, wait, before = self._admit(
                 keys=[_key(channel_id)], args=[self.settings.open_seconds, self.settings.probe_lease_seconds]
             )
         except redis.RedisError as exc:
-            self._unavailable(exc)
+            self._redis.failed(exc)
             return Passage(allowed=True)
         if probe:
             _moved(channel_id, _text(before), BreakerState.HALF_OPEN)
         return Passage(allowed=bool(allowed), probe=bool(probe), wait_seconds=float(_text(wait)))
 
     def record(self, channel_id: str, *, success: bool) -> BreakerState:
-        if self._skipping():
+        if self._redis.skipping():
             return BreakerState.CLOSED
         s = self.settings
         try:
@@ -148,29 +145,21 @@ class RedisChannelBreaker(ChannelBreaker):
                 ],
             )
         except redis.RedisError as exc:
-            self._unavailable(exc)
+            self._redis.failed(exc)
             return BreakerState.CLOSED
         if _text(before) != _text(after):
             _moved(channel_id, _text(before), BreakerState(_text(after)))
         return BreakerState(_text(after))
 
     def state(self, channel_id: str) -> BreakerState:
-        if self._skipping():
+        if self._redis.skipping():
             return BreakerState.CLOSED
         try:
             raw = self.client.hget(_key(channel_id), "state")
         except redis.RedisError as exc:
-            self._unavailable(exc)
+            self._redis.failed(exc)
             return BreakerState.CLOSED
         return BreakerState(_text(raw)) if raw else BreakerState.CLOSED
-
-    def _skipping(self) -> bool:
-        return time.monotonic() < self._skip_until
-
-    def _unavailable(self, exc: redis.RedisError) -> None:
-        with self._lock:
-            self._skip_until = time.monotonic() + SKIP_AFTER_FAILURE_SECONDS
-        logger.warning("channel breakers unavailable; calls go through", extra={"error": type(exc).__name__})
 
 
 def _key(channel_id: str) -> str:

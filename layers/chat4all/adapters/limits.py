@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import TYPE_CHECKING
 
 import redis
 
-from chat4all.observability import logger
+from chat4all.adapters.fail_open import SKIP_AFTER_FAILURE_SECONDS, FailOpen
 from chat4all.ports import RequestLimiter
 
 if TYPE_CHECKING:
@@ -56,44 +54,33 @@ return again
 """
 REHOLD_WINDOW_SECONDS = 60.0
 
-# after Redis failed to answer, requests go unlimited for this long before it is asked again, so that an outage
-# costs one request a socket timeout now and then instead of every request
-SKIP_AFTER_FAILURE_SECONDS = 5.0
-
 
 class RedisRequestLimiter(RequestLimiter):
     def __init__(self, client: redis.Redis, *, skip_after_failure: float = SKIP_AFTER_FAILURE_SECONDS) -> None:
         self._script: Script = client.register_script(BUCKET_SCRIPT)
         self._hold: Script = client.register_script(HOLD_SCRIPT)
-        self._skip_after_failure = skip_after_failure
-        self._skip_until = 0.0
-        self._lock = threading.Lock()
+        self._redis = FailOpen("request limits unavailable; requests are not limited", skip_after_failure)
 
     def wait_seconds(self, key: str, per_second: int, burst: int | None = None) -> float:
-        if time.monotonic() < self._skip_until:
+        if self._redis.skipping():
             return 0.0
         try:
             args = [per_second] if burst is None else [per_second, burst]
             answer = self._script(keys=[_bucket(key), _hold(key)], args=args)
         except redis.RedisError as exc:
-            self._unavailable(exc)
+            self._redis.failed(exc)
             return 0.0
         return float(answer.decode() if isinstance(answer, bytes) else answer)
 
     def hold(self, key: str, seconds: float) -> bool:
-        if time.monotonic() < self._skip_until or seconds <= 0:
+        if self._redis.skipping() or seconds <= 0:
             return False
         try:
             again = self._hold(keys=[_hold(key)], args=[seconds, REHOLD_WINDOW_SECONDS])
         except redis.RedisError as exc:
-            self._unavailable(exc)
+            self._redis.failed(exc)
             return False
         return bool(int(again))
-
-    def _unavailable(self, exc: redis.RedisError) -> None:
-        with self._lock:
-            self._skip_until = time.monotonic() + self._skip_after_failure
-        logger.warning("request limits unavailable; requests are not limited", extra={"error": type(exc).__name__})
 
 
 # one hash tag for a key's bucket and its hold: on a Redis cluster both are in one slot, as a script needs
