@@ -27,6 +27,7 @@ from chat4all.domain.errors import (
     ChannelRejectedError,
     ChannelRetryableError,
 )
+from chat4all.domain.models import FetchedMedia
 from chat4all.observability import tracer
 from chat4all.ports import ChannelConnector
 
@@ -179,6 +180,18 @@ class HttpConnector(ChannelConnector):
             retry_after_header(response.headers),
         )
         raise _scrubbed(error, secrets)
+
+    def fetched(
+        self, response: httpx.Response, secrets: Iterable[str] = (), *, mime_type: str | None, filename: str | None
+    ) -> FetchedMedia:
+        """A `get_stream` response as the connector's `fetch_media` answer: read in chunks, closed by the caller."""
+        return FetchedMedia(
+            chunks=self.media_chunks(response, secrets),
+            mime_type=mime_type,
+            filename=filename,
+            size=content_length(response),
+            close=response.close,
+        )
 
     def media_chunks(self, response: httpx.Response, secrets: Iterable[str] = ()) -> Iterator[bytes]:
         """The body of a `get_stream` response in chunks; a connection lost on the way is retryable."""

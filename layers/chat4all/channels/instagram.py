@@ -4,52 +4,35 @@ with messages, reactions and read receipts."""
 from __future__ import annotations
 
 import urllib.parse
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
-
-from chat4all.channels.http import by_status, content_length
-from chat4all.channels.meta import MetaWebhookConnector, graph_error, strings_at
+from chat4all.channels.bodies import Lenient, parse_body, unix_time
+from chat4all.channels.meta import GraphErrorCodes, MetaWebhookConnector, strings_at
 from chat4all.domain.credentials import ChannelCredentials, InstagramCredentials
-from chat4all.domain.errors import (
-    BadRequestError,
-    ChannelCredentialsRejectedError,
-    ChannelError,
-    ChannelOutcomeUnknownError,
-    ChannelRateLimitedError,
-    ChannelRecipientRejectedError,
-    ChannelRejectedError,
-    ChannelRetryableError,
-)
-from chat4all.domain.models import (
-    FetchedMedia,
-    InboundMedia,
-    InboundMessage,
-    MessageStatus,
-    Platform,
-    ProviderReceipt,
-    StatusReport,
-)
+from chat4all.domain.errors import ChannelOutcomeUnknownError, ChannelRejectedError
+from chat4all.domain.models import InboundMedia, InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from chat4all.domain.models import OutboundMessage
+    from chat4all.domain.models import FetchedMedia, OutboundMessage
 
 # Instagram messaging answers with the Messenger Platform's Graph errors (developers.facebook.com/docs/
 # messenger-platform/error-codes, updated Mar 18, 2026) and the Graph API's throttling codes
 # (developers.facebook.com/docs/graph-api/overview/rate-limiting: 4 application, 17 user, 32 page, 613 custom,
 # 80002 the Instagram business use case). Rate limits hold the account for the answer's Retry-After, else a minute
-# (Meta: "pause requests until current requests drop below the limit"):
-RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80002})
-RATE_LIMIT_PAUSE_SECONDS = 60.0
-CREDENTIALS_CODES = frozenset({190})  # "Invalid OAuth access token"
-# 551 "This person isn't available right now"; 100/2018001 "No matching user found"
-RECIPIENT_CODES = frozenset({(551, None), (100, 2018001)})
-# 1 "An unknown error occurred", 2 "Temporary send message failure. Please try again later."
-RETRYABLE_CODES = frozenset({1, 2})
+# (Meta: "pause requests until current requests drop below the limit"). Any other refusal (10/2018278 "sent outside
+# of allowed window", 100 bad parameters ...) is permanent for this message.
+ERROR_CODES = GraphErrorCodes(
+    platform="Instagram",
+    rate_limits={code: (60.0, True) for code in (4, 17, 32, 613, 80002)},
+    credentials=frozenset({190}),  # "Invalid OAuth access token"
+    # 551 "This person isn't available right now"; 100/2018001 "No matching user found"
+    recipients=frozenset({(551, None), (100, 2018001)}),
+    # 1 "An unknown error occurred", 2 "Temporary send message failure. Please try again later."
+    retryable=frozenset({1, 2}),
+)
 
 # Instagram's attachment types, as message types where the names differ
 ATTACHMENT_TYPES = {"file": "document"}
@@ -57,24 +40,20 @@ ATTACHMENT_TYPES = {"file": "document"}
 MEDIA_KINDS = frozenset({"image", "document", "video"})
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Party(_Lenient):
+class _Party(Lenient):
     id: str
 
 
-class _Payload(_Lenient):
+class _Payload(Lenient):
     url: str | None = None
 
 
-class _Attachment(_Lenient):
+class _Attachment(Lenient):
     type: str
     payload: _Payload | None = None
 
 
-class _Message(_Lenient):
+class _Message(Lenient):
     mid: str
     text: str | None = None
     attachments: list[_Attachment] = []
@@ -82,18 +61,18 @@ class _Message(_Lenient):
     is_deleted: bool = False
 
 
-class _Read(_Lenient):
+class _Read(Lenient):
     mid: str
 
 
-class _Reaction(_Lenient):
+class _Reaction(Lenient):
     mid: str
     action: str | None = None
     emoji: str | None = None
     reaction: str | None = None
 
 
-class _Messaging(_Lenient):
+class _Messaging(Lenient):
     sender: _Party
     recipient: _Party
     timestamp: int
@@ -102,33 +81,20 @@ class _Messaging(_Lenient):
     reaction: _Reaction | None = None
 
 
-class _Entry(_Lenient):
+class _Entry(Lenient):
     id: str
     messaging: list[_Messaging] = []
 
 
-class _Envelope(_Lenient):
+class _Envelope(Lenient):
     object: str | None = None
     entry: list[_Entry]
-
-
-def _envelope(payload: dict[str, Any]) -> _Envelope:
-    try:
-        return _Envelope.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequestError(f"not an Instagram messaging webhook body: {exc.errors()[0]['msg']}") from exc
-
-
-def _at(milliseconds: int) -> datetime:
-    try:
-        return datetime.fromtimestamp(milliseconds / 1000, UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise BadRequestError(f"timestamp {milliseconds!r} is not a UNIX time in milliseconds") from exc
 
 
 class InstagramConnector(MetaWebhookConnector):
     platform = Platform.INSTAGRAM
     credentials_model: ClassVar[type[ChannelCredentials]] = InstagramCredentials
+    codes = ERROR_CODES
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
         return sorted(set(strings_at(payload, "entry", "id")))
@@ -137,7 +103,7 @@ class InstagramConnector(MetaWebhookConnector):
         self, payload: dict[str, Any], account_id: str | None = None
     ) -> list[InboundMessage | StatusReport]:
         events: list[InboundMessage | StatusReport] = []
-        for entry in _envelope(payload).entry:
+        for entry in parse_body(_Envelope, payload, "an Instagram messaging webhook body").entry:
             for item in entry.messaging:
                 # the account's own messages come back as echoes (sender is the account): not inbound
                 if item.sender.id == entry.id:
@@ -148,7 +114,7 @@ class InstagramConnector(MetaWebhookConnector):
         return events
 
     def _event(self, item: _Messaging, account: str) -> InboundMessage | StatusReport | None:
-        at = _at(item.timestamp)
+        at = unix_time(item.timestamp, "timestamp", milliseconds=True)
         if item.read is not None:
             return StatusReport(Platform.INSTAGRAM, item.read.mid, MessageStatus.READ, at, account_id=account)
         if item.message is not None and not item.message.is_echo and not item.message.is_deleted:
@@ -178,29 +144,11 @@ class InstagramConnector(MetaWebhookConnector):
             platform_user_id=item.sender.id,
             sender_name=None,
             text=text,
-            at=_at(item.timestamp),
+            at=unix_time(item.timestamp, "timestamp", milliseconds=True),
             message_type=kind,
             account_id=account,
             media=media,
         )
-
-    def classify(
-        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
-    ) -> ChannelError:
-        """Any other refusal (10/2018278 "sent outside of allowed window", 100 bad parameters ...) is permanent for
-        this message."""
-        code, subcode, summary, transient = graph_error(payload)
-        detail = f"Instagram answered {status}, {summary}" if summary else f"Instagram answered {status}: {text}"
-        if code in RATE_LIMIT_CODES:
-            wait = retry_after or RATE_LIMIT_PAUSE_SECONDS
-            return ChannelRateLimitedError(detail, retry_after_seconds=wait, status_code=status)
-        if code in CREDENTIALS_CODES:
-            return ChannelCredentialsRejectedError(detail, status_code=status)
-        if (code, None) in RECIPIENT_CODES or (code, subcode) in RECIPIENT_CODES:
-            return ChannelRecipientRejectedError(detail, status_code=status)
-        if code in RETRYABLE_CODES or transient:
-            return ChannelRetryableError(detail, status_code=status)
-        return by_status(status, detail, retry_after)
 
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         reply = self.post_json(
@@ -220,13 +168,7 @@ class InstagramConnector(MetaWebhookConnector):
         if urllib.parse.urlsplit(reference).scheme not in ("https", "http"):
             raise ChannelRejectedError("Instagram attachment URL is not http(s)")
         response = self.get_stream(reference)
-        return FetchedMedia(
-            chunks=self.media_chunks(response),
-            mime_type=response.headers.get("content-type"),
-            filename=None,
-            size=content_length(response),
-            close=response.close,
-        )
+        return self.fetched(response, mime_type=response.headers.get("content-type"), filename=None)
 
 
 def _message_body(message: OutboundMessage) -> dict[str, Any]:

@@ -5,16 +5,63 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from chat4all.channels.http import HttpConnector
+from chat4all.channels.http import HttpConnector, by_status
+from chat4all.domain.errors import (
+    ChannelCredentialsRejectedError,
+    ChannelRateLimitedError,
+    ChannelRecipientRejectedError,
+    ChannelRetryableError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+    from chat4all.domain.errors import ChannelError
+
+
+@dataclass(frozen=True)
+class GraphErrorCodes:
+    """A Meta platform's Graph API error codes by class; each platform's module names its own, with its sources."""
+
+    platform: str
+    # code -> (the wait when the answer names none, whether the whole account is held or only this recipient)
+    rate_limits: Mapping[int, tuple[float, bool]]
+    credentials: frozenset[int]
+    # (code, subcode); a subcode of None matches the code with any subcode
+    recipients: frozenset[tuple[int, int | None]]
+    retryable: frozenset[int]
+
 
 class MetaWebhookConnector(HttpConnector):
-    """Meta's webhooks: `X-Hub-Signature-256` with the app secret, hub subscription checks."""
+    """Meta's webhooks: `X-Hub-Signature-256` with the app secret, hub subscription checks; Graph API errors
+    classified by the platform's `codes`."""
+
+    codes: ClassVar[GraphErrorCodes]
+
+    def classify(
+        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
+    ) -> ChannelError:
+        """The platform's error classes by the Graph error's `code` (and subcode), then by HTTP status; any other
+        refusal is permanent for this message."""
+        codes = self.codes
+        code, subcode, summary, transient = graph_error(payload)
+        detail = f"{codes.platform} answered {status}" + (f", {summary}" if summary else f": {text}")
+        limit = codes.rate_limits.get(code) if code is not None else None
+        if limit is not None:
+            wait, channel_wide = limit
+            return ChannelRateLimitedError(
+                detail, retry_after_seconds=retry_after or wait, channel_wide=channel_wide, status_code=status
+            )
+        if code in codes.credentials:
+            return ChannelCredentialsRejectedError(detail, status_code=status)
+        if code is not None and ((code, None) in codes.recipients or (code, subcode) in codes.recipients):
+            return ChannelRecipientRejectedError(detail, status_code=status)
+        if code in codes.retryable or transient:
+            return ChannelRetryableError(detail, status_code=status)
+        return by_status(status, detail, retry_after)
 
     def verify_webhook(self, credentials: Mapping[str, str], headers: Mapping[str, str], raw_body: bytes) -> bool:
         return hmac_sha256_matches(credentials["app_secret"], raw_body, headers.get("x-hub-signature-256"))

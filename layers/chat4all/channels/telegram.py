@@ -10,16 +10,15 @@ import hmac
 import mimetypes
 import re
 import urllib.parse
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict
 
-from chat4all.channels.http import HttpConnector, by_status, content_length, scrub
+from chat4all.channels.bodies import Lenient, parse_body, unix_time
+from chat4all.channels.http import HttpConnector, by_status, scrub
 from chat4all.channels.whatsapp import location_text
 from chat4all.domain.credentials import ChannelCredentials, TelegramCredentials
 from chat4all.domain.errors import (
-    BadRequestError,
     ChannelError,
     ChannelOutcomeUnknownError,
     ChannelRateLimitedError,
@@ -27,13 +26,13 @@ from chat4all.domain.errors import (
     ChannelRejectedError,
     ChannelRetryableError,
 )
-from chat4all.domain.models import FetchedMedia, InboundMedia, InboundMessage, Platform, ProviderReceipt
+from chat4all.domain.models import InboundMedia, InboundMessage, Platform, ProviderReceipt
 from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from chat4all.domain.models import OutboundMessage, StatusReport
+    from chat4all.domain.models import FetchedMedia, OutboundMessage, StatusReport
 
 # Telegram's answers (core.telegram.org/bots/api, "Making requests": `ok: false`, `error_code`, `description`,
 # and `parameters.retry_after`, "in case of exceeding flood control, the number of seconds left to wait before
@@ -47,11 +46,7 @@ SECRET_HEADER = "x-telegram-bot-api-secret-token"  # noqa: S105 - a header name,
 MEDIA_KINDS = ("photo", "video", "animation", "document", "audio", "voice", "video_note", "sticker")
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _User(_Lenient):
+class _User(Lenient):
     id: int
     is_bot: bool = False
     first_name: str | None = None
@@ -63,26 +58,26 @@ class _User(_Lenient):
         return full or self.username
 
 
-class _Chat(_Lenient):
+class _Chat(Lenient):
     id: int
     type: str
 
 
-class _Location(_Lenient):
+class _Location(Lenient):
     latitude: float
     longitude: float
 
 
-class _Venue(_Lenient):
+class _Venue(Lenient):
     location: _Location
     title: str | None = None
 
 
-class _Sticker(_Lenient):
+class _Sticker(Lenient):
     emoji: str | None = None
 
 
-class _Message(_Lenient):
+class _Message(Lenient):
     message_id: int
     date: int
     chat: _Chat
@@ -144,12 +139,12 @@ def _number(value: Any) -> int:
     return value if isinstance(value, int) else 0
 
 
-class _ReactionType(_Lenient):
+class _ReactionType(Lenient):
     type: str
     emoji: str | None = None
 
 
-class _Reaction(_Lenient):
+class _Reaction(Lenient):
     chat: _Chat
     message_id: int
     date: int
@@ -157,17 +152,10 @@ class _Reaction(_Lenient):
     new_reaction: list[_ReactionType] = []
 
 
-class _Update(_Lenient):
+class _Update(Lenient):
     update_id: int
     message: _Message | None = None
     message_reaction: _Reaction | None = None
-
-
-def _at(unix: int) -> datetime:
-    try:
-        return datetime.fromtimestamp(unix, UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise BadRequestError(f"date {unix!r} is not a UNIX time") from exc
 
 
 def telegram_message_id(bot_id: str, chat_id: int | str, message_id: int | str) -> str:
@@ -190,10 +178,7 @@ class TelegramConnector(HttpConnector):
 
         `account_id` is the bot's id (the channel the secret token named): Telegram's bodies do not name the bot.
         """
-        try:
-            update = _Update.model_validate(payload)
-        except ValidationError as exc:
-            raise BadRequestError(f"not a Telegram Update: {exc.errors()[0]['msg']}") from exc
+        update = parse_body(_Update, payload, "a Telegram Update")
         bot = account_id or "0"
         message, reaction = update.message, update.message_reaction
         if message is not None and message.chat.type == "private" and message.from_ and not message.from_.is_bot:
@@ -205,7 +190,7 @@ class TelegramConnector(HttpConnector):
                     platform_user_id=str(message.from_.id),
                     sender_name=message.from_.name(),
                     text=content,
-                    at=_at(message.date),
+                    at=unix_time(message.date, "date"),
                     message_type=kind,
                     account_id=account_id,
                     media=message.media(),
@@ -222,7 +207,7 @@ class TelegramConnector(HttpConnector):
                     platform_user_id=str(reaction.user.id),
                     sender_name=reaction.user.name(),
                     text=emoji,
-                    at=_at(reaction.date),
+                    at=unix_time(reaction.date, "date"),
                     message_type="reaction",
                     account_id=account_id,
                 )
@@ -279,13 +264,7 @@ class TelegramConnector(HttpConnector):
             f"{self.api_base}/file/bot{token}/{urllib.parse.quote(path, safe='/')}", secrets=secrets
         )
         name = path.rsplit("/", 1)[-1]
-        return FetchedMedia(
-            chunks=self.media_chunks(response, secrets),
-            mime_type=mimetypes.guess_type(name)[0],
-            filename=name or None,
-            size=content_length(response),
-            close=response.close,
-        )
+        return self.fetched(response, secrets, mime_type=mimetypes.guess_type(name)[0], filename=name or None)
 
 
 # a file goes out by its URL (Telegram fetches it): sendPhoto, sendVideo or sendDocument, the text its caption

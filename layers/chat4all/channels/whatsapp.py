@@ -3,54 +3,41 @@
 from __future__ import annotations
 
 import urllib.parse
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ConfigDict
 
-from chat4all.channels.http import by_status, content_length
-from chat4all.channels.meta import MetaWebhookConnector, graph_error, strings_at
+from chat4all.channels.bodies import Lenient, parse_body, unix_time
+from chat4all.channels.meta import GraphErrorCodes, MetaWebhookConnector, strings_at
 from chat4all.domain.credentials import ChannelCredentials, WhatsAppCredentials
-from chat4all.domain.errors import (
-    BadRequestError,
-    ChannelCredentialsRejectedError,
-    ChannelError,
-    ChannelOutcomeUnknownError,
-    ChannelRateLimitedError,
-    ChannelRecipientRejectedError,
-    ChannelRejectedError,
-    ChannelRetryableError,
-)
-from chat4all.domain.models import (
-    FetchedMedia,
-    InboundMedia,
-    InboundMessage,
-    MessageStatus,
-    Platform,
-    ProviderReceipt,
-    StatusReport,
-)
+from chat4all.domain.errors import ChannelOutcomeUnknownError, ChannelRejectedError
+from chat4all.domain.models import InboundMedia, InboundMessage, MessageStatus, Platform, ProviderReceipt, StatusReport
 from chat4all.domain.platforms import CredentialCheck, PlatformDefinition, register
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from chat4all.domain.models import OutboundMessage
+    from chat4all.domain.models import FetchedMedia, OutboundMessage
 
 # The Cloud API's error codes by class (developers.facebook.com/documentation/business-messaging/whatsapp/support/
 # error-codes, updated Jun 18, 2026; throughput: .../whatsapp/throughput). Rate limits, with the wait when the
 # answer names none, and whether the whole number is held or only this recipient waits:
-RATE_LIMIT_CODES: dict[int, tuple[float, bool]] = {
-    4: (60.0, True),  # "API Too Many Calls": the app's call rate
-    80007: (60.0, True),  # "Rate limit issues": the WhatsApp Business Account's limit
-    130429: (1.0, True),  # "Rate limit hit": the number's throughput (80 mps by default)
-    131056: (6.0, False),  # "(Business Account, Consumer Account) pair rate limit hit": about 1 message / 6 s
-}
-CREDENTIALS_CODES = frozenset({190})  # OAuthException "Access token has expired" / invalid token
-# "Message Undeliverable": not a WhatsApp user, has not accepted the terms, or too old a client
-RECIPIENT_CODES = frozenset({131026})
-# "Unknown API" / "API Service" / "Something went wrong" / "Service unavailable": Meta's side, worth retrying
-RETRYABLE_CODES = frozenset({1, 2, 131000, 131016})
+# Any other refusal (131047 "Re-engagement message", 131008/131009 bad parameters, 100 ...) is permanent for this
+# message.
+ERROR_CODES = GraphErrorCodes(
+    platform="WhatsApp",
+    rate_limits={
+        4: (60.0, True),  # "API Too Many Calls": the app's call rate
+        80007: (60.0, True),  # "Rate limit issues": the WhatsApp Business Account's limit
+        130429: (1.0, True),  # "Rate limit hit": the number's throughput (80 mps by default)
+        131056: (6.0, False),  # "(Business Account, Consumer Account) pair rate limit hit": about 1 message / 6 s
+    },
+    credentials=frozenset({190}),  # OAuthException "Access token has expired" / invalid token
+    # "Message Undeliverable": not a WhatsApp user, has not accepted the terms, or too old a client
+    recipients=frozenset({(131026, None)}),
+    # "Unknown API" / "API Service" / "Something went wrong" / "Service unavailable": Meta's side, worth retrying
+    retryable=frozenset({1, 2, 131000, 131016}),
+)
 
 STATUS_MAP = {
     "sent": MessageStatus.SENT,
@@ -60,39 +47,35 @@ STATUS_MAP = {
 }
 
 
-class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-
-class _Text(_Lenient):
+class _Text(Lenient):
     body: str
 
 
-class _Contact(_Lenient):
+class _Contact(Lenient):
     wa_id: str
     profile: dict[str, Any] = {}
 
 
-class _Media(_Lenient):
+class _Media(Lenient):
     id: str | None = None
     caption: str | None = None
     mime_type: str | None = None
     filename: str | None = None  # a document's
 
 
-class _Location(_Lenient):
+class _Location(Lenient):
     latitude: float | None = None
     longitude: float | None = None
     name: str | None = None
     address: str | None = None
 
 
-class _Reaction(_Lenient):
+class _Reaction(Lenient):
     message_id: str | None = None
     emoji: str | None = None
 
 
-class _InboundMessage(_Lenient):
+class _InboundMessage(Lenient):
     id: str
     from_: str
     timestamp: str
@@ -129,13 +112,13 @@ class _InboundMessage(_Lenient):
         return InboundMedia(media.id, media.mime_type, media.filename)
 
 
-class _StatusError(_Lenient):
+class _StatusError(Lenient):
     code: int | None = None
     title: str | None = None
     message: str | None = None
 
 
-class _Status(_Lenient):
+class _Status(Lenient):
     id: str
     status: str
     timestamp: str
@@ -143,11 +126,11 @@ class _Status(_Lenient):
     errors: list[_StatusError] = []
 
 
-class _Metadata(_Lenient):
+class _Metadata(Lenient):
     phone_number_id: str
 
 
-class _Value(_Lenient):
+class _Value(Lenient):
     # absent from changes of other webhook fields (template status and the like), which name no number
     metadata: _Metadata | None = None
     contacts: list[_Contact] = []
@@ -155,16 +138,16 @@ class _Value(_Lenient):
     statuses: list[_Status] = []
 
 
-class _Change(_Lenient):
+class _Change(Lenient):
     field: str | None = None
     value: _Value
 
 
-class _Entry(_Lenient):
+class _Entry(Lenient):
     changes: list[_Change] = []
 
 
-class _Envelope(_Lenient):
+class _Envelope(Lenient):
     object: str | None = None
     entry: list[_Entry]
 
@@ -201,23 +184,10 @@ def _component(component: dict[str, Any]) -> dict[str, Any]:
     return {**component, "index": str(component["index"])}
 
 
-def _timestamp(raw: str) -> datetime:
-    try:
-        return datetime.fromtimestamp(int(raw), UTC)
-    except (ValueError, OverflowError, OSError) as exc:
-        raise BadRequestError(f"timestamp {raw!r} is not a UNIX time") from exc
-
-
-def _envelope(payload: dict[str, Any]) -> _Envelope:
-    try:
-        return _Envelope.model_validate(payload)
-    except ValidationError as exc:
-        raise BadRequestError(f"not a WhatsApp webhook body: {exc.errors()[0]['msg']}") from exc
-
-
 class WhatsAppConnector(MetaWebhookConnector):
     platform = Platform.WHATSAPP
     credentials_model: ClassVar[type[ChannelCredentials]] = WhatsAppCredentials
+    codes = ERROR_CODES
 
     def account_ids(self, payload: dict[str, Any]) -> list[str]:
         return sorted(set(strings_at(payload, "entry", "changes", "value", "metadata", "phone_number_id")))
@@ -226,7 +196,7 @@ class WhatsAppConnector(MetaWebhookConnector):
         self, payload: dict[str, Any], account_id: str | None = None
     ) -> list[InboundMessage | StatusReport]:
         events: list[InboundMessage | StatusReport] = []
-        for entry in _envelope(payload).entry:
+        for entry in parse_body(_Envelope, payload, "a WhatsApp webhook body").entry:
             for change in entry.changes:
                 if change.value.metadata is None:
                     continue
@@ -244,7 +214,7 @@ class WhatsAppConnector(MetaWebhookConnector):
             platform_user_id=message.from_,
             sender_name=name if isinstance(name, str) else None,
             text=message.content(),
-            at=_timestamp(message.timestamp),
+            at=unix_time(message.timestamp, "timestamp"),
             message_type=message.type[:40] or "unknown",
             account_id=account,
             media=message.media(),
@@ -256,31 +226,10 @@ class WhatsAppConnector(MetaWebhookConnector):
             platform=Platform.WHATSAPP,
             platform_message_id=status.id,
             status=STATUS_MAP[status.status],
-            at=_timestamp(status.timestamp),
+            at=unix_time(status.timestamp, "timestamp"),
             detail=detail,
             account_id=account,
         )
-
-    def classify(
-        self, status: int, payload: dict[str, Any] | None, text: str, retry_after: float | None
-    ) -> ChannelError:
-        """The Cloud API's error classes by its `error.code` (the codes above), then by HTTP status; any other
-        refusal (131047 "Re-engagement message", 131008/131009 bad parameters, 100 ...) is permanent for this
-        message."""
-        code, _, summary, transient = graph_error(payload)
-        detail = f"WhatsApp answered {status}, {summary}" if summary else f"WhatsApp answered {status}: {text}"
-        if code in RATE_LIMIT_CODES:
-            wait, channel_wide = RATE_LIMIT_CODES[code]
-            return ChannelRateLimitedError(
-                detail, retry_after_seconds=retry_after or wait, channel_wide=channel_wide, status_code=status
-            )
-        if code in CREDENTIALS_CODES:
-            return ChannelCredentialsRejectedError(detail, status_code=status)
-        if code in RECIPIENT_CODES:
-            return ChannelRecipientRejectedError(detail, status_code=status)
-        if code in RETRYABLE_CODES or transient:
-            return ChannelRetryableError(detail, status_code=status)
-        return by_status(status, detail, retry_after)
 
     def send(self, credentials: Mapping[str, str], message: OutboundMessage) -> ProviderReceipt:
         reply = self.post_json(
@@ -304,13 +253,9 @@ class WhatsAppConnector(MetaWebhookConnector):
             raise ChannelRejectedError(f"WhatsApp media {reference} has no URL: {str(answer)[:200]}")
         response = self.get_stream(url, auth)
         mime_type = answer.get("mime_type")
-        return FetchedMedia(
-            chunks=self.media_chunks(response, [credentials["access_token"]]),
-            mime_type=mime_type if isinstance(mime_type, str) else response.headers.get("content-type"),
-            filename=None,
-            size=content_length(response),
-            close=response.close,
-        )
+        if not isinstance(mime_type, str):
+            mime_type = response.headers.get("content-type")
+        return self.fetched(response, [credentials["access_token"]], mime_type=mime_type, filename=None)
 
 
 def _refused_number(answer: Mapping[str, Any], credentials: Mapping[str, str]) -> tuple[str, str] | None:
