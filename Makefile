@@ -44,17 +44,17 @@ bench: $(STAMP) system-packages
 
 # dead-lettered records of the running `make dev` stack back to their queues (safe to run twice)
 redrive: $(STAMP)
-	$(PY) -m devstack.redrive
+	$(PY) -m devstack.ops redrive
 
 # both databases of the running `make dev` stack (else DATABASE_URL, the owner, and MONGODB_URI) into a new
 # directory under backups/ (CHAT4ALL_BACKUP_DIR), its path the last line; `make restore BACKUP=<dir>` brings it
 # back, refusing databases that are not empty unless FORCE=1 (docs/OPERATIONS.md)
 backup: $(STAMP)
-	@$(PY) -m devstack.backup
+	@$(PY) -m devstack.ops backup
 
 restore: $(STAMP)
 	@[ -n "$(BACKUP)" ] || { echo "make restore BACKUP=<backup directory> [FORCE=1]"; exit 2; }
-	@$(PY) -m devstack.backup restore "$(BACKUP)" $(if $(filter 1,$(FORCE)),--force)
+	@$(PY) -m devstack.ops restore "$(BACKUP)" $(if $(filter 1,$(FORCE)),--force)
 
 # fault injection: N messages while servers, functions and the platform fail one at a time (bench/chaos.py);
 # CHAOS_ARGS="--messages 2000" for a shorter run

@@ -55,7 +55,7 @@ LOCAL_AWS_ENV = {
     "POWERTOOLS_TRACE_DISABLED": "true",
     "POWERTOOLS_DEV": "false",
 }
-# written while a stack runs on a state dir: where its API and queues are (devstack/redrive.py reads it)
+# written while a stack runs on a state dir: where its API and queues are (devstack/ops.py reads it)
 RUNNING_FILE = "running.json"
 QUEUE_VARIABLES = {
     "ROUTE_QUEUE_URL": "RouteQueue",
