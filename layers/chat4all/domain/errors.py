@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -12,11 +13,19 @@ class FieldError:
 
 
 class Chat4AllError(Exception):
-    """Base of every error the platform raises on purpose."""
+    """Base of every error the platform raises on purpose, with the RFC 9457 problem it is answered as (status,
+    title, type slug), named where each class is declared: `class NotFoundError(Chat4AllError, status=404, ...)`.
+    """
 
     status = 500
     title = "Internal error"
     slug = "internal-error"
+
+    def __init_subclass__(cls, *, status: int = 0, title: str = "", slug: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.status = status or cls.status
+        cls.title = title or cls.title
+        cls.slug = slug or cls.slug
 
     def __init__(self, detail: str, *, errors: list[FieldError] | None = None) -> None:
         super().__init__(detail)
@@ -24,85 +33,57 @@ class Chat4AllError(Exception):
         self.errors = errors or []
 
 
-class BadRequestError(Chat4AllError):
-    status = 400
-    title = "Bad request"
-    slug = "bad-request"
+class BadRequestError(Chat4AllError, status=400, title="Bad request", slug="bad-request"):
+    """A request the API cannot read: a body that is not JSON, a parameter of the wrong kind."""
 
 
-class ValidationFailedError(Chat4AllError):
-    status = 422
-    title = "Validation failed"
-    slug = "validation-failed"
+class ValidationFailedError(Chat4AllError, status=422, title="Validation failed", slug="validation-failed"):
+    """A request the API can read and refuses: the fields that are wrong are in `errors`."""
 
 
-class PayloadTooLargeError(Chat4AllError):
-    status = 413
-    title = "Payload too large"
-    slug = "payload-too-large"
+class PayloadTooLargeError(Chat4AllError, status=413, title="Payload too large", slug="payload-too-large"):
+    """A body over the API's size limit."""
 
 
-class UnauthorizedError(Chat4AllError):
-    status = 401
-    title = "Unauthorized"
-    slug = "unauthorized"
+class UnauthorizedError(Chat4AllError, status=401, title="Unauthorized", slug="unauthorized"):
+    """No credential, or one that is not valid (unknown, revoked, expired)."""
 
 
-class ForbiddenError(Chat4AllError):
-    status = 403
-    title = "Forbidden"
-    slug = "forbidden"
+class ForbiddenError(Chat4AllError, status=403, title="Forbidden", slug="forbidden"):
+    """A valid credential whose role or user may not do this."""
 
 
-class TooManyRequestsError(Chat4AllError):
+class TooManyRequestsError(Chat4AllError, status=429, title="Too many requests", slug="too-many-requests"):
     """The caller's credential is past its request rate: answered 429 with Retry-After."""
-
-    status = 429
-    title = "Too many requests"
-    slug = "too-many-requests"
 
     def __init__(self, detail: str, *, retry_after_seconds: int) -> None:
         super().__init__(detail)
         self.retry_after_seconds = retry_after_seconds
 
 
-class NotFoundError(Chat4AllError):
-    status = 404
-    title = "Not found"
-    slug = "not-found"
+class NotFoundError(Chat4AllError, status=404, title="Not found", slug="not-found"):
+    """No such resource, or none the caller may see."""
 
 
-class ConflictError(Chat4AllError):
-    status = 409
-    title = "Conflict"
-    slug = "conflict"
+class ConflictError(Chat4AllError, status=409, title="Conflict", slug="conflict"):
+    """The request contradicts what is stored (a duplicate, a state that does not allow it)."""
 
 
-class DependencyUnavailableError(Chat4AllError):
+class DependencyUnavailableError(Chat4AllError, status=503, title="Service unavailable", slug="dependency-unavailable"):
     """A database, cache or AWS service did not answer; the caller may retry."""
 
-    status = 503
-    title = "Service unavailable"
-    slug = "dependency-unavailable"
 
-
-class CredentialsUnreadableError(Chat4AllError):
+class CredentialsUnreadableError(
+    Chat4AllError, status=503, title="Channel credentials unreadable", slug="channel-credentials-unreadable"
+):
     """A channel's stored credentials cannot be decrypted (its key is gone or disabled, or the ciphertext is bad).
 
     Not a passing outage: retrying will not help until an admin rotates the channel's credentials.
     """
 
-    status = 503
-    title = "Channel credentials unreadable"
-    slug = "channel-credentials-unreadable"
 
-
-class ChannelError(Chat4AllError):
+class ChannelError(Chat4AllError, status=502, title="Channel error", slug="channel-error"):
     """A channel platform refused or failed a call."""
-
-    status = 502
-    title = "Channel error"
-    slug = "channel-error"
 
     def __init__(self, detail: str, *, status_code: int | None = None) -> None:
         super().__init__(detail)
@@ -145,29 +126,19 @@ class ChannelOutcomeUnknownError(ChannelError):
     a success without a message id): it may have been sent, so it is never sent again."""
 
 
-class UndeliverableError(Chat4AllError):
+class UndeliverableError(Chat4AllError, status=422, title="Undeliverable", slug="undeliverable"):
     """Nothing to send a message to: no recipient identity, no enabled channel, no connector."""
 
-    status = 422
-    title = "Undeliverable"
-    slug = "undeliverable"
 
-
-class RetryLaterError(Chat4AllError):
+class RetryLaterError(Chat4AllError, status=503, title="Retry later", slug="retry-later"):
     """Work that failed in a way worth retrying: the consumer makes the record visible again after `delay_seconds`."""
-
-    status = 503
-    title = "Retry later"
-    slug = "retry-later"
 
     def __init__(self, detail: str, *, delay_seconds: int) -> None:
         super().__init__(detail)
         self.delay_seconds = delay_seconds
 
 
-class StatusTargetMissingError(Chat4AllError):
+class StatusTargetMissingError(
+    Chat4AllError, status=404, title="Unknown platform message", slug="unknown-platform-message"
+):
     """A status report names a platform message we have not recorded (yet)."""
-
-    status = 404
-    title = "Unknown platform message"
-    slug = "unknown-platform-message"
