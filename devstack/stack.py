@@ -20,9 +20,7 @@ import psycopg
 import pymongo
 from psycopg import sql
 
-from devstack.clamd import start_clamd
 from devstack.localstack import deploy_stack, start_localstack
-from devstack.mongo import start_mongo
 from devstack.postgres import start_postgres
 from devstack.processes import (
     STATE_DIR,
@@ -33,8 +31,8 @@ from devstack.processes import (
     free_port,
     require_free_port,
 )
-from devstack.redis import start_redis
 from devstack.runtime import LocalRuntime, RuntimeOptions
+from devstack.servers import start_clamd, start_mongo, start_redis
 from devstack.state import StateLock, wipe_state
 from devstack.template import function_environment, load_template
 
