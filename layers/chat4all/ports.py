@@ -844,6 +844,8 @@ class DocumentRefs:
     users: tuple[tuple[str, str], ...]  # (role, user_id): ("sender", ...), ("recipient", ...), ("participant", ...)
     channel_id: str | None = None
     settled: bool = True  # nothing of it is still to be sent (a PENDING message or delivery is not settled)
+    # the MongoDB document it belongs to: ("conversation", id) for a message, ("message", id) for a delivery
+    parent: tuple[str, str] | None = None
 
 
 class ReferenceSource(ABC):
@@ -855,6 +857,10 @@ class ReferenceSource(ABC):
 
     @abstractmethod
     def has_pending_messages(self, conversation_id: str) -> bool: ...
+
+    @abstractmethod
+    def existing(self, kind: str, ids: Sequence[str]) -> set[str]:
+        """Which of these conversations or messages (`kind` "conversation", "message") exist, asked at once."""
 
 
 class ReferenceTarget(ABC):

@@ -170,3 +170,86 @@ def test_the_scheduled_function_runs_through_the_local_runtime(platform: LocalPl
     # the metric: Powertools' EMF line in the function's log
     log = platform.options.state_dir / "logs" / "functions" / "ConsistencyFunction.log"
     assert "ConsistencyErrorRate" in log.read_text()
+
+
+def delivery_doc(message: dict[str, Any], user_id: str, channel_id: str, status: str = "SENT") -> dict[str, Any]:
+    return {
+        "_id": new_id(),
+        "message_id": message["_id"],
+        "conversation_id": message["conversation_id"],
+        "user_id": user_id,
+        "sequence": message["sequence"],
+        "platform": "WHATSAPP",
+        "channel_id": channel_id,
+        "address": "5511999990000",
+        "status": status,
+        "history": [{"status": status, "at": NOW}],
+        "created_at": NOW,
+        "applied_reports": [],
+    }
+
+
+def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str]) -> None:
+    """Beyond the test above: GROUP recipients, deliveries (their message, recipient and channel, settled or
+    not), a message whose conversation is gone, a settled conversation on a deleted channel, an identity whose
+    user is gone. A clean GROUP conversation with more than a page of deliveries first reports 0."""
+    database_url, mongodb_uri = databases
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(mongodb_uri, tz_aware=True)
+    db = client.get_default_database()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        users = [add_user(conn) for _ in range(4)]
+        channel, doomed, retired = add_channel(conn), add_channel(conn), add_channel(conn)
+        group = conversation_doc(users, channel) | {"conversation_type": "GROUP"}
+        db.conversations.insert_one(group)
+        # 400 GROUP messages to 3 recipients: 1,200 deliveries, two pages, each page's messages asked at once
+        messages = [message_doc(group["_id"], users[0], n + 1) | {"recipients": users[1:]} for n in range(400)]
+        db.messages.insert_many(messages)
+        db.deliveries.insert_many([delivery_doc(m, u, channel) for m in messages for u in users[1:]])
+        clean = run(database_url, mongodb_uri)
+        assert clean.errors == 0, clean.findings
+        assert clean.notes == 0
+        assert clean.checked == {"message": 400, "conversation": 1, "delivery": 1200, "identity": 0}
+
+        ghost, lost_conversation, lost_message = new_id(), new_id(), new_id()
+        bad_recipient = message_doc(group["_id"], users[0], 401) | {"recipients": [users[1], ghost]}
+        homeless = message_doc(lost_conversation, users[0], 1)
+        late = message_doc(group["_id"], users[0], 402, status="PENDING") | {"recipients": users[1:3]}
+        db.messages.insert_many([bad_recipient, homeless, late])
+        vanished = {"_id": lost_message, "conversation_id": group["_id"], "sequence": 403}
+        without_message = delivery_doc(vanished, users[1], channel)
+        to_nobody = delivery_doc(bad_recipient, ghost, channel)
+        pending_on_doomed = delivery_doc(late, users[1], doomed, status="PENDING")
+        settled_on_doomed = delivery_doc(late, users[2], doomed, status="DELIVERED")
+        db.deliveries.insert_many([without_message, to_nobody, pending_on_doomed, settled_on_doomed])
+        # a conversation on a channel deleted after all its messages went out: settled, a note
+        quiet = conversation_doc([users[0], users[1]], retired)
+        db.conversations.insert_one(quiet)
+        db.messages.insert_one(message_doc(quiet["_id"], users[0], 1, status="READ"))
+        conn.execute("DELETE FROM channels WHERE channel_id = ANY(%s::uuid[])", ([doomed, retired],))
+        # the foreign key forbids an identity without its user; a restore of a dump made without it would not
+        orphan_identity, gone_user = new_id(), new_id()
+        conn.execute("ALTER TABLE external_identities DROP CONSTRAINT external_identities_user_id_fkey")
+        conn.execute(
+            "INSERT INTO external_identities (identity_id, user_id, platform, platform_user_id, created_at)"
+            " VALUES (%s, %s, 'TELEGRAM', '424242', %s)",
+            (orphan_identity, gone_user, NOW),
+        )
+
+    report = run(database_url, mongodb_uri)
+    found = {(f.kind, f.document_id, f.problem, f.missing_id, f.error) for f in report.findings}
+    assert found == {
+        ("message", bad_recipient["_id"], "recipient missing", ghost, True),
+        ("message", homeless["_id"], "conversation missing", lost_conversation, True),
+        ("delivery", without_message["_id"], "message missing", lost_message, True),
+        ("delivery", to_nobody["_id"], "recipient missing", ghost, True),
+        ("delivery", pending_on_doomed["_id"], "channel missing (unsettled)", doomed, True),
+        ("delivery", settled_on_doomed["_id"], "channel missing (settled)", doomed, False),
+        ("conversation", quiet["_id"], "channel missing (settled)", retired, False),
+        ("identity", orphan_identity, "user missing", orphan_identity, True),
+    }
+    assert report.errors == 6
+    assert report.notes == 2
+    assert report.checked == {"message": 404, "conversation": 2, "delivery": 1204, "identity": 1}
+    assert report.error_rate == 6 / (404 + 2 + 1204 + 1)
+    assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 1
+    client.close()

@@ -17,6 +17,7 @@ class Source(ReferenceSource):
         self.documents = documents
         self.pending = set(pending)
         self.page_sizes: list[int] = []
+        self.parent_batches: list[tuple[str, int]] = []
 
     def pages(self, kind: str, page_size: int) -> Iterator[list[DocumentRefs]]:
         found = self.documents.get(kind, [])
@@ -26,6 +27,10 @@ class Source(ReferenceSource):
 
     def has_pending_messages(self, conversation_id: str) -> bool:
         return conversation_id in self.pending
+
+    def existing(self, kind: str, ids: Sequence[str]) -> set[str]:
+        self.parent_batches.append((kind, len(ids)))
+        return {d.document_id for d in self.documents.get(kind, [])} & set(ids)
 
 
 class Target(ReferenceTarget):
@@ -47,9 +52,19 @@ class Target(ReferenceTarget):
         return self.identity_count, len(self.orphans), self.orphans[:limit]
 
 
-def message(mid: str, sender: str, *, recipients: tuple[str, ...] = (), pending: bool = False) -> DocumentRefs:
+def message(
+    mid: str, sender: str, *, recipients: tuple[str, ...] = (), pending: bool = False, conversation: str | None = None
+) -> DocumentRefs:
     users = (("sender", sender), *(("recipient", r) for r in recipients))
-    return DocumentRefs("message", mid, users, None, not pending)
+    return DocumentRefs(
+        "message", mid, users, None, not pending, ("conversation", conversation) if conversation else None
+    )
+
+
+def delivery(
+    did: str, message_id: str, recipient: str = "a", *, channel: str = "ch", pending: bool = False
+) -> DocumentRefs:
+    return DocumentRefs("delivery", did, (("recipient", recipient),), channel, not pending, ("message", message_id))
 
 
 def conversation(cid: str, *participants: str, channel: str | None = "ch") -> DocumentRefs:
@@ -59,9 +74,12 @@ def conversation(cid: str, *participants: str, channel: str | None = "ch") -> Do
 def test_a_clean_platform_has_no_error() -> None:
     source = Source(
         {
-            "message": [message("m1", "a"), message("m2", "b", recipients=("a", "c"))],
+            "message": [
+                message("m1", "a", conversation="c1"),
+                message("m2", "b", recipients=("a", "c"), conversation="c1"),
+            ],
             "conversation": [conversation("c1", "a", "b")],
-            "delivery": [DocumentRefs("delivery", "d1", (("recipient", "c"),), "ch", False)],
+            "delivery": [delivery("d1", "m2", "c", pending=True)],
         }
     )
     report = ConsistencyCheck(source, Target({"a", "b", "c"}, {"ch"}, identities=3)).run()
@@ -127,3 +145,31 @@ def test_the_target_rate_is_under_one_in_ten_thousand() -> None:
     assert ConsistencyCheck(one_bad, Target({"a"}, set())).run().within_target  # 1 in 20,001
     two_bad = Source({"message": [*fine[:9_998], message("x", "ghost"), message("y", "ghost")]})
     assert not ConsistencyCheck(two_bad, Target({"a"}, set())).run().within_target  # 2 in 10,000
+
+
+def test_a_message_without_its_conversation_and_a_delivery_without_its_message_are_errors() -> None:
+    source = Source(
+        {
+            "message": [message("m1", "a", conversation="c1"), message("m2", "a", conversation="gone")],
+            "conversation": [conversation("c1", "a")],
+            "delivery": [delivery("d1", "m1"), delivery("d2", "lost"), delivery("d3", "lost", "b")],
+        }
+    )
+    report = ConsistencyCheck(source, Target({"a", "b"}, {"ch"})).run()
+    problems = {(f.kind, f.document_id, f.problem, f.missing_id, f.error) for f in report.findings}
+    assert problems == {
+        ("message", "m2", "conversation missing", "gone", True),
+        ("delivery", "d2", "message missing", "lost", True),
+        ("delivery", "d3", "message missing", "lost", True),
+    }
+    assert report.errors == 3
+    # one MongoDB question per page and parent kind, each id once
+    assert source.parent_batches == [("conversation", 2), ("message", 2)]
+
+
+def test_parents_are_asked_one_batch_per_page() -> None:
+    messages = [message(f"m{i}", "a", conversation=f"c{i % 7}") for i in range(2500)]
+    source = Source({"message": messages, "conversation": [conversation(f"c{i}", "a") for i in range(7)]})
+    report = ConsistencyCheck(source, Target({"a"}, {"ch"}), page_size=1000).run()
+    assert report.errors == 0
+    assert source.parent_batches == [("conversation", 7)] * 3

@@ -2,14 +2,16 @@
 
 Checked: every message's sender and (GROUP) recipients, every conversation's participants and `channel_id`,
 every GROUP delivery's recipient and channel (the `deliveries` collection), and every external identity's user.
-Users are never deleted, so a user MongoDB names that PostgreSQL lacks is an error. Channels may be deleted:
-a document naming a deleted channel is an error only while it is not settled (a PENDING delivery, or a
-conversation with PENDING messages: they can never go out through it); a settled one is history and is
-reported as a note, outside the error rate.
+Users are never deleted, so a user MongoDB names that PostgreSQL lacks is an error. Within MongoDB too, every
+message's conversation and every delivery's message must exist: an orphan is an error (nothing reads it).
+Channels may be deleted: a document naming a deleted channel is an error only while it is not settled (a
+PENDING delivery, or a conversation with PENDING messages: they can never go out through it); a settled one is
+history and is reported as a note, outside the error rate.
 
-The MongoDB side is read in pages (ReferenceSource.pages), and each page's ids are asked of PostgreSQL in one
-batch per kind (ReferenceTarget.existing_users/channels), so memory is bounded by the page, whatever the size
-of the collections. The error rate is errors / documents checked (messages, conversations, deliveries and
+The MongoDB side is read in pages (ReferenceSource.pages); each page's ids are asked of PostgreSQL in one batch
+per kind (ReferenceTarget.existing_users/channels) and the page's parents (conversations, messages) of MongoDB
+in one batch per kind (ReferenceSource.existing), so memory is bounded by the page, whatever the size of the
+collections. The error rate is errors / documents checked (messages, conversations, deliveries and
 identities); the seed's target is under 0.01%.
 """
 
@@ -32,7 +34,7 @@ TARGET_ERROR_RATE = 0.0001  # 0.01%
 class Finding:
     kind: str  # message, conversation, delivery, identity
     document_id: str
-    problem: str  # e.g. "sender missing", "channel missing (unsettled)"
+    problem: str  # e.g. "sender missing", "channel missing (unsettled)", "conversation missing"
     missing_id: str
     error: bool = True
 
@@ -110,7 +112,14 @@ class ConsistencyCheck:
         channel_ids = sorted({refs.channel_id for refs in page if refs.channel_id})
         users = self.target.existing_users(user_ids) if user_ids else set()
         channels = self.target.existing_channels(channel_ids) if channel_ids else set()
+        wanted: dict[str, set[str]] = {}
         for refs in page:
+            if refs.parent:
+                wanted.setdefault(refs.parent[0], set()).add(refs.parent[1])
+        parents = {kind: self.source.existing(kind, sorted(ids)) for kind, ids in wanted.items()}
+        for refs in page:
+            if refs.parent and refs.parent[1] not in parents[refs.parent[0]]:
+                report.add(Finding(refs.kind, refs.document_id, f"{refs.parent[0]} missing", refs.parent[1]))
             for role, user in refs.users:
                 if user not in users:
                     report.add(Finding(refs.kind, refs.document_id, f"{role} missing", user))

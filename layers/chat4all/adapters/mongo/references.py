@@ -9,29 +9,37 @@ from chat4all.adapters.mongo.connection import translated
 from chat4all.ports import DocumentRefs, ReferenceSource
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Iterator, Sequence
 
     from pymongo.database import Database
 
 PENDING = "PENDING"
+PARENTS = {"conversation": "conversations", "message": "messages"}
 # kind -> (collection, the fields read)
 COLLECTIONS = {
-    "message": ("messages", {"sender_id": 1, "recipients": 1, "status": 1}),
+    "message": ("messages", {"sender_id": 1, "recipients": 1, "status": 1, "conversation_id": 1}),
     "conversation": ("conversations", {"participants.user_id": 1, "channel_id": 1}),
-    "delivery": ("deliveries", {"user_id": 1, "channel_id": 1, "status": 1}),
+    "delivery": ("deliveries", {"user_id": 1, "channel_id": 1, "status": 1, "message_id": 1}),
 }
+
+
+def _parent(kind: str, value: Any) -> tuple[str, str] | None:
+    return (kind, str(value)) if value is not None else None
 
 
 def _refs(kind: str, doc: dict[str, Any]) -> DocumentRefs:
     if kind == "message":
         users = [("sender", doc["sender_id"])] if doc.get("sender_id") else []
         users += [("recipient", r) for r in doc.get("recipients") or ()]
-        return DocumentRefs(kind, str(doc["_id"]), tuple(users), None, doc.get("status") != PENDING)
+        parent = _parent("conversation", doc.get("conversation_id"))
+        return DocumentRefs(kind, str(doc["_id"]), tuple(users), None, doc.get("status") != PENDING, parent)
     if kind == "conversation":
         users = [("participant", p["user_id"]) for p in doc.get("participants") or ()]
         return DocumentRefs(kind, str(doc["_id"]), tuple(users), doc.get("channel_id"))
     users = [("recipient", doc["user_id"])] if doc.get("user_id") else []
-    return DocumentRefs(kind, str(doc["_id"]), tuple(users), doc.get("channel_id"), doc.get("status") != PENDING)
+    settled = doc.get("status") != PENDING
+    parent = _parent("message", doc.get("message_id"))
+    return DocumentRefs(kind, str(doc["_id"]), tuple(users), doc.get("channel_id"), settled, parent)
 
 
 class MongoReferenceSource(ReferenceSource):
@@ -56,3 +64,9 @@ class MongoReferenceSource(ReferenceSource):
         with translated():
             found = self.db.messages.find_one({"conversation_id": conversation_id, "status": PENDING}, {"_id": 1})
         return found is not None
+
+    def existing(self, kind: str, ids: Sequence[str]) -> set[str]:
+        # by _id: one $in question per page (at most the page's size of ids)
+        name = PARENTS[kind]
+        with translated():
+            return {str(doc["_id"]) for doc in self.db[name].find({"_id": {"$in": list(ids)}}, {"_id": 1})}
