@@ -15,7 +15,6 @@ from chat4all.api.access import caller
 from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.files import CreateFileRequest, file_view
 from chat4all.api.requests import parse_body, resource_id
-from chat4all.consumers import consume_batch
 from chat4all.domain.files import FileStatus
 from chat4all.domain.wire import MediaFetchJob
 from chat4all.observability import log_context, logger, metrics, tracer
@@ -94,15 +93,5 @@ def record_handler(record: SQSRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
-        return dict(
-            consume_batch(
-                event,
-                context,
-                record_handler,
-                fifo=False,
-                queue_url=settings.require("file_events_queue_url"),
-                visibility=bootstrap.sqs_visibility(),
-                events=bootstrap.event_buffer(),
-            )
-        )
+        return bootstrap.consume(event, context, record_handler, queue_url=settings.require("file_events_queue_url"))
     return serve(app, event, context)

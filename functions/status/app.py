@@ -9,7 +9,6 @@ from chat4all.api.access import caller
 from chat4all.api.app import create_resolver, json_response, serve
 from chat4all.api.requests import resource_id
 from chat4all.api.views import message_status_view, message_view
-from chat4all.consumers import consume_batch
 from chat4all.domain.errors import RetryLaterError, StatusTargetMissingError
 from chat4all.domain.wire import ChannelStatusReported
 from chat4all.observability import count, log_context, logger, metrics, tracer
@@ -60,15 +59,5 @@ def record_handler(record: SQSRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if "Records" in event:
-        return dict(
-            consume_batch(
-                event,
-                context,
-                record_handler,
-                fifo=False,
-                queue_url=settings.require("status_queue_url"),
-                visibility=bootstrap.sqs_visibility(),
-                events=bootstrap.event_buffer(),  # the batch's events in one PutEvents as it ends
-            )
-        )
+        return bootstrap.consume(event, context, record_handler, queue_url=settings.require("status_queue_url"))
     return serve(app, event, context)

@@ -49,6 +49,7 @@ from chat4all.adapters.scanner import ClamdCheck, ClamdScanner
 from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
 from chat4all.config import Settings
+from chat4all.consumers import consume_batch
 from chat4all.services.auth import Authenticator, RequestLimits
 from chat4all.services.consistency import ConsistencyCheck
 from chat4all.services.conversations import ConversationService
@@ -65,7 +66,11 @@ from chat4all.services.statuses import StatusService
 from chat4all.services.webhooks import WebhookService
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.idempotency.persistence.redis import RedisClientProtocol
+    from aws_lambda_powertools.utilities.typing import LambdaContext
     from botocore.credentials import Credentials
     from pymongo.database import Database
 
@@ -247,6 +252,24 @@ def route_dead_letters() -> SqsDeadLetterQueue:
 @lru_cache
 def sqs_visibility() -> SqsVisibility:
     return SqsVisibility(aws_client("sqs"))
+
+
+def consume(
+    event: dict[str, Any], context: LambdaContext, record_handler: Callable[[SQSRecord], None], *, queue_url: str
+) -> dict[str, Any]:
+    """A standard queue's batch through `consume_batch` with this container's visibility changes, and the batch's
+    events published in one PutEvents as it ends."""
+    return dict(
+        consume_batch(
+            event,
+            context,
+            record_handler,
+            fifo=False,
+            queue_url=queue_url,
+            visibility=sqs_visibility(),
+            events=event_buffer(),
+        )
+    )
 
 
 @lru_cache
