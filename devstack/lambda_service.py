@@ -203,13 +203,11 @@ class LambdaService:
         functions: list[FunctionSpec],
         *,
         log_dir: Path,
-        python: str = sys.executable,
         idle_timeout_seconds: float = 300.0,
         init_timeout_seconds: float = 20.0,
     ) -> None:
         self.pools = {spec.name: FunctionPool(self, spec) for spec in functions}
         self.log_dir = log_dir
-        self.python = python
         self.idle_timeout_seconds = idle_timeout_seconds
         self.init_timeout_seconds = init_timeout_seconds
         self.stopping = False
@@ -299,7 +297,7 @@ class LambdaService:
         )
         with (self.log_dir / f"{spec.name}.log").open("ab") as log:
             return await asyncio.create_subprocess_exec(
-                *(self.python, "-m", "awslambdaric", spec.handler),
+                *(sys.executable, "-m", "awslambdaric", spec.handler),
                 cwd=spec.code_dir,
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,

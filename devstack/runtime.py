@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -47,7 +46,6 @@ class RuntimeOptions:
     sqs_wait_seconds: int = 2
     # how long the HTTP API waits for a function's answer before it answers 503 itself (API Gateway: 30 s)
     http_timeout_seconds: float = INTEGRATION_TIMEOUT_SECONDS
-    python: str = sys.executable
     schedule_clock: Callable[[], float] = field(default=time.time)
 
     @classmethod
@@ -87,7 +85,7 @@ class LocalRuntime:
         self.sqs_sources: list[SqsEventSource] = []  # one per mapping, enabled or not
         self.schedules: list[ScheduleSubscription] = []
         self._schedule_tasks: list[asyncio.Task[None]] = []
-        self._sqs_clients: list[AsyncSqsClient] = []
+        self._sqs: AsyncSqsClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
 
@@ -145,31 +143,30 @@ class LocalRuntime:
     async def _start(self, specs: list[FunctionSpec], http_port: int | None) -> None:
         opts = self.options
         self.lambda_service = service = LambdaService(
-            specs,
-            log_dir=self.log_dir,
-            python=opts.python,
-            idle_timeout_seconds=opts.idle_timeout_seconds,
+            specs, log_dir=self.log_dir, idle_timeout_seconds=opts.idle_timeout_seconds,
             init_timeout_seconds=opts.init_timeout_seconds,
-        )
+        )  # fmt: skip
         await service.start()
         if http_port is not None:
             self.http = HttpApi(http_routes(self.cloudformation), service.invoke, opts.http_timeout_seconds)
             await self.http.start(http_port)
         concurrency = {spec.name: spec.concurrency for spec in specs}
-        for subscription in queue_subscriptions(self.cloudformation):
-            if self.resolve is None or self.aws_endpoint_url is None:
-                raise ValueError("SQS event sources need the stack's values (resolve) and an AWS endpoint")
-            limit = concurrency[subscription.function]
-            client = AsyncSqsClient(self.aws_endpoint_url, REGION, "test", "test", connections=limit + 2)
-            self._sqs_clients.append(client)
+        subscriptions = queue_subscriptions(self.cloudformation)
+        if subscriptions and (self.resolve is None or self.aws_endpoint_url is None):
+            raise ValueError("SQS event sources need the stack's values (resolve) and an AWS endpoint")
+        if subscriptions:
+            connections = sum(concurrency[s.function] + 2 for s in subscriptions)
+            self._sqs = AsyncSqsClient(str(self.aws_endpoint_url), REGION, "test", "test", connections)
+        for subscription in subscriptions:
+            assert self.resolve is not None and self._sqs is not None
             queue_url = self.resolve({"Ref": subscription.queue_logical_id})
             source = SqsEventSource(
                 subscription=subscription,
                 queue_url=queue_url,
                 queue_arn=queue_arn(queue_url),
-                sqs=client,
+                sqs=self._sqs,
                 invoke=service.invoke,
-                max_pollers=limit,
+                max_pollers=concurrency[subscription.function],
                 wait_seconds=opts.sqs_wait_seconds,
                 log=self.log,
             )
@@ -186,8 +183,8 @@ class LocalRuntime:
         await asyncio.gather(
             *(source.stop() for source in self.sqs_sources), *self._schedule_tasks, return_exceptions=True
         )
-        for client in self._sqs_clients:
-            await client.close()
+        if self._sqs is not None:
+            await self._sqs.close()
         # the containers go before the HTTP API: requests still waiting on them are answered at once
         if self.lambda_service is not None:
             await self.lambda_service.stop()
@@ -227,9 +224,7 @@ class LocalRuntime:
 
     def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
         """The live container processes of each function (busy: those running an invocation right now)."""
-        if self.lambda_service is None or self._loop is None:
-            return {}
-        return self._call(self.lambda_service.container_pids(busy=busy), 10)
+        return self._call(self._service().container_pids(busy=busy), 10)
 
     def busy_container_pids(self) -> dict[str, list[int]]:
         return self.container_pids(busy=True)

@@ -77,20 +77,13 @@ def failed_message_ids(response: Any, batch_ids: set[str]) -> set[str]:
     """The message ids a ReportBatchItemFailures response names, validated as Lambda validates them."""
     if response is None or response in ({}, []):
         return set()
-    if not isinstance(response, dict):
-        raise InvalidBatchResponseError("the response is not an object")
-    items = response.get("batchItemFailures")
-    if items is None or items == []:
-        return set()
-    if not isinstance(items, list):
-        raise InvalidBatchResponseError("batchItemFailures is not a list")
-    failed = set()
-    for item in items:
-        identifier = item.get("itemIdentifier") if isinstance(item, dict) else None
-        if not isinstance(identifier, str) or identifier not in batch_ids:
-            raise InvalidBatchResponseError(f"itemIdentifier {identifier!r} is not a message of the batch")
-        failed.add(identifier)
-    return failed
+    items = response.get("batchItemFailures") if isinstance(response, dict) else "not an object"
+    if not isinstance(items or [], list):
+        raise InvalidBatchResponseError(f"batchItemFailures is not a list: {items!r}")
+    failed = {item.get("itemIdentifier") if isinstance(item, dict) else None for item in items or []}
+    if not failed <= batch_ids:
+        raise InvalidBatchResponseError(f"itemIdentifier {failed - batch_ids} is not a message of the batch")
+    return {str(identifier) for identifier in failed}
 
 
 class SqsEventSource:
@@ -118,7 +111,8 @@ class SqsEventSource:
         self.log = log
         self.batches = 0
         self.running = False
-        self._pollers: dict[asyncio.Task[None], str] = {}  # each poller: "receiving" or "processing"
+        self._pollers: set[asyncio.Task[None]] = set()
+        self._processing: set[asyncio.Task[None]] = set()  # pollers with a batch in hand
         self._polling = 0  # pollers that have not decided to stop: counted at once, unlike finished tasks
 
     @property
@@ -136,11 +130,9 @@ class SqsEventSource:
         """Stop polling. A batch being processed is abandoned (its records come back after the visibility
         timeout, as after a crash); a receive in flight is let finish, and what it brings goes straight back."""
         self.running = False
-        for task, state in list(self._pollers.items()):
-            if state == "processing":
-                task.cancel()
-        pending = set(self._pollers)
-        if pending:
+        for task in self._processing:
+            task.cancel()
+        if pending := set(self._pollers):
             _, late = await asyncio.wait(pending, timeout=self.wait_seconds + 5)
             for task in late:
                 task.cancel()
@@ -149,21 +141,14 @@ class SqsEventSource:
     def _spawn(self) -> None:
         self._polling += 1
         task = asyncio.create_task(self._poll(), name=f"sqs-poller-{self.subscription.queue_logical_id}")
-        self._pollers[task] = "receiving"
-        task.add_done_callback(self._forget)
-
-    def _forget(self, task: asyncio.Task[None]) -> None:
-        self._pollers.pop(task, None)
-
-    def _set_state(self, state: str) -> None:
-        task = asyncio.current_task()
-        if task in self._pollers:
-            self._pollers[task] = state
+        self._pollers.add(task)
+        task.add_done_callback(self._pollers.discard)
 
     async def _poll(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
         while self.running:
             try:
-                self._set_state("receiving")
                 messages = await self._receive(min(self.subscription.batch_size, MAX_RECEIVE), self.wait_seconds)
                 if not messages:
                     if self._polling > 1:
@@ -172,8 +157,11 @@ class SqsEventSource:
                     continue
                 if self._polling < self.max_pollers:
                     self._spawn()  # there may be more waiting: poll concurrently while this batch runs
-                self._set_state("processing")
-                await self._process(messages)
+                self._processing.add(task)
+                try:
+                    await self._process(messages)
+                finally:
+                    self._processing.discard(task)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -209,13 +197,12 @@ class SqsEventSource:
         if not result.ok:
             self.log(f"{self.function}: a batch of {len(records)} failed ({result.error_type}); back to the queue")
             return
-        failed: set[str] = set()
-        if self.subscription.report_batch_item_failures:
-            try:
-                failed = failed_message_ids(result.json(), {r["messageId"] for r in records})
-            except (InvalidBatchResponseError, ValueError) as exc:
-                self.log(f"{self.function}: invalid batchItemFailures ({exc}); the whole batch returns to the queue")
-                return
+        try:
+            reported = result.json() if self.subscription.report_batch_item_failures else None
+            failed = failed_message_ids(reported, {r["messageId"] for r in records})
+        except ValueError as exc:  # InvalidBatchResponseError, or no JSON at all
+            self.log(f"{self.function}: invalid batchItemFailures ({exc}); the whole batch returns to the queue")
+            return
         done = [r for r in records if r["messageId"] not in failed]
         for start in range(0, len(done), MAX_RECEIVE):
             chunk = done[start : start + MAX_RECEIVE]
