@@ -29,6 +29,8 @@ DEFAULT_TIMEOUTS_MS = {"serverSelectionTimeoutMS": 300, "connectTimeoutMS": 1000
 # after it) are acknowledged only once they are in the journal of a majority.
 DURABLE = WriteConcern(w="majority", j=True)
 OLD_CHANNEL_INDEX = "participants.user_id_1_channel_id_1_last_activity_at_-1"
+# the conversation lists' index before they read `participations` (docs/MONGODB.md, "Scale-ready layout")
+OLD_PARTICIPANT_INDEX = "participants.user_id_1_last_activity_at_-1"
 # the sweeper's: messages by status and age
 PENDING_INDEX = "status_created_at"
 
@@ -50,17 +52,18 @@ def translated() -> Iterator[None]:
         raise DependencyUnavailableError("MongoDB is unavailable") from exc
 
 
-def ensure_indexes(db: Database[dict[str, Any]]) -> None:
+def ensure_indexes(db: Database[dict[str, Any]], indexes: dict[str, list[IndexModel]] | None = None) -> None:
     """Create the collections' indexes; safe to run on every start, and after a restore: an index that exists with
     the same name, keys and options (in whatever order a restore wrote them) is left as it is."""
     with translated():
         # an index of earlier versions, for the open conversation on a channel (now read through another)
-        if OLD_CHANNEL_INDEX in db.conversations.index_information():
-            db.conversations.drop_index(OLD_CHANNEL_INDEX)
+        for old in (OLD_CHANNEL_INDEX, OLD_PARTICIPANT_INDEX):
+            if old in db.conversations.index_information():
+                db.conversations.drop_index(old)
         if "platform_message_id_unique" in db.messages.index_information():
             db.messages.drop_index("platform_message_id_unique")
-        for collection, indexes in INDEXES.items():
-            _ensure(db[collection], indexes)
+        for collection, wanted in (INDEXES if indexes is None else indexes).items():
+            _ensure(db[collection], wanted)
 
 
 INDEXES: dict[str, list[IndexModel]] = {
@@ -78,9 +81,14 @@ INDEXES: dict[str, list[IndexModel]] = {
         # SecantusDB answers a partial index's query by scanning the collection (docs/MONGODB.md).
         IndexModel([("status", ASCENDING), ("created_at", ASCENDING)], name=PENDING_INDEX),
     ],
-    "conversations": [
-        IndexModel([("participants.user_id", ASCENDING), ("last_activity_at", DESCENDING)]),
-        IndexModel([("last_activity_at", DESCENDING), ("_id", DESCENDING)]),
+    # an admin's list of all conversations; a user's reads `participations`
+    "conversations": [IndexModel([("last_activity_at", DESCENDING), ("_id", DESCENDING)])],
+    # a user's conversations, newest activity first (the list, the open one on a channel, a shared one)
+    "participations": [
+        IndexModel(
+            [("user_id", ASCENDING), ("last_activity_at", DESCENDING), ("conversation_id", DESCENDING)],
+            name="user_activity",
+        )
     ],
     "outbox": [IndexModel([("kept_at", ASCENDING)])],
     # GROUP deliveries (adapters/mongo/deliveries.py): a lane's PENDING ones in sequence order; the one a channel's

@@ -15,6 +15,8 @@ from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 from chat4all.adapters.mongo import attempts
 from chat4all.adapters.mongo.connection import DURABLE, translated
 from chat4all.adapters.mongo.documents import entry_doc, event_docs, message_doc, pushes, to_conversation, to_message
+from chat4all.adapters.mongo.participations import activity_update
+from chat4all.adapters.mongo.status_history import StatusHistoryLog
 from chat4all.domain.errors import DependencyUnavailableError, NotFoundError
 from chat4all.domain.models import Direction, DomainEvent, Message, MessageStatus, Platform, StatusEntry
 from chat4all.ports import MessageStore, PendingJob, StoredOutbound
@@ -50,6 +52,7 @@ class MongoMessageStore(MessageStore):
         self.collection = db.messages
         self.conversations = db.conversations
         self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
+        self.status_history = StatusHistoryLog(db)
 
     def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
         stored = self._add(message.conversation_id, message.created_at, lambda _: (message, events), route_job=False)
@@ -86,6 +89,7 @@ class MongoMessageStore(MessageStore):
                 with client.start_session() as session:
                     with session.start_transaction(write_concern=DURABLE):
                         stored = self._insert_next(conversation_id, at, draft, session, route_job=route_job)
+                self.status_history.append(stored.message.message_id, stored.message.history, conversation_id)
                 return stored
             except _Drafted as drafted:
                 with translated():
@@ -118,6 +122,10 @@ class MongoMessageStore(MessageStore):
         )
         if doc is None:
             raise NotFoundError(f"conversation {conversation_id} not found")
+        # the participants' conversation lists move with it (adapters/mongo/participations.py)
+        participants = [p["user_id"] for p in doc.get("participants") or ()]
+        if participants:
+            self.db.participations.update_many(*activity_update(conversation_id, participants, at), session=session)
         message, events = draft(to_conversation(doc))
         stored = dataclasses.replace(message, sequence=int(doc.get("last_sequence") or 0) + 1)
         record = message_doc(stored)
@@ -143,6 +151,7 @@ class MongoMessageStore(MessageStore):
     def get_message(self, message_id: str) -> Message | None:
         with translated():
             doc = self.collection.find_one({"_id": message_id})
+        self.status_history.remember([doc] if doc else [])
         return to_message(doc) if doc else None
 
     def get_messages(self, message_ids: Sequence[str]) -> dict[str, Message]:
@@ -150,6 +159,7 @@ class MongoMessageStore(MessageStore):
             return {}
         with translated():
             docs = list(self.collection.find({"_id": {"$in": list(message_ids)}}))
+        self.status_history.remember(docs)
         return {doc["_id"]: to_message(doc) for doc in docs}
 
     def mark_fanned_out(self, message_id: str) -> bool:
@@ -166,12 +176,15 @@ class MongoMessageStore(MessageStore):
                 {"_id": message_id, "status": {"$in": predecessors}},
                 {"$set": {"status": entry.status.value}, "$push": pushes(entry, events)},
             )
+        if done.modified_count:
+            self.status_history.append(message_id, [entry])
         return bool(done.modified_count)
 
     def find_by_platform_id(self, platform: Platform, platform_message_id: str) -> Message | None:
         with translated():
             # by the id alone: SecantusDB plans {channel, platform_message_id} as a collection scan
             doc = self.collection.find_one({"platform_message_id": platform_message_id})
+        self.status_history.remember([doc] if doc else [])
         return to_message(doc) if doc and doc.get("channel") == platform.value else None
 
     def conversation_page(
@@ -221,6 +234,7 @@ class MongoMessageStore(MessageStore):
                 if len(found) >= limit or len(docs) < limit:
                     break
                 query["sequence"] = {"$gt": docs[-1]["sequence"]}
+        self.status_history.remember(found)
         outbound = itertools.takewhile(lambda doc: doc["direction"] == Direction.OUTBOUND.value, found[:limit])
         return [to_message(doc) for doc in outbound]
 
@@ -249,6 +263,7 @@ class MongoMessageStore(MessageStore):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         if attempts.receipt(self.durable, message_id, attempt, entry, platform_message_id, events):
+            self.status_history.append(message_id, [entry])
             return True
         # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
         self.append_status(message_id, entry, platform_message_id=platform_message_id)
@@ -269,9 +284,12 @@ class MongoMessageStore(MessageStore):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         # a fanned-out GROUP message is settled by its deliveries' aggregate, never here
-        return attempts.settle_failed(
+        settled = attempts.settle_failed(
             self.durable, message_id, entry, attempt, events, also={"fanned_out": {"$exists": False}}
         )
+        if settled:
+            self.status_history.append(message_id, [entry])
+        return settled
 
     def append_status(
         self,
@@ -296,10 +314,13 @@ class MongoMessageStore(MessageStore):
             forward = {**push, "$push": pushes(entry, events), "$set": forward_set}
             moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, forward)
             if moved.modified_count:
+                self.status_history.append(message_id, [entry])
                 return True
             # not a forward move (late or repeated): keep it in the history only, unless it is a replay
             late: dict[str, Any] = dict(push)
             if platform_message_id is not None:
                 late["$set"] = {"platform_message_id": platform_message_id}
-            self.collection.update_one(base, late)
+            kept = self.collection.update_one(base, late)
+        if kept.modified_count:
+            self.status_history.append(message_id, [entry])
         return False
