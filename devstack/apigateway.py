@@ -57,14 +57,8 @@ def gateway_message(status: int) -> Response:
 def _route_pattern(path: str) -> re.Pattern[str]:
     if path == DEFAULT_ROUTE:
         return re.compile(r"^/.*$", re.DOTALL)
-    parts = []
-    for segment in path.strip("/").split("/"):
-        if segment.startswith("{") and segment.endswith("+}"):
-            parts.append(f"(?P<{segment[1:-2]}>.+)")
-        elif segment.startswith("{") and segment.endswith("}"):
-            parts.append(f"(?P<{segment[1:-1]}>[^/]+)")
-        else:
-            parts.append(re.escape(segment))
+    # the template's paths have {name} segments only (no greedy {name+})
+    parts = [f"(?P<{s[1:-1]}>[^/]+)" if s.startswith("{") else re.escape(s) for s in path.strip("/").split("/")]
     return re.compile("^/" + "/".join(parts) + "$")
 
 

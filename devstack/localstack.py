@@ -170,13 +170,9 @@ def _cloudformation(endpoint_url: str) -> Any:
     config = Config(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60)
     keys = CREDENTIALS
     return boto3.client(
-        "cloudformation",
-        endpoint_url=endpoint_url,
-        region_name=REGION,
-        aws_access_key_id=keys["aws_access_key_id"],
-        aws_secret_access_key=keys["aws_secret_access_key"],
-        config=config,
-    )
+        "cloudformation", endpoint_url=endpoint_url, region_name=REGION, config=config,
+        aws_access_key_id=keys["aws_access_key_id"], aws_secret_access_key=keys["aws_secret_access_key"],
+    )  # fmt: skip
 
 
 def _stack_status(cfn: Any, stack_name: str) -> str | None:
@@ -309,7 +305,7 @@ def deploy_stack(
         expected = {lid for lid, res in infra["Resources"].items() if conditions.get(res.get("Condition"), True)}
         missing = sorted(expected - set(present)) if status in done else []
         if status in done and not failures and not missing:
-            return StackInfo(stack_name, values | present, evaluate_conditions(infra, values))
+            return StackInfo(stack_name, values | present, conditions)
         report = [f"stack {stack_name} ended {status}", *failures]
         if missing:
             report.append(f"  resources missing from the stack: {', '.join(missing)}")

@@ -163,21 +163,20 @@ class FunctionConfig:
     local_concurrency: int | None = None
 
 
-def _local_path(cfn: dict[str, Any], logical_id: str, location: Any) -> str:
+def _local_path(logical_id: str, location: Any) -> str:
     if not isinstance(location, dict) or location.get("S3Bucket") != LOCAL_BUCKET:
         raise ValueError(f"{logical_id}: its code must be a local folder of the template, not {location!r}")
     return str(location["S3Key"])
 
 
 def _layer_path(cfn: dict[str, Any], logical_id: str, layer: Any) -> str:
-    """Where a layer's Python packages are, as Lambda mounts them at /opt/python."""
+    """Where a layer's Python packages are: a python BuildMethod layer's ContentUri (`sam build` puts its
+    requirements and code under python/, which Lambda mounts at /opt/python)."""
     resource = cfn["Resources"].get(layer.get("Ref")) if isinstance(layer, dict) else None
-    if resource is None or resource.get("Type") != "AWS::Lambda::LayerVersion":
-        raise ValueError(f"{logical_id}: layer {layer!r} is not a layer of the template")
-    content_uri = _local_path(cfn, logical_id, resource["Properties"].get("Content"))
-    # `sam build` puts a python BuildMethod layer's ContentUri under python/; otherwise ContentUri is /opt itself
-    python_build = str((resource.get("Metadata") or {}).get("BuildMethod", "")).startswith("python")
-    return content_uri if python_build else f"{content_uri.rstrip('/')}/python"
+    build = str(((resource or {}).get("Metadata") or {}).get("BuildMethod", ""))
+    if resource is None or resource.get("Type") != "AWS::Lambda::LayerVersion" or not build.startswith("python"):
+        raise ValueError(f"{logical_id}: layer {layer!r} is not a python BuildMethod layer of the template")
+    return _local_path(logical_id, resource["Properties"].get("Content"))
 
 
 def functions(template: dict[str, Any]) -> dict[str, FunctionConfig]:
@@ -190,7 +189,7 @@ def functions(template: dict[str, Any]) -> dict[str, FunctionConfig]:
         reserved = props.get("ReservedConcurrentExecutions")
         found[logical_id] = FunctionConfig(
             logical_id=logical_id,
-            code_uri=_local_path(cfn, logical_id, props.get("Code")),
+            code_uri=_local_path(logical_id, props.get("Code")),
             handler=str(props["Handler"]),
             runtime=str(props["Runtime"]),
             timeout_seconds=int(props.get("Timeout", 3)),
