@@ -45,6 +45,8 @@ from chat4all.ports import ApiKeyRepository, AuditLog, ChannelRepository, Depend
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
+    from _typeshed import DataclassInstance
+
     from chat4all.ports import AuditEntry, CredentialCipher
 
 Cursor = psycopg.Cursor[dict[str, Any]]
@@ -195,18 +197,15 @@ def _insert_user(cur: Cursor, user: User) -> None:
     )
 
 
+def _record[T: DataclassInstance](cls: type[T], row: dict[str, Any], **given: Any) -> T:
+    """`cls` from a row whose columns are named as its fields; `given` names the fields read otherwise."""
+    names = [field.name for field in dataclasses.fields(cls)]
+    return cls(**{name: given[name] if name in given else row[name] for name in names if name in given or name in row})
+
+
 def _user(row: dict[str, Any], identities: list[ExternalIdentity]) -> User:
-    return User(
-        user_id=str(row["user_id"]),
-        display_name=row["display_name"],
-        user_type=UserType(row["user_type"]),
-        email=row["email"],
-        phone=row["phone"],
-        metadata=row["metadata"],
-        active=row["active"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        external_identities=identities,
+    return _record(
+        User, row, user_id=str(row["user_id"]), user_type=UserType(row["user_type"]), external_identities=identities
     )
 
 
@@ -235,13 +234,12 @@ def _already_linked(identity: ExternalIdentity) -> ConflictError:
 
 
 def _identity(row: dict[str, Any]) -> ExternalIdentity:
-    return ExternalIdentity(
+    return _record(
+        ExternalIdentity,
+        row,
         identity_id=str(row["identity_id"]),
         user_id=str(row["user_id"]),
         platform=Platform(row["platform"]),
-        platform_user_id=row["platform_user_id"],
-        verified=row["verified"],
-        created_at=row["created_at"],
     )
 
 
@@ -397,15 +395,12 @@ def encryption_context(channel_id: str, platform: Platform) -> dict[str, str]:
 
 
 def _channel_info(row: dict[str, Any]) -> ChannelInfo:
-    return ChannelInfo(
+    return _record(
+        ChannelInfo,
+        row,
         channel_id=str(row["channel_id"]),
         platform=Platform(row["platform"]),
-        name=row["name"],
-        enabled=row["enabled"],
         default_agent_id=str(row["default_agent_id"]) if row["default_agent_id"] else None,
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        rate_limit=row["rate_limit"],
         credentials_rejected=row["credentials_rejection"],
     )
 
@@ -585,20 +580,17 @@ class PostgresChannelRepository(ChannelRepository):
             _write_audit(cur, audit(_channel_info(row)))
 
     def channel_for_account(self, platform: Platform, account_id: str) -> ChannelConfig | None:
-        with self.db.transaction() as cur:
-            cur.execute(
-                "SELECT * FROM channels WHERE platform = %s AND account_id = %s AND enabled",
-                (platform.value, account_id),
-            )
-            row = cur.fetchone()
-        return self._channel(row) if row else None
+        return self._enabled_channel(platform, "account_id", account_id)
 
     def channel_for_webhook_secret(self, platform: Platform, secret_digest: str) -> ChannelConfig | None:
+        return self._enabled_channel(platform, "webhook_secret_digest", secret_digest)
+
+    def _enabled_channel(self, platform: Platform, column: str, value: str) -> ChannelConfig | None:
+        query = sql.SQL("SELECT * FROM channels WHERE platform = %s AND {} = %s AND enabled").format(
+            sql.Identifier(column)
+        )
         with self.db.transaction() as cur:
-            cur.execute(
-                "SELECT * FROM channels WHERE platform = %s AND webhook_secret_digest = %s AND enabled",
-                (platform.value, secret_digest),
-            )
+            cur.execute(query, (platform.value, value))
             row = cur.fetchone()
         return self._channel(row) if row else None
 
@@ -701,22 +693,7 @@ class PostgresAuditLog(AuditLog):
                 {"entity": entity_id, "before": before_entry_id, "limit": limit},
             )
             rows = cur.fetchall()
-        return [
-            AuditRecord(
-                entry_id=row["entry_id"],
-                at=row["at"],
-                actor=row["actor"],
-                actor_role=row["actor_role"],
-                action=row["action"],
-                entity_type=row["entity_type"],
-                entity_id=row["entity_id"],
-                before=row["before"],
-                after=row["after"],
-                request_id=row["request_id"],
-                source_ip=row["source_ip"],
-            )
-            for row in rows
-        ]
+        return [_record(AuditRecord, row) for row in rows]
 
 
 class PostgresCheck(DependencyCheck):

@@ -322,8 +322,24 @@ class DeliveryAttempt:
     lease_until: datetime
 
 
+@dataclass(frozen=True, kw_only=True)
+class Sending:
+    """The bookkeeping of sending that a message and a GROUP delivery keep alike (see docs/GUARANTEES.md): the
+    platform's id once sent, the last failure, the attempt journal, and the events written with a change of it and
+    not yet taken by the bus (the outbox on the record)."""
+
+    platform_message_id: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    in_flight: DeliveryAttempt | None = None
+    retry_at: datetime | None = None
+    troubled_since: datetime | None = None
+    troubles: int = 0
+    unpublished_events: tuple[DomainEvent, ...] = ()
+
+
 @dataclass(frozen=True)
-class Message:
+class Message(Sending):
     message_id: str
     conversation_id: str
     sender_id: str
@@ -336,20 +352,9 @@ class Message:
     history: list[StatusEntry]
     created_at: datetime
     request_fingerprint: str
-    platform_message_id: str | None = None
-    error: str | None = None
-    # delivery bookkeeping of an outbound message (see docs/GUARANTEES.md)
-    attempts: int = 0
-    in_flight: DeliveryAttempt | None = None
-    retry_at: datetime | None = None
-    troubled_since: datetime | None = None
-    troubles: int = 0
-
     # what the message is: "text", or for inbound messages the platform's kind of non-text message
     # ("image", "video", "audio", "document", "sticker", "location", "reaction", ...)
     message_type: str = "text"
-    # events written with a change of this message and not yet taken by the bus (the outbox on the message)
-    unpublished_events: tuple[DomainEvent, ...] = ()
     # a GROUP message's recipients, fixed when it was accepted: every participant but the sender as the
     # conversation was in the transaction that gave the message its sequence (None: a one-to-one message)
     recipients: tuple[str, ...] | None = None
@@ -363,7 +368,7 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Delivery:
+class Delivery(Sending):
     """One recipient's copy of a GROUP message: its own route, attempts, platform id and status history.
 
     Stored in `deliveries` as `{message_id}:{user_id}` (`delivery_id`); sent by its recipient's lane (one FIFO
@@ -379,14 +384,6 @@ class Delivery:
     channel_id: str | None
     status: MessageStatus
     history: list[StatusEntry]
-    platform_message_id: str | None = None
-    error: str | None = None
-    attempts: int = 0
-    in_flight: DeliveryAttempt | None = None
-    retry_at: datetime | None = None
-    troubled_since: datetime | None = None
-    troubles: int = 0
-    unpublished_events: tuple[DomainEvent, ...] = ()
     # the recipient's id on `platform` (the identity the route chose), what the connector sends to
     address: str | None = None
     created_at: datetime | None = None

@@ -86,15 +86,8 @@ class StatusReportDetail(BaseModel):
 
     @classmethod
     def of(cls, report: StatusReport) -> StatusReportDetail:
-        return cls(
-            platform=report.platform,
-            platform_message_id=report.platform_message_id,
-            status=report.status,
-            at=report.at,
-            detail=report.detail,
-            channel_id=report.channel_id,
-            correlation_id=report.correlation_id,
-        )
+        """The report's fields of the same names (`account_id` stays behind: the channel is named)."""
+        return cls.model_validate(report, from_attributes=True)
 
     @field_serializer("at")
     def _at(self, at: datetime) -> str:
@@ -108,15 +101,7 @@ class StatusReportDetail(BaseModel):
         return detail
 
     def report(self) -> StatusReport:
-        return StatusReport(
-            platform=self.platform,
-            platform_message_id=self.platform_message_id,
-            status=self.status,
-            at=self.at,
-            detail=self.detail,
-            channel_id=self.channel_id,
-            correlation_id=self.correlation_id,
-        )
+        return StatusReport(**dict(self))
 
 
 class ChannelStatusReported(BaseModel):

@@ -67,11 +67,11 @@ if TYPE_CHECKING:
     from chat4all.domain.models import (
         ChannelConfig,
         Conversation,
-        DeliveryAttempt,
         ExternalIdentity,
         Message,
         Platform,
         ProviderReceipt,
+        Sending,
     )
     from chat4all.ports import (
         ChannelBreaker,
@@ -151,11 +151,8 @@ class _Subject:
 
     message: Message
     platform: Platform
-    attempts: int
-    in_flight: DeliveryAttempt | None
-    retry_at: datetime | None
-    troubled_since: datetime | None
-    troubles: int
+    sending: Sending  # the message's, or the delivery's
+    user_id: str | None = None  # a delivery's recipient
     name: str  # for logs
 
     def begin(self, started: datetime, lease_until: datetime) -> int | None:
@@ -188,6 +185,7 @@ class _Subject:
             dead_letter=dead_letter,
             reason=reason,
             conversation_id=self.message.conversation_id,
+            user_id=self.user_id,
             correlation_id=self.message.correlation_id,
         )
 
@@ -197,11 +195,7 @@ class _MessageSubject(_Subject):
         self.service = service
         self.message = message
         self.platform = message.channel
-        self.attempts = message.attempts
-        self.in_flight = message.in_flight
-        self.retry_at = message.retry_at
-        self.troubled_since = message.troubled_since
-        self.troubles = message.troubles
+        self.sending = message
         self.name = f"message {message.message_id}"
 
     def begin(self, started: datetime, lease_until: datetime) -> int | None:
@@ -243,11 +237,8 @@ class _DeliverySubject(_Subject):
         self.delivery = delivery
         self.message = message
         self.platform = delivery.platform or message.channel
-        self.attempts = delivery.attempts
-        self.in_flight = delivery.in_flight
-        self.retry_at = delivery.retry_at
-        self.troubled_since = delivery.troubled_since
-        self.troubles = delivery.troubles
+        self.sending = delivery
+        self.user_id = delivery.user_id
         self.name = f"delivery {delivery.delivery_id}"
 
     def begin(self, started: datetime, lease_until: datetime) -> int | None:
@@ -283,19 +274,6 @@ class _DeliverySubject(_Subject):
     def _aggregate(self) -> None:
         advance_group_message(
             self.message, self.service.messages, self.store, self.service.events, self.service.clock()
-        )
-
-    def outcome(
-        self,
-        status: MessageStatus,
-        platform_message_id: str | None = None,
-        *,
-        dead_letter: bool = False,
-        reason: str | None = None,
-    ) -> DeliveryOutcome:
-        return dataclasses.replace(
-            super().outcome(status, platform_message_id, dead_letter=dead_letter, reason=reason),
-            user_id=self.delivery.user_id,
         )
 
 
@@ -391,14 +369,14 @@ class DeliveryService:
         """The checks before a message or delivery is worked on: an attempt open elsewhere (wait for its lease,
         then "outcome unknown"), a back-off, the invocation's time; then `act`."""
         now = self.clock()
-        attempt = subject.in_flight
+        attempt = subject.sending.in_flight
         if attempt is not None:
             if attempt.lease_until > now:
                 # another invocation is calling the platform for it right now
                 return (attempt.lease_until - now).total_seconds() + LEASE_GRACE_SECONDS
             return self._outcome_unknown(subject)
-        if subject.retry_at is not None and subject.retry_at > now:
-            return (subject.retry_at - now).total_seconds()
+        if subject.sending.retry_at is not None and subject.sending.retry_at > now:
+            return (subject.sending.retry_at - now).total_seconds()
         if now + self.send_margin > lease_until:
             return 0
         return act()
@@ -591,7 +569,7 @@ class DeliveryService:
         return subject.outcome(MessageStatus.SENT, receipt.platform_message_id)
 
     def _outcome_unknown(self, subject: _Subject) -> DeliveryOutcome:
-        attempt = subject.in_flight
+        attempt = subject.sending.in_flight
         assert attempt is not None
         reason = (
             f"outcome unknown: platform call {attempt.number} started at {attempt.started_at.isoformat()} and "
@@ -601,11 +579,11 @@ class DeliveryService:
 
     def _troubled(self, subject: _Subject, detail: str) -> DeliveryOutcome | float:
         now = self.clock()
-        since = subject.troubled_since or now
+        since = subject.sending.troubled_since or now
         if now - since >= self.trouble_window:
             waited = int((now - since).total_seconds())
             return self._fail(subject, f"gave up after {waited} s of unavailable dependencies: {detail}")
-        delay = backoff_seconds(subject.troubles + 1)
+        delay = backoff_seconds(subject.sending.troubles + 1)
         subject.postpone(now + timedelta(seconds=delay), since, detail)
         logger.warning("%s waits %s s: %s", subject.name, delay, detail)
         return float(delay)

@@ -130,22 +130,12 @@ class MongoDeliveryStore(DeliveryStore):
         attempts.postpone(self.collection, delivery_id, retry_at, troubled_since, error)
 
     def settle_failed(
-        self,
-        delivery_id: str,
-        entry: StatusEntry,
-        *,
-        attempt: int | None = None,
-        events: Sequence[DomainEvent] = (),
+        self, delivery_id: str, entry: StatusEntry, *, attempt: int | None = None, events: Sequence[DomainEvent] = ()
     ) -> bool:
         return attempts.settle_failed(self.durable, delivery_id, entry, attempt, events)
 
     def append_status(
-        self,
-        delivery_id: str,
-        entry: StatusEntry,
-        *,
-        dedupe_key: str | None = None,
-        events: Sequence[DomainEvent] = (),
+        self, delivery_id: str, entry: StatusEntry, *, dedupe_key: str | None = None, events: Sequence[DomainEvent] = ()
     ) -> bool:
         base: dict[str, Any] = {"_id": delivery_id}
         late: dict[str, Any] = {"$push": {"history": entry_doc(entry)}}

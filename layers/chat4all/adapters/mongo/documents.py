@@ -69,10 +69,29 @@ def pushes(entry: StatusEntry, events: Sequence[DomainEvent]) -> dict[str, Any]:
     return push
 
 
-def to_message(doc: dict[str, Any]) -> Message:
+def _sending(doc: dict[str, Any]) -> dict[str, Any]:
+    """What a message and a GROUP delivery keep alike of their sending: the status history, its last failure and the
+    attempt journal (adapters/mongo/attempts.py), as their fields."""
     history = [StatusEntry(MessageStatus(e["status"]), e["at"], e.get("detail")) for e in doc.get("history", [])]
-    failure = next((e.detail for e in reversed(history) if e.status is MessageStatus.FAILED), None)
     attempt = doc.get("attempt")
+    return {
+        "status": MessageStatus(doc["status"]),
+        "history": history,
+        "platform_message_id": doc.get("platform_message_id"),
+        "error": next((e.detail for e in reversed(history) if e.status is MessageStatus.FAILED), None),
+        "attempts": int(doc.get("delivery_attempts", 0)),
+        "in_flight": (
+            DeliveryAttempt(int(doc["delivery_attempts"]), attempt["started_at"], attempt["lease_until"])
+            if attempt
+            else None
+        ),
+        "retry_at": doc.get("retry_at"),
+        "troubled_since": doc.get("troubled_since"),
+        "troubles": int(doc.get("troubles", 0)),
+    }
+
+
+def to_message(doc: dict[str, Any]) -> Message:
     return Message(
         message_id=doc["_id"],
         conversation_id=doc["conversation_id"],
@@ -82,21 +101,9 @@ def to_message(doc: dict[str, Any]) -> Message:
         channel=Platform(doc["channel"]),
         direction=Direction(doc["direction"]),
         sequence=doc["sequence"],
-        status=MessageStatus(doc["status"]),
-        history=history,
         created_at=doc["created_at"],
         request_fingerprint=doc.get("request_fingerprint", ""),
-        platform_message_id=doc.get("platform_message_id"),
-        error=failure,
-        attempts=int(doc.get("delivery_attempts", 0)),
-        in_flight=(
-            DeliveryAttempt(int(doc["delivery_attempts"]), attempt["started_at"], attempt["lease_until"])
-            if attempt
-            else None
-        ),
-        retry_at=doc.get("retry_at"),
-        troubled_since=doc.get("troubled_since"),
-        troubles=int(doc.get("troubles", 0)),
+        **_sending(doc),
         message_type=doc.get("message_type", "text"),
         unpublished_events=tuple(
             DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["_id"])
@@ -130,8 +137,6 @@ def delivery_doc(delivery: Delivery) -> dict[str, Any]:
 
 
 def to_delivery(doc: dict[str, Any]) -> Delivery:
-    history = [StatusEntry(MessageStatus(e["status"]), e["at"], e.get("detail")) for e in doc.get("history", [])]
-    attempt = doc.get("attempt")
     return Delivery(
         message_id=doc["message_id"],
         conversation_id=doc["conversation_id"],
@@ -139,19 +144,7 @@ def to_delivery(doc: dict[str, Any]) -> Delivery:
         sequence=int(doc["sequence"]),
         platform=Platform(doc["platform"]) if doc.get("platform") else None,
         channel_id=doc.get("channel_id"),
-        status=MessageStatus(doc["status"]),
-        history=history,
-        platform_message_id=doc.get("platform_message_id"),
-        error=next((e.detail for e in reversed(history) if e.status is MessageStatus.FAILED), None),
-        attempts=int(doc.get("delivery_attempts", 0)),
-        in_flight=(
-            DeliveryAttempt(int(doc["delivery_attempts"]), attempt["started_at"], attempt["lease_until"])
-            if attempt
-            else None
-        ),
-        retry_at=doc.get("retry_at"),
-        troubled_since=doc.get("troubled_since"),
-        troubles=int(doc.get("troubles", 0)),
+        **_sending(doc),
         unpublished_events=tuple(
             DomainEvent(e["detail_type"], e["detail"], e["source"], e["id"], doc["message_id"], doc["_id"])
             for e in doc.get("pending_events", ())
