@@ -7,7 +7,7 @@ own LocalStack (so its own, different KMS key, and none of A's), PostgreSQL, Mon
 of its own. The backup is restored into B: every table row (the credentials' ciphertext aside: re-encrypted
 under B's key) and every document is the backup's, the credentials of every channel decrypt in B to what they
 were in A, B's API answers what A's did, and a message sent through B's API goes out to the fake WhatsApp with
-the restored channel's token.
+the restored channel's token. Restoring again into B, no longer empty, is refused unless forced.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from chat4all.adapters.aws_api import AwsApiError, AwsJsonApi
 from chat4all.adapters.postgres import encryption_context
 from chat4all.domain.models import Platform
 from chat4all.ops.backup import MANIFEST, backup
+from chat4all.ops.restore import main as restore_cli
 from chat4all.ops.restore import restore
 from devstack.localstack import KMS_KEYS_FILE
 from tests.integration.conftest import Api
@@ -120,6 +121,7 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
     fake_whatsapp: FakeWhatsApp,
     request: pytest.FixtureRequest,
     tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     # GIVEN platform A with a conversation whose messages went out, one of them reported DELIVERED
     setup = whatsapp_conversation
@@ -191,6 +193,19 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
     secrets_b = channel_secrets(fresh.urls["postgres"], kms_b)
     assert {c: plain for c, (_, plain) in secrets_b.items()} == {c: plain for c, (_, plain) in secrets_a.items()}
     assert {key_id.rsplit("/", 1)[-1] for key_id, _ in secrets_b.values()} == {key_b}
+
+    # AND B, no longer empty, is refused by the CLI (`make restore`) unless forced (`FORCE=1`: --force)
+    env = {"DATABASE_URL": fresh.urls["postgres"], "MONGODB_URI": fresh.urls["mongo"], "AWS_REGION": "us-east-1"}
+    local = ["--aws-endpoint-url", fresh.urls["aws"], "--key-alias", alias_b]
+    capsys.readouterr()
+    assert restore_cli([str(taken.path), *local], env) == 1
+    assert "the target is not empty (PostgreSQL users" in capsys.readouterr().err
+    assert restore_cli([str(taken.path), "--force", *local], env) == 0
+    assert "restored" in capsys.readouterr().out
+    assert without_ciphertext(postgres_rows(fresh.urls["postgres"]), fresh.urls["postgres"]) == without_ciphertext(
+        rows_a, platform.urls["postgres"]
+    )
+    assert channel_secrets(fresh.urls["postgres"], kms_b) == secrets_b
 
     # AND B's API (with A's admin key: the API keys are the backup's) answers what A's did
     with httpx.Client(base_url=fresh.api_url, timeout=30) as client:

@@ -6,8 +6,9 @@ traffic first (locally: nothing is sending; in AWS: the API's stage throttled to
 disabled); the restore does not lock anyone out.
 
 Before anything is touched: the manifest must be there and every file match its size and SHA-256 (a backup
-cut short is refused), and the target databases must be empty (no user, channel or identity in PostgreSQL,
-no document in the backed-up collections of MongoDB) unless `--force`. Then PostgreSQL (`pg_restore --clean
+cut short is refused), and the target databases must be empty (no user, channel or identity in PostgreSQL, no
+conversation, message, delivery or file in MongoDB: what a fresh stack's prepare_databases writes does not
+count) unless `--force`. Then PostgreSQL (`pg_restore --clean
 --if-exists --single-transaction`: all or nothing), then MongoDB, collection by collection (created with the
 backed-up options, documents streamed in batches as their original bytes, then the indexes), and at the end
 every table's and collection's count is compared with the manifest.
@@ -57,8 +58,11 @@ if TYPE_CHECKING:
     from pymongo.database import Database
 
 INSERT_BATCH = 1000
-# what makes a PostgreSQL database "not empty" (a fresh stack has its seeded admin key and that key's audit entry)
+# what makes a target "not empty": the records use creates, never what prepare_databases writes into a fresh
+# one (PostgreSQL: its seeded admin key and that key's audit entry; MongoDB: `layout`'s markers). The other
+# collections (lanes, outbox, participations, status_history) only hold what is derived from these.
 PEOPLE_TABLES = ("users", "channels", "external_identities")
+MONGO_RECORDS = ("conversations", "messages", "deliveries", "files")
 LOCALSTACK_KEY_TAGS = ("_custom_id_", "_custom_key_material_")
 
 
@@ -70,7 +74,7 @@ class RestoreReport:
     channels_reencrypted: int
 
 
-def not_empty(database_url: str, db: Database[RawBSONDocument], collections: list[str]) -> list[str]:
+def not_empty(database_url: str, db: Database[RawBSONDocument]) -> list[str]:
     """What the target already holds, by name; empty when it may be restored into without --force."""
     found = []
     with psycopg.connect(database_url, connect_timeout=5) as conn:
@@ -82,7 +86,7 @@ def not_empty(database_url: str, db: Database[RawBSONDocument], collections: lis
                 if row and row[0]:
                     found.append(f"PostgreSQL {table}")
     existing = set(db.list_collection_names())
-    for name in collections:
+    for name in MONGO_RECORDS:
         if name in existing and db[name].find_one({}, projection={"_id": 1}) is not None:
             found.append(f"MongoDB {name}")
     return found
@@ -194,7 +198,7 @@ def restore(
     collections = list(manifest["mongo"]["collections"])
     db = mongo_database(mongodb_uri)
     try:
-        if not force and (held := not_empty(database_url, db, collections)):
+        if not force and (held := not_empty(database_url, db)):
             raise BackupError(f"the target is not empty ({', '.join(held)}); pass --force (FORCE=1) to replace it")
         say("PostgreSQL ...")
         rows = restore_postgres(database_url, backup_dir / POSTGRES_DUMP, int(manifest["postgres"]["server_major"]))
