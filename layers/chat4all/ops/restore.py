@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from botocore.credentials import Credentials
 from psycopg import sql
 from pymongo import WriteConcern
 
@@ -235,7 +236,10 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     kms = None
     if arguments.aws_endpoint_url:
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        kms = AwsJsonApi("kms", region=region, endpoint_url=arguments.aws_endpoint_url)
+        # LocalStack takes any credentials; `make restore` runs in a shell that has none (the stack gives its
+        # functions LocalStack's, not the operator's shell)
+        local = None if env.get("AWS_ACCESS_KEY_ID") else Credentials("test", "test")
+        kms = AwsJsonApi("kms", region=region, endpoint_url=arguments.aws_endpoint_url, credentials=local)
     try:
         report = restore(
             arguments.backup, env["DATABASE_URL"], env["MONGODB_URI"], force=arguments.force, kms=kms,
