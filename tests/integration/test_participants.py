@@ -170,3 +170,31 @@ def test_listing_pages_through_an_agents_conversations_newest_activity_first(
         response = api.call("GET", f"/v1/conversations?{query}", key=key)
         assert response.status_code == 422, f"{query}: {response.text}"
         assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_a_users_list_follows_its_joins_and_leaves(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
+    # the lists read `participations`, written in the same transaction as each participant change
+    setup = whatsapp_conversation
+    agent_b, key_b = agent_with_key(api, "Lena Lister")
+    key_a = api.created("/v1/api-keys", {"name": "a", "role": "agent", "user_id": setup.agent_id})["api_key"]
+
+    def listed(key: str) -> list[str]:
+        response = api.call("GET", "/v1/conversations?limit=200", key=key)
+        assert response.status_code == 200, response.text
+        return [c["conversation_id"] for c in response.json()["items"]]
+
+    assert setup.conversation_id in listed(key_a)
+    assert listed(key_b) == []
+    path = f"/v1/conversations/{setup.conversation_id}/participants"
+    assert api.call("DELETE", f"{path}/{setup.agent_id}").status_code == 204
+    assert api.call("POST", path, json={"user_id": agent_b}).status_code == 201
+    assert setup.conversation_id not in listed(key_a)
+    assert listed(key_b) == [setup.conversation_id]
+    # a message by the newcomer shows as the conversation's activity in its list
+    send(api, setup.conversation_id, agent_b, "hello from B", key=key_b)
+    [item] = api.call("GET", "/v1/conversations?limit=200", key=key_b).json()["items"]
+    assert item["message_count"] == 1
+    assert (
+        item["last_activity_at"]
+        == api.call("GET", f"/v1/conversations/{setup.conversation_id}").json()["last_activity_at"]
+    )
