@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from chat4all.domain.models import MessageStatus, shown_platform_message_id
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    from _typeshed import DataclassInstance
 
     from chat4all.domain.models import (
         ApiKey,
@@ -33,30 +36,23 @@ def timestamp(value: datetime) -> str:
     return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def fields_view(record: DataclassInstance, **shown: Any) -> dict[str, Any]:
+    """Every field of `record` by its name, in its order: as it is, or as `shown` gives it."""
+    return {f.name: shown[f.name] if f.name in shown else getattr(record, f.name) for f in dataclasses.fields(record)}
+
+
 def identity_view(identity: ExternalIdentity) -> dict[str, Any]:
-    return {
-        "identity_id": identity.identity_id,
-        "user_id": identity.user_id,
-        "platform": identity.platform.value,
-        "platform_user_id": identity.platform_user_id,
-        "verified": identity.verified,
-        "created_at": timestamp(identity.created_at),
-    }
+    return fields_view(identity, platform=identity.platform.value, created_at=timestamp(identity.created_at))
 
 
 def user_view(user: User) -> dict[str, Any]:
-    return {
-        "user_id": user.user_id,
-        "display_name": user.display_name,
-        "user_type": user.user_type.value,
-        "email": user.email,
-        "phone": user.phone,
-        "metadata": user.metadata,
-        "active": user.active,
-        "created_at": timestamp(user.created_at),
-        "updated_at": timestamp(user.updated_at),
-        "external_identities": [identity_view(i) for i in user.external_identities],
-    }
+    return fields_view(
+        user,
+        user_type=user.user_type.value,
+        created_at=timestamp(user.created_at),
+        updated_at=timestamp(user.updated_at),
+        external_identities=[identity_view(i) for i in user.external_identities],
+    )
 
 
 def channel_view(channel: ChannelInfo) -> dict[str, Any]:
@@ -86,19 +82,7 @@ def suggestions_view(user_id: str, suggestions: list[LinkSuggestion]) -> dict[st
 
 
 def audit_record_view(record: AuditRecord) -> dict[str, Any]:
-    return {
-        "entry_id": record.entry_id,
-        "at": timestamp(record.at),
-        "actor": record.actor,
-        "actor_role": record.actor_role,
-        "action": record.action,
-        "entity_type": record.entity_type,
-        "entity_id": record.entity_id,
-        "before": record.before,
-        "after": record.after,
-        "request_id": record.request_id,
-        "source_ip": record.source_ip,
-    }
+    return fields_view(record, at=timestamp(record.at))
 
 
 def audit_page_view(page: AuditPage) -> dict[str, Any]:
