@@ -236,9 +236,13 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     kms = None
     if arguments.aws_endpoint_url:
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        # LocalStack takes any credentials; `make restore` runs in a shell that has none (the stack gives its
-        # functions LocalStack's, not the operator's shell)
-        local = None if env.get("AWS_ACCESS_KEY_ID") else Credentials("test", "test")
+        # the credentials of the environment given (botocore would read this process's, which `make restore`'s
+        # shell may not have); LocalStack takes any, so without them its usual test ones
+        local = Credentials(
+            env.get("AWS_ACCESS_KEY_ID") or "test",
+            env.get("AWS_SECRET_ACCESS_KEY") or "test",
+            env.get("AWS_SESSION_TOKEN") or None,
+        )
         kms = AwsJsonApi("kms", region=region, endpoint_url=arguments.aws_endpoint_url, credentials=local)
     try:
         report = restore(
