@@ -19,6 +19,8 @@ from chat4all.adapters.postgres import PostgresDatabase
 from chat4all.adapters.postgres_references import PostgresReferenceTarget
 from chat4all.services.consistency import ConsistencyCheck, ConsistencyReport
 
+PLURALS = {"delivery": "deliveries", "identity": "identities"}
+
 
 def run(database_url: str, mongodb_uri: str) -> ConsistencyReport:
     database = PostgresDatabase(database_url)
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     if arguments.json:
         print(json.dumps(report.as_dict(), indent=2))
     else:
-        counts = ", ".join(f"{n} {kind}s" for kind, n in report.checked.items())
+        counts = ", ".join(f"{n} {PLURALS.get(kind, kind + 's')}" for kind, n in report.checked.items())
         print(f"checked {counts} in {report.seconds:.1f} s")
         verdict = "within" if report.within_target else "NOT within"
         print(f"errors: {report.errors} (error rate {report.error_rate:.6%}, {verdict} the 0.01% target)")
