@@ -36,7 +36,8 @@ class MongoConversationStore(ConversationStore):
     def add_conversation(self, conversation: Conversation) -> None:
         def add(session: ClientSession) -> None:
             self.collection.insert_one(conversation_doc(conversation), session=session)
-            self.participations.insert_many(participation_docs(conversation), session=session)
+            if conversation.participants:
+                self.participations.insert_many(participation_docs(conversation), session=session)
 
         self._transaction(add)
 
