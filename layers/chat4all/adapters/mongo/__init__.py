@@ -1,7 +1,9 @@
 """MongoDB adapters, one module per collection: `messages` (MongoMessageStore), `conversations`
 (MongoConversationStore), `deliveries` (MongoDeliveryStore: GROUP deliveries and their lanes), `events`
 (MongoEventOutbox: events on their messages and deliveries, and the `outbox` collection);
-`connection` (connecting, errors, the durable write concern, every index, the health check) and `documents`
+`participations` (a user's conversations, one document per user and conversation), `status_history` (the
+time-series copy of status moves); `connection` (connecting, errors, the durable write concern, every index, the
+health check), `layout` (shard keys and time-series, as the server allows: prepare_databases) and `documents`
 (how the domain is stored)."""
 
 from chat4all.adapters.mongo.connection import (
