@@ -126,6 +126,7 @@ class Bootstrap:
     calls: dict[str, set[str]]  # factory -> the factories it calls
     built: dict[str, list[Construction]]  # factory -> the AWS adapters it constructs
     classes: dict[str, set[str]]  # factory -> every class it constructs (their __init__ runs)
+    names: dict[str, set[str]]  # factory -> the names its body refers to (bootstrap.consume runs consume_batch)
 
 
 def bootstrap_graph(adapters: set[str]) -> Bootstrap:
@@ -134,7 +135,9 @@ def bootstrap_graph(adapters: set[str]) -> Bootstrap:
     calls: dict[str, set[str]] = {}
     built: dict[str, list[Construction]] = {}
     classes: dict[str, set[str]] = {}
+    names: dict[str, set[str]] = {}
     for name, node in factories.items():
+        names[name] = _referenced(node)[0]
         calls[name] = {c for n in ast.walk(node) if isinstance(n, ast.Call) and (c := _call_name(n)) in factories}
         classes[name] = {
             c for n in ast.walk(node) if isinstance(n, ast.Call) and (c := _call_name(n) or "")[:1].isupper()
@@ -147,7 +150,7 @@ def bootstrap_graph(adapters: set[str]) -> Bootstrap:
             service = CLIENT_FACTORIES[factory] or client.args[0].value
             variable = _setting_name(call.args[1]) if len(call.args) > 1 else None
             built.setdefault(name, []).append(Construction(str(_call_name(call)), str(service), variable))
-    return Bootstrap(calls, built, classes)
+    return Bootstrap(calls, built, classes, names)
 
 
 @dataclass
@@ -276,6 +279,7 @@ def reached(app: Path, index: dict[str, list[_Def]], graph: Bootstrap) -> Functi
                     continue
                 closure.add(factory)
                 factories |= graph.calls[factory]
+                todo |= graph.names[factory] - seen
                 for cls in graph.classes[factory]:
                     todo |= {d.qualname for d in index.get("__init__", []) if d.qualname == f"{cls}.__init__"}
                     todo |= {n for d in index.get("__init__", []) if d.qualname == f"{cls}.__init__" for n in d.names}
