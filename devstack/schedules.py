@@ -1,6 +1,5 @@
-"""EventBridge `rate(...)` rules of the template: each firing invokes the function asynchronously, as
-EventBridge does, with a Scheduled Event (or the target's `Input`); a failed invocation is retried twice,
-after one and then two minutes, as Lambda retries asynchronous invocations."""
+"""EventBridge `rate(...)` rules of the template: each firing invokes the function asynchronously with a Scheduled
+Event; a failed invocation is retried after one and then two minutes, as Lambda retries asynchronous ones."""
 
 from __future__ import annotations
 
@@ -22,9 +21,7 @@ ASYNC_RETRY_DELAYS = (60.0, 120.0)
 
 
 def scheduled_event(schedule: ScheduleSubscription, fired_at: float) -> dict[str, Any]:
-    """What EventBridge hands the function: the target's Input, else a Scheduled Event."""
-    if schedule.input is not None:
-        return dict(json.loads(schedule.input))
+    """What EventBridge hands the function (the template's rules have no target Input)."""
     return {
         "version": "0",
         "id": str(uuid.uuid4()),

@@ -287,7 +287,6 @@ class ScheduleSubscription:
     function: str
     rule: str
     period_seconds: int
-    input: str | None = None
 
 
 def rate_seconds(expression: str) -> int:
@@ -307,5 +306,5 @@ def schedule_subscriptions(template: dict[str, Any]) -> list[ScheduleSubscriptio
         for target in props.get("Targets", []):
             if (function := _target(target["Arn"], "Arn")) in local:
                 period = rate_seconds(str(props["ScheduleExpression"]))
-                schedules.append(ScheduleSubscription(function, rule, period, target.get("Input")))
+                schedules.append(ScheduleSubscription(function, rule, period))
     return schedules
