@@ -3,7 +3,8 @@
 Starts the whole platform as `make test` does (own servers, fresh databases), then grows the `messages`
 collection step by step to each size, over 10,000 conversations: one conversation holds exactly 1,000
 messages (loaded first), the others share the rest. The documents are the ones the functions write
-(chat4all.adapters.mongo.documents.message_doc, and the conversation document MongoConversationStore writes),
+(chat4all.adapters.mongo.documents.message_doc; the conversation and participation documents
+MongoConversationStore writes, with the counters and activity the sequence transaction moves),
 inserted in bulk (`insert_many` of 5,000); users are rows in PostgreSQL. At each size, through the API (HTTP,
 the admin key, the functions in their containers):
 
@@ -33,10 +34,13 @@ import psycopg
 import pymongo
 from pymongo import UpdateOne
 
+from bench.load import CpuSample, cpu_between, stack_processes
 from devstack.stack import throwaway_platform
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from devstack.stack import LocalPlatform
 
 CONVERSATIONS = 10_000
 BIG = 1_000  # messages in the conversation read whole
@@ -44,24 +48,16 @@ CUSTOMERS = 2_000
 AGENT_CONVERSATIONS = 100  # the agent whose list is read is in one conversation in a hundred
 BATCH = 5_000
 PAGE = 200  # the API's largest page
+CPU_READS = 10  # whole-conversation reads whose CPU is divided by process
 
 
-def _documents() -> tuple[Any, Any]:
+def _documents() -> tuple[Any, Any, Any, Any]:
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "layers"))
-    from chat4all.adapters.mongo.conversations import MongoConversationStore
+    from chat4all.adapters.mongo.conversations import conversation_doc
     from chat4all.adapters.mongo.documents import message_doc
+    from chat4all.adapters.mongo.participations import activity_update, participation_docs
 
-    return MongoConversationStore, message_doc
-
-
-class _Captured:
-    """Stands in for a collection: keeps the document MongoConversationStore would insert."""
-
-    def __init__(self) -> None:
-        self.documents: list[dict[str, Any]] = []
-
-    def insert_one(self, document: dict[str, Any]) -> None:
-        self.documents.append(document)
+    return conversation_doc, participation_docs, activity_update, message_doc
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -71,7 +67,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 class Loader:
     def __init__(self, mongo_uri: str, postgres_url: str) -> None:
-        store_type, self.message_doc = _documents()
+        conversation_doc, participation_docs, self.activity_update, self.message_doc = _documents()
         from chat4all.domain.models import (
             Conversation,
             ConversationType,
@@ -98,9 +94,8 @@ class Loader:
                 " VALUES (%s, %s, %s, now(), now())",
                 rows,
             )
-        captured = _Captured()
-        store = store_type.__new__(store_type)
-        store.collection = captured
+        conversations: list[dict[str, Any]] = []
+        participations: list[dict[str, Any]] = []
         self.conversations: list[str] = []
         self.members: list[tuple[str, str]] = []
         for index in range(CONVERSATIONS):
@@ -116,12 +111,16 @@ class Loader:
                 at,
                 at,
             )
-            store.add_conversation(conversation)
+            # what MongoConversationStore.add_conversation writes in its transaction, in bulk
+            conversations.append(conversation_doc(conversation))
+            participations.extend(participation_docs(conversation))
             self.conversations.append(conversation.conversation_id)
             self.members.append((agent, customer))
-        self.db.conversations.insert_many(captured.documents)
+        self.db.conversations.insert_many(conversations)
+        self.db.participations.insert_many(participations)
         self.big = self.conversations[0]
         self.sequences = [0] * CONVERSATIONS
+        self.last_at = [self.start] * CONVERSATIONS
         self.loaded = 0
 
     def _message(self, conversation_index: int) -> dict[str, Any]:
@@ -151,6 +150,7 @@ class Loader:
             platform_message_id=f"wamid.{uuid.uuid4().hex}",
         )
         self.loaded += 1
+        self.last_at[conversation_index] = at
         return dict(self.message_doc(message))
 
     def grow_to(self, size: int) -> float:
@@ -163,26 +163,24 @@ class Loader:
                 index = 0 if self.loaded < BIG else 1 + (self.loaded % (CONVERSATIONS - 1))
                 batch.append(self._message(index))
             self.db.messages.insert_many(batch, ordered=False)
-        updates = [
-            UpdateOne(
-                {"_id": cid},
-                {
-                    "$set": {
-                        "last_sequence": seq,
-                        "message_count": seq,
-                        "last_activity_at": self.start + timedelta(days=1),
-                    }
-                },
-            )
-            for cid, seq in zip(self.conversations, self.sequences, strict=True)
-            if seq
-        ]
+        # the counters and activity the sequence transaction moves: the conversation's and its participations'
+        updates, activity = [], []
+        for index, (cid, seq) in enumerate(zip(self.conversations, self.sequences, strict=True)):
+            if seq:
+                at = self.last_at[index]
+                updates.append(
+                    UpdateOne(
+                        {"_id": cid}, {"$set": {"last_sequence": seq, "message_count": seq, "last_activity_at": at}}
+                    )
+                )
+                activity.append(UpdateOne(*self.activity_update(cid, self.members[index], at)))
         for start in range(0, len(updates), BATCH):
             self.db.conversations.bulk_write(updates[start : start + BATCH], ordered=False)
+            self.db.participations.bulk_write(activity[start : start + BATCH], ordered=False)
         return time.monotonic() - started
 
 
-def measure(api: httpx.Client, loader: Loader, repeat: int) -> dict[str, dict[str, float]]:
+def measure(api: httpx.Client, loader: Loader, stack: LocalPlatform, repeat: int) -> dict[str, dict[str, float]]:
     def whole_conversation() -> None:
         cursor: str | None = None
         read = 0
@@ -224,6 +222,14 @@ def measure(api: httpx.Client, loader: Loader, repeat: int) -> dict[str, dict[st
             check()
             times.append((time.perf_counter() - started) * 1000)
         results[name] = {"p50_ms": statistics.median(times), "p95_ms": percentile(times, 0.95), "max_ms": max(times)}
+    # where the 1,000 messages' time goes: each process's CPU (from /proc, no profiler) over CPU_READS reads
+    before = CpuSample.take()
+    for _ in range(CPU_READS):
+        whole_conversation()
+    used = cpu_between(before, CpuSample.take(), stack_processes(stack))
+    results["CPU ms per 1,000-message read"] = {
+        name: round(seconds * 1000 / CPU_READS, 1) for name, seconds in used.items() if seconds > 0
+    }
     return results
 
 
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                 before = loader.loaded
                 seconds = loader.grow_to(size)
                 rate = (size - before) / seconds if seconds else rate
-                results = measure(api, loader, arguments.repeat)
+                results = measure(api, loader, stack, arguments.repeat)
                 entry = {"messages": size, "load_seconds": round(seconds, 1), "results": results}
                 report["sizes"].append(entry)
                 print(json.dumps(entry), file=sys.stderr, flush=True)
@@ -275,6 +281,10 @@ def markdown(report: dict[str, Any]) -> str:
             continue
         for name, figures in entry["results"].items():
             size, load = f"{entry['messages']:,}", entry["load_seconds"]
+            if "p50_ms" not in figures:
+                shares = ", ".join(f"{k} {v}" for k, v in sorted(figures.items(), key=lambda kv: -kv[1]))
+                lines.append(f"| {size} | | {name}: {shares} | | |")
+                continue
             lines.append(f"| {size} | {load} | {name} | {figures['p50_ms']:.1f} | {figures['p95_ms']:.1f} |")
     return "\n".join(lines)
 

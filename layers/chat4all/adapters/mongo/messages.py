@@ -204,8 +204,15 @@ class MongoMessageStore(MessageStore):
                 else:
                     lower = max(upper - window, 0)
                     query["sequence"] = {"$gte": lower, "$lt": upper}
+                # the whole page in the find's reply: without batchSize the server sends 101 documents and the
+                # rest on a getMore (a second round trip for every page over 101); a window holds at most
+                # upper - lower documents (one per sequence)
+                batch = limit if since is None else (upper - lower if upper is not None else 0)
                 docs = list(
-                    self.collection.find(query).sort("sequence", DESCENDING).limit(limit if since is None else 0)
+                    self.collection.find(query)
+                    .sort("sequence", DESCENDING)
+                    .limit(limit if since is None else 0)
+                    .batch_size(batch)
                 )
                 reached_join = False
                 if since is not None:  # filtered here: with created_at in the query SecantusDB scans the collection
