@@ -12,7 +12,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from chat4all import bootstrap
 from chat4all.api.access import caller
-from chat4all.api.app import create_resolver, json_response, serve
+from chat4all.api.app import create_resolver, json_response, serve_or_consume
 from chat4all.api.files import CreateFileRequest, file_view
 from chat4all.api.requests import parse_body, resource_id
 from chat4all.domain.files import FileStatus
@@ -92,6 +92,4 @@ def record_handler(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    if "Records" in event:
-        return bootstrap.consume(event, context, record_handler, queue_url=settings.require("file_events_queue_url"))
-    return serve(app, event, context)
+    return serve_or_consume(app, event, context, record_handler, queue_setting="file_events_queue_url")

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from chat4all import bootstrap
 from chat4all.api.access import caller
-from chat4all.api.app import create_resolver, json_response, serve
+from chat4all.api.app import create_resolver, json_response, serve_or_consume
 from chat4all.api.requests import resource_id
 from chat4all.api.views import message_status_view, message_view
 from chat4all.domain.errors import RetryLaterError, StatusTargetMissingError
@@ -18,26 +18,29 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
-settings = bootstrap.settings()
+    from chat4all.domain.models import Delivery, Message
+
 app = create_resolver()
 UNKNOWN_TARGET_RETRY_SECONDS = 5
 
 
 @app.get("/v1/messages/<message_id>")
 def get_message(message_id: str) -> Response[str]:
-    principal = caller(app)
-    service = bootstrap.message_service()
-    message = service.get(resource_id(message_id, "message"), principal)
-    # a GROUP message adds its deliveries (one read of them, after the role check); a one-to-one one has none
-    return json_response(200, message_view(message, service.deliveries(message)))
+    return json_response(200, message_view(*_readable(message_id)))
 
 
 @app.get("/v1/messages/<message_id>/status")
 def get_message_status(message_id: str) -> Response[str]:
+    return json_response(200, message_status_view(*_readable(message_id)))
+
+
+def _readable(message_id: str) -> tuple[Message, list[Delivery]]:
+    """The message the caller may read, and a GROUP message's deliveries (one read of them, after the role
+    check); a one-to-one message has none."""
     principal = caller(app)
     service = bootstrap.message_service()
     message = service.get(resource_id(message_id, "message"), principal)
-    return json_response(200, message_status_view(message, service.deliveries(message)))
+    return message, service.deliveries(message)
 
 
 def record_handler(record: SQSRecord) -> None:
@@ -58,6 +61,4 @@ def record_handler(record: SQSRecord) -> None:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    if "Records" in event:
-        return bootstrap.consume(event, context, record_handler, queue_url=settings.require("status_queue_url"))
-    return serve(app, event, context)
+    return serve_or_consume(app, event, context, record_handler, queue_setting="status_queue_url")

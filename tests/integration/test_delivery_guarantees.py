@@ -46,6 +46,7 @@ from chat4all.services.delivery import DeliveryService
 from chat4all.services.messages import MessageService
 from chat4all.services.notifications import EventBuffer, EventRelay
 from tests.fakes.in_memory import InMemoryEventPublisher, InMemoryOutboundQueue
+from tests.integration.conftest import wait_until_drained
 from tests.integration.test_message_path import send, wait_for_status
 from tests.support.waiting import wait_until
 
@@ -176,7 +177,7 @@ def test_many_concurrent_senders_on_one_conversation_in_order_without_gaps(
 
 
 def test_jobs_enqueued_in_reverse_and_again_still_deliver_in_sequence_order(
-    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     # GIVEN 6 stored messages whose jobs reach the route queue newest first, some of them twice
     setup = whatsapp_conversation
@@ -188,7 +189,7 @@ def test_jobs_enqueued_in_reverse_and_again_still_deliver_in_sequence_order(
     assert [r.body["text"]["body"] for r in delivered] == [f"r{n}" for n in range(1, 7)]
     for message_id in ids:
         wait_for_status(api, message_id, "SENT")
-    time.sleep(2)  # the extra jobs were consumed by now; none sent anything again
+    wait_until_drained(platform, "RouteQueue")  # the extra jobs were consumed; none sent anything again
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 6
 
 
@@ -394,7 +395,7 @@ def test_concurrent_duplicates_get_the_same_202_and_one_delivery(
     conflict = api.call("POST", "/v1/messages", json={**body, "content": "changed"})
     assert conflict.status_code == 409
     wait_for_status(api, message_id, "SENT")
-    time.sleep(1.5)
+    wait_until_drained(platform, "RouteQueue")  # a second job, had the duplicates made one, was consumed
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 1
     history = api.call("GET", f"/v1/conversations/{setup.conversation_id}/messages").json()
     assert [m["message_id"] for m in history["items"]] == [message_id]

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 
+from tests.integration.conftest import wait_until_drained
 from tests.integration.test_message_path import send, send_until_sent, wait_for_status
 from tests.support.waiting import wait_until
 
@@ -193,7 +194,7 @@ def test_the_sweeper_takes_up_a_message_whose_record_was_lost_once_however_often
     with disabled(platform, "RouteFunction"):
         lost = send(api, setup, "lost with its queue")
         take_route_record(sqs, platform, lost["message_id"])
-        time.sleep(1.5)
+        time.sleep(1.5)  # the message is older than the sweep's pending_after_seconds (1 s): a timer, not an absence
         # two sweeps at once (a retried invocation next to a scheduled one), invoked as EventBridge invokes it
         event = {"pending_after_seconds": 1, "detail-type": "Scheduled Event", "source": "aws.events"}
         sweeps: list[Any] = []
@@ -208,7 +209,8 @@ def test_the_sweeper_takes_up_a_message_whose_record_was_lost_once_however_often
         assert all(result.json()["found"] >= 1 for result in sweeps)
     wait_for_status(api, lost["message_id"], "SENT", timeout=60)
     send_until_sent(api, setup, fake_whatsapp, "after it")
-    time.sleep(3)  # a second copy, had the two sweeps added one each, would be a no-op by now
+    # a second copy, had the two sweeps added one each, has been through the route function once the queue is empty
+    wait_until_drained(platform, "RouteQueue")
     texts = [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)]
     assert texts == ["lost with its queue", "after it"]
 
@@ -252,12 +254,14 @@ def test_redrive_moves_dead_letters_back_and_running_it_twice_sends_nothing_twic
         assert "refused" in second, second
         wait_for_status(api, stranded["message_id"], "SENT", timeout=60)
         wait_for_status(api, sent["message_id"], "READ", timeout=60)
-        time.sleep(3)  # the record of the message sent before has been through the route function by now
+        # the redriven record of the message sent before has been through the route function
+        wait_until_drained(platform, "RouteQueue")
     texts = [r.body["text"]["body"] for r in fake_whatsapp.sent_to(setup.customer_phone)]
     assert texts == ["sent before", "stranded, then redriven"]
     # a third run after everything settled: nothing sent
     run_redrive(platform)
-    time.sleep(3)
+    for queue in ("RouteDeadLetterQueue", "RouteQueue"):
+        wait_until_drained(platform, queue)
     assert len(fake_whatsapp.sent_to(setup.customer_phone)) == 2
 
 

@@ -17,9 +17,10 @@ from chat4all.domain.errors import Chat4AllError, DependencyUnavailableError
 from chat4all.observability import CORRELATION_HEADER, correlation_id_for, log_context, logger
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from types import FrameType
 
+    from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from chat4all.api.access import Admit, Authenticate
@@ -83,6 +84,23 @@ def serve(
         result = _serve(app, event, context, events)
     result["headers"] = {**(result.get("headers") or {}), CORRELATION_HEADER: correlation_id}
     return result
+
+
+def serve_or_consume(
+    app: APIGatewayHttpResolver,
+    event: dict[str, Any],
+    context: LambdaContext,
+    record_handler: Callable[[SQSRecord], None],
+    *,
+    queue_setting: str,
+) -> dict[str, Any]:
+    """A function with HTTP routes and a standard queue's event source: a batch of the queue named by the setting
+    `queue_setting` goes to `record_handler` (bootstrap.consume), anything else is an HTTP event (`serve`)."""
+    if "Records" not in event:
+        return serve(app, event, context)
+    from chat4all import bootstrap
+
+    return bootstrap.consume(event, context, record_handler, queue_url=bootstrap.settings().require(queue_setting))
 
 
 def _serve(

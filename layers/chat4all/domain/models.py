@@ -473,6 +473,11 @@ class StatusReport:
     def dedupe_key(self) -> str:
         return f"{self.platform}:{self.platform_message_id}:{self.status}:{self.at.isoformat()}"
 
+    @property
+    def entry(self) -> StatusEntry:
+        """The history entry the report adds to its message or delivery."""
+        return StatusEntry(self.status, self.at, self.detail)
+
 
 @dataclass(frozen=True)
 class InboundMessage:

@@ -16,6 +16,7 @@ from chat4all.services.notifications import collect, delivery_event, message_eve
 from chat4all.telemetry import count, log_context
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
     from datetime import datetime
 
     from chat4all.domain.models import Delivery, Message, StatusReport
@@ -83,12 +84,7 @@ class StatusService:
         if message is None:
             raise StatusTargetMissingError(f"no message with {report.platform} id {report.platform_message_id}")
         # the lines applying it carry the message's correlation id, and the reporting webhook's besides
-        with log_context(
-            correlation_id=message.correlation_id,
-            message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            webhook_correlation_id=report.correlation_id,
-        ):
+        with _applying(message, report):
             moved = self._apply_to_message(message, report)
             logger.info("status %s %s", report.status, "applied" if moved else "kept in history")
         return moved
@@ -103,10 +99,7 @@ class StatusService:
             return False
         event = message_event("MessageStatusChanged", message, report.status, at=report.at)
         moved = self.messages.append_status(
-            message.message_id,
-            StatusEntry(report.status, report.at, report.detail),
-            dedupe_key=report.dedupe_key,
-            events=[event],
+            message.message_id, report.entry, dedupe_key=report.dedupe_key, events=[event]
         )
         if moved:
             collect(self.events, event)
@@ -120,13 +113,7 @@ class StatusService:
         message = self.messages.get_message(delivery.message_id)
         if message is None:
             raise StatusTargetMissingError(f"delivery {delivery.delivery_id} has no message")
-        with log_context(
-            correlation_id=message.correlation_id,
-            message_id=message.message_id,
-            conversation_id=message.conversation_id,
-            user_id=delivery.user_id,
-            webhook_correlation_id=report.correlation_id,
-        ):
+        with _applying(message, report, user_id=delivery.user_id):
             moved = self._move_delivery(delivery, message, report)
             logger.info("delivery status %s %s", report.status, "applied" if moved else "kept in history")
         return moved
@@ -135,10 +122,7 @@ class StatusService:
         assert self.deliveries is not None
         event = delivery_event(delivery, message, report.status, at=report.at)
         moved = self.deliveries.append_status(
-            delivery.delivery_id,
-            StatusEntry(report.status, report.at, report.detail),
-            dedupe_key=report.dedupe_key,
-            events=[event],
+            delivery.delivery_id, report.entry, dedupe_key=report.dedupe_key, events=[event]
         )
         if moved:
             collect(self.events, event)
@@ -156,3 +140,14 @@ class StatusService:
         if conversation.primary_channel is not message.channel:
             return True  # sent through the message's platform's only channel, not the conversation's
         return conversation.channel_id == report.channel_id
+
+
+def _applying(message: Message, report: StatusReport, **keys: str) -> AbstractContextManager[None]:
+    """The log keys of the lines applying a report: the message's correlation id, and the reporting webhook's."""
+    return log_context(
+        correlation_id=message.correlation_id,
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        webhook_correlation_id=report.correlation_id,
+        **keys,
+    )
