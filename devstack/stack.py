@@ -413,9 +413,11 @@ def throwaway_platform(
 
             bootstrap.postgres().close()
             mongo = bootstrap.mongo()
-            # dropping a database of 10,000 messages takes longer than the functions' 5 s socket timeout
-            with pymongo.timeout(120):
-                mongo.client.drop_database(mongo.name)
+            # a server of its own goes with the state dir; a database on a given server is dropped, which for
+            # a large one takes longer than the functions' 5 s socket timeout
+            if options.environ.get("MONGODB_URI"):
+                with pymongo.timeout(600):
+                    mongo.client.drop_database(mongo.name)
             mongo.client.close()  # before its server stops: closing afterwards waits for a server that is gone
             postgres_database(platform.urls["postgres_server"], options.database_name, drop=True, create=False)
         finally:

@@ -110,7 +110,8 @@ class DevStack:
             text=True,
             start_new_session=True,  # our signals only, as Ctrl-C would send them
         )
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -125,7 +126,7 @@ class DevStack:
         deadline = time.monotonic() + timeout
         while not any(text in line for line in self.lines):
             if self.process.poll() is not None:
-                time.sleep(0.2)  # let the reader catch the last lines
+                self.reader.join(10)  # the last lines, up to the end of the output
                 if any(text in line for line in self.lines):
                     return
                 pytest.fail(f"make dev exited ({self.process.returncode}) before {text!r}:\n{self.output}")
@@ -296,6 +297,6 @@ def test_a_port_taken_by_another_program_is_an_error_that_names_it(
         port = other_program.getsockname()[1]
         stack = DevStack(private_clone, {**dev_env, "CHAT4ALL_PORT": str(port)})
         assert stack.process.wait(60) == 1
-    time.sleep(0.2)
+        stack.reader.join(10)
     assert f"port {port} is already in use" in stack.output
     assert "starting" not in stack.output  # refused before starting any server
