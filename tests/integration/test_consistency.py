@@ -13,6 +13,7 @@ import pymongo
 import pytest
 
 from chat4all.adapters.mongo import ensure_indexes
+from chat4all.adapters.mongo.participations import participation_doc, participation_id
 from chat4all.adapters.postgres import PostgresDatabase, migrate
 from chat4all.ops.consistency import main as consistency_cli
 from chat4all.ops.consistency import run
@@ -83,6 +84,18 @@ def conversation_doc(participants: list[str], channel_id: str) -> dict[str, Any]
     }
 
 
+def insert_conversations(db: Any, *conversations: dict[str, Any]) -> None:
+    """The conversations with their participations, as MongoConversationStore writes them."""
+    db.conversations.insert_many(list(conversations))
+    db.participations.insert_many(
+        [
+            participation_doc(c["_id"], p["user_id"], p["joined_at"], c["last_activity_at"])
+            for c in conversations
+            for p in c["participants"]
+        ]
+    )
+
+
 def message_doc(conversation_id: str, sender_id: str, sequence: int, status: str = "SENT") -> dict[str, Any]:
     return {
         "_id": new_id(),
@@ -111,7 +124,7 @@ def test_a_clean_run_reports_zero_and_planted_orphans_are_found(databases: tuple
             (new_id(), users[1], NOW),
         )
         conversations = [conversation_doc([users[i], users[i + 1]], channel) for i in range(0, 6, 2)]
-        db.conversations.insert_many(conversations)
+        insert_conversations(db, *conversations)
         # 2,500 messages: more than two pages of the check's 1,000
         db.messages.insert_many(
             [message_doc(conversations[n % 3]["_id"], users[(n % 3) * 2], n + 1) for n in range(2500)]
@@ -120,17 +133,29 @@ def test_a_clean_run_reports_zero_and_planted_orphans_are_found(databases: tuple
         report = run(database_url, mongodb_uri)
         assert report.errors == 0, report.findings
         assert report.notes == 0
-        assert report.checked == {"message": 2500, "conversation": 3, "delivery": 0, "identity": 1}
+        assert report.checked == {
+            "message": 2500,
+            "conversation": 3,
+            "delivery": 0,
+            "participant": 6,
+            "participation": 6,
+            "identity": 1,
+        }
         assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 0
 
-        # planted: a message whose sender is nobody, a participant who is nobody, and a conversation whose
-        # channel is deleted while one of its messages is still PENDING
+        # planted: a message whose sender is nobody, a participant who is nobody, a conversation whose
+        # channel is deleted while one of its messages is still PENDING, a participant without the participation
+        # its user's list reads, and a participation left behind by a participant who is not one
         ghost, nobody = new_id(), new_id()
         orphan = message_doc(conversations[0]["_id"], ghost, 9999)
         db.messages.insert_one(orphan)
         stranger = conversation_doc([users[0], nobody], channel)
         on_doomed = conversation_doc([users[2], users[3]], doomed)
-        db.conversations.insert_many([stranger, on_doomed])
+        insert_conversations(db, stranger, on_doomed)
+        unlisted = participation_id(conversations[1]["_id"], users[2])
+        db.participations.delete_one({"_id": unlisted})
+        left_over = participation_doc(conversations[2]["_id"], users[0], NOW, NOW)
+        db.participations.insert_one(left_over)
         db.messages.insert_one(message_doc(on_doomed["_id"], users[2], 1, status="PENDING"))
         conn.execute("DELETE FROM channels WHERE channel_id = %s", (doomed,))
 
@@ -140,9 +165,19 @@ def test_a_clean_run_reports_zero_and_planted_orphans_are_found(databases: tuple
         ("message", orphan["_id"], "sender missing", ghost),
         ("conversation", stranger["_id"], "participant missing", nobody),
         ("conversation", on_doomed["_id"], "channel missing (unsettled)", doomed),
+        ("participant", unlisted, "participation missing", unlisted),
+        ("participation", left_over["_id"], "participant missing", left_over["_id"]),
     }
-    assert report.errors == 3
-    assert report.error_rate == 3 / (2502 + 5 + 1)
+    assert report.errors == 5
+    assert report.checked == {
+        "message": 2502,
+        "conversation": 5,
+        "delivery": 0,
+        "participant": 10,
+        "participation": 10,
+        "identity": 1,
+    }
+    assert report.error_rate == 5 / (2502 + 5 + 10 + 10 + 1)
     assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 1
     client.close()
 
@@ -200,7 +235,7 @@ def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str])
         users = [add_user(conn) for _ in range(4)]
         channel, doomed, retired = add_channel(conn), add_channel(conn), add_channel(conn)
         group = conversation_doc(users, channel) | {"conversation_type": "GROUP"}
-        db.conversations.insert_one(group)
+        insert_conversations(db, group)
         # 400 GROUP messages to 3 recipients: 1,200 deliveries, two pages, each page's messages asked at once
         messages = [message_doc(group["_id"], users[0], n + 1) | {"recipients": users[1:]} for n in range(400)]
         db.messages.insert_many(messages)
@@ -208,7 +243,14 @@ def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str])
         clean = run(database_url, mongodb_uri)
         assert clean.errors == 0, clean.findings
         assert clean.notes == 0
-        assert clean.checked == {"message": 400, "conversation": 1, "delivery": 1200, "identity": 0}
+        assert clean.checked == {
+            "message": 400,
+            "conversation": 1,
+            "delivery": 1200,
+            "participant": 4,
+            "participation": 4,
+            "identity": 0,
+        }
 
         ghost, lost_conversation, lost_message = new_id(), new_id(), new_id()
         bad_recipient = message_doc(group["_id"], users[0], 401) | {"recipients": [users[1], ghost]}
@@ -223,7 +265,7 @@ def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str])
         db.deliveries.insert_many([without_message, to_nobody, pending_on_doomed, settled_on_doomed])
         # a conversation on a channel deleted after all its messages went out: settled, a note
         quiet = conversation_doc([users[0], users[1]], retired)
-        db.conversations.insert_one(quiet)
+        insert_conversations(db, quiet)
         db.messages.insert_one(message_doc(quiet["_id"], users[0], 1, status="READ"))
         conn.execute("DELETE FROM channels WHERE channel_id = ANY(%s::uuid[])", ([doomed, retired],))
         # the foreign key forbids an identity without its user; a restore of a dump made without it would not
@@ -249,7 +291,14 @@ def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str])
     }
     assert report.errors == 6
     assert report.notes == 2
-    assert report.checked == {"message": 404, "conversation": 2, "delivery": 1204, "identity": 1}
-    assert report.error_rate == 6 / (404 + 2 + 1204 + 1)
+    assert report.checked == {
+        "message": 404,
+        "conversation": 2,
+        "delivery": 1204,
+        "participant": 6,
+        "participation": 6,
+        "identity": 1,
+    }
+    assert report.error_rate == 6 / (404 + 2 + 1204 + 6 + 6 + 1)
     assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 1
     client.close()

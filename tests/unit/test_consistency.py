@@ -71,6 +71,16 @@ def conversation(cid: str, *participants: str, channel: str | None = "ch") -> Do
     return DocumentRefs("conversation", cid, tuple(("participant", p) for p in participants), channel)
 
 
+def participant(conversation_id: str, user_id: str) -> DocumentRefs:
+    mirror = f"{conversation_id}:{user_id}"
+    return DocumentRefs("participant", mirror, (), parent=("participation", mirror))
+
+
+def participation(conversation_id: str, user_id: str) -> DocumentRefs:
+    mirror = f"{conversation_id}:{user_id}"
+    return DocumentRefs("participation", mirror, (), parent=("participant", mirror))
+
+
 def test_a_clean_platform_has_no_error() -> None:
     source = Source(
         {
@@ -80,13 +90,22 @@ def test_a_clean_platform_has_no_error() -> None:
             ],
             "conversation": [conversation("c1", "a", "b")],
             "delivery": [delivery("d1", "m2", "c", pending=True)],
+            "participant": [participant("c1", "a"), participant("c1", "b")],
+            "participation": [participation("c1", "a"), participation("c1", "b")],
         }
     )
     report = ConsistencyCheck(source, Target({"a", "b", "c"}, {"ch"}, identities=3)).run()
     assert report.errors == 0
     assert report.notes == 0
     assert report.findings == []
-    assert report.checked == {"message": 2, "conversation": 1, "delivery": 1, "identity": 3}
+    assert report.checked == {
+        "message": 2,
+        "conversation": 1,
+        "delivery": 1,
+        "participant": 2,
+        "participation": 2,
+        "identity": 3,
+    }
     assert report.error_rate == 0.0
     assert report.within_target
 
@@ -173,3 +192,22 @@ def test_parents_are_asked_one_batch_per_page() -> None:
     report = ConsistencyCheck(source, Target({"a"}, {"ch"}), page_size=1000).run()
     assert report.errors == 0
     assert source.parent_batches == [("conversation", 7)] * 3
+
+
+def test_a_participant_without_its_participation_and_a_participation_without_its_participant_are_errors() -> None:
+    # c1 lists a and b; b's participation is missing (c1 is not in b's list) and c's is left over (c left c1,
+    # or was never in it: c1 would be in c's list)
+    source = Source(
+        {
+            "participant": [participant("c1", "a"), participant("c1", "b")],
+            "participation": [participation("c1", "a"), participation("c1", "c")],
+        }
+    )
+    report = ConsistencyCheck(source, Target(set(), set())).run()
+    problems = {(f.kind, f.document_id, f.problem, f.missing_id, f.error) for f in report.findings}
+    assert problems == {
+        ("participant", "c1:b", "participation missing", "c1:b", True),
+        ("participation", "c1:c", "participant missing", "c1:c", True),
+    }
+    assert report.error_rate == 2 / 4
+    assert source.parent_batches == [("participation", 2), ("participant", 2)]

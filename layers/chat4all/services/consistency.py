@@ -3,7 +3,10 @@
 Checked: every message's sender and (GROUP) recipients, every conversation's participants and `channel_id`,
 every GROUP delivery's recipient and channel (the `deliveries` collection), and every external identity's user.
 Users are never deleted, so a user MongoDB names that PostgreSQL lacks is an error. Within MongoDB too, every
-message's conversation and every delivery's message must exist: an orphan is an error (nothing reads it).
+message's conversation and every delivery's message must exist: an orphan is an error (nothing reads it); and
+every participant of a conversation has its participation (else the conversation is missing from the user's
+list: "participation missing") and every participation its participant (else the list shows a conversation the
+user left or that is gone: "participant missing").
 Channels may be deleted: a document naming a deleted channel is an error only while it is not settled (a
 PENDING delivery, or a conversation with PENDING messages: they can never go out through it); a settled one is
 history and is reported as a note, outside the error rate.
@@ -11,8 +14,8 @@ history and is reported as a note, outside the error rate.
 The MongoDB side is read in pages (ReferenceSource.pages); each page's ids are asked of PostgreSQL in one batch
 per kind (ReferenceTarget.existing_users/channels) and the page's parents (conversations, messages) of MongoDB
 in one batch per kind (ReferenceSource.existing), so memory is bounded by the page, whatever the size of the
-collections. The error rate is errors / documents checked (messages, conversations, deliveries and
-identities); the seed's target is under 0.01%.
+collections. The error rate is errors / references checked (messages, conversations, deliveries, participants,
+participations and identities); the seed's target is under 0.01%.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from chat4all.ports import DocumentRefs, ReferenceSource, ReferenceTarget
 
-KINDS = ("message", "conversation", "delivery")
+KINDS = ("message", "conversation", "delivery", "participant", "participation")
 PAGE_SIZE = 1000
 MAX_FINDINGS = 100
 TARGET_ERROR_RATE = 0.0001  # 0.01%
