@@ -10,6 +10,7 @@ import hashlib
 import math
 import secrets
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import ForbiddenError, TooManyRequestsError, UnauthorizedError
@@ -37,6 +38,7 @@ def _looks_like_jwt(token: str) -> bool:
     return not token.startswith(API_KEY_PREFIX) and token.count(".") == 2
 
 
+@dataclass
 class Authenticator:
     """Turns an Authorization header into a Principal, or refuses with 401.
 
@@ -44,10 +46,9 @@ class Authenticator:
     only what cannot change (a JWT's signature, the issuer's keys) is cached, by the token verifier.
     """
 
-    def __init__(self, keys: ApiKeyRepository, users: UserRepository, tokens: TokenVerifier | None = None) -> None:
-        self.keys = keys
-        self.users = users
-        self.tokens = tokens
+    keys: ApiKeyRepository
+    users: UserRepository
+    tokens: TokenVerifier | None = None
 
     def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -80,12 +81,12 @@ class Authenticator:
         return Principal(key_id=f"jwt:{user_id}", role=role, user_id=user_id)
 
 
+@dataclass
 class RequestLimits:
     """Each API key and each JWT subject has a request rate: its own (`rate_limit`) or the platform's default."""
 
-    def __init__(self, limiter: RequestLimiter, default_per_second: int) -> None:
-        self.limiter = limiter
-        self.default_per_second = default_per_second
+    limiter: RequestLimiter
+    default_per_second: int
 
     def admit(self, principal: Principal) -> None:
         """Raise TooManyRequestsError (429, Retry-After) when the caller's credential is past its rate."""

@@ -72,18 +72,12 @@ def decode_activity_cursor(cursor: str) -> tuple[datetime, str]:
         ) from exc
 
 
+@dataclass
 class ConversationService:
-    def __init__(
-        self,
-        conversations: ConversationStore,
-        messages: MessageStore,
-        users: UserRepository,
-        channels: ChannelRepository,
-    ) -> None:
-        self.conversations = conversations
-        self.messages = messages
-        self.users = users
-        self.channels = channels
+    conversations: ConversationStore
+    messages: MessageStore
+    users: UserRepository
+    channels: ChannelRepository
 
     def create(self, command: CreateConversation, principal: Principal) -> Conversation:
         participants = list(dict.fromkeys(command.participants))

@@ -30,7 +30,7 @@ import dataclasses
 import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -281,50 +281,32 @@ class _DeliverySubject(_Subject):
 type _Route = tuple[Platform, str, str] | str
 
 
+@dataclass
 class DeliveryService:
     """Sends a conversation's PENDING messages in sequence order, each with at most one platform call; fans a
     GROUP message out into deliveries, and sends each recipient's lane of deliveries the same way."""
 
-    def __init__(
-        self,
-        messages: MessageStore,
-        conversations: ConversationStore,
-        users: UserRepository,
-        channels: ChannelRepository,
-        connectors: Mapping[Platform, ChannelConnector],
-        events: EventPublisher,
-        *,
-        deliveries: DeliveryStore | None = None,
-        queue: OutboundQueue | None = None,
-        trouble_window: timedelta = DEFAULT_TROUBLE_WINDOW,
-        send_margin: timedelta = SEND_MARGIN,
-        clock: Callable[[], datetime] = utcnow,
-        sleep: Callable[[float], None] = time.sleep,
-        breaker: ChannelBreaker | None = None,
-        limiter: RequestLimiter | None = None,
-        delivery_window: timedelta = DEFAULT_DELIVERY_WINDOW,
-        media: Callable[[str], OutboundMedia] | None = None,
-    ) -> None:
-        self.messages = messages
-        # a file message's file by link (chat4all.services.files.MediaLinks); None: file messages fail
-        self.media = media
-        self.conversations = conversations
-        self.users = users
-        self.channels = channels
-        self.connectors = connectors
-        self.events = events
-        self.deliveries = deliveries
-        self.queue = queue
-        self.trouble_window = trouble_window
-        self.send_margin = send_margin
-        self.clock = clock
-        self.sleep = sleep
-        self.breaker = breaker
-        self.limiter = limiter
-        self.delivery_window = delivery_window
-        # channels whose token the platform refused in this container: channel_id -> (reason, the channel's
-        # updated_at then); a channel read since with another updated_at had its credentials set anew
-        self._rejected: dict[str, tuple[str, datetime]] = {}
+    messages: MessageStore
+    conversations: ConversationStore
+    users: UserRepository
+    channels: ChannelRepository
+    connectors: Mapping[Platform, ChannelConnector]
+    events: EventPublisher
+    _: KW_ONLY
+    deliveries: DeliveryStore | None = None
+    queue: OutboundQueue | None = None
+    trouble_window: timedelta = DEFAULT_TROUBLE_WINDOW
+    send_margin: timedelta = SEND_MARGIN
+    clock: Callable[[], datetime] = utcnow
+    sleep: Callable[[float], None] = time.sleep
+    breaker: ChannelBreaker | None = None
+    limiter: RequestLimiter | None = None
+    delivery_window: timedelta = DEFAULT_DELIVERY_WINDOW
+    # a file message's file by link (chat4all.services.files.MediaLinks); None: file messages fail
+    media: Callable[[str], OutboundMedia] | None = None
+    # channels whose token the platform refused in this container: channel_id -> (reason, the channel's
+    # updated_at then); a channel read since with another updated_at had its credentials set anew
+    _rejected: dict[str, tuple[str, datetime]] = field(default_factory=dict, init=False, repr=False)
 
     # ------------------------------------------------------------------ a conversation's run
 

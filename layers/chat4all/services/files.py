@@ -75,6 +75,7 @@ class FileLinks:
     thumbnail_url: str | None = None
 
 
+@dataclass
 class FileService:
     """Uploads, downloads and the checks on every stored object.
 
@@ -95,19 +96,11 @@ class FileService:
     >>> service.create(CreateFile(file_id, "a.pdf", "application/pdf", 1024), principal)
     """
 
-    def __init__(
-        self,
-        files: FileStore,
-        storage: ObjectStorage,
-        conversations: ConversationStore,
-        scanner: MalwareScanner | None,
-        thumbnailer: Thumbnailer,
-    ) -> None:
-        self.files = files
-        self.storage = storage
-        self.conversations = conversations
-        self.scanner = scanner
-        self.thumbnailer = thumbnailer
+    files: FileStore
+    storage: ObjectStorage
+    conversations: ConversationStore
+    scanner: MalwareScanner | None
+    thumbnailer: Thumbnailer
 
     # ------------------------------------------------------------------ the API
 
@@ -340,13 +333,13 @@ def readable(record: FileRecord, principal: Principal, conversations: Conversati
     return False
 
 
+@dataclass
 class FileAttachments:
     """What a send checks of its `file_id` (CLEAN and readable by the caller, else 422), and the file joining the
     conversation it was sent in (its participants may read it from then on)."""
 
-    def __init__(self, files: FileStore, conversations: ConversationStore) -> None:
-        self.files = files
-        self.conversations = conversations
+    files: FileStore
+    conversations: ConversationStore
 
     def attachable(self, file_id: str, principal: Principal) -> FileRecord:
         record = self.files.get(file_id)
@@ -366,12 +359,12 @@ class FileAttachments:
         self.files.add_conversation(file_id, conversation_id)
 
 
+@dataclass
 class MediaLinks:
     """A file message's file as the platforms take it: its kind of media and a fresh download URL (24 hours)."""
 
-    def __init__(self, files: FileStore, presign_get: Callable[[str, int, str | None], str]) -> None:
-        self.files = files
-        self.presign_get = presign_get
+    files: FileStore
+    presign_get: Callable[[str, int, str | None], str]
 
     def __call__(self, file_id: str) -> OutboundMedia:
         record = self.files.get(file_id)

@@ -50,27 +50,18 @@ class AuditPage:
     next_cursor: str | None
 
 
+@dataclasses.dataclass
 class IdentityService:
     """Owns users and how they are known on each platform, plus channels, keys and the audit trail."""
 
-    def __init__(
-        self,
-        users: UserRepository,
-        channels: ChannelRepository,
-        keys: ApiKeyRepository,
-        *,
-        conversations: ConversationStore | None = None,
-        audit_log: AuditLog | None = None,
-        verifier: CredentialVerifier | None = None,
-        breakers: ChannelBreaker | None = None,
-    ) -> None:
-        self.users = users
-        self.channels = channels
-        self.keys = keys
-        self.conversations = conversations
-        self.audit_log = audit_log
-        self.verifier = verifier
-        self.breakers = breakers
+    users: UserRepository
+    channels: ChannelRepository
+    keys: ApiKeyRepository
+    _: dataclasses.KW_ONLY
+    conversations: ConversationStore | None = None
+    audit_log: AuditLog | None = None
+    verifier: CredentialVerifier | None = None
+    breakers: ChannelBreaker | None = None
 
     # ------------------------------------------------------------------ users
     def create_user(self, command: CreateUser, principal: Principal) -> User:

@@ -40,23 +40,16 @@ def inbound_message_id(platform: Platform, platform_message_id: str) -> str:
     return str(uuid.uuid5(INBOUND_NAMESPACE, f"{platform}:{platform_message_id}"))
 
 
+@dataclasses.dataclass
 class InboundService:
     """Matches the sender to a user (creating a CUSTOMER when unknown) and the message to a conversation."""
 
-    def __init__(
-        self,
-        users: UserRepository,
-        conversations: ConversationStore,
-        messages: MessageStore,
-        events: EventPublisher,
-        media: MediaIntake | None = None,
-    ) -> None:
-        self.users = users
-        self.conversations = conversations
-        self.messages = messages
-        self.events = events
-        # inbound files (issue 18): None where no files bucket is configured (a file message keeps its type only)
-        self.media = media
+    users: UserRepository
+    conversations: ConversationStore
+    messages: MessageStore
+    events: EventPublisher
+    # inbound files (issue 18): None where no files bucket is configured (a file message keeps its type only)
+    media: MediaIntake | None = None
 
     def receive(self, channel: ChannelConfig, inbound: InboundMessage) -> Message | None:
         """Store the message; None when it was stored before (a replayed webhook changes nothing)."""

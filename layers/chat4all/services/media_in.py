@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import mimetypes
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import ChannelError, ChannelRejectedError, CredentialsUnreadableError
@@ -66,12 +67,12 @@ def _filename(name: str | None, platform: Platform, file_id: str, mime_type: str
     return f"{str(platform).lower()}-{file_id[:8]}{extension}"
 
 
+@dataclass
 class MediaIntake:
     """What a webhook does for an inbound file: its record (UPLOADING, in the conversation) and its fetch job."""
 
-    def __init__(self, files: FileStore, queue: MediaFetchQueue) -> None:
-        self.files = files
-        self.queue = queue
+    files: FileStore
+    queue: MediaFetchQueue
 
     def accept(self, channel: ChannelConfig, inbound: InboundMessage, message_id: str, conversation_id: str) -> str:
         """The file id the message carries. The job goes out before the message is stored: a webhook that fails
@@ -108,22 +109,15 @@ class MediaTooLargeError(Exception):
     pass
 
 
+@dataclass
 class MediaFetcher:
     """The files function's part: fetch an inbound file from its platform into the bucket."""
 
-    def __init__(
-        self,
-        files: FileStore,
-        storage: ObjectStorage,
-        channels: ChannelRepository,
-        connectors: Mapping[Platform, ChannelConnector],
-        max_bytes: int = INBOUND_MAX_BYTES,
-    ) -> None:
-        self.files = files
-        self.storage = storage
-        self.channels = channels
-        self.connectors = connectors
-        self.max_bytes = max_bytes
+    files: FileStore
+    storage: ObjectStorage
+    channels: ChannelRepository
+    connectors: Mapping[Platform, ChannelConnector]
+    max_bytes: int = INBOUND_MAX_BYTES
 
     def fetch(self, job: MediaFetchJob, attempt: int) -> FileStatus | None:
         """The file's status after this attempt (UPLOADING: stored, its checks follow; REJECTED: given up).

@@ -82,23 +82,15 @@ class AcceptedMessage:
     status_url: str
 
 
+@dataclass
 class MessageService:
-    def __init__(
-        self,
-        messages: MessageStore,
-        conversations: ConversationStore,
-        users: UserRepository,
-        queue: OutboundQueue,
-        deliveries: DeliveryStore | None = None,
-        files: FileAttachments | None = None,
-    ) -> None:
-        self.messages = messages
-        self.conversations = conversations
-        self.users = users
-        self.queue = queue
-        self.delivery_store = deliveries
-        # file messages (issue 18): a file_id must be CLEAN and the caller's to send; None - every file_id is 422
-        self.files = files
+    messages: MessageStore
+    conversations: ConversationStore
+    users: UserRepository
+    queue: OutboundQueue
+    delivery_store: DeliveryStore | None = None
+    # file messages (issue 18): a file_id must be CLEAN and the caller's to send; None - every file_id is 422
+    files: FileAttachments | None = None
 
     def accept(
         self, command: SendMessage, principal: Principal, *, correlation_id: str | None = None

@@ -24,6 +24,7 @@ import json
 import logging
 import threading
 import uuid
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.models import DomainEvent
@@ -164,12 +165,12 @@ class EventBuffer(EventPublisher):
                 )
 
 
+@dataclass
 class EventRelay:
     """Publishes the events the outbox kept; the scheduled sweeper calls it."""
 
-    def __init__(self, bus: EventPublisher, outbox: EventOutbox) -> None:
-        self.bus = bus
-        self.outbox = outbox
+    bus: EventPublisher
+    outbox: EventOutbox
 
     def publish_pending_events(self, limit: int = 100) -> int:
         """Publish up to `limit` kept events, oldest first; returns how many were published and removed.

@@ -15,7 +15,7 @@ settled already.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -67,25 +67,16 @@ def dead_letter_reason(reason: str | None) -> str:
     return "dead-lettered: the route queue's receive limit was reached before the message was delivered"
 
 
+@dataclass
 class RecoveryService:
-    def __init__(
-        self,
-        messages: MessageStore,
-        queue: OutboundQueue,
-        statuses: StatusService,
-        events: EventPublisher,
-        *,
-        pending_after_seconds: int = DEFAULT_PENDING_AFTER_SECONDS,
-        clock: Callable[[], datetime] = utcnow,
-        deliveries: DeliveryStore | None = None,
-    ) -> None:
-        self.deliveries = deliveries
-        self.messages = messages
-        self.queue = queue
-        self.statuses = statuses
-        self.events = events
-        self.pending_after_seconds = pending_after_seconds
-        self.clock = clock
+    messages: MessageStore
+    queue: OutboundQueue
+    statuses: StatusService
+    events: EventPublisher
+    _: KW_ONLY
+    pending_after_seconds: int = DEFAULT_PENDING_AFTER_SECONDS
+    clock: Callable[[], datetime] = utcnow
+    deliveries: DeliveryStore | None = None
 
     # ------------------------------------------------------------------ dead-letter queues
 

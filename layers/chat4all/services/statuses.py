@@ -8,6 +8,7 @@ after every move of one of them.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from chat4all.domain.errors import StatusTargetMissingError
@@ -57,18 +58,12 @@ def advance_group_message(
     return moved
 
 
+@dataclass
 class StatusService:
-    def __init__(
-        self,
-        messages: MessageStore,
-        events: EventPublisher,
-        conversations: ConversationStore | None = None,
-        deliveries: DeliveryStore | None = None,
-    ) -> None:
-        self.messages = messages
-        self.events = events
-        self.conversations = conversations
-        self.deliveries = deliveries
+    messages: MessageStore
+    events: EventPublisher
+    conversations: ConversationStore | None = None
+    deliveries: DeliveryStore | None = None
 
     def apply(self, report: StatusReport) -> bool:
         """Record a platform's report; True when the delivery's or message's status moved.

@@ -23,20 +23,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass
 class WebhookService:
     """Verifies a platform's webhook against the installed channels and hands its events on."""
 
-    def __init__(
-        self,
-        channels: ChannelRepository,
-        connectors: Mapping[Platform, ChannelConnector],
-        events: EventPublisher,
-        inbound: InboundService,
-    ) -> None:
-        self.channels = channels
-        self.connectors = connectors
-        self.events = events
-        self.inbound = inbound
+    channels: ChannelRepository
+    connectors: Mapping[Platform, ChannelConnector]
+    events: EventPublisher
+    inbound: InboundService
 
     def subscription_challenge(self, platform: Platform, params: Mapping[str, str]) -> str:
         connector = self.connectors[platform]
