@@ -48,6 +48,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pymongo import MongoClient
 
 from chat4all.adapters.mongo import DEFAULT_DATABASE
+from chat4all.ops import database_env
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -321,10 +322,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser.add_argument("--out", type=Path, default=Path("backups"), help="where the backup directory is made")
     parser.add_argument("--kms-keys", type=Path, help="a local stack's kms-keys.json to carry along")
     arguments = parser.parse_args(argv)
-    env = dict(os.environ if environ is None else environ)
-    missing = [name for name in ("DATABASE_URL", "MONGODB_URI") if not env.get(name)]
-    if missing:
-        print(f"backup: set {', '.join(missing)} (DATABASE_URL as the owner role)", file=sys.stderr)
+    env = database_env("backup", environ, note=" (DATABASE_URL as the owner role)")
+    if env is None:
         return 2
     try:
         report = backup(env["DATABASE_URL"], env["MONGODB_URI"], arguments.out, kms_keys_file=arguments.kms_keys)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from chat4all.adapters.mongo import connect
 from chat4all.adapters.mongo.references import MongoReferenceSource
 from chat4all.adapters.postgres import PostgresDatabase
 from chat4all.adapters.postgres_references import PostgresReferenceTarget
+from chat4all.ops import database_env
 from chat4all.services.consistency import ConsistencyCheck, ConsistencyReport
 
 PLURALS = {"delivery": "deliveries", "identity": "identities"}
@@ -36,10 +36,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser = argparse.ArgumentParser(description="Check that what MongoDB names exists in PostgreSQL.")
     parser.add_argument("--json", action="store_true", help="the whole report as JSON")
     arguments = parser.parse_args(argv)
-    env = dict(os.environ if environ is None else environ)
-    missing = [name for name in ("DATABASE_URL", "MONGODB_URI") if not env.get(name)]
-    if missing:
-        print(f"consistency: set {', '.join(missing)}", file=sys.stderr)
+    env = database_env("consistency", environ)
+    if env is None:
         return 2
     report = run(env["DATABASE_URL"], env["MONGODB_URI"])
     if arguments.json:

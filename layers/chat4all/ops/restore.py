@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from pymongo import WriteConcern
 from chat4all.adapters.aws_api import AwsApiError, AwsJsonApi
 from chat4all.adapters.postgres import encryption_context
 from chat4all.domain.models import Platform
+from chat4all.ops import database_env
 from chat4all.ops.backup import (
     KMS_KEYS,
     MONGO_DIR,
@@ -228,10 +228,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
     parser.add_argument("--aws-endpoint-url", help="LocalStack: restore the backup's local KMS keys there")
     parser.add_argument("--key-alias", help="the running stack's credentials key (alias/<stack>-credentials)")
     arguments = parser.parse_args(argv)
-    env = dict(os.environ if environ is None else environ)
-    missing = [name for name in ("DATABASE_URL", "MONGODB_URI") if not env.get(name)]
-    if missing:
-        print(f"restore: set {', '.join(missing)} (DATABASE_URL as the owner role)", file=sys.stderr)
+    env = database_env("restore", environ, note=" (DATABASE_URL as the owner role)")
+    if env is None:
         return 2
     kms = None
     if arguments.aws_endpoint_url:
