@@ -34,7 +34,10 @@ REGION = "us-east-1"
 ACCOUNT_ID = "000000000000"
 RUNTIME_API = "/2018-06-01/runtime/"
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # Lambda's limit for a synchronous response
+# containers a function without ReservedConcurrentExecutions or Metadata.LocalConcurrency runs at once here
 LOCAL_DEFAULT_CONCURRENCY = 4
+# Lambda allows 10 s; a loaded 2-core machine importing a function's dependencies may need more
+INIT_TIMEOUT_SECONDS = 20.0
 TIMED_OUT = "Sandbox.Timedout"
 ACCEPTED_BODY = b'{"status": "OK"}'
 SHUTDOWN_SECONDS = 5.0  # what a stop waits for requests still being answered
@@ -153,7 +156,7 @@ class FunctionPool:
 
     async def _run(self, container: Container, invocation: Invocation) -> InvocationResult:
         container.inbox.put_nowait(invocation)
-        init_timeout, timeout = self.service.init_timeout_seconds, self.spec.timeout_seconds
+        init_timeout, timeout = INIT_TIMEOUT_SECONDS, self.spec.timeout_seconds
         await _first(invocation.delivered, container.exited, timeout=init_timeout)
         if invocation.delivered.done():
             await _first(invocation.result, container.exited, timeout=timeout)
@@ -198,18 +201,10 @@ class FunctionPool:
 class LambdaService:
     """Every function's pool, and the Runtime API their containers call. Lives on one asyncio loop."""
 
-    def __init__(
-        self,
-        functions: list[FunctionSpec],
-        *,
-        log_dir: Path,
-        idle_timeout_seconds: float = 300.0,
-        init_timeout_seconds: float = 20.0,
-    ) -> None:
+    def __init__(self, functions: list[FunctionSpec], *, log_dir: Path, idle_timeout_seconds: float = 300.0) -> None:
         self.pools = {spec.name: FunctionPool(self, spec) for spec in functions}
         self.log_dir = log_dir
         self.idle_timeout_seconds = idle_timeout_seconds
-        self.init_timeout_seconds = init_timeout_seconds
         self.stopping = False
         self.by_port: dict[int, Container] = {}
         self.runner = server_runner(self._handle)

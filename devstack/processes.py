@@ -178,13 +178,10 @@ class PortInUseError(RuntimeError):
     """A port the user asked for is taken by another program."""
 
 
-def require_free_port(port: int, variable: str) -> int:
-    """`port` itself, or PortInUseError naming it and the variable that chooses it; 0 means any free port."""
-    if port == 0:
-        return free_port()
+def require_free_port(port: int, variable: str) -> None:
+    """PortInUseError, naming `port` and the variable that chooses it, if another program holds it."""
     if port_in_use(port) or not _bindable(port):
         raise PortInUseError(f"port {port} is already in use by another program; stop it or set {variable}")
-    return port
 
 
 def _bindable(port: int, host: str = "127.0.0.1") -> bool:

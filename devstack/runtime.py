@@ -34,14 +34,9 @@ STOP_TIMEOUT_SECONDS = 30.0
 
 @dataclass
 class RuntimeOptions:
-    # how many containers a function without ReservedConcurrentExecutions or Metadata.LocalConcurrency may run
-    # at once on this machine
-    default_concurrency: int = LOCAL_DEFAULT_CONCURRENCY
     # CHAT4ALL_FUNCTION_CONCURRENCY: every function without ReservedConcurrentExecutions runs this many
     concurrency_override: int | None = None
     idle_timeout_seconds: float = 300.0
-    # Lambda allows 10 s; a loaded 2-core machine importing a function's dependencies may need more
-    init_timeout_seconds: float = 20.0
     # SQS long polling while a queue is quiet (Lambda waits 20 s; shorter lets a stop return sooner)
     sqs_wait_seconds: int = 2
     # how long the HTTP API waits for a function's answer before it answers 503 itself (API Gateway: 30 s)
@@ -107,7 +102,7 @@ class LocalRuntime:
                         for n in (config.reserved_concurrency, options.concurrency_override, config.local_concurrency)
                         if n is not None
                     ),
-                    options.default_concurrency,
+                    LOCAL_DEFAULT_CONCURRENCY,
                 ),
                 runtime=config.runtime,
             )
@@ -143,9 +138,8 @@ class LocalRuntime:
     async def _start(self, specs: list[FunctionSpec], http_port: int | None) -> None:
         opts = self.options
         self.lambda_service = service = LambdaService(
-            specs, log_dir=self.log_dir, idle_timeout_seconds=opts.idle_timeout_seconds,
-            init_timeout_seconds=opts.init_timeout_seconds,
-        )  # fmt: skip
+            specs, log_dir=self.log_dir, idle_timeout_seconds=opts.idle_timeout_seconds
+        )
         await service.start()
         if http_port is not None:
             self.http = HttpApi(http_routes(self.cloudformation), service.invoke, opts.http_timeout_seconds)

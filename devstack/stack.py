@@ -34,7 +34,7 @@ from devstack.processes import (
 from devstack.runtime import LocalRuntime, RuntimeOptions
 from devstack.servers import start_clamd, start_mongo, start_redis
 from devstack.state import StateLock, wipe_state
-from devstack.template import function_environment, load_template
+from devstack.template import function_environment, functions, load_template
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -110,7 +110,6 @@ class PlatformOptions:
     # adds: CHAT4ALL_CHANNEL_MODULES, that platform's API base, and PYTHONPATH where its code is)
     function_variables: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    runtime: RuntimeOptions | None = None  # None: RuntimeOptions.from_env(environ)
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
 
@@ -238,9 +237,8 @@ class LocalPlatform:
     def function_env(self) -> dict[str, str]:
         """Every function's variables together: what this process needs to prepare and read the databases."""
         env: dict[str, str] = {}
-        for logical_id, resource in self.template["Resources"].items():
-            if resource.get("Type") == "AWS::Serverless::Function":
-                env.update(self.function_environment(logical_id))
+        for logical_id in functions(self.template):
+            env.update(self.function_environment(logical_id))
         return env
 
     def function_environment(self, logical_id: str) -> dict[str, str]:
@@ -278,7 +276,7 @@ class LocalPlatform:
             log_dir=self.options.state_dir.resolve() / "logs" / "functions",
             resolve=self.stack.resolve,
             aws_endpoint_url=self.urls["aws"],
-            options=self.options.runtime or RuntimeOptions.from_env(self.options.environ),
+            options=RuntimeOptions.from_env(self.options.environ),
             log=self.options.log,
         )
         self.runtime.start(http_port=free_port() if self.options.port == 0 else self.options.port)
@@ -333,23 +331,18 @@ class LocalPlatform:
 
         LocalStack comes back empty: the template's resources are deployed again (same names, so the same
         queue URLs; the KMS keys with the same id and material) and the start-up sweep re-enqueues what the
-        lost queues held. A secret made again has a new ARN (Secrets Manager adds a random suffix): the functions
-        whose variables changed get them as UpdateFunctionConfiguration would give them (new containers), and so
-        does this process.
+        lost queues held. A secret made again has a new ARN (Secrets Manager adds a random suffix), and every
+        function names the secrets (Globals): each gets its new variables as UpdateFunctionConfiguration would
+        give them (new containers), and so does this process.
         """
         key, _, launcher = SERVERS[name]
         launcher(self.options.state_dir.resolve(), self.group, urlsplit(self.urls[key]).port)
         if name == "localstack":
-            functions = [
-                i for i, r in self.template["Resources"].items() if r.get("Type") == "AWS::Serverless::Function"
-            ]
-            before = {logical_id: self.function_environment(logical_id) for logical_id in functions}
             self._deploy()
             os.environ.update(self.function_env())
-            for logical_id, environment in before.items():
-                now = self.function_environment(logical_id)
-                if self.runtime is not None and now != environment:
-                    self.runtime.update_function_environment(logical_id, now)
+            for logical_id in functions(self.template):
+                if self.runtime is not None:
+                    self.runtime.update_function_environment(logical_id, self.function_environment(logical_id))
             self.take_up_pending_messages()
 
     def invoke(self, logical_id: str, event: Any) -> InvocationResult:
