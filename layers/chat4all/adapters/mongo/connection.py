@@ -13,7 +13,7 @@ from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.ports import DependencyCheck
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
     from pymongo.collection import Collection
     from pymongo.database import Database
@@ -50,6 +50,15 @@ def translated() -> Iterator[None]:
         raise
     except PyMongoError as exc:
         raise DependencyUnavailableError("MongoDB is unavailable") from exc
+
+
+def inserted(insert: Callable[[], object]) -> bool:
+    """Whether `insert` wrote: False when a document with the same unique key was there (an insert done again)."""
+    try:
+        insert()
+    except DuplicateKeyError:
+        return False
+    return True
 
 
 def ensure_indexes(db: Database[dict[str, Any]], indexes: dict[str, list[IndexModel]] | None = None) -> None:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pymongo import DESCENDING
-from pymongo.errors import DuplicateKeyError
 
-from chat4all.adapters.mongo.connection import translated
+from chat4all.adapters.mongo.connection import inserted, translated
 from chat4all.adapters.mongo.documents import to_conversation
 from chat4all.adapters.mongo.participations import participation_doc, participation_docs, participation_id
 from chat4all.domain.models import Conversation, ConversationType, Participant
@@ -166,11 +165,7 @@ class MongoConversationStore(ConversationStore):
             self.collection.update_one({"_id": conversation_id}, {"$max": {"last_inbound_at": at}})
 
     def add_conversation_once(self, conversation: Conversation) -> bool:
-        try:
-            self.add_conversation(conversation)
-        except DuplicateKeyError:
-            return False
-        return True
+        return inserted(lambda: self.add_conversation(conversation))
 
 
 def conversation_doc(conversation: Conversation) -> dict[str, Any]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ReturnDocument
-from pymongo.errors import DuplicateKeyError
 
-from chat4all.adapters.mongo.connection import DURABLE, translated
+from chat4all.adapters.mongo.connection import DURABLE, inserted, translated
 from chat4all.domain.files import FileKind, FileRecord, FileStatus, utcnow
 from chat4all.ports import FileStore
 
@@ -62,11 +61,7 @@ class MongoFileStore(FileStore):
             self.collection.insert_one(to_document(record))
 
     def insert_once(self, record: FileRecord) -> bool:
-        try:
-            self.insert(record)
-        except DuplicateKeyError:
-            return False
-        return True
+        return inserted(lambda: self.insert(record))
 
     def get(self, file_id: str) -> FileRecord | None:
         with translated():
