@@ -190,7 +190,6 @@ class FunctionPool:
             self.retire(container)
 
     def retire(self, container: Container) -> None:
-        """Take a container out of service and kill it."""
         for members in (self.containers, self.idle):
             with contextlib.suppress(ValueError):
                 members.remove(container)
@@ -391,5 +390,4 @@ def _now_iso() -> str:
 
 
 async def _first(*futures: asyncio.Future[Any], timeout: float) -> None:
-    """Wait until one of the futures is done, or `timeout` seconds."""
     await asyncio.wait(futures, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

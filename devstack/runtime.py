@@ -217,7 +217,6 @@ class LocalRuntime:
         self._call(change(), STOP_TIMEOUT_SECONDS)
 
     def container_pids(self, *, busy: bool = False) -> dict[str, list[int]]:
-        """The live container processes of each function (busy: those running an invocation right now)."""
         return self._call(self._service().container_pids(busy=busy), 10)
 
     def busy_container_pids(self) -> dict[str, list[int]]:

@@ -103,8 +103,8 @@ def infrastructure_template(cfn: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_conditions(cfn: dict[str, Any], parameters: dict[str, str]) -> dict[str, bool]:
-    """The template's Conditions for these parameter values (Fn::Equals, Not, And, Or, Condition; Ref and
-    Fn::Join of parameters), as CloudFormation evaluates them."""
+    """The template's Conditions for these parameter values (Fn::Equals, Not, And, Condition; Ref and Fn::Join
+    of parameters: what template.yaml's Conditions use), as CloudFormation evaluates them."""
     declared: dict[str, Any] = cfn.get("Parameters", {})
     conditions: dict[str, Any] = cfn.get("Conditions", {})
     done: dict[str, bool] = {}
@@ -113,7 +113,6 @@ def evaluate_conditions(cfn: dict[str, Any], parameters: dict[str, str]) -> dict
         "Fn::Equals": lambda args: str(value(args[0])) == str(value(args[1])),
         "Fn::Not": lambda args: not value(args[0]),
         "Fn::And": lambda args: all(value(arg) for arg in args),
-        "Fn::Or": lambda args: any(value(arg) for arg in args),
     }
 
     def value(node: Any) -> Any:
