@@ -837,14 +837,15 @@ class Thumbnailer(ABC):
 # -------------------------------------------------------------- cross-database consistency (services/consistency.py)
 @dataclass(frozen=True)
 class DocumentRefs:
-    """What one MongoDB document names in PostgreSQL: users, and at most one channel."""
+    """What one MongoDB document names in PostgreSQL (users, at most one channel) and the document it needs."""
 
-    kind: str  # "message", "conversation", "delivery"
+    kind: str  # "message", "conversation", "delivery", "participant" (one per participant), "participation"
     document_id: str
     users: tuple[tuple[str, str], ...]  # (role, user_id): ("sender", ...), ("recipient", ...), ("participant", ...)
     channel_id: str | None = None
     settled: bool = True  # nothing of it is still to be sent (a PENDING message or delivery is not settled)
-    # the MongoDB document it belongs to: ("conversation", id) for a message, ("message", id) for a delivery
+    # the MongoDB document it needs: ("conversation", id) for a message, ("message", id) for a delivery, the
+    # participation's id as ("participation", id) for a participant and ("participant", id) for a participation
     parent: tuple[str, str] | None = None
 
 
@@ -853,14 +854,14 @@ class ReferenceSource(ABC):
 
     @abstractmethod
     def pages(self, kind: str, page_size: int) -> Iterator[list[DocumentRefs]]:
-        """The documents of one kind ("message", "conversation", "delivery"), `page_size` at a time."""
+        """The references of one kind (DocumentRefs.kind), about `page_size` at a time."""
 
     @abstractmethod
     def has_pending_messages(self, conversation_id: str) -> bool: ...
 
     @abstractmethod
     def existing(self, kind: str, ids: Sequence[str]) -> set[str]:
-        """Which of these conversations or messages (`kind` "conversation", "message") exist, asked at once."""
+        """Which of these ids of `kind` (a parent kind of DocumentRefs.parent) exist, asked at once."""
 
 
 class ReferenceTarget(ABC):
