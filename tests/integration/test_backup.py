@@ -34,6 +34,8 @@ from tests.support.waiting import wait_until
 if TYPE_CHECKING:
     from pathlib import Path
 
+    import httpx
+
     from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_whatsapp import FakeWhatsApp
@@ -62,6 +64,18 @@ def mongo_documents(url: str) -> dict[str, list[dict[str, Any]]]:
 def backed_up_documents(path: Path, name: str) -> list[dict[str, Any]]:
     with (path / "mongo" / f"{name}.bson").open("rb") as handle:
         return sorted(decode_file_iter(handle, codec_options=OPTIONS), key=lambda d: repr(d["_id"]))
+
+
+def send_after_restore(api: Api, body: dict[str, Any]) -> httpx.Response:
+    """POST the message, the same message_id again past a warm container's one 503 (its database connection
+    went with the restore): one message; asserts the 202."""
+    for _ in range(20):
+        response = api.call("POST", "/v1/messages", json=body)
+        if response.status_code != 503:
+            break
+        time.sleep(0.2)
+    assert response.status_code == 202, response.text
+    return response
 
 
 def read(api: Api, path: str, **kwargs: Any) -> Any:
@@ -180,12 +194,7 @@ def test_backup_wipe_restore_brings_everything_back_and_channels_deliver(
         "sender_id": setup.agent_id,
         "content": "after the restore",
     }
-    for _ in range(20):  # the same message_id again past the ingest container's one 503: one message
-        response = api.call("POST", "/v1/messages", json=after)
-        if response.status_code != 503:
-            break
-        time.sleep(0.2)
-    assert response.status_code == 202, response.text
+    response = send_after_restore(api, after)
     assert response.json()["sequence"] == 4
     wait_for_status(api, response.json()["message_id"], "SENT", timeout=60)
     calls = fake_whatsapp.sent_to(setup.customer_phone)

@@ -96,6 +96,20 @@ def insert_conversations(db: Any, *conversations: dict[str, Any]) -> None:
     )
 
 
+def checked(
+    *, messages: int, conversations: int, deliveries: int, participants: int, identities: int
+) -> dict[str, int]:
+    """The report's counts by kind; each participant has its participation in these tests' counts."""
+    return {
+        "message": messages,
+        "conversation": conversations,
+        "delivery": deliveries,
+        "participant": participants,
+        "participation": participants,
+        "identity": identities,
+    }
+
+
 def message_doc(conversation_id: str, sender_id: str, sequence: int, status: str = "SENT") -> dict[str, Any]:
     return {
         "_id": new_id(),
@@ -133,14 +147,7 @@ def test_a_clean_run_reports_zero_and_planted_orphans_are_found(databases: tuple
         report = run(database_url, mongodb_uri)
         assert report.errors == 0, report.findings
         assert report.notes == 0
-        assert report.checked == {
-            "message": 2500,
-            "conversation": 3,
-            "delivery": 0,
-            "participant": 6,
-            "participation": 6,
-            "identity": 1,
-        }
+        assert report.checked == checked(messages=2500, conversations=3, deliveries=0, participants=6, identities=1)
         assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 0
 
         # planted: a message whose sender is nobody, a participant who is nobody, a conversation whose
@@ -169,14 +176,7 @@ def test_a_clean_run_reports_zero_and_planted_orphans_are_found(databases: tuple
         ("participation", left_over["_id"], "participant missing", left_over["_id"]),
     }
     assert report.errors == 5
-    assert report.checked == {
-        "message": 2502,
-        "conversation": 5,
-        "delivery": 0,
-        "participant": 10,
-        "participation": 10,
-        "identity": 1,
-    }
+    assert report.checked == checked(messages=2502, conversations=5, deliveries=0, participants=10, identities=1)
     assert report.error_rate == 5 / (2502 + 5 + 10 + 10 + 1)
     assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 1
     client.close()
@@ -243,14 +243,7 @@ def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str])
         clean = run(database_url, mongodb_uri)
         assert clean.errors == 0, clean.findings
         assert clean.notes == 0
-        assert clean.checked == {
-            "message": 400,
-            "conversation": 1,
-            "delivery": 1200,
-            "participant": 4,
-            "participation": 4,
-            "identity": 0,
-        }
+        assert clean.checked == checked(messages=400, conversations=1, deliveries=1200, participants=4, identities=0)
 
         ghost, lost_conversation, lost_message = new_id(), new_id(), new_id()
         bad_recipient = message_doc(group["_id"], users[0], 401) | {"recipients": [users[1], ghost]}
@@ -291,14 +284,7 @@ def test_every_reference_kind_has_its_planted_orphan(databases: tuple[str, str])
     }
     assert report.errors == 6
     assert report.notes == 2
-    assert report.checked == {
-        "message": 404,
-        "conversation": 2,
-        "delivery": 1204,
-        "participant": 6,
-        "participation": 6,
-        "identity": 1,
-    }
+    assert report.checked == checked(messages=404, conversations=2, deliveries=1204, participants=6, identities=1)
     assert report.error_rate == 6 / (404 + 2 + 1204 + 6 + 6 + 1)
     assert consistency_cli([], {"DATABASE_URL": database_url, "MONGODB_URI": mongodb_uri}) == 1
     client.close()
