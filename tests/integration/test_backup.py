@@ -66,9 +66,15 @@ def backed_up_documents(path: Path, name: str) -> list[dict[str, Any]]:
         return sorted(decode_file_iter(handle, codec_options=OPTIONS), key=lambda d: repr(d["_id"]))
 
 
-def send_after_restore(api: Api, body: dict[str, Any]) -> httpx.Response:
-    """POST the message, the same message_id again past a warm container's one 503 (its database connection
-    went with the restore): one message; asserts the 202."""
+def send_after_restore(api: Api, setup: WhatsAppSetup, content: str) -> httpx.Response:
+    """The agent's message to the customer, the same message_id again past a warm container's one 503 (its
+    database connection went with the restore): one message; asserts the 202."""
+    body = {
+        "message_id": str(uuid.uuid4()),
+        "conversation_id": setup.conversation_id,
+        "sender_id": setup.agent_id,
+        "content": content,
+    }
     for _ in range(20):
         response = api.call("POST", "/v1/messages", json=body)
         if response.status_code != 503:
@@ -188,13 +194,7 @@ def test_backup_wipe_restore_brings_everything_back_and_channels_deliver(
         assert read(api, f"/v1/messages/{message_id}/status") == status
 
     # the channel still delivers: its credentials decrypt, and the conversation's sequence goes on
-    after = {
-        "message_id": str(uuid.uuid4()),
-        "conversation_id": setup.conversation_id,
-        "sender_id": setup.agent_id,
-        "content": "after the restore",
-    }
-    response = send_after_restore(api, after)
+    response = send_after_restore(api, setup, "after the restore")
     assert response.json()["sequence"] == 4
     wait_for_status(api, response.json()["message_id"], "SENT", timeout=60)
     calls = fake_whatsapp.sent_to(setup.customer_phone)

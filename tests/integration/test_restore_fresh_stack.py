@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -227,15 +226,9 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
 
         # AND a message sent through B to the restored channel is delivered with the channel's token
         calls_before = len(fake_whatsapp.sent_to(setup.customer_phone))
-        after = {
-            "message_id": str(uuid.uuid4()),
-            "conversation_id": setup.conversation_id,
-            "sender_id": setup.agent_id,
-            "content": "through the restored stack",
-        }
-        response = send_after_restore(api_b, after)
+        response = send_after_restore(api_b, setup, "through the restored stack")
         assert response.json()["sequence"] == len(sent) + 1  # the conversation's counter came back too
-        wait_for_status(api_b, after["message_id"], "SENT", timeout=60)
+        wait_for_status(api_b, response.json()["message_id"], "SENT", timeout=60)
     calls = fake_whatsapp.sent_to(setup.customer_phone)
     assert len(calls) == calls_before + 1
     assert calls[-1].body["text"]["body"] == "through the restored stack"
