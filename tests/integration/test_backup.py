@@ -66,6 +66,25 @@ def backed_up_documents(path: Path, name: str) -> list[dict[str, Any]]:
         return sorted(decode_file_iter(handle, codec_options=OPTIONS), key=lambda d: repr(d["_id"]))
 
 
+def sent_and_first_delivered(api: Api, setup: WhatsAppSetup, texts: list[str]) -> list[str]:
+    """The agent's messages to the customer, each SENT, the first reported DELIVERED by a signed webhook."""
+    sent = []
+    for text in texts:
+        body = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": text}
+        response = api.call("POST", "/v1/messages", json=body)
+        assert response.status_code == 202, response.text
+        sent.append(response.json()["message_id"])
+    for message_id in sent:
+        wait_for_status(api, message_id, "SENT", timeout=60)
+    wamid = api.call("GET", f"/v1/messages/{sent[0]}").json()["platform_message_id"]
+    report = status_webhook(setup.credentials["phone_number_id"], wamid, "delivered", setup.customer_phone)
+    signature = sign(setup.credentials["app_secret"], report)
+    answer = api.client.post("/webhooks/whatsapp", content=report, headers={"X-Hub-Signature-256": signature})
+    assert answer.status_code == 200
+    wait_for_status(api, sent[0], "DELIVERED", timeout=60)
+    return sent
+
+
 def send_after_restore(api: Api, setup: WhatsAppSetup, content: str) -> httpx.Response:
     """The agent's message to the customer, the same message_id again past a warm container's one 503 (its
     database connection went with the restore): one message; asserts the 202."""
@@ -111,25 +130,8 @@ def test_backup_wipe_restore_brings_everything_back_and_channels_deliver(
     platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp, tmp_path: Path
 ) -> None:
     setup = whatsapp_conversation
-    sent = []
-    for text in ("first", "second", "third"):
-        response = api.call(
-            "POST",
-            "/v1/messages",
-            json={"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": text},
-        )
-        assert response.status_code == 202, response.text
-        sent.append(response.json()["message_id"])
-    for message_id in sent:
-        wait_for_status(api, message_id, "SENT", timeout=60)
     # a status history with a platform report in it
-    wamid = api.call("GET", f"/v1/messages/{sent[0]}").json()["platform_message_id"]
-    body = status_webhook(setup.credentials["phone_number_id"], wamid, "delivered", setup.customer_phone)
-    answer = api.client.post(
-        "/webhooks/whatsapp", content=body, headers={"X-Hub-Signature-256": sign(setup.credentials["app_secret"], body)}
-    )
-    assert answer.status_code == 200
-    wait_for_status(api, sent[0], "DELIVERED", timeout=60)
+    sent = sent_and_first_delivered(api, setup, ["first", "second", "third"])
     before_status = {m: api.call("GET", f"/v1/messages/{m}/status").json() for m in sent}
     before_user = api.call("GET", f"/v1/users/{setup.customer_id}").json()
     before_conversation = api.call("GET", f"/v1/conversations/{setup.conversation_id}").json()

@@ -35,9 +35,9 @@ from tests.integration.test_backup import (
     postgres_rows,
     read,
     send_after_restore,
+    sent_and_first_delivered,
 )
 from tests.integration.test_message_path import wait_for_status
-from tests.support.fake_whatsapp import sign, status_webhook
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -130,20 +130,7 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
 ) -> None:
     # GIVEN platform A with a conversation whose messages went out, one of them reported DELIVERED
     setup = whatsapp_conversation
-    sent = []
-    for text in ("before the backup 1", "before the backup 2"):
-        body = {"conversation_id": setup.conversation_id, "sender_id": setup.agent_id, "content": text}
-        response = api.call("POST", "/v1/messages", json=body)
-        assert response.status_code == 202, response.text
-        sent.append(response.json()["message_id"])
-    for message_id in sent:
-        wait_for_status(api, message_id, "SENT", timeout=60)
-    wamid = api.call("GET", f"/v1/messages/{sent[0]}").json()["platform_message_id"]
-    report_body = status_webhook(setup.credentials["phone_number_id"], wamid, "delivered", setup.customer_phone)
-    signature = sign(setup.credentials["app_secret"], report_body)
-    answer = api.client.post("/webhooks/whatsapp", content=report_body, headers={"X-Hub-Signature-256": signature})
-    assert answer.status_code == 200
-    wait_for_status(api, sent[0], "DELIVERED", timeout=60)
+    sent = sent_and_first_delivered(api, setup, ["before the backup 1", "before the backup 2"])
     before = {
         "user": api.call("GET", f"/v1/users/{setup.customer_id}").json(),
         "identities": api.call("GET", f"/v1/users/{setup.customer_id}/identities").json(),
