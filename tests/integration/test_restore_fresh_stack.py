@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -89,9 +90,10 @@ def fresh_platform(
         forget_connections()
 
 
-def channel_secrets(database_url: str, kms: AwsJsonApi) -> dict[str, tuple[str, bytes]]:
-    """Every channel's credentials as its stack's KMS decrypts them, and the key that did."""
-    found = {}
+def channel_secrets(database_url: str, kms: AwsJsonApi) -> tuple[dict[str, tuple[str, bytes]], set[str]]:
+    """Every channel's credentials as its stack's KMS decrypts them, and the key that did; and the channels
+    whose ciphertext KMS cannot open (this test's lost-key line, and any other test's on the shared stack)."""
+    found, undecryptable = {}, set()
     with psycopg.connect(database_url) as conn:
         rows = conn.execute(
             "SELECT channel_id, platform, credentials_ciphertext, credentials_bound FROM channels"
@@ -100,9 +102,28 @@ def channel_secrets(database_url: str, kms: AwsJsonApi) -> dict[str, tuple[str, 
         params: dict[str, Any] = {"CiphertextBlob": base64.b64encode(bytes(ciphertext)).decode()}
         if bound:
             params["EncryptionContext"] = encryption_context(str(channel_id), Platform(platform))
-        plain = kms.call("Decrypt", params)
+        try:
+            plain = kms.call("Decrypt", params)
+        except AwsApiError as exc:
+            assert exc.code == "InvalidCiphertextException", exc
+            undecryptable.add(str(channel_id))
+            continue
         found[str(channel_id)] = (str(plain["KeyId"]), base64.b64decode(plain["Plaintext"]))
-    return found
+    return found, undecryptable
+
+
+def lost_key_line(api: Api, database_url: str) -> str:
+    """A WhatsApp channel whose stored ciphertext no KMS key opens (as after losing its key)."""
+    secret = uuid.uuid4().hex
+    credentials = {"access_token": secret, "phone_number_id": f"7{uuid.uuid4().int % 10**12}"}
+    credentials |= {"app_secret": secret, "verify_token": secret}
+    body = {"platform": "WHATSAPP", "name": "lost key", "credentials": credentials}
+    channel_id: str = api.created("/v1/channels", body)["channel_id"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE channels SET credentials_ciphertext = %s WHERE channel_id = %s", (b"\x00" * 64, channel_id)
+        )
+    return channel_id
 
 
 def without_ciphertext(rows: dict[str, list[tuple[Any, ...]]], database_url: str) -> dict[str, list[Any]]:
@@ -145,7 +166,9 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
 
     # WHEN A is backed up (with its local KMS key material)
     kms_a = AwsJsonApi("kms", region="us-east-1", endpoint_url=platform.urls["aws"])
-    secrets_a = channel_secrets(platform.urls["postgres"], kms_a)
+    lost = lost_key_line(api, platform.urls["postgres"])
+    secrets_a, undecryptable_a = channel_secrets(platform.urls["postgres"], kms_a)
+    assert lost in undecryptable_a
     rows_a = postgres_rows(platform.urls["postgres"])
     state_a = platform.options.state_dir.resolve()
     taken = backup(platform.urls["postgres"], platform.urls["mongo"], tmp_path, kms_keys_file=state_a / KMS_KEYS_FILE)
@@ -174,6 +197,8 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
     assert restored.rows == taken.rows
     assert restored.keys_created >= 1
     assert restored.channels_reencrypted == len(secrets_a)
+    # a channel whose credentials do not decrypt does not stop the restore: it is left as it was, and named
+    assert set(restored.channels_undecryptable) == undecryptable_a
 
     # THEN every row (the re-encrypted ciphertext aside) and every document is the backup's
     rows_b = postgres_rows(fresh.urls["postgres"])
@@ -182,7 +207,8 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
     for name in taken.documents:
         assert documents_b.get(name, []) == backed_up_documents(taken.path, name), name
     # every channel's credentials decrypt in B, under B's own key, to what they were in A
-    secrets_b = channel_secrets(fresh.urls["postgres"], kms_b)
+    secrets_b, undecryptable_b = channel_secrets(fresh.urls["postgres"], kms_b)
+    assert undecryptable_b == undecryptable_a
     assert {c: plain for c, (_, plain) in secrets_b.items()} == {c: plain for c, (_, plain) in secrets_a.items()}
     assert {key_id.rsplit("/", 1)[-1] for key_id, _ in secrets_b.values()} == {key_b}
 
@@ -193,11 +219,14 @@ def test_a_backup_restored_into_a_fresh_stack_brings_everything_back_and_its_cha
     assert restore_cli([str(taken.path), *local], env) == 1
     assert "the target is not empty (PostgreSQL users" in capsys.readouterr().err
     assert restore_cli([str(taken.path), "--force", *local], env) == 0
-    assert "restored" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert "restored" in said.out
+    assert "channels' credentials did not decrypt and were left as they were" in said.err
+    assert lost in said.err
     assert without_ciphertext(postgres_rows(fresh.urls["postgres"]), fresh.urls["postgres"]) == without_ciphertext(
         rows_a, platform.urls["postgres"]
     )
-    assert channel_secrets(fresh.urls["postgres"], kms_b) == secrets_b
+    assert channel_secrets(fresh.urls["postgres"], kms_b) == (secrets_b, undecryptable_b)
 
     # AND B's API (with A's admin key: the API keys are the backup's) answers what A's did
     with httpx.Client(base_url=fresh.api_url, timeout=30) as client:

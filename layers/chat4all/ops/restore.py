@@ -65,6 +65,15 @@ INSERT_BATCH = 1000
 PEOPLE_TABLES = ("users", "channels", "external_identities")
 MONGO_RECORDS = ("conversations", "messages", "deliveries", "files")
 LOCALSTACK_KEY_TAGS = ("_custom_id_", "_custom_key_material_")
+# KMS's answers for a ciphertext no key it has opens (corrupt, or under a key deleted or not in the backup): the
+# channel is left as it is, and named; anything else (KMS unreachable, throttled) stops the restore
+UNDECRYPTABLE = {
+    "InvalidCiphertextException",
+    "IncorrectKeyException",
+    "NotFoundException",
+    "DisabledException",
+    "KMSInvalidStateException",
+}
 
 
 @dataclass(frozen=True)
@@ -73,6 +82,9 @@ class RestoreReport:
     rows: dict[str, int]
     keys_created: int
     channels_reencrypted: int
+    # channels whose credentials did not decrypt: left as they were (they did not decrypt before the backup
+    # either, or their key is gone); their deliveries fail on credentials until they are rotated
+    channels_undecryptable: tuple[str, ...] = ()
 
 
 def not_empty(database_url: str, db: Database[RawBSONDocument]) -> list[str]:
@@ -137,9 +149,12 @@ def restore_collection(db: Database[RawBSONDocument], name: str, directory: Path
     return count
 
 
-def restore_local_keys(kms: AwsJsonApi, backup_dir: Path, database_url: str, key_alias: str) -> tuple[int, int]:
+def restore_local_keys(
+    kms: AwsJsonApi, backup_dir: Path, database_url: str, key_alias: str
+) -> tuple[int, int, tuple[str, ...]]:
     """Create the backup's LocalStack keys that are missing, then re-encrypt every channel's credentials under
-    the key `key_alias` names (the running stack's); (keys created, channels re-encrypted)."""
+    the key `key_alias` names (the running stack's); (keys created, channels re-encrypted, the channels whose
+    credentials did not decrypt)."""
     keys: dict[str, dict[str, str]] = json.loads((backup_dir / KMS_KEYS).read_text())
     created = 0
     for entry in keys.values():
@@ -156,6 +171,7 @@ def restore_local_keys(kms: AwsJsonApi, backup_dir: Path, database_url: str, key
             created += 1
     current = kms.call("DescribeKey", {"KeyId": key_alias})["KeyMetadata"]
     reencrypted = 0
+    undecryptable: list[str] = []
     with psycopg.connect(database_url, connect_timeout=5, autocommit=True) as conn:
         rows = conn.execute(
             "SELECT channel_id, platform, credentials_ciphertext, credentials_bound FROM channels"
@@ -165,7 +181,13 @@ def restore_local_keys(kms: AwsJsonApi, backup_dir: Path, database_url: str, key
             params: dict[str, Any] = {"CiphertextBlob": _b64(bytes(ciphertext))}
             if context:
                 params["EncryptionContext"] = context
-            plain = kms.call("Decrypt", params)
+            try:
+                plain = kms.call("Decrypt", params)
+            except AwsApiError as exc:
+                if exc.code not in UNDECRYPTABLE:
+                    raise
+                undecryptable.append(str(channel_id))
+                continue
             if plain.get("KeyId") in (current["Arn"], current["KeyId"]):
                 continue
             params = {"KeyId": current["KeyId"], "Plaintext": plain["Plaintext"]}
@@ -177,7 +199,7 @@ def restore_local_keys(kms: AwsJsonApi, backup_dir: Path, database_url: str, key
                 (base64.b64decode(sealed["CiphertextBlob"]), channel_id),
             )
             reencrypted += 1
-    return created, reencrypted
+    return created, reencrypted, tuple(undecryptable)
 
 
 def _b64(data: bytes) -> str:
@@ -216,9 +238,10 @@ def restore(
     if documents != expected_docs:
         raise BackupError(f"MongoDB counts after the restore {documents} differ from the backup's {expected_docs}")
     created = reencrypted = 0
+    undecryptable: tuple[str, ...] = ()
     if manifest.get("kms_keys") and kms is not None and key_alias:
-        created, reencrypted = restore_local_keys(kms, backup_dir, database_url, key_alias)
-    return RestoreReport(documents, rows, created, reencrypted)
+        created, reencrypted, undecryptable = restore_local_keys(kms, backup_dir, database_url, key_alias)
+    return RestoreReport(documents, rows, created, reencrypted, undecryptable)
 
 
 def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
@@ -254,6 +277,12 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         f"restored {sum(report.documents.values())} MongoDB documents and {sum(report.rows.values())} PostgreSQL "
         f"rows; {report.keys_created} KMS keys created, {report.channels_reencrypted} channels re-encrypted"
     )
+    if report.channels_undecryptable:
+        print(
+            f"restore: {len(report.channels_undecryptable)} channels' credentials did not decrypt and were left as "
+            f"they were (rotate them: PATCH /v1/channels/{{id}}): {', '.join(report.channels_undecryptable)}",
+            file=sys.stderr,
+        )
     return 0
 
 
