@@ -36,6 +36,7 @@ from botocore.credentials import Credentials
 from psycopg import sql
 from pymongo import WriteConcern
 
+from chat4all.adapters.aws import PERMANENT_KMS_ERRORS
 from chat4all.adapters.aws_api import AwsApiError, AwsJsonApi
 from chat4all.adapters.postgres import encryption_context
 from chat4all.domain.models import Platform
@@ -65,15 +66,6 @@ INSERT_BATCH = 1000
 PEOPLE_TABLES = ("users", "channels", "external_identities")
 MONGO_RECORDS = ("conversations", "messages", "deliveries", "files")
 LOCALSTACK_KEY_TAGS = ("_custom_id_", "_custom_key_material_")
-# KMS's answers for a ciphertext no key it has opens (corrupt, or under a key deleted or not in the backup): the
-# channel is left as it is, and named; anything else (KMS unreachable, throttled) stops the restore
-UNDECRYPTABLE = {
-    "InvalidCiphertextException",
-    "IncorrectKeyException",
-    "NotFoundException",
-    "DisabledException",
-    "KMSInvalidStateException",
-}
 
 
 @dataclass(frozen=True)
@@ -184,7 +176,9 @@ def restore_local_keys(
             try:
                 plain = kms.call("Decrypt", params)
             except AwsApiError as exc:
-                if exc.code not in UNDECRYPTABLE:
+                # no key opens it (corrupt, or its key gone): the channel is left as it is, and named; anything
+                # else (KMS unreachable, throttled) stops the restore
+                if exc.code not in PERMANENT_KMS_ERRORS:
                     raise
                 undecryptable.append(str(channel_id))
                 continue
