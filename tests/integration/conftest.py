@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import httpx
+import psycopg
 import pytest
 
 from tests.support.waiting import wait_until
@@ -50,6 +51,21 @@ class Api:
         response = self.call("POST", path, json=body, key=key)
         assert response.status_code == 201, response.text
         return dict(response.json())
+
+
+def lost_key_line(api: Api, database_url: str) -> str:
+    """A WhatsApp channel whose stored ciphertext no KMS key opens (as after losing its key); `database_url`:
+    the platform's PostgreSQL, on a connection of its own (this process's may be gone after a wiping test)."""
+    secret = uuid.uuid4().hex
+    credentials = {"access_token": secret, "phone_number_id": f"7{uuid.uuid4().int % 10**12}"}
+    credentials |= {"app_secret": secret, "verify_token": secret}
+    body = {"platform": "WHATSAPP", "name": "lost key", "credentials": credentials}
+    channel_id: str = api.created("/v1/channels", body)["channel_id"]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE channels SET credentials_ciphertext = %s WHERE channel_id = %s", (b"\x00" * 64, channel_id)
+        )
+    return channel_id
 
 
 @pytest.fixture(scope="session")

@@ -2,29 +2,25 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING
 
 from chat4all import bootstrap
+from tests.integration.conftest import lost_key_line
 from tests.integration.test_message_path import post_webhook, send, wait_for_status
 from tests.support.fake_whatsapp import sign, status_webhook
 
 if TYPE_CHECKING:
+    from devstack.stack import LocalPlatform
     from tests.integration.conftest import Api, WhatsAppSetup
     from tests.support.fake_whatsapp import FakeWhatsApp
 
 
 def test_unreadable_credentials_fail_their_channel_only(
-    api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
+    platform: LocalPlatform, api: Api, whatsapp_conversation: WhatsAppSetup, fake_whatsapp: FakeWhatsApp
 ) -> None:
     setup = whatsapp_conversation
     # GIVEN a second WhatsApp line whose stored ciphertext KMS can no longer decrypt (as after losing its key)
-    secret = uuid.uuid4().hex
-    credentials = {"access_token": secret, "phone_number_id": f"7{uuid.uuid4().int % 10**12}"}
-    credentials |= {"app_secret": secret, "verify_token": secret}
-    broken_line = api.created("/v1/channels", {"platform": "WHATSAPP", "name": "lost key", "credentials": credentials})[
-        "channel_id"
-    ]
+    broken_line = lost_key_line(api, platform.urls["postgres"])
     broken_conversation = api.created(
         "/v1/conversations",
         {
@@ -34,11 +30,6 @@ def test_unreadable_credentials_fail_their_channel_only(
             "channel_id": broken_line,
         },
     )["conversation_id"]
-    with bootstrap.postgres().transaction() as cur:
-        cur.execute(
-            "UPDATE channels SET credentials_ciphertext = %s WHERE channel_id = %s",
-            (b"\x00" * 64, broken_line),
-        )
 
     # WHEN a message goes out on each line
     on_broken = api.call(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import base64
 import os
 import time
-import uuid
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -29,7 +28,7 @@ from chat4all.ops.backup import MANIFEST, backup
 from chat4all.ops.restore import main as restore_cli
 from chat4all.ops.restore import restore
 from devstack.localstack import KMS_KEYS_FILE
-from tests.integration.conftest import Api
+from tests.integration.conftest import Api, lost_key_line
 from tests.integration.test_backup import (
     backed_up_documents,
     mongo_documents,
@@ -110,20 +109,6 @@ def channel_secrets(database_url: str, kms: AwsJsonApi) -> tuple[dict[str, tuple
             continue
         found[str(channel_id)] = (str(plain["KeyId"]), base64.b64decode(plain["Plaintext"]))
     return found, undecryptable
-
-
-def lost_key_line(api: Api, database_url: str) -> str:
-    """A WhatsApp channel whose stored ciphertext no KMS key opens (as after losing its key)."""
-    secret = uuid.uuid4().hex
-    credentials = {"access_token": secret, "phone_number_id": f"7{uuid.uuid4().int % 10**12}"}
-    credentials |= {"app_secret": secret, "verify_token": secret}
-    body = {"platform": "WHATSAPP", "name": "lost key", "credentials": credentials}
-    channel_id: str = api.created("/v1/channels", body)["channel_id"]
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute(
-            "UPDATE channels SET credentials_ciphertext = %s WHERE channel_id = %s", (b"\x00" * 64, channel_id)
-        )
-    return channel_id
 
 
 def without_ciphertext(rows: dict[str, list[tuple[Any, ...]]], database_url: str) -> dict[str, list[Any]]:
