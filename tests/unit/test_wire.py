@@ -343,3 +343,53 @@ def test_an_inbound_media_job_from_a_webhook_is_read_by_the_files_function_whole
         "image/jpeg",
         3,
     )
+
+
+@pytest.mark.parametrize("queue", ["route", "status"])
+def test_a_dead_letter_record_is_dropped_unread_retried_while_a_dependency_is_down_and_given_up_at_the_limit(
+    functions: dict[str, ModuleType], monkeypatch: pytest.MonkeyPatch, queue: str
+) -> None:
+    from chat4all.domain.errors import DependencyUnavailableError
+    from chat4all.services.recovery import DEAD_LETTER_GIVE_UP_RECEIVES
+
+    deadletter = functions["deadletter"]
+    handle = deadletter.route_record if queue == "route" else deadletter.status_record
+    report = StatusReport(Platform.WHATSAPP, "wamid.1", MessageStatus.READ, datetime.now(UTC), channel_id="ch-1")
+    envelope = {"source": STATUS_EVENT_SOURCE, "detail-type": STATUS_EVENT_TYPE}
+    body = (
+        RouteJob(message_id="m1", conversation_id="c1").model_dump_json()
+        if queue == "route"
+        else json.dumps(envelope | {"detail": StatusReportDetail.of(report).event_detail()})
+    )
+
+    def record(text: str, receives: int) -> SQSRecord:
+        attributes = {"ApproximateReceiveCount": str(receives)}
+        fields = {"body": text, "attributes": attributes, "messageAttributes": {}}
+        return SQSRecord({"messageId": "x", "receiptHandle": "h", **fields})
+
+    class DownRecovery:
+        calls = 0
+
+        def settle_dead_route(self, *args: Any, **kwargs: Any) -> bool:
+            self.calls += 1
+            raise DependencyUnavailableError("mongodb")
+
+        settle_dead_status = settle_dead_route
+
+    recovery = DownRecovery()
+    monkeypatch.setattr(bootstrap, "recovery_service", lambda: recovery)
+    counted: list[str] = []
+    monkeypatch.setattr(deadletter.metrics, "add_metric", lambda name, **_: counted.append(name))
+    prefix = "RouteDeadLetters" if queue == "route" else "StatusDeadLetters"
+
+    # a body that is not the queue's record: dropped, counted, never settled
+    handle(record('{"not": "a record"}', 1))
+    assert (recovery.calls, counted) == (0, [f"{prefix}Dropped"])
+    # a dependency down below the limit: raised, so that SQS hands the record out again
+    with pytest.raises(DependencyUnavailableError):
+        handle(record(body, DEAD_LETTER_GIVE_UP_RECEIVES - 1))
+    assert (recovery.calls, counted) == (1, [f"{prefix}Dropped"])
+    # at the limit: given up, counted, not raised
+    handle(record(body, DEAD_LETTER_GIVE_UP_RECEIVES))
+    given_up = "RouteDeadLettersNotSettled" if queue == "route" else "StatusDeadLettersDropped"
+    assert (recovery.calls, counted) == (2, [f"{prefix}Dropped", given_up])
