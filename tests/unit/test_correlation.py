@@ -16,7 +16,14 @@ import pytest
 
 from chat4all.api.app import serve
 from chat4all.domain.models import MessageStatus, Platform, StatusReport
-from chat4all.domain.wire import MessageEventDetail, RouteJob, StatusReportDetail
+from chat4all.domain.wire import (
+    STATUS_EVENT_SOURCE,
+    STATUS_EVENT_TYPE,
+    ChannelStatusReported,
+    MessageEventDetail,
+    RouteJob,
+    status_event_detail,
+)
 from chat4all.observability import logger
 from chat4all.services.notifications import EventBuffer
 from chat4all.services.statuses import StatusService
@@ -182,10 +189,11 @@ def test_the_wire_formats_carry_the_id_and_omit_it_when_absent() -> None:
     assert RouteJob.parse(job.body()).correlation_id == "cid"
     assert "correlation_id" not in RouteJob(message_id="m", conversation_id="c").body()
     report = StatusReport(Platform.WHATSAPP, "wamid", MessageStatus.READ, datetime.now(UTC), correlation_id="w")
-    detail = StatusReportDetail.of(report)
-    assert detail.event_detail()["correlation_id"] == "w" and detail.report().correlation_id == "w"
+    detail = status_event_detail(report)
+    envelope = json.dumps({"source": STATUS_EVENT_SOURCE, "detail-type": STATUS_EVENT_TYPE, "detail": detail})
+    assert detail["correlation_id"] == "w" and ChannelStatusReported.parse(envelope).correlation_id == "w"
     plain = StatusReport(Platform.WHATSAPP, "wamid", MessageStatus.READ, datetime.now(UTC))
-    assert "correlation_id" not in StatusReportDetail.of(plain).event_detail()
+    assert "correlation_id" not in status_event_detail(plain)
     assert "correlation_id" in MessageEventDetail.model_fields
 
 

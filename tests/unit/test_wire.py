@@ -28,7 +28,7 @@ from chat4all.domain.wire import (
     MediaFetchJob,
     MessageEventDetail,
     RouteJob,
-    StatusReportDetail,
+    status_event_detail,
 )
 from chat4all.ports import PendingJob
 from chat4all.services.inbound import InboundService
@@ -254,7 +254,7 @@ def test_a_dead_lettered_status_report_is_applied_only_to_a_message_of_the_chann
 
     def dead_lettered(channel_id: str) -> SQSRecord:
         report = StatusReport(Platform.WHATSAPP, wamid, MessageStatus.READ, datetime.now(UTC), channel_id=channel_id)
-        detail = StatusReportDetail.of(report).event_detail()
+        detail = status_event_detail(report)
         envelope = {"source": STATUS_EVENT_SOURCE, "detail-type": STATUS_EVENT_TYPE, "detail": detail}
         return SQSRecord({"messageId": "x", "receiptHandle": "h", "body": json.dumps(envelope), "attributes": {}})
 
@@ -359,7 +359,7 @@ def test_a_dead_letter_record_is_dropped_unread_retried_while_a_dependency_is_do
     body = (
         RouteJob(message_id="m1", conversation_id="c1").model_dump_json()
         if queue == "route"
-        else json.dumps(envelope | {"detail": StatusReportDetail.of(report).event_detail()})
+        else json.dumps(envelope | {"detail": status_event_detail(report)})
     )
 
     def record(text: str, receives: int) -> SQSRecord:

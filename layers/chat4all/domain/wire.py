@@ -24,7 +24,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_serializer
 
 from chat4all.domain.models import MessageStatus, Platform, StatusReport, utcnow
 
@@ -71,37 +71,17 @@ STATUS_EVENT_SOURCE = "chat4all.channels"
 STATUS_EVENT_TYPE = "ChannelStatusReported"
 
 
-class StatusReportDetail(BaseModel):
-    """The `detail` of ChannelStatusReported: a platform's status report, attributed to the reporting channel."""
+_STATUS_REPORT = TypeAdapter(StatusReport)
 
-    platform: Platform
-    platform_message_id: str
-    status: MessageStatus
-    at: datetime
-    detail: str | None = None
-    # the installed channel whose webhook reported it: the status is applied only to that channel's messages
-    channel_id: str | None = None
-    # the webhook request's correlation id (status logs its lines with the message's own, and this one besides)
-    correlation_id: str | None = None
 
-    @classmethod
-    def of(cls, report: StatusReport) -> StatusReportDetail:
-        """The report's fields of the same names (`account_id` stays behind: the channel is named)."""
-        return cls.model_validate(report, from_attributes=True)
-
-    @field_serializer("at")
-    def _at(self, at: datetime) -> str:
-        return at.isoformat()
-
-    def event_detail(self) -> dict[str, Any]:
-        """As it is put on the bus (PutEvents' `Detail`); no `correlation_id` key when there is none."""
-        detail = self.model_dump(mode="json")
-        if detail.get("correlation_id") is None:
-            detail.pop("correlation_id", None)
-        return detail
-
-    def report(self) -> StatusReport:
-        return StatusReport(**dict(self))
+def status_event_detail(report: StatusReport) -> dict[str, Any]:
+    """The report as ChannelStatusReported's `detail` (PutEvents' `Detail`): attributed to the reporting channel,
+    whose messages only it is applied to (`account_id` stays behind: the channel is named); the webhook
+    request's `correlation_id` only when there is one."""
+    detail: dict[str, Any] = _STATUS_REPORT.dump_python(report, mode="json", exclude={"account_id"})
+    if detail.get("correlation_id") is None:
+        detail.pop("correlation_id", None)
+    return detail
 
 
 class ChannelStatusReported(BaseModel):
@@ -109,12 +89,12 @@ class ChannelStatusReported(BaseModel):
 
     source: str = STATUS_EVENT_SOURCE
     detail_type: str = Field(alias="detail-type")
-    detail: StatusReportDetail
+    detail: StatusReport
 
     @classmethod
     def parse(cls, body: str) -> StatusReport:
         """The report a status queue record carries; raises pydantic.ValidationError when it carries none."""
-        return cls.model_validate_json(body).detail.report()
+        return cls.model_validate_json(body).detail
 
 
 # -------------------------------------------------------------------------------------- message events

@@ -10,7 +10,7 @@ from chat4all.domain.credentials import channel_keys, webhook_secret_digest
 from chat4all.domain.errors import BadRequestError, CredentialsUnreadableError, ForbiddenError, UnauthorizedError
 from chat4all.domain.models import InboundMessage, StatusReport
 from chat4all.domain.untrusted import loads_untrusted
-from chat4all.domain.wire import STATUS_EVENT_SOURCE, STATUS_EVENT_TYPE, StatusReportDetail
+from chat4all.domain.wire import STATUS_EVENT_SOURCE, STATUS_EVENT_TYPE, status_event_detail
 from chat4all.telemetry import current_correlation_id
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class WebhookService:
                 report = dataclasses.replace(
                     event, channel_id=channel.channel_id, correlation_id=current_correlation_id()
                 )
-                detail = StatusReportDetail.of(report).event_detail()
+                detail = status_event_detail(report)
                 self.events.publish(STATUS_EVENT_TYPE, detail, source=STATUS_EVENT_SOURCE)
             else:
                 self.inbound.receive(channel, event)
