@@ -34,16 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bench.load import (
-    INVOCATIONS,
-    LOCALSTACK_CALL,
-    CpuSample,
-    WhatsAppServer,
-    count_invocations,
-    cpu_between,
-    percentile,
-    stack_processes,
-)
+from bench.load import Meter, WhatsAppServer, count_invocations, percentile
 from devstack.stack import throwaway_platform
 
 if TYPE_CHECKING:
@@ -180,21 +171,10 @@ def send_and_settle(platform: LocalPlatform, group: dict[str, Any], count: int, 
 
 
 def measured(platform: LocalPlatform, group: dict[str, Any], count: int) -> Pass:
-    log = platform.options.state_dir / "logs" / "localstack.log"
-    offset = log.stat().st_size
-    invocations = Counter(INVOCATIONS)
-    before = CpuSample.take()
+    meter = Meter(platform)
     result = send_and_settle(platform, group, count, "bench")
-    after = CpuSample.take()
-    with log.open("rb") as stream:
-        stream.seek(offset)
-        result.localstack_calls = Counter(
-            f"{m.group(1)}.{m.group(2)}" for m in LOCALSTACK_CALL.finditer(stream.read().decode())
-        )
-    result.cpu = cpu_between(before, after, stack_processes(platform))
-    counted = Counter(INVOCATIONS)
-    counted.subtract(invocations)
-    result.invocations = +counted
+    usage = meter.read()
+    result.cpu, result.localstack_calls, result.invocations = usage.cpu, usage.aws_calls, usage.invocations
     return result
 
 

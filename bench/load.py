@@ -132,6 +132,87 @@ def cpu_between(before: CpuSample, after: CpuSample, groups: dict[str, list[int]
     return used
 
 
+# ------------------------------------------------------------------ what a window of work cost
+
+
+def count_postgres_statements(platform: LocalPlatform) -> bool:
+    """Turn on pg_stat_statements in the stack's own PostgreSQL (it must be preloaded: one restart, before the
+    work to measure). False on a server given by URL that does not have it: its statements go uncounted."""
+    import psycopg
+
+    with psycopg.connect(platform.urls["postgres"], autocommit=True) as conn:
+        preloaded = "pg_stat_statements" in str(conn.execute("SHOW shared_preload_libraries").fetchone())
+        if not preloaded and platform.options.environ.get("DATABASE_URL"):
+            return False
+        if not preloaded:
+            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+    if not preloaded:
+        platform.server_process("postgres").stop()
+        platform.restart_server("postgres")
+    with psycopg.connect(platform.urls["postgres"], autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    return True
+
+
+def postgres_statements(platform: LocalPlatform) -> int | None:
+    """Statements the functions' role has run so far (BEGIN and COMMIT included: each a round trip of its own,
+    the functions use no pipelines); None while pg_stat_statements is off."""
+    import psycopg
+
+    from chat4all.config import APP_ROLE  # the layer is importable once the platform is up
+
+    query = (
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+        " WHERE r.rolname = %s"
+    )
+    try:
+        with psycopg.connect(platform.urls["postgres"], autocommit=True) as conn:
+            row = conn.execute(query, (APP_ROLE,)).fetchone()
+    except psycopg.errors.UndefinedTable:
+        return None
+    return int(row[0]) if row else None
+
+
+@dataclass
+class Usage:
+    """What the stack spent in a window: CPU seconds by process, Lambda invocations by function, AWS calls by
+    operation (LocalStack's request log), the functions' PostgreSQL statements (None: not counted)."""
+
+    cpu: dict[str, float]
+    invocations: Counter[str]
+    aws_calls: Counter[str]
+    postgres_statements: int | None
+    seconds: float
+
+
+class Meter:
+    """Readings taken now; `read()` is what was spent since."""
+
+    def __init__(self, platform: LocalPlatform) -> None:
+        self.platform = platform
+        self.log = platform.options.state_dir / "logs" / "localstack.log"
+        self.log_offset = self.log.stat().st_size
+        self.invocations = Counter(INVOCATIONS)
+        self.statements = postgres_statements(platform)
+        self.cpu = CpuSample.take()
+
+    def read(self) -> Usage:
+        cpu = CpuSample.take()
+        statements = postgres_statements(self.platform)
+        with self.log.open("rb") as stream:
+            stream.seek(self.log_offset)
+            calls = Counter(f"{m.group(1)}.{m.group(2)}" for m in LOCALSTACK_CALL.finditer(stream.read().decode()))
+        invocations = Counter(INVOCATIONS)
+        invocations.subtract(self.invocations)
+        return Usage(
+            cpu_between(self.cpu, cpu, stack_processes(self.platform)),
+            +invocations,
+            calls,
+            None if statements is None or self.statements is None else statements - self.statements,
+            cpu.at - self.cpu.at,
+        )
+
+
 # ------------------------------------------------------------------ the WhatsApp-format server
 
 
@@ -289,11 +370,8 @@ def _prefill(api: httpx.Client, conversation: dict[str, Any], n: int) -> dict[st
 @dataclass
 class Phase:
     result: dict[str, Any]
-    cpu: dict[str, float]
-    localstack_calls: Counter[str]
-    window_seconds: float
+    usage: Usage
     delivery: dict[str, int]
-    invocations: Counter[str] = field(default_factory=Counter)
 
 
 def run_client(plan: dict[str, Any], on_start: Any = None) -> tuple[dict[str, Any], float | None]:
@@ -315,27 +393,15 @@ def run_client(plan: dict[str, Any], on_start: Any = None) -> tuple[dict[str, An
 
 
 def measured_phase(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict[str, Any]) -> Phase:
-    log = platform.options.state_dir / "logs" / "localstack.log"
-    marks: dict[str, Any] = {}
+    meters: list[Meter] = []
 
     def on_start() -> None:
-        marks["cpu"] = CpuSample.take()
-        marks["invocations"] = Counter(INVOCATIONS)
-        marks["log_offset"] = log.stat().st_size
+        meters.append(Meter(platform))
         print(f"{plan['mode']} phase started", file=sys.stderr, flush=True)  # a profiler can attach now
 
     result, _ = run_client(plan, on_start)
     wait_delivered(whatsapp, result["accepted"], DRAIN_TIMEOUT_SECONDS)
-    after = CpuSample.take()
-    with log.open("rb") as stream:
-        stream.seek(marks["log_offset"])
-        calls = Counter(f"{m.group(1)}.{m.group(2)}" for m in LOCALSTACK_CALL.finditer(stream.read().decode()))
-    cpu = cpu_between(marks["cpu"], after, stack_processes(platform))
-    invocations = Counter(INVOCATIONS)
-    invocations.subtract(marks["invocations"])
-    return Phase(
-        result, cpu, calls, after.at - marks["cpu"].at, delivery_report(whatsapp, result["accepted"]), +invocations
-    )
+    return Phase(result, meters[0].read(), delivery_report(whatsapp, result["accepted"]))
 
 
 # ------------------------------------------------------------------ report
@@ -362,24 +428,24 @@ def latency_table(latencies: dict[str, list[float]], statuses: dict[str, dict[st
 
 def cpu_table(phase: Phase) -> str:
     delivered = max(1, phase.delivery["delivered"])
-    total = sum(phase.cpu.values())
+    total = sum(phase.usage.cpu.values())
     lines = [
-        f"CPU from the phase's start until every accepted message was delivered ({phase.window_seconds:.1f} s), "
+        f"CPU from the phase's start until every accepted message was delivered ({phase.usage.seconds:.1f} s), "
         f"per delivered message ({phase.delivery['delivered']}):",
         "",
         "| process | CPU s | ms per delivered message |",
         "| --- | --- | --- |",
     ]
-    for name, seconds in sorted(phase.cpu.items(), key=lambda item: -item[1]):
+    for name, seconds in sorted(phase.usage.cpu.items(), key=lambda item: -item[1]):
         lines.append(f"| {name} | {seconds:.2f} | {seconds * 1000 / delivered:.2f} |")
-    functions = sum(s for name, s in phase.cpu.items() if name.endswith("containers"))
+    functions = sum(s for name, s in phase.usage.cpu.items() if name.endswith("containers"))
     lines.append(f"| **all** | {total:.2f} | **{total * 1000 / delivered:.2f}** |")
     lines.append(f"| of which the functions | {functions:.2f} | {functions * 1000 / delivered:.2f} |")
-    calls = sum(phase.localstack_calls.values())
-    detail = ", ".join(f"{op} {n}" for op, n in phase.localstack_calls.most_common())
+    calls = sum(phase.usage.aws_calls.values())
+    detail = ", ".join(f"{op} {n}" for op, n in phase.usage.aws_calls.most_common())
     lines += ["", f"LocalStack calls: {calls} ({calls / delivered:.2f} per delivered message): {detail}"]
-    invoked = sum(phase.invocations.values())
-    detail = ", ".join(f"{function} {n / delivered:.2f}" for function, n in phase.invocations.most_common())
+    invoked = sum(phase.usage.invocations.values())
+    detail = ", ".join(f"{function} {n / delivered:.2f}" for function, n in phase.usage.invocations.most_common())
     lines += ["", f"Lambda invocations: {invoked} ({invoked / delivered:.2f} per delivered message): {detail}"]
     return "\n".join(lines)
 

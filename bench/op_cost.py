@@ -1,11 +1,12 @@
-"""CPU of each kind of request, by process: `python -m bench.op_cost [--requests 300]`.
+"""What each kind of request costs: `python -m bench.op_cost [--requests 300] [--mongo-operations]`.
 
-Starts the platform as bench/load.py does, then sends one kind of request at a time, sequentially on one
-kept-alive connection (the sends also from 8 clients at once, with the admin key and with each
-conversation's agent's own key), and divides the CPU each process of the
-stack used (read from /proc, until every message was delivered) by the number of requests: where the mix's
-CPU per message goes, without a profiler's own cost in the figures. `--mongo-operations` then repeats each
-kind with the MongoDB server's profiler on and counts its operations per request.
+Starts the platform as bench/load.py does (with pg_stat_statements turned on in its own PostgreSQL), then
+sends one kind of request at a time, sequentially on one kept-alive connection (the sends also from 8 clients
+at once, with the admin key and with each conversation's agent's own key), and divides by the number of
+requests what the stack spent until every message was delivered: the CPU of each process (from /proc), the
+Lambda invocations of each function, the AWS calls (LocalStack's request log) and the functions' PostgreSQL
+statements. `--mongo-operations` then repeats each kind with the MongoDB server's profiler on and counts its
+operations per request. Without a profiler's own cost in the figures: where the mix's cost per message goes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bench.load import CpuSample, WhatsAppServer, cpu_between, set_up, stack_processes, wait_delivered
+from bench.load import Meter, WhatsAppServer, count_invocations, count_postgres_statements, set_up, wait_delivered
 from devstack.stack import throwaway_platform
 from tests.support.fake_whatsapp import message_webhook, sign
 
@@ -84,8 +85,14 @@ def webhook_of(channel: dict[str, str]) -> Request:
 
 @dataclass
 class Cost:
-    cpu_ms: dict[str, float]  # CPU per request by process
-    mongo_operations: dict[str, float] = field(default_factory=dict)  # per request, by operation and collection
+    """Per request: CPU ms by process, Lambda invocations by function, AWS calls by operation, the functions'
+    PostgreSQL statements (None: not counted), MongoDB operations by operation and collection (a pass of its own)."""
+
+    cpu_ms: dict[str, float]
+    invocations: dict[str, float]
+    aws_calls: dict[str, float]
+    postgres_statements: float | None
+    mongo_operations: dict[str, float] = field(default_factory=dict)
 
 
 def measure(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict[str, Any], kind: Kind, count: int) -> Cost:
@@ -96,18 +103,22 @@ def measure(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict[str, A
     sessions = [httpx.Client(base_url=platform.api_url, headers=headers, timeout=60) for _ in range(kind.clients)]
     for session in sessions:
         health(session, {})  # the connection is open before the measurement
-    before = CpuSample.take()
+    meter = Meter(platform)
     with ThreadPoolExecutor(max_workers=kind.clients) as pool:
         chunks = [jobs[i :: kind.clients] for i in range(kind.clients)]
         results = pool.map(lambda pair: [kind.request(pair[0], c) for c in pair[1]], zip(sessions, chunks, strict=True))
         accepted = [r for chunk in results for r in chunk if r is not None]
     wait_delivered(whatsapp, accepted, 120)
     time.sleep(0.5)  # route's unmark and the events' publication follow the delivery
-    after = CpuSample.take()
+    usage = meter.read()
     for session in sessions:
         session.close()
-    used = cpu_between(before, after, stack_processes(platform))
-    return Cost({name: seconds * 1000 / count for name, seconds in used.items() if seconds > 0})
+    return Cost(
+        {name: seconds * 1000 / count for name, seconds in usage.cpu.items() if seconds > 0},
+        {name: n / count for name, n in usage.invocations.most_common()},
+        {name: n / count for name, n in usage.aws_calls.most_common()},
+        None if usage.postgres_statements is None else usage.postgres_statements / count,
+    )
 
 
 def count_mongo_operations(
@@ -137,9 +148,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--mongo-operations", action="store_true", help="also count MongoDB operations per request")
     arguments = parser.parse_args()
+    count_invocations()
     whatsapp = WhatsAppServer()
     try:
         with throwaway_platform("opcost", {"WHATSAPP_API_BASE": whatsapp.url}) as platform:
+            counted = count_postgres_statements(platform)
+            print(f"PostgreSQL statements {'counted' if counted else 'not counted: no pg_stat_statements'}")
             plan = set_up(platform, 8, 50, whatsapp)
             give_agents_keys(platform, plan)
             kinds = [
@@ -170,9 +184,22 @@ def report(costs: dict[str, Cost], requests: int) -> None:
     for name in names:
         print(f"| {name} | " + " | ".join(f"{row.get(name, 0):.2f}" for row in rows) + " |")
     print("| **all** | " + " | ".join(f"{sum(row.values()):.2f}" for row in rows) + " |")
+    print(f"\n### Calls per request ({requests} requests of each kind)\n")
+    print("| per request | " + " | ".join(costs) + " |")
+    print("| --- |" + " --- |" * len(costs))
+    print("| Lambda invocations | " + " | ".join(_counts(cost.invocations) for cost in costs.values()) + " |")
+    print("| AWS calls | " + " | ".join(_counts(cost.aws_calls) for cost in costs.values()) + " |")
+    statements = [cost.postgres_statements for cost in costs.values()]
+    print("| PostgreSQL statements | " + " | ".join("-" if n is None else f"{n:.2f}" for n in statements) + " |")
     for label, cost in costs.items():
         if cost.mongo_operations:
             print(f"\nMongoDB operations per request, {label}: {cost.mongo_operations}")
+
+
+def _counts(per_request: dict[str, float]) -> str:
+    """The total, then each name's share: `2.03 (IngestFunction 1.00, RouteFunction 1.03)`."""
+    detail = ", ".join(f"{name.split('.')[-1]} {n:.2f}" for name, n in per_request.items())
+    return f"{sum(per_request.values()):.2f}" + (f" ({detail})" if detail else "")
 
 
 if __name__ == "__main__":
