@@ -86,13 +86,23 @@ class PostgresDatabase:
             )
         return self._conn
 
+    def transaction(self) -> contextlib.AbstractContextManager[psycopg.Cursor[dict[str, Any]]]:
+        """A cursor inside one transaction (BEGIN and COMMIT: a round trip each); driver failures surface as
+        DependencyUnavailableError."""
+        return self._cursor(transactional=True)
+
+    def statement(self) -> contextlib.AbstractContextManager[psycopg.Cursor[dict[str, Any]]]:
+        """A cursor whose statements the autocommit connection runs each as a transaction of its own: one round
+        trip for a read where transaction() takes three. For reads (under READ COMMITTED each statement has its
+        own snapshot in a transaction too) and a lone write; writes that must commit together take transaction()."""
+        return self._cursor(transactional=False)
+
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        """A cursor inside one transaction; driver failures surface as DependencyUnavailableError."""
+    def _cursor(self, *, transactional: bool) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
         with self._lock:
             try:
                 conn = self._connection()
-                with conn.transaction(), conn.cursor() as cursor:
+                with conn.transaction() if transactional else contextlib.nullcontext(), conn.cursor() as cursor:
                     yield cursor
             except psycopg.OperationalError as exc:
                 if self._conn is not None and self._conn.broken:
@@ -253,7 +263,7 @@ class PostgresUserRepository(UserRepository):
             _write_audit(cur, audit)
 
     def get_user(self, user_id: str) -> User | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT * FROM users WHERE user_id = %s", (user_id,))
             row = cur.fetchone()
             if row is None:
@@ -305,7 +315,7 @@ class PostgresUserRepository(UserRepository):
             return []
         # WhatsApp identities are known by the number without its "+"
         whatsapp_ids = sorted(phone.lstrip("+") for phone in phones)
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT u.*,"
                 "  (u.phone = ANY(%(phones)s) OR EXISTS (SELECT 1 FROM external_identities i"
@@ -345,7 +355,7 @@ class PostgresUserRepository(UserRepository):
             raise _already_linked(identity) from exc
 
     def identity_of(self, user_id: str, platform: Platform) -> ExternalIdentity | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT * FROM external_identities WHERE user_id = %s AND platform = %s"
                 " ORDER BY verified DESC, created_at"
@@ -359,7 +369,7 @@ class PostgresUserRepository(UserRepository):
         valid = [u for u in user_ids if _is_uuid(u)]  # a user id that is no UUID has no identities
         if not valid:
             return {}
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT * FROM external_identities WHERE user_id = ANY(%s::uuid[]) ORDER BY verified DESC, created_at",
                 (valid,),
@@ -372,7 +382,7 @@ class PostgresUserRepository(UserRepository):
         return found
 
     def user_id_for(self, platform: Platform, platform_user_id: str) -> str | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT user_id FROM external_identities WHERE platform = %s AND platform_user_id = %s",
                 (platform.value, platform_user_id),
@@ -471,19 +481,19 @@ class PostgresChannelRepository(ChannelRepository):
             raise _account_taken(channel.platform, exc) from exc
 
     def get_channel(self, channel_id: str) -> ChannelConfig | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT * FROM channels WHERE channel_id = %s", (channel_id,))
             row = cur.fetchone()
         return self._channel(row) if row else None
 
     def channel_ref(self, channel_id: str) -> ChannelRef | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT channel_id, platform, enabled FROM channels WHERE channel_id = %s", (channel_id,))
             row = cur.fetchone()
         return _channel_ref(row) if row else None
 
     def enabled_channel_refs(self, platform: Platform) -> list[ChannelRef]:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT channel_id, platform, enabled FROM channels WHERE platform = %s AND enabled"
                 " ORDER BY created_at, channel_id",
@@ -493,7 +503,7 @@ class PostgresChannelRepository(ChannelRepository):
         return [_channel_ref(row) for row in rows]
 
     def enabled_channels(self, platform: Platform) -> list[ChannelConfig]:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT * FROM channels WHERE platform = %s AND enabled ORDER BY created_at, channel_id",
                 (platform.value,),
@@ -502,12 +512,12 @@ class PostgresChannelRepository(ChannelRepository):
         return [self._channel(row) for row in rows]
 
     def list_channels(self) -> list[ChannelInfo]:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT * FROM channels ORDER BY created_at, channel_id")
             return [_channel_info(row) for row in cur.fetchall()]
 
     def channel_info(self, channel_id: str) -> ChannelInfo | None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT * FROM channels WHERE channel_id = %s", (channel_id,))
             row = cur.fetchone()
         return _channel_info(row) if row else None
@@ -589,7 +599,7 @@ class PostgresChannelRepository(ChannelRepository):
         query = sql.SQL("SELECT * FROM channels WHERE platform = %s AND {} = %s AND enabled").format(
             sql.Identifier(column)
         )
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(query, (platform.value, value))
             row = cur.fetchone()
         return self._channel(row) if row else None
@@ -651,7 +661,7 @@ class PostgresApiKeyRepository(ApiKeyRepository):
 
     def find_active(self, key_hash: str) -> ApiKey | None:
         # one indexed lookup per request: a revoked key or a deactivated user stops at once
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT k.key_id, k.name, k.role, k.user_id, k.created_at, k.rate_limit FROM api_keys k"
                 " LEFT JOIN users u ON u.user_id = k.user_id"
@@ -684,7 +694,7 @@ class PostgresAuditLog(AuditLog):
         self.db = database
 
     def entries(self, *, entity_id: str | None, limit: int, before_entry_id: int | None) -> list[AuditRecord]:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT * FROM audit_log"
                 " WHERE (%(entity)s::text IS NULL OR entity_id = %(entity)s)"
@@ -703,5 +713,5 @@ class PostgresCheck(DependencyCheck):
         self.db = database
 
     def check(self) -> None:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT 1")

@@ -30,12 +30,12 @@ class PostgresReferenceTarget(ReferenceTarget):
         self.db = database
 
     def existing_users(self, user_ids: Sequence[str]) -> set[str]:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute("SELECT user_id::text AS id FROM users WHERE user_id = ANY(%s::uuid[])", (_uuids(user_ids),))
             return {str(row["id"]) for row in cur.fetchall()}
 
     def existing_channels(self, channel_ids: Sequence[str]) -> set[str]:
-        with self.db.transaction() as cur:
+        with self.db.statement() as cur:
             cur.execute(
                 "SELECT channel_id::text AS id FROM channels WHERE channel_id = ANY(%s::uuid[])",
                 (_uuids(channel_ids),),
