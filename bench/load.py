@@ -173,15 +173,31 @@ def postgres_statements(platform: LocalPlatform) -> int | None:
     return int(row[0]) if row else None
 
 
+def redis_commands(platform: LocalPlatform) -> Counter[str]:
+    """Commands the Redis server has run so far, by name (INFO commandstats; these INFO calls are left out)."""
+    import redis
+
+    client = redis.Redis.from_url(platform.urls["redis"])
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return Counter(
+        {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items() if name != "cmdstat_info"}
+    )
+
+
 @dataclass
 class Usage:
     """What the stack spent in a window: CPU seconds by process, Lambda invocations by function, AWS calls by
-    operation (LocalStack's request log), the functions' PostgreSQL statements (None: not counted)."""
+    operation (LocalStack's request log), the functions' PostgreSQL statements (None: not counted), Redis
+    commands by name."""
 
     cpu: dict[str, float]
     invocations: Counter[str]
     aws_calls: Counter[str]
     postgres_statements: int | None
+    redis_commands: Counter[str]
     seconds: float
 
 
@@ -194,11 +210,14 @@ class Meter:
         self.log_offset = self.log.stat().st_size
         self.invocations = Counter(INVOCATIONS)
         self.statements = postgres_statements(platform)
+        self.redis = redis_commands(platform)
         self.cpu = CpuSample.take()
 
     def read(self) -> Usage:
         cpu = CpuSample.take()
         statements = postgres_statements(self.platform)
+        commands = redis_commands(self.platform)
+        commands.subtract(self.redis)
         with self.log.open("rb") as stream:
             stream.seek(self.log_offset)
             calls = Counter(f"{m.group(1)}.{m.group(2)}" for m in LOCALSTACK_CALL.finditer(stream.read().decode()))
@@ -209,6 +228,7 @@ class Meter:
             +invocations,
             calls,
             None if statements is None or self.statements is None else statements - self.statements,
+            +commands,
             cpu.at - self.cpu.at,
         )
 

@@ -4,9 +4,10 @@ Starts the platform as bench/load.py does (with pg_stat_statements turned on in 
 sends one kind of request at a time, sequentially on one kept-alive connection (the sends also from 8 clients
 at once, with the admin key and with each conversation's agent's own key), and divides by the number of
 requests what the stack spent until every message was delivered: the CPU of each process (from /proc), the
-Lambda invocations of each function, the AWS calls (LocalStack's request log) and the functions' PostgreSQL
-statements. `--mongo-operations` then repeats each kind with the MongoDB server's profiler on and counts its
-operations per request. Without a profiler's own cost in the figures: where the mix's cost per message goes.
+Lambda invocations of each function, the AWS calls (LocalStack's request log), the functions' PostgreSQL
+statements and the Redis commands. `--mongo-operations` then repeats each kind with the MongoDB server's
+profiler on and counts its operations per request. Without a profiler's own cost in the figures: where the
+mix's cost per message goes.
 """
 
 from __future__ import annotations
@@ -86,12 +87,14 @@ def webhook_of(channel: dict[str, str]) -> Request:
 @dataclass
 class Cost:
     """Per request: CPU ms by process, Lambda invocations by function, AWS calls by operation, the functions'
-    PostgreSQL statements (None: not counted), MongoDB operations by operation and collection (a pass of its own)."""
+    PostgreSQL statements (None: not counted), Redis commands by name, MongoDB operations by operation and
+    collection (a pass of its own)."""
 
     cpu_ms: dict[str, float]
     invocations: dict[str, float]
     aws_calls: dict[str, float]
     postgres_statements: float | None
+    redis_commands: dict[str, float]
     mongo_operations: dict[str, float] = field(default_factory=dict)
 
 
@@ -118,6 +121,7 @@ def measure(platform: LocalPlatform, whatsapp: WhatsAppServer, plan: dict[str, A
         {name: n / count for name, n in usage.invocations.most_common()},
         {name: n / count for name, n in usage.aws_calls.most_common()},
         None if usage.postgres_statements is None else usage.postgres_statements / count,
+        {name: n / count for name, n in usage.redis_commands.most_common()},
     )
 
 
@@ -191,6 +195,7 @@ def report(costs: dict[str, Cost], requests: int) -> None:
     print("| AWS calls | " + " | ".join(_counts(cost.aws_calls) for cost in costs.values()) + " |")
     statements = [cost.postgres_statements for cost in costs.values()]
     print("| PostgreSQL statements | " + " | ".join("-" if n is None else f"{n:.2f}" for n in statements) + " |")
+    print("| Redis commands | " + " | ".join(_counts(cost.redis_commands) for cost in costs.values()) + " |")
     for label, cost in costs.items():
         if cost.mongo_operations:
             print(f"\nMongoDB operations per request, {label}: {cost.mongo_operations}")
