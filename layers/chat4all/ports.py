@@ -666,7 +666,9 @@ class ChannelBreaker(ABC):
     @abstractmethod
     def record(self, channel_id: str, *, success: bool) -> BreakerState:
         """The outcome of a call that went: a success closes the breaker; a failure that means the platform is
-        unwell counts toward opening it (and re-opens a half-open one). Returns the state after."""
+        unwell counts toward opening it (and re-opens a half-open one). Returns the state after. A success whose
+        admit found the breaker holding nothing may be taken as changing nothing (not sent to the shared state:
+        a failure another instance counted meanwhile is then not forgotten by it)."""
 
     @abstractmethod
     def state(self, channel_id: str) -> BreakerState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -78,6 +78,45 @@ def test_failures_further_apart_than_the_window_do_not_add_up_and_a_success_forg
     # and channels do not share a breaker
     assert breaker.record(channel, success=False) is BreakerState.OPEN
     assert breaker.admit(str(uuid.uuid4())).allowed
+
+
+class CountingRedis(redis.Redis):
+    """A client that keeps the name of every command it sends (a script's call is one EVALSHA)."""
+
+    sent: list[str]
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.sent.append(str(args[0]))
+        return super().execute_command(*args, **options)
+
+
+def test_a_success_after_an_admit_that_found_no_breaker_state_is_not_sent_to_redis(platform: LocalPlatform) -> None:
+    client = CountingRedis.from_url(platform.urls["redis"])
+    client.sent = []
+    breaker, other = RedisChannelBreaker(client, FAST), breakers(platform)[0]
+    channel = str(uuid.uuid4())
+    # GIVEN a channel with no breaker state: its admit is the call's one round trip
+    assert breaker.admit(channel).allowed
+    client.sent.clear()
+    assert breaker.record(channel, success=True) is BreakerState.CLOSED
+    assert client.sent == []
+    # WHEN a failure was counted, the next success is sent and forgets it: a full threshold opens it again
+    assert breaker.record(channel, success=False) is BreakerState.CLOSED
+    assert breaker.admit(channel).allowed
+    client.sent.clear()
+    assert breaker.record(channel, success=True) is BreakerState.CLOSED
+    assert "EVALSHA" in client.sent
+    for _ in range(FAST.failure_threshold - 1):
+        assert breaker.record(channel, success=False) is BreakerState.CLOSED
+    assert breaker.record(channel, success=False) is BreakerState.OPEN
+    # AND a success whose admit found nothing does not forget a failure another instance counted meanwhile
+    fresh = str(uuid.uuid4())
+    assert breaker.admit(fresh).allowed
+    assert other.record(fresh, success=False) is BreakerState.CLOSED
+    assert breaker.record(fresh, success=True) is BreakerState.CLOSED
+    for _ in range(FAST.failure_threshold - 2):
+        assert other.record(fresh, success=False) is BreakerState.CLOSED
+    assert other.record(fresh, success=False) is BreakerState.OPEN
 
 
 def test_without_redis_every_call_goes_through() -> None:

@@ -1,4 +1,5 @@
-"""Circuit breakers per installed channel in Redis, shared by every function instance: one round trip a call.
+"""Circuit breakers per installed channel in Redis, shared by every function instance: one round trip a call (two
+when the breaker holds anything: its admit, then the record of the outcome).
 
 A channel's breaker is one Redis hash (`state`, `failures`, `last_failure`, `opened_at`, `probe_until`), moved by
 Lua scripts on Redis's own clock, so that every container sees one state and one clock:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from redis.commands.core import Script
 
 # KEYS[1] the breaker; ARGV: open seconds, probe lease seconds. Returns {allowed 0|1, probe 0|1, wait seconds
-# (string), state before}.
+# (string), state before, blank 0|1 (no breaker state at all: CLOSED with no failure counted)}.
 ADMIT_SCRIPT = """
 local open_seconds = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
@@ -41,20 +42,20 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'probe_until')
 local state = b[1] or 'CLOSED'
 if state == 'CLOSED' then
-  return {1, 0, '0', state}
+  return {1, 0, '0', state, b[1] and 0 or 1}
 end
 if state == 'OPEN' then
   local reopen = tonumber(b[2]) + open_seconds
   if now < reopen then
-    return {0, 0, tostring(reopen - now), state}
+    return {0, 0, tostring(reopen - now), state, 0}
   end
 end
 local probe_until = tonumber(b[3]) or 0
 if state == 'HALF_OPEN' and now < probe_until then
-  return {0, 0, tostring(probe_until - now), state}
+  return {0, 0, tostring(probe_until - now), state, 0}
 end
 redis.call('HSET', KEYS[1], 'state', 'HALF_OPEN', 'probe_until', tostring(now + lease))
-return {1, 1, '0', state}
+return {1, 1, '0', state, 0}
 """
 
 # KEYS[1] the breaker; ARGV: 'success' or 'failure', failure threshold, failure window seconds, state TTL
@@ -115,22 +116,33 @@ class RedisChannelBreaker(ChannelBreaker):
         self._admit: Script = client.register_script(ADMIT_SCRIPT)
         self._record: Script = client.register_script(RECORD_SCRIPT)
         self._redis = FailOpen("channel breakers unavailable; calls go through")
+        # channels whose last admit here found no breaker state: a success then has nothing to forget, and is not
+        # sent to Redis (one round trip fewer per call). A failure another instance records meanwhile is then not
+        # forgotten by this success, as it is not when it opened the breaker meanwhile.
+        self._blank: set[str] = set()
 
     def admit(self, channel_id: str) -> Passage:
         if self._redis.skipping():
             return Passage(allowed=True)
         try:
-            allowed, probe, wait, before = self._admit(
+            allowed, probe, wait, before, blank = self._admit(
                 keys=[_key(channel_id)], args=[self.settings.open_seconds, self.settings.probe_lease_seconds]
             )
         except redis.RedisError as exc:
             self._redis.failed(exc)
             return Passage(allowed=True)
+        if blank:
+            self._blank.add(channel_id)
+        else:
+            self._blank.discard(channel_id)
         if probe:
             _moved(channel_id, _text(before), BreakerState.HALF_OPEN)
         return Passage(allowed=bool(allowed), probe=bool(probe), wait_seconds=float(_text(wait)))
 
     def record(self, channel_id: str, *, success: bool) -> BreakerState:
+        if success and channel_id in self._blank:
+            return BreakerState.CLOSED
+        self._blank.discard(channel_id)
         if self._redis.skipping():
             return BreakerState.CLOSED
         s = self.settings
