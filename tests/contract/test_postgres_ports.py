@@ -45,6 +45,19 @@ def test_a_user_reads_back_with_its_identities(ports: Ports) -> None:
     assert ports.users.identity_of(user.user_id, Platform.TELEGRAM) is None
 
 
+def test_a_user_reads_back_with_every_identity_oldest_first_and_without_any(ports: Ports) -> None:
+    user, alone = a_user(), a_user()
+    ports.users.add_user(user, audit())
+    ports.users.add_user(alone, audit())
+    later = dataclasses.replace(an_identity(user.user_id, Platform.TELEGRAM), created_at=T0 + timedelta(minutes=2))
+    earlier = dataclasses.replace(an_identity(user.user_id), created_at=T0 + timedelta(minutes=1))
+    ports.users.add_identity(later, audit())
+    ports.users.add_identity(earlier, audit())
+
+    assert ports.users.get_user(user.user_id) == dataclasses.replace(user, external_identities=[earlier, later])
+    assert ports.users.get_user(alone.user_id) == alone
+
+
 def test_an_account_links_to_one_user_only(ports: Ports) -> None:
     first, second = a_user(), a_user()
     ports.users.add_user(first, audit())

@@ -263,12 +263,20 @@ class PostgresUserRepository(UserRepository):
             _write_audit(cur, audit)
 
     def get_user(self, user_id: str) -> User | None:
+        # the user and its identities in one round trip: a row per identity (one with NULLs when it has none)
         with self.db.statement() as cur:
-            cur.execute("SELECT * FROM users WHERE user_id = %s", (user_id,))
-            row = cur.fetchone()
-            if row is None:
-                return None
-            return _user(row, _identities(cur, user_id))
+            cur.execute(
+                "SELECT u.*, i.identity_id, i.platform, i.platform_user_id, i.verified,"
+                " i.created_at AS identity_created_at"
+                " FROM users u LEFT JOIN external_identities i ON i.user_id = u.user_id"
+                " WHERE u.user_id = %s ORDER BY i.created_at",
+                (user_id,),
+            )
+            rows = cur.fetchall()
+        if not rows:
+            return None
+        identities = [_identity(row | {"created_at": row["identity_created_at"]}) for row in rows if row["identity_id"]]
+        return _user(rows[0], identities)
 
     def update_user(
         self, user_id: str, change: Callable[[User], User], audit: Callable[[User, User], AuditEntry]
