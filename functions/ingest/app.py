@@ -53,12 +53,16 @@ def accept_message(command: SendMessage, principal: Principal, correlation_id: s
 @app.post("/v1/messages")
 def post_message() -> Response[str]:
     principal = caller(app)
-    command = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes).command()
+    request = parse_body(app.current_event, SendMessageRequest, settings.max_body_bytes)
+    command = request.command()
     require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
     # the message keeps the request's correlation id (a replay keeps the first request's)
     correlation_id = current_correlation_id()
     try:
-        accepted = accept_message(command=command, principal=principal, correlation_id=correlation_id)
+        if request.message_id is None:  # the id is ours and new: no replay can come, nothing to cache
+            accepted = bootstrap.message_service().accept(command, principal, correlation_id=correlation_id)
+        else:
+            accepted = accept_message(command=command, principal=principal, correlation_id=correlation_id)
     except (IdempotencyAlreadyInProgressError, IdempotencyPersistenceLayerError):
         # the cache is only the fast path: a duplicate in flight or Redis in trouble is answered from the
         # message in MongoDB (stored before any 202), the same 202 or a 409 for another body

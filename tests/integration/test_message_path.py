@@ -6,6 +6,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from tests.integration.conftest import wait_until_drained
 from tests.support.fake_whatsapp import sign, status_webhook
 
@@ -178,6 +180,27 @@ def test_same_message_id_twice_is_one_platform_call(
     assert third == first
     again = send_after(api, setup, fake_whatsapp)
     assert texts_sent(fake_whatsapp, setup) == ["only once", after, again]
+
+
+def test_only_a_message_id_the_client_gave_is_kept_in_the_idempotency_cache(
+    api: Api, platform: LocalPlatform, whatsapp_conversation: WhatsAppSetup
+) -> None:
+    # a message_id the server makes is new: no retry can name it (a retry without one is a new message)
+    cache = redis.Redis.from_url(platform.urls["redis"])
+
+    def records() -> set[bytes]:
+        return set(cache.scan_iter(match="*accept_message#*", count=1000))
+
+    try:
+        before = records()
+        made_here = [send(api, whatsapp_conversation, f"no id {n}")["message_id"] for n in range(3)]
+        assert records() == before
+        given = str(uuid.uuid4())
+        send(api, whatsapp_conversation, "with an id", given)
+        assert len(records() - before) == 1
+        assert len(set(made_here)) == 3 and given not in made_here
+    finally:
+        cache.close()
 
 
 def test_same_message_id_with_another_body_is_409(api: Api, whatsapp_conversation: WhatsAppSetup) -> None:
