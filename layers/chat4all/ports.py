@@ -239,21 +239,20 @@ class ConversationStore(ABC):
     def add_conversation_once(self, conversation: Conversation) -> bool:
         """Store a new conversation; False (storing nothing) when one with its id exists already."""
 
-    @abstractmethod
-    def record_inbound(self, conversation_id: str, at: datetime) -> None:
-        """Keep `at` (a platform's timestamp of an inbound message) as the conversation's `last_inbound_at`
-        unless a later one is kept already: it only moves forward."""
-
 
 class MessageStore(ABC):
     """Messages and their status history (MongoDB)."""
 
     @abstractmethod
-    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
+    def add_message(
+        self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
+    ) -> Message | None:
         """Store a new message as the next of its conversation; None when a message with that id exists already.
 
         The sequence (`message.sequence` is ignored) and the conversation's `message_count` and activity are
         written atomically with the message: sequences are gap-free and the count exact, whoever sends at once.
+        `inbound_at` (a platform's timestamp of this inbound message) becomes the conversation's
+        `last_inbound_at` in that same write, unless a later one is kept already: it only moves forward.
         Returns the message as stored. `events` (here and below) are kept on the message with the change they
         report, in the same write, until EventOutbox.published forgets them.
         """

@@ -4,7 +4,7 @@ adapters agree."""
 from __future__ import annotations
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import pytest
@@ -129,6 +129,30 @@ def test_messages_take_the_next_sequences_and_move_the_conversation(ports: Ports
     assert ports.messages.add_message(dataclasses.replace(first, content="again")) is None
     again = ports.conversations.get_conversation(cid)
     assert again is not None and (again.message_count, again.last_sequence) == (2, 2)
+
+
+def test_an_inbound_message_keeps_its_platform_time_as_the_conversation_s_last_inbound_only_forward(
+    ports: Ports,
+) -> None:
+    cid = stored_conversation(ports).conversation_id
+    recent, older = T0 + timedelta(hours=2), T0 + timedelta(hours=1)
+
+    def last_inbound() -> datetime | None:
+        conversation = ports.conversations.get_conversation(cid)
+        assert conversation is not None
+        return conversation.last_inbound_at
+
+    ports.messages.add_message(a_message(cid, direction=Direction.INBOUND))
+    assert last_inbound() is None  # none given: none kept
+    ports.messages.add_message(a_message(cid, direction=Direction.INBOUND), inbound_at=recent)
+    assert last_inbound() == recent
+    ports.messages.add_message(a_message(cid, direction=Direction.INBOUND), inbound_at=older)  # a late webhook
+    assert last_inbound() == recent
+    # a message already stored (a replay) moves nothing, not even with a later time
+    replay = a_message(cid, direction=Direction.INBOUND)
+    ports.messages.add_message(replay, inbound_at=recent)
+    assert ports.messages.add_message(replay, inbound_at=recent + timedelta(hours=1)) is None
+    assert last_inbound() == recent
 
 
 def test_a_message_for_a_conversation_that_does_not_exist_is_not_found(ports: Ports) -> None:

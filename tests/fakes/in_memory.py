@@ -373,11 +373,6 @@ class InMemoryConversationStore(ConversationStore):
         self.add_conversation(conversation)
         return True
 
-    def record_inbound(self, conversation_id: str, at: datetime) -> None:
-        conversation = self.conversations.get(conversation_id)
-        if conversation is not None and (conversation.last_inbound_at is None or at > conversation.last_inbound_at):
-            self.conversations[conversation_id] = dataclasses.replace(conversation, last_inbound_at=at)
-
 
 class InMemoryMessageStore(MessageStore):
     def __init__(self, conversations: InMemoryConversationStore | None = None) -> None:
@@ -411,11 +406,19 @@ class InMemoryMessageStore(MessageStore):
         self.route_marked.pop(conversation_id, None)
         return True
 
-    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
-        if self.conversations.get_conversation(message.conversation_id) is None:
+    def add_message(
+        self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
+    ) -> Message | None:
+        conversation = self.conversations.get_conversation(message.conversation_id)
+        if conversation is None:
             raise NotFoundError(f"conversation {message.conversation_id} not found")
         if message.message_id in self.messages:
             return None
+        kept = conversation.last_inbound_at
+        if inbound_at is not None and (kept is None or inbound_at > kept):
+            self.conversations.conversations[conversation.conversation_id] = dataclasses.replace(
+                conversation, last_inbound_at=inbound_at
+            )
         sequence = self.conversations.next_sequence(message.conversation_id, message.created_at)
         self.messages[message.message_id] = dataclasses.replace(message, sequence=sequence, unpublished_events=())
         self._keep(message.message_id, events)

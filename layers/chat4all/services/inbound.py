@@ -58,10 +58,6 @@ class InboundService:
             return None
         sender_id = self._sender(channel, inbound)
         conversation = self._conversation_on(channel, sender_id)
-        if inbound.platform is Platform.WHATSAPP:
-            # the customer's 24-hour window (services/messages.py) runs from WhatsApp's timestamp of this message;
-            # written before the message, forward only, so a webhook retried after a failure here records it then
-            self.conversations.record_inbound(conversation.conversation_id, inbound.at)
         content = inbound.text
         file_id = None
         if inbound.media is not None and self.media is not None:
@@ -85,7 +81,10 @@ class InboundService:
         )
         # MessageReceived is kept on the message, written with it: published at least once (services/notifications)
         event = message_event("MessageReceived", message, at=message.created_at)
-        stored = self.messages.add_message(message, events=[event])
+        # the customer's 24-hour window (services/messages.py) runs from WhatsApp's timestamp of this message,
+        # written with it
+        window = inbound.at if inbound.platform is Platform.WHATSAPP else None
+        stored = self.messages.add_message(message, events=[event], inbound_at=window)
         if stored is None:
             return None
         collect(self.events, event)

@@ -159,11 +159,6 @@ class MongoConversationStore(ConversationStore):
         newest = max(candidates, key=lambda d: (d["last_activity_at"], d["_id"]), default=None)
         return to_conversation(newest) if newest else None
 
-    def record_inbound(self, conversation_id: str, at: datetime) -> None:
-        with translated():
-            # by `_id` alone, `$max` keeps the later time: a late or replayed webhook never moves it back
-            self.collection.update_one({"_id": conversation_id}, {"$max": {"last_inbound_at": at}})
-
     def add_conversation_once(self, conversation: Conversation) -> bool:
         return inserted(lambda: self.add_conversation(conversation))
 

@@ -54,8 +54,16 @@ class MongoMessageStore(MessageStore):
         self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
         self.status_history = StatusHistoryLog(db)
 
-    def add_message(self, message: Message, *, events: Sequence[DomainEvent] = ()) -> Message | None:
-        stored = self._add(message.conversation_id, message.created_at, lambda _: (message, events), route_job=False)
+    def add_message(
+        self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
+    ) -> Message | None:
+        stored = self._add(
+            message.conversation_id,
+            message.created_at,
+            lambda _: (message, events),
+            route_job=False,
+            inbound_at=inbound_at,
+        )
         return stored.message if stored else None
 
     def add_outbound(self, conversation_id: str, at: datetime, draft: OutboundDraft) -> StoredOutbound | None:
@@ -77,7 +85,13 @@ class MongoMessageStore(MessageStore):
         return bool(done.matched_count)
 
     def _add(
-        self, conversation_id: str, at: datetime, draft: OutboundDraft, *, route_job: bool
+        self,
+        conversation_id: str,
+        at: datetime,
+        draft: OutboundDraft,
+        *,
+        route_job: bool,
+        inbound_at: datetime | None = None,
     ) -> StoredOutbound | None:
         """One transaction: the conversation's counter moves and the message is inserted with it, or neither."""
         client = self.db.client
@@ -88,7 +102,9 @@ class MongoMessageStore(MessageStore):
             try:
                 with client.start_session() as session:
                     with session.start_transaction(write_concern=DURABLE):
-                        stored = self._insert_next(conversation_id, at, draft, session, route_job=route_job)
+                        stored = self._insert_next(
+                            conversation_id, at, draft, session, route_job=route_job, inbound_at=inbound_at
+                        )
                 self.status_history.append(stored.message.message_id, stored.message.history, conversation_id)
                 return stored
             except _Drafted as drafted:
@@ -107,9 +123,18 @@ class MongoMessageStore(MessageStore):
         raise DependencyUnavailableError(f"conversation {conversation_id} is too busy to take a message")
 
     def _insert_next(
-        self, conversation_id: str, at: datetime, draft: OutboundDraft, session: ClientSession, *, route_job: bool
+        self,
+        conversation_id: str,
+        at: datetime,
+        draft: OutboundDraft,
+        session: ClientSession,
+        *,
+        route_job: bool,
+        inbound_at: datetime | None,
     ) -> StoredOutbound:
         change: dict[str, Any] = {"$inc": {"last_sequence": 1, "message_count": 1}, "$max": {"last_activity_at": at}}
+        if inbound_at is not None:  # $max: a late or replayed webhook never moves it back
+            change["$max"]["last_inbound_at"] = inbound_at
         # the mark keeps the time of the job it stands for ($min: set when absent, else left as it is)
         marked_at = at.replace(microsecond=at.microsecond // 1000 * 1000)
         if route_job:
