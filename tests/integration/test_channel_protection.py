@@ -70,10 +70,12 @@ def accept_to_sent(api: Api, message_ids: list[str]) -> list[float]:
     return seconds
 
 
-# the p95 of 24 samples lies between the two largest: one container started or descheduled on this 2-core machine
-# (seen once: 0.87 s among ~0.03 s samples, p95 0.17 s) moves it by itself, while a platform that held the others
-# back would slow every sample by its seconds of retries
+# A platform that held the others back would slow every sample by its seconds of retries, or hold one until the
+# breaker's 15 s or the outage's 60 s are over. So the median is compared, not the p95: of 24 samples the p95 lies
+# between the two largest, and one or two containers started or descheduled on this 2-core machine move it by
+# themselves (seen: 0.87 s among ~0.03 s samples; in a full-suite run, 1.87 s and 1.12 s among ~0.06 s ones).
 SCHEDULING_SLACK_SECONDS = 0.25
+HELD_BACK_SECONDS = 10.0
 
 
 def p95(values: list[float]) -> float:
@@ -135,7 +137,8 @@ def test_a_whatsapp_outage_costs_telegram_and_instagram_nothing_and_whatsapp_onl
             waiting[phone].append((send(api, conversation_id, agent_id, text), text))
     stormy = accept_to_sent(api, send_paced(api, agent_id, others, "stormy"))
     print(f"Telegram+Instagram accept-to-SENT p95: calm {p95(calm):.3f} s, WhatsApp outage {p95(stormy):.3f} s")
-    if p95(stormy) > 1.5 * p95(calm) + SCHEDULING_SLACK_SECONDS:
+    median = statistics.median
+    if median(stormy) > 1.5 * median(calm) + SCHEDULING_SLACK_SECONDS or max(stormy) > HELD_BACK_SECONDS:
         fake_whatsapp.fault(0)  # end the outage now: later tests share this server
         pytest.fail(f"Telegram/Instagram slowed by the WhatsApp outage: {calm} vs {stormy}")
 
