@@ -7,9 +7,10 @@ import signal
 import sys
 from typing import Any
 
-from devstack.stack import LocalPlatform, PlatformOptions
+from devstack.stack import LocalPlatform, PlatformOptions, say
 
 DEFAULT_PORT = 3000
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -17,9 +18,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def main() -> int:
-    # SIGTERM like Ctrl-C: an interrupt wherever the main thread is, start-up included
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
+    # SIGTERM, and SIGHUP (its terminal closed), like Ctrl-C: an interrupt wherever the main thread is, start-up
+    # included
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, _interrupt)
     try:
         port = int(os.environ.get("CHAT4ALL_PORT") or DEFAULT_PORT)
     except ValueError:
@@ -59,9 +61,9 @@ def main() -> int:
         return 0
     finally:
         # a second Ctrl-C must not cut the stop short and leave servers behind
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("stopping ...", file=sys.stderr, flush=True)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        say("stopping ...")
         platform.stop()
 
 

@@ -80,6 +80,13 @@ ENV_PARAMETERS = {
 }
 
 
+def say(line: str) -> None:
+    """A line on stderr; lost, not raised, when stderr is gone (its terminal closed, its pipe's reader exited): a
+    stop must still stop everything."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
 def _ensure_layers_importable() -> None:
     layers = str(REPO_ROOT / "layers")
     if layers not in sys.path:
@@ -110,7 +117,7 @@ class PlatformOptions:
     # adds: CHAT4ALL_CHANNEL_MODULES, that platform's API base, and PYTHONPATH where its code is)
     function_variables: dict[str, str] = field(default_factory=dict)
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
-    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+    log: Callable[[str], None] = say
 
 
 def with_database(url: str, name: str) -> str:

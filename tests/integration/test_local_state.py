@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -311,6 +312,41 @@ def test_ctrl_c_during_start_up_stops_at_once_and_leaves_nothing(private_clone: 
     assert stack.interrupt(timeout=30) != 0, stack.output
     assert "interrupted during start-up" in stack.output
     print(f"stopped {time.monotonic() - started:.1f}s after SIGINT")
+    state_dir = private_clone / ".devstack"
+    assert processes_under(private_clone, external_home(state_dir)) == []
+    assert not port_in_use(int(dev_env["CHAT4ALL_PORT"]))
+
+
+def test_a_closed_terminal_stops_everything_though_the_stop_can_write_nowhere(
+    private_clone: Path, dev_env: dict[str, str]
+) -> None:
+    # GIVEN a running stack whose output goes to a pipe (a terminal)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=private_clone,
+        env=dev_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    try:
+        output, deadline = b"", time.monotonic() + START_TIMEOUT
+        while READY_LINE.encode() not in output:
+            assert time.monotonic() < deadline, output.decode(errors="replace")
+            if select.select([process.stdout], [], [], 1.0)[0]:
+                chunk = os.read(process.stdout.fileno(), 65536)
+                assert chunk, f"make dev exited before it was ready:\n{output.decode(errors='replace')}"
+                output += chunk
+        # WHEN the terminal closes: nobody reads its output any more, and it gets SIGHUP
+        process.stdout.close()
+        process.send_signal(signal.SIGHUP)
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    # THEN its "stopping ..." had nowhere to go, and everything it started is stopped all the same
     state_dir = private_clone / ".devstack"
     assert processes_under(private_clone, external_home(state_dir)) == []
     assert not port_in_use(int(dev_env["CHAT4ALL_PORT"]))
