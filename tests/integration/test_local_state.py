@@ -101,9 +101,26 @@ def attempt_answered(state_dir: Path, message_id: str) -> bool:
     """Route has recorded the answer to the message's attempt (closed it, to be tried again), as the stack's MongoDB
     (named in its running.json) holds it."""
     running = json.loads((state_dir / "running.json").read_text())
-    with pymongo.MongoClient(running["databases"]["MONGODB_URI"], serverSelectionTimeoutMS=5000) as client:
+    client: pymongo.MongoClient[dict[str, Any]] = pymongo.MongoClient(
+        running["databases"]["MONGODB_URI"], serverSelectionTimeoutMS=5000
+    )
+    with client:
         doc = client.get_default_database().messages.find_one({"_id": message_id})
     return doc is not None and "attempt" not in doc and bool(doc.get("last_error"))
+
+
+def start_make_dev(checkout: Path, env: dict[str, str], *, text: bool) -> subprocess.Popen[Any]:
+    """`python -m devstack` in a checkout, its output (stdout and stderr) on a pipe."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "devstack"],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=text,
+        start_new_session=True,  # our signals only, as Ctrl-C would send them
+    )
 
 
 # every stack a test started, stopped after it whatever its outcome: one left running refuses the next test's
@@ -126,16 +143,7 @@ class DevStack:
         STARTED.append(self)
         self.checkout = checkout
         self.lines: list[str] = []
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "devstack"],
-            cwd=checkout,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            start_new_session=True,  # our signals only, as Ctrl-C would send them
-        )
+        self.process = start_make_dev(checkout, env, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
@@ -321,15 +329,7 @@ def test_a_closed_terminal_stops_everything_though_the_stop_can_write_nowhere(
     private_clone: Path, dev_env: dict[str, str]
 ) -> None:
     # GIVEN a running stack whose output goes to a pipe (a terminal)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "devstack"],
-        cwd=private_clone,
-        env=dev_env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    process = start_make_dev(private_clone, dev_env, text=False)
     assert process.stdout is not None
     try:
         output, deadline = b"", time.monotonic() + START_TIMEOUT
