@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from chat4all.domain.errors import ChannelRejectedError
+from chat4all.domain.models import Delivery, Message
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -22,12 +23,10 @@ if TYPE_CHECKING:
         ChannelInfo,
         ChannelRef,
         Conversation,
-        Delivery,
         DomainEvent,
         ExternalIdentity,
         FetchedMedia,
         InboundMessage,
-        Message,
         MessageStatus,
         OutboundMessage,
         Participant,
@@ -40,8 +39,11 @@ if TYPE_CHECKING:
     from chat4all.domain.wire import MediaFetchJob, RouteJob
 
 
+# events kept with the change they report, in the same write, until EventOutbox.published forgets them
+type Events = Sequence[DomainEvent]
+
 # the message to store (its sequence is the store's to give) and the events kept with it, made from its conversation
-type OutboundDraft = Callable[[Conversation], tuple[Message, Sequence[DomainEvent]]]
+type OutboundDraft = Callable[[Conversation], tuple[Message, Events]]
 
 
 @dataclass(frozen=True)
@@ -240,8 +242,56 @@ class ConversationStore(ABC):
         """Store a new conversation; False (storing nothing) when one with its id exists already."""
 
 
-class MessageStore(ABC):
-    """Messages and their status history (MongoDB)."""
+class AttemptJournal[Sent](ABC):
+    """What is sent to a platform, found by its id, with its attempts and status history: a one-to-one message
+    (MessageStore, by `message_id`) or a GROUP message's delivery to one recipient (DeliveryStore, by
+    `delivery_id`). Every write is conditional on the attempt as it was read, so that an invocation that outlived
+    its lease records nothing over the one that settled it. `events` are kept with the change they report."""
+
+    @abstractmethod
+    def begin_attempt(self, sent: Sent, started_at: datetime, lease_until: datetime) -> int | None:
+        """Claim it, PENDING as it was read and with no open attempt, and record the attempt durably (journaled)
+        before the platform call; returns the attempt's number, from 1, or None when it cannot be claimed
+        (settled, or another invocation holds or held an attempt since it was read)."""
+
+    @abstractmethod
+    def record_sent(
+        self, sent_id: str, attempt: int, entry: StatusEntry, platform_message_id: str, *, events: Events = ()
+    ) -> bool:
+        """The platform's receipt for `attempt`: SENT with its platform id, attempt closed. True when recorded
+        as that attempt's outcome; False when the attempt had been settled meanwhile (the id is kept all the
+        same, so that status webhooks still find it)."""
+
+    @abstractmethod
+    def end_attempt(self, sent_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
+        """Close `attempt` without a receipt (the platform refused it for now): send again after `retry_at`.
+        `spent=False` (the platform answered a rate limit: the request was refused unread) gives the attempt back:
+        the count is what it was before the claim, so that waiting for a platform's limit costs no attempt."""
+
+    @abstractmethod
+    def postpone(self, sent_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        """A dependency failed before any platform call: try again after `retry_at`; count the trouble since
+        `troubled_since` (kept from the first time)."""
+
+    @abstractmethod
+    def settle_failed(
+        self, sent_id: str, entry: StatusEntry, *, attempt: int | None = None, events: Events = ()
+    ) -> bool:
+        """FAILED with the reason in `entry`, closing `attempt` (or requiring none open when None). False when
+        it was settled already or the attempt is not the open one (and, for a message, when it was fanned out:
+        its status is its deliveries' aggregate)."""
+
+    @abstractmethod
+    def append_status(
+        self, sent_id: str, entry: StatusEntry, *, dedupe_key: str | None = None, events: Events = ()
+    ) -> bool:
+        """Record `entry` (a platform's status report) in the history and move the status when it is a forward
+        move (keeping `events` then). Returns True when the current status changed. A report whose `dedupe_key`
+        was applied before changes nothing at all."""
+
+
+class MessageStore(AttemptJournal[Message]):
+    """Messages, their attempts and status history, and the route-job marks of their conversations (MongoDB)."""
 
     @abstractmethod
     def add_message(
@@ -316,71 +366,10 @@ class MessageStore(ABC):
         """Outbound messages still PENDING (and not fanned out: their lanes are swept as deliveries) that were
         created before `created_before`, at most `limit` (oldest first), in conversation and sequence order."""
 
-    @abstractmethod
-    def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
-        """Claim a PENDING message, as it was read, with no open attempt, and record the attempt durably
-        (journaled) before the platform call; returns the attempt's number, from 1, or None when the message
-        cannot be claimed (settled, or another invocation holds or held an attempt since it was read)."""
 
-    @abstractmethod
-    def record_sent(
-        self,
-        message_id: str,
-        attempt: int,
-        entry: StatusEntry,
-        platform_message_id: str,
-        *,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        """The platform's receipt for `attempt`: SENT with its platform id, attempt closed. True when recorded
-        as that attempt's outcome; False when the attempt had been settled meanwhile (the id is kept all the
-        same, so status webhooks still find the message)."""
-
-    @abstractmethod
-    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        """Close `attempt` without a receipt (the platform refused it for now): send again after `retry_at`.
-        `spent=False` (the platform answered a rate limit: the request was refused unread) gives the attempt back:
-        the count is what it was before the claim, so that waiting for a platform's limit costs no attempt."""
-
-    @abstractmethod
-    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        """A dependency failed before any platform call: try again after `retry_at`; count the trouble since
-        `troubled_since` (kept from the first time)."""
-
-    @abstractmethod
-    def settle_failed(
-        self,
-        message_id: str,
-        entry: StatusEntry,
-        *,
-        attempt: int | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        """FAILED with the reason in `entry`, closing `attempt` (or requiring none open when None).
-        False when the message was settled already, was fanned out (its status is its deliveries' aggregate)
-        or the attempt is not the open one."""
-
-    @abstractmethod
-    def append_status(
-        self,
-        message_id: str,
-        entry: StatusEntry,
-        *,
-        platform_message_id: str | None = None,
-        dedupe_key: str | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        """Record `entry` in the history and move the status when it is a forward move (keeping `events` then).
-
-        Returns True when the current status changed. A report whose `dedupe_key` was applied before
-        changes nothing at all.
-        """
-
-
-class DeliveryStore(ABC):
+class DeliveryStore(AttemptJournal[Delivery]):
     """A GROUP message's deliveries, one per recipient (MongoDB `deliveries`), and the recipients' lanes with
-    their route-job marks (`lanes`; chat4all.services.route_jobs, steps 7-10). The writes that settle or claim
-    a delivery are those of MessageStore for a message, on one delivery (`delivery_id`)."""
+    their route-job marks (`lanes`; chat4all.services.route_jobs, steps 7-10)."""
 
     @abstractmethod
     def add_deliveries(self, deliveries: Sequence[Delivery]) -> None:
@@ -410,54 +399,6 @@ class DeliveryStore(ABC):
     def stale_pending(self, created_before: datetime, limit: int) -> list[PendingJob]:
         """Deliveries still PENDING that were created before `created_before` (at most `limit`, oldest first),
         one job per lane (its lowest sequence), in lane order; each job has its `user_id`."""
-
-    @abstractmethod
-    def begin_attempt(self, delivery: Delivery, started_at: datetime, lease_until: datetime) -> int | None:
-        """MessageStore.begin_attempt for a delivery."""
-
-    @abstractmethod
-    def record_sent(
-        self,
-        delivery_id: str,
-        attempt: int,
-        entry: StatusEntry,
-        platform_message_id: str,
-        *,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        """MessageStore.record_sent for a delivery."""
-
-    @abstractmethod
-    def end_attempt(
-        self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
-    ) -> bool:
-        """MessageStore.end_attempt for a delivery."""
-
-    @abstractmethod
-    def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        """MessageStore.postpone for a delivery."""
-
-    @abstractmethod
-    def settle_failed(
-        self,
-        delivery_id: str,
-        entry: StatusEntry,
-        *,
-        attempt: int | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        """MessageStore.settle_failed for a delivery."""
-
-    @abstractmethod
-    def append_status(
-        self,
-        delivery_id: str,
-        entry: StatusEntry,
-        *,
-        dedupe_key: str | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        """MessageStore.append_status for a delivery (a platform's status report)."""
 
     # ---------------------------------------------------------------- lanes (route_jobs steps 7-10)
 

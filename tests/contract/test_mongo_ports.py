@@ -331,12 +331,11 @@ def test_settle_failed_needs_the_open_attempt_or_none(ports: Ports) -> None:
 def test_append_status_moves_forward_only_and_keeps_every_report(ports: Ports) -> None:
     message = pending(ports)
     mid = message.message_id
-    wamid = f"wamid.{new_id()}"
     delivered = StatusEntry(MessageStatus.DELIVERED, T0 + timedelta(seconds=2))
     read = StatusEntry(MessageStatus.READ, T0 + timedelta(seconds=3))
     late_sent = StatusEntry(MessageStatus.SENT, T0 + timedelta(seconds=1))
 
-    assert ports.messages.append_status(mid, delivered, platform_message_id=wamid, dedupe_key="d")
+    assert ports.messages.append_status(mid, delivered, dedupe_key="d")
     assert ports.messages.append_status(mid, read, events=[event(mid, "MessageRead")])
     assert not ports.messages.append_status(mid, late_sent, events=[event(mid, "MessageSent")])
     assert not ports.messages.append_status(mid, delivered, dedupe_key="d")  # a replay: changes nothing at all
@@ -344,7 +343,6 @@ def test_append_status_moves_forward_only_and_keeps_every_report(ports: Ports) -
     after = ports.messages.get_message(mid)
     assert after is not None
     assert after.status is MessageStatus.READ
-    assert after.platform_message_id == wamid
     assert after.history == [*message.history, delivered, read, late_sent]
     # only the forward move's events were kept
     assert [e.detail_type for e in after.unpublished_events] == ["MessageRead"]

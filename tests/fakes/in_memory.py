@@ -834,8 +834,9 @@ class InMemoryDeliveryStore(DeliveryStore):
         events: Sequence[DomainEvent] = (),
     ) -> bool:
         delivery = self.deliveries[delivery_id]
-        if not self._open(delivery_id, attempt):
-            self._replace(delivery_id, platform_message_id=platform_message_id, history=[*delivery.history, entry])
+        if not self._open(delivery_id, attempt):  # as a message's: the report kept, the id too
+            self.append_status(delivery_id, entry)
+            self._replace(delivery_id, platform_message_id=platform_message_id)
             return False
         self._replace(
             delivery_id,

@@ -172,7 +172,7 @@ def test_status_moves_go_to_a_time_series_collection_read_through_an_index(db: D
     assert stored is not None
     messages = MongoMessageStore(db)  # another process: it knows nothing of the message
     sent = StatusEntry(MessageStatus.SENT, T0 + timedelta(seconds=1))
-    assert messages.append_status(stored.message_id, sent, platform_message_id="wamid.layout")
+    assert messages.append_status(stored.message_id, sent)
     assert messages.append_status(stored.message_id, StatusEntry(MessageStatus.DELIVERED, T0 + timedelta(seconds=2)))
     assert not messages.append_status(stored.message_id, StatusEntry(MessageStatus.SENT, T0 + timedelta(seconds=3)))
     # THEN each move is in status_history under the message and its conversation, as in the message's history

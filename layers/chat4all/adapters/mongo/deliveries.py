@@ -2,9 +2,7 @@
 history and kept events) and the `lanes` collection (one document per conversation and recipient: its route-job
 mark and the last sequence fanned into it; chat4all.services.route_jobs steps 7-10).
 
-A delivery's writes are those of a message (adapters/mongo/messages.py) on one delivery: the claim before the
-platform call and the receipt after it are journaled on a majority (DURABLE), and every conditional update finds
-its document by `_id` (SecantusDB answers an update's `_id` equality from the id, whatever else the filter holds).
+A delivery's attempts and statuses are written as a message's are (adapters/mongo/attempts.py).
 """
 
 from __future__ import annotations
@@ -14,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from chat4all.adapters.mongo import attempts
+from chat4all.adapters.mongo.attempts import MongoAttemptJournal
 from chat4all.adapters.mongo.connection import DURABLE, translated
-from chat4all.adapters.mongo.documents import delivery_doc, entry_doc, pushes, to_delivery
-from chat4all.domain.models import MessageStatus
+from chat4all.adapters.mongo.documents import delivery_doc, to_delivery
+from chat4all.domain.models import Delivery, MessageStatus
 from chat4all.ports import DeliveryStore, PendingJob
 
 if TYPE_CHECKING:
@@ -27,7 +25,6 @@ if TYPE_CHECKING:
     from pymongo.collection import Collection
     from pymongo.database import Database
 
-    from chat4all.domain.models import Delivery, DomainEvent, StatusEntry
 
 DUPLICATE_KEY = 11000
 
@@ -36,13 +33,15 @@ def lane_id(conversation_id: str, user_id: str) -> str:
     return f"{conversation_id}:{user_id}"
 
 
-class MongoDeliveryStore(DeliveryStore):
+class MongoDeliveryStore(MongoAttemptJournal[Delivery], DeliveryStore):
     def __init__(self, db: Database[dict[str, Any]]) -> None:
-        self.collection = db.deliveries
-        self.durable: Collection[dict[str, Any]] = db.deliveries.with_options(write_concern=DURABLE)
+        super().__init__(db.deliveries)
         self.lanes: Collection[dict[str, Any]] = db.lanes.with_options(write_concern=DURABLE)
 
     # ------------------------------------------------------------------ deliveries
+
+    def identify(self, sent: Delivery) -> tuple[str, int]:
+        return sent.delivery_id, sent.attempts
 
     def add_deliveries(self, deliveries: Sequence[Delivery]) -> None:
         if not deliveries:
@@ -98,58 +97,6 @@ class MongoDeliveryStore(DeliveryStore):
             if key not in lanes or job.sequence < lanes[key].sequence:
                 lanes[key] = job
         return [lanes[key] for key in sorted(lanes)]
-
-    def begin_attempt(self, delivery: Delivery, started_at: datetime, lease_until: datetime) -> int | None:
-        return attempts.claim(self.durable, delivery.delivery_id, delivery.attempts, started_at, lease_until)
-
-    def record_sent(
-        self,
-        delivery_id: str,
-        attempt: int,
-        entry: StatusEntry,
-        platform_message_id: str,
-        *,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        if attempts.receipt(self.durable, delivery_id, attempt, entry, platform_message_id, events):
-            return True
-        # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
-        with translated():
-            self.durable.update_one(
-                {"_id": delivery_id},
-                {"$set": {"platform_message_id": platform_message_id}, "$push": {"history": entry_doc(entry)}},
-            )
-        return False
-
-    def end_attempt(
-        self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
-    ) -> bool:
-        return attempts.release(self.durable, delivery_id, attempt, retry_at, error, spent=spent)
-
-    def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        attempts.postpone(self.collection, delivery_id, retry_at, troubled_since, error)
-
-    def settle_failed(
-        self, delivery_id: str, entry: StatusEntry, *, attempt: int | None = None, events: Sequence[DomainEvent] = ()
-    ) -> bool:
-        return attempts.settle_failed(self.durable, delivery_id, entry, attempt, events)
-
-    def append_status(
-        self, delivery_id: str, entry: StatusEntry, *, dedupe_key: str | None = None, events: Sequence[DomainEvent] = ()
-    ) -> bool:
-        base: dict[str, Any] = {"_id": delivery_id}
-        late: dict[str, Any] = {"$push": {"history": entry_doc(entry)}}
-        if dedupe_key is not None:
-            base["applied_reports"] = {"$ne": dedupe_key}
-            late["$addToSet"] = {"applied_reports": dedupe_key}
-        predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
-        forward = {**late, "$push": pushes(entry, events), "$set": {"status": entry.status.value}}
-        with translated():
-            if self.collection.update_one({**base, "status": {"$in": predecessors}}, forward).modified_count:
-                return True
-            # not a forward move (late or repeated): kept in the history only, unless it is a replay
-            self.collection.update_one(base, late)
-        return False
 
     # ------------------------------------------------------------------ lanes
 

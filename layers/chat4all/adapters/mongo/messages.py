@@ -7,14 +7,14 @@ import dataclasses
 import itertools
 import random
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import ConnectionFailure, DuplicateKeyError, PyMongoError
 
-from chat4all.adapters.mongo import attempts
+from chat4all.adapters.mongo.attempts import MongoAttemptJournal
 from chat4all.adapters.mongo.connection import DURABLE, translated
-from chat4all.adapters.mongo.documents import entry_doc, event_docs, message_doc, pushes, to_conversation, to_message
+from chat4all.adapters.mongo.documents import event_docs, message_doc, pushes, to_conversation, to_message
 from chat4all.adapters.mongo.participations import activity_update
 from chat4all.adapters.mongo.status_history import StatusHistoryLog
 from chat4all.domain.errors import DependencyUnavailableError, NotFoundError
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from datetime import datetime
 
     from pymongo.client_session import ClientSession
-    from pymongo.collection import Collection
     from pymongo.database import Database
 
     from chat4all.ports import OutboundDraft
@@ -46,13 +45,21 @@ class _Drafted(Exception):
         self.message_id = message_id
 
 
-class MongoMessageStore(MessageStore):
+class MongoMessageStore(MongoAttemptJournal[Message], MessageStore):
+    # a fanned-out GROUP message is settled by its deliveries' aggregate, never as a whole
+    settles_only: ClassVar[dict[str, Any]] = {"fanned_out": {"$exists": False}}
+
     def __init__(self, db: Database[dict[str, Any]]) -> None:
+        super().__init__(db.messages)
         self.db = db
-        self.collection = db.messages
         self.conversations = db.conversations
-        self.durable: Collection[dict[str, Any]] = db.messages.with_options(write_concern=DURABLE)
         self.status_history = StatusHistoryLog(db)
+
+    def identify(self, sent: Message) -> tuple[str, int]:
+        return sent.message_id, sent.attempts
+
+    def recorded(self, sent_id: str, entry: StatusEntry) -> None:
+        self.status_history.append(sent_id, [entry])
 
     def add_message(
         self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
@@ -281,78 +288,3 @@ class MongoMessageStore(MessageStore):
             if doc.get("direction") == Direction.OUTBOUND.value and not doc.get("fanned_out")
         ]
         return sorted(jobs, key=lambda job: (job.conversation_id, job.sequence))
-
-    def begin_attempt(self, message: Message, started_at: datetime, lease_until: datetime) -> int | None:
-        return attempts.claim(self.durable, message.message_id, message.attempts, started_at, lease_until)
-
-    def record_sent(
-        self,
-        message_id: str,
-        attempt: int,
-        entry: StatusEntry,
-        platform_message_id: str,
-        *,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        if attempts.receipt(self.durable, message_id, attempt, entry, platform_message_id, events):
-            self.status_history.append(message_id, [entry])
-            return True
-        # settled meanwhile (the attempt outlived its lease): keep the id so that status reports still match
-        self.append_status(message_id, entry, platform_message_id=platform_message_id)
-        return False
-
-    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        return attempts.release(self.durable, message_id, attempt, retry_at, error, spent=spent)
-
-    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        attempts.postpone(self.collection, message_id, retry_at, troubled_since, error)
-
-    def settle_failed(
-        self,
-        message_id: str,
-        entry: StatusEntry,
-        *,
-        attempt: int | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        # a fanned-out GROUP message is settled by its deliveries' aggregate, never here
-        settled = attempts.settle_failed(
-            self.durable, message_id, entry, attempt, events, also={"fanned_out": {"$exists": False}}
-        )
-        if settled:
-            self.status_history.append(message_id, [entry])
-        return settled
-
-    def append_status(
-        self,
-        message_id: str,
-        entry: StatusEntry,
-        *,
-        platform_message_id: str | None = None,
-        dedupe_key: str | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        base: dict[str, Any] = {"_id": message_id}
-        if dedupe_key is not None:
-            base["applied_reports"] = {"$ne": dedupe_key}
-        push: dict[str, Any] = {"$push": {"history": entry_doc(entry)}}
-        if dedupe_key is not None:
-            push["$addToSet"] = {"applied_reports": dedupe_key}
-        forward_set: dict[str, Any] = {"status": entry.status.value}
-        if platform_message_id is not None:
-            forward_set["platform_message_id"] = platform_message_id
-        predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
-        with translated():
-            forward = {**push, "$push": pushes(entry, events), "$set": forward_set}
-            moved = self.collection.update_one({**base, "status": {"$in": predecessors}}, forward)
-            if moved.modified_count:
-                self.status_history.append(message_id, [entry])
-                return True
-            # not a forward move (late or repeated): keep it in the history only, unless it is a replay
-            late: dict[str, Any] = dict(push)
-            if platform_message_id is not None:
-                late["$set"] = {"platform_message_id": platform_message_id}
-            kept = self.collection.update_one(base, late)
-        if kept.modified_count:
-            self.status_history.append(message_id, [entry])
-        return False
