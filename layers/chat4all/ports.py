@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
     from datetime import datetime
 
-    from chat4all.domain.credentials import ChannelCredentials
+    from chat4all.domain.credentials import ChannelCredentials, Credentials
     from chat4all.domain.files import FileRecord, FileStatus, ScanVerdict, UploadedPart
     from chat4all.domain.models import (
         ApiKey,
@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 # events kept with the change they report, in the same write, until EventOutbox.published forgets them
 type Events = Sequence[DomainEvent]
+
+# an audited change of a record: the record as changed, and the audit entry of the change from before to after
+type Change[Record] = Callable[[Record], Record]
+type Audited[Record] = Callable[[Record, Record], AuditEntry]
 
 # the message to store (its sequence is the store's to give) and the events kept with it, made from its conversation
 type OutboundDraft = Callable[[Conversation], tuple[Message, Events]]
@@ -108,9 +112,7 @@ class UserRepository(ABC):
         """The user a platform account is linked to, or None."""
 
     @abstractmethod
-    def update_user(
-        self, user_id: str, change: Callable[[User], User], audit: Callable[[User, User], AuditEntry]
-    ) -> User:
+    def update_user(self, user_id: str, change: Change[User], audit: Audited[User]) -> User:
         """Apply `change` to the user under a row lock and store it with `audit(before, after)`, atomically.
 
         Raises NotFoundError when there is no such user. Writes nothing when `change` returns the user unchanged.
@@ -148,11 +150,7 @@ class ChannelRepository(ABC):
 
     @abstractmethod
     def update_channel(
-        self,
-        channel_id: str,
-        change: Callable[[ChannelInfo], ChannelInfo],
-        credentials: dict[str, str] | None,
-        audit: Callable[[ChannelInfo, ChannelInfo], AuditEntry],
+        self, channel_id: str, change: Change[ChannelInfo], credentials: Credentials | None, audit: Audited[ChannelInfo]
     ) -> ChannelInfo:
         """Apply `change` (and new credentials, when given) under a row lock with `audit(before, after)`.
 
@@ -504,10 +502,10 @@ class CredentialCipher(ABC):
     """
 
     @abstractmethod
-    def encrypt(self, credentials: dict[str, str], context: dict[str, str] | None = None) -> bytes: ...
+    def encrypt(self, credentials: Credentials, context: dict[str, str] | None = None) -> bytes: ...
 
     @abstractmethod
-    def decrypt(self, ciphertext: bytes, context: dict[str, str] | None = None) -> dict[str, str]: ...
+    def decrypt(self, ciphertext: bytes, context: dict[str, str] | None = None) -> Credentials: ...
 
 
 class AuditLog(ABC):
@@ -578,7 +576,7 @@ class CredentialVerifier(ABC):
     """Asks a platform whether channel credentials work (WhatsApp GET /{id}, Telegram getMe, Instagram /me)."""
 
     @abstractmethod
-    def verify(self, platform: Platform, credentials: dict[str, str]) -> None:
+    def verify(self, platform: Platform, credentials: Credentials) -> None:
         """Return when the platform accepts them; raise ValidationFailedError when it refuses them and
         DependencyUnavailableError when it cannot be asked."""
 

@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
     from _typeshed import DataclassInstance
 
-    from chat4all.ports import AuditEntry, CredentialCipher
+    from chat4all.domain.credentials import Credentials
+    from chat4all.ports import Audited, AuditEntry, Change, CredentialCipher
 
 Cursor = psycopg.Cursor[dict[str, Any]]
 
@@ -278,9 +279,7 @@ class PostgresUserRepository(UserRepository):
         identities = [_identity(row | {"created_at": row["identity_created_at"]}) for row in rows if row["identity_id"]]
         return _user(rows[0], identities)
 
-    def update_user(
-        self, user_id: str, change: Callable[[User], User], audit: Callable[[User, User], AuditEntry]
-    ) -> User:
+    def update_user(self, user_id: str, change: Change[User], audit: Audited[User]) -> User:
         with self.db.transaction() as cur:
             cur.execute("SELECT * FROM users WHERE user_id = %s FOR UPDATE", (user_id,))
             row = cur.fetchone()
@@ -531,11 +530,7 @@ class PostgresChannelRepository(ChannelRepository):
         return _channel_info(row) if row else None
 
     def update_channel(
-        self,
-        channel_id: str,
-        change: Callable[[ChannelInfo], ChannelInfo],
-        credentials: dict[str, str] | None,
-        audit: Callable[[ChannelInfo, ChannelInfo], AuditEntry],
+        self, channel_id: str, change: Change[ChannelInfo], credentials: Credentials | None, audit: Audited[ChannelInfo]
     ) -> ChannelInfo:
         platform = Platform.WHATSAPP
         try:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
 
     from chat4all.domain.models import Platform
 
+# a channel's credentials as parsed, encrypted and given to its connector: field name to value
+type Credentials = dict[str, str]
+
 # tokens and secrets as the platforms issue them: visible ASCII (they travel in HTTP headers and URLs)
 Secret = Annotated[str, StringConstraints(pattern=r"^[!-~]{1,1024}$")]
 NumericId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
@@ -49,7 +52,7 @@ class InstagramCredentials(ChannelCredentials):
     verify_token: Secret
 
 
-def parse_credentials(platform: Platform, raw: Any) -> dict[str, str]:
+def parse_credentials(platform: Platform, raw: Any) -> Credentials:
     """The platform's credentials from a request, or ValidationFailedError naming each `credentials.<field>`."""
     try:
         model = definition(platform).credentials_model.model_validate(raw)
