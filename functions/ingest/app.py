@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler import Response
@@ -58,14 +59,14 @@ def post_message() -> Response[str]:
     require_self_or_admin(principal, command.sender_id)  # before the idempotency cache can answer
     # the message keeps the request's correlation id (a replay keeps the first request's)
     correlation_id = current_correlation_id()
-    try:
-        if request.message_id is None:  # the id is ours and new: no replay can come, nothing to cache
-            accepted = bootstrap.message_service().accept(command, principal, correlation_id=correlation_id)
-        else:
+    accepted: AcceptedMessage | None = None
+    if request.message_id is not None:  # a client's id can come again: the cache answers its replays at once
+        with contextlib.suppress(IdempotencyAlreadyInProgressError, IdempotencyPersistenceLayerError):
             accepted = accept_message(command=command, principal=principal, correlation_id=correlation_id)
-    except (IdempotencyAlreadyInProgressError, IdempotencyPersistenceLayerError):
-        # the cache is only the fast path: a duplicate in flight or Redis in trouble is answered from the
-        # message in MongoDB (stored before any 202), the same 202 or a 409 for another body
+    if accepted is None:
+        # an id of ours (new: no replay can come), or the cache could not answer (a duplicate in flight, Redis in
+        # trouble): MongoDB answers, where the message is stored before any 202: the same 202, or a 409 for
+        # another body
         accepted = bootstrap.message_service().accept(command, principal, correlation_id=correlation_id)
     metrics.add_metric(name="MessagesAccepted", unit=MetricUnit.Count, value=1)
     return json_response(202, accepted_view(accepted), headers={"Location": accepted.status_url})
