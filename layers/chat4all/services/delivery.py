@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     from chat4all.domain.models import (
         ChannelConfig,
         Conversation,
+        DomainEvent,
         ExternalIdentity,
         Message,
         Platform,
@@ -74,6 +75,7 @@ if TYPE_CHECKING:
         Sending,
     )
     from chat4all.ports import (
+        AttemptJournal,
         ChannelBreaker,
         ChannelConnector,
         ChannelRepository,
@@ -144,31 +146,73 @@ class ConversationProgress:
     retry_after_seconds: float | None = None
 
 
-class _Subject:
-    """What the one-to-one protocol moves: a message (`_MessageSubject`) or a GROUP delivery
-    (`_DeliverySubject`). Each claim, receipt, retry and settlement is the store's conditional write on it, with
-    the events that report it kept in the same write and collected for the unit of work."""
+@dataclass
+class _Subject[Sent: Sending]:
+    """What the one-to-one protocol moves: a message, or a GROUP message's delivery to one recipient (`delivery`).
+    Each claim, receipt, retry and settlement is its journal's conditional write on it, with the event that reports
+    it (MessageSent or MessageFailed; DeliveryStatusChanged) kept in the same write and collected for the unit of
+    work; a delivery's move then moves its message's aggregate."""
 
+    service: DeliveryService
+    journal: AttemptJournal[Sent]
+    sending: Sent
+    sent_id: str
     message: Message
     platform: Platform
-    sending: Sending  # the message's, or the delivery's
-    user_id: str | None = None  # a delivery's recipient
-    name: str  # for logs
+    delivery: Delivery | None = None
+
+    @staticmethod
+    def of_message(service: DeliveryService, message: Message) -> _Subject[Message]:
+        return _Subject(service, service.messages, message, message.message_id, message, message.channel)
+
+    @staticmethod
+    def of_delivery(service: DeliveryService, delivery: Delivery, message: Message) -> _Subject[Delivery]:
+        assert service.deliveries is not None
+        platform = delivery.platform or message.channel
+        return _Subject(service, service.deliveries, delivery, delivery.delivery_id, message, platform, delivery)
+
+    @property
+    def name(self) -> str:  # for logs
+        return f"{'message' if self.delivery is None else 'delivery'} {self.sent_id}"
+
+    @property
+    def user_id(self) -> str | None:
+        return None if self.delivery is None else self.delivery.user_id
 
     def begin(self, started: datetime, lease_until: datetime) -> int | None:
-        raise NotImplementedError
+        return self.journal.begin_attempt(self.sending, started, lease_until)
 
     def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
-        raise NotImplementedError
+        event = self._event(MessageStatus.SENT, entry.at, platform_message_id=platform_message_id)
+        recorded = self.journal.record_sent(self.sent_id, attempt, entry, platform_message_id, events=[event])
+        if recorded:
+            self._moved(event)
+        return recorded
 
     def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        raise NotImplementedError
+        return self.journal.end_attempt(self.sent_id, attempt, retry_at, error, spent=spent)
 
     def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
-        raise NotImplementedError
+        self.journal.postpone(self.sent_id, retry_at, since, error)
 
     def settle_failed(self, entry: StatusEntry, attempt: int | None) -> bool:
-        raise NotImplementedError
+        event = self._event(MessageStatus.FAILED, entry.at, reason=(entry.detail or "")[:1000])
+        settled = self.journal.settle_failed(self.sent_id, entry, attempt=attempt, events=[event])
+        if settled:
+            self._moved(event)
+        return settled
+
+    def _event(self, status: MessageStatus, at: datetime, **details: str) -> DomainEvent:
+        if self.delivery is not None:
+            return delivery_event(self.delivery, self.message, status, at=at, **details)
+        kind = "MessageSent" if status is MessageStatus.SENT else "MessageFailed"
+        return message_event(kind, self.message, status, at=at, **details)
+
+    def _moved(self, event: DomainEvent) -> None:
+        service = self.service
+        collect(service.events, event)
+        if service.deliveries is not None and self.delivery is not None:
+            advance_group_message(self.message, service.messages, service.deliveries, service.events, service.clock())
 
     def outcome(
         self,
@@ -190,92 +234,8 @@ class _Subject:
         )
 
 
-class _MessageSubject(_Subject):
-    def __init__(self, service: DeliveryService, message: Message) -> None:
-        self.service = service
-        self.message = message
-        self.platform = message.channel
-        self.sending = message
-        self.name = f"message {message.message_id}"
-
-    def begin(self, started: datetime, lease_until: datetime) -> int | None:
-        return self.service.messages.begin_attempt(self.message, started, lease_until)
-
-    def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
-        event = message_event(
-            "MessageSent", self.message, MessageStatus.SENT, at=entry.at, platform_message_id=platform_message_id
-        )
-        recorded = self.service.messages.record_sent(
-            self.message.message_id, attempt, entry, platform_message_id, events=[event]
-        )
-        if recorded:
-            collect(self.service.events, event)
-        return recorded
-
-    def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        return self.service.messages.end_attempt(self.message.message_id, attempt, retry_at, error, spent=spent)
-
-    def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
-        self.service.messages.postpone(self.message.message_id, retry_at, since, error)
-
-    def settle_failed(self, entry: StatusEntry, attempt: int | None) -> bool:
-        reason = (entry.detail or "")[:1000]
-        event = message_event("MessageFailed", self.message, MessageStatus.FAILED, at=entry.at, reason=reason)
-        settled = self.service.messages.settle_failed(self.message.message_id, entry, attempt=attempt, events=[event])
-        if settled:
-            collect(self.service.events, event)
-        return settled
-
-
-class _DeliverySubject(_Subject):
-    """A GROUP delivery: its moves keep DeliveryStatusChanged on it, then move the message's aggregate."""
-
-    def __init__(self, service: DeliveryService, delivery: Delivery, message: Message) -> None:
-        assert service.deliveries is not None
-        self.service = service
-        self.store: DeliveryStore = service.deliveries
-        self.delivery = delivery
-        self.message = message
-        self.platform = delivery.platform or message.channel
-        self.sending = delivery
-        self.user_id = delivery.user_id
-        self.name = f"delivery {delivery.delivery_id}"
-
-    def begin(self, started: datetime, lease_until: datetime) -> int | None:
-        return self.store.begin_attempt(self.delivery, started, lease_until)
-
-    def record_sent(self, attempt: int, entry: StatusEntry, platform_message_id: str) -> bool:
-        event = delivery_event(
-            self.delivery, self.message, MessageStatus.SENT, at=entry.at, platform_message_id=platform_message_id
-        )
-        recorded = self.store.record_sent(
-            self.delivery.delivery_id, attempt, entry, platform_message_id, events=[event]
-        )
-        if recorded:
-            collect(self.service.events, event)
-            self._aggregate()
-        return recorded
-
-    def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        return self.store.end_attempt(self.delivery.delivery_id, attempt, retry_at, error, spent=spent)
-
-    def postpone(self, retry_at: datetime, since: datetime, error: str) -> None:
-        self.store.postpone(self.delivery.delivery_id, retry_at, since, error)
-
-    def settle_failed(self, entry: StatusEntry, attempt: int | None) -> bool:
-        reason = (entry.detail or "")[:1000]
-        event = delivery_event(self.delivery, self.message, MessageStatus.FAILED, at=entry.at, reason=reason)
-        settled = self.store.settle_failed(self.delivery.delivery_id, entry, attempt=attempt, events=[event])
-        if settled:
-            collect(self.service.events, event)
-            self._aggregate()
-        return settled
-
-    def _aggregate(self) -> None:
-        advance_group_message(
-            self.message, self.service.messages, self.store, self.service.events, self.service.clock()
-        )
-
+# a message's subject or a delivery's: what the protocol's steps take
+type _AnySubject = _Subject[Message] | _Subject[Delivery]
 
 # what a recipient's route is: the channel's platform, the channel and the recipient's id there; or why none
 type _Route = tuple[Platform, str, str] | str
@@ -330,7 +290,7 @@ class DeliveryService:
                 # its MessageAccepted (and any event kept since) goes out in this batch's one PutEvents
                 announced.add(message.message_id)
                 collect(self.events, *message.unpublished_events)
-            subject = _MessageSubject(self, message)
+            subject = _Subject.of_message(self, message)
             # every line about this message (the platform call's too) carries its own correlation id
             with log_context(
                 correlation_id=message.correlation_id, message_id=message.message_id, conversation_id=conversation_id
@@ -346,26 +306,27 @@ class DeliveryService:
         return ConversationProgress(outcomes)
 
     def _step(
-        self, subject: _Subject, lease_until: datetime, act: Callable[[], DeliveryOutcome | float]
+        self, subject: _AnySubject, lease_until: datetime, act: Callable[[], DeliveryOutcome | float]
     ) -> DeliveryOutcome | float:
         """The checks before a message or delivery is worked on: an attempt open elsewhere (wait for its lease,
         then "outcome unknown"), a back-off, the invocation's time; then `act`."""
         now = self.clock()
-        attempt = subject.sending.in_flight
+        sending = subject.sending
+        attempt = sending.in_flight
         if attempt is not None:
             if attempt.lease_until > now:
                 # another invocation is calling the platform for it right now
                 return (attempt.lease_until - now).total_seconds() + LEASE_GRACE_SECONDS
             return self._outcome_unknown(subject)
-        if subject.sending.retry_at is not None and subject.sending.retry_at > now:
-            return (subject.sending.retry_at - now).total_seconds()
+        if sending.retry_at is not None and sending.retry_at > now:
+            return (sending.retry_at - now).total_seconds()
         if now + self.send_margin > lease_until:
             return 0
         return act()
 
     def _deliver(
         self,
-        subject: _Subject,
+        subject: _AnySubject,
         conversation: Conversation | None,
         lease_until: datetime,
         routes: dict[tuple[str, Platform], tuple[ChannelConfig, str]],
@@ -380,7 +341,7 @@ class DeliveryService:
         return self._claim_and_call(subject, channel, outbound, lease_until)
 
     def _claim_and_call(
-        self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, lease_until: datetime
+        self, subject: _AnySubject, channel: ChannelConfig, outbound: OutboundMessage, lease_until: datetime
     ) -> DeliveryOutcome | float:
         rejected = self._credentials_rejected(channel)
         if rejected is not None:
@@ -408,7 +369,7 @@ class DeliveryService:
         return None
 
     def _admission(
-        self, subject: _Subject, channel: ChannelConfig, lease_until: datetime
+        self, subject: _AnySubject, channel: ChannelConfig, lease_until: datetime
     ) -> DeliveryOutcome | float | None:
         """None when the channel may call its platform now (a token taken from its bucket, its breaker closed or
         this the half-open breaker's probe); else the wait, or FAILED past the delivery window."""
@@ -432,7 +393,7 @@ class DeliveryService:
                 logger.info("%s is the probe of channel %s's breaker", subject.name, channel.channel_id)
         return None
 
-    def _wait(self, subject: _Subject, seconds: float, why: str) -> DeliveryOutcome | float:
+    def _wait(self, subject: _AnySubject, seconds: float, why: str) -> DeliveryOutcome | float:
         """`subject` waits `seconds` without spending an attempt, unless it was accepted longer than the delivery
         window ago: then it is FAILED with why it waited."""
         waited = self.clock() - subject.message.created_at
@@ -447,7 +408,7 @@ class DeliveryService:
             self.breaker.record(channel.channel_id, success=success)
 
     def _call(
-        self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
+        self, subject: _AnySubject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
     ) -> DeliveryOutcome | float:
         """The platform call and its outcome by the platform's error class (chat4all.channels.http)."""
         try:
@@ -474,7 +435,7 @@ class DeliveryService:
         return self._record_sent(subject, attempt, receipt)
 
     def _platform_call(
-        self, subject: _Subject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
+        self, subject: _AnySubject, channel: ChannelConfig, outbound: OutboundMessage, attempt: int
     ) -> ProviderReceipt:
         """The connector's send (its HTTP call is an X-Ray subsegment: chat4all.channels.http), logged with its
         outcome and duration under the message's keys."""
@@ -500,7 +461,7 @@ class DeliveryService:
             )
 
     def _rate_limited(
-        self, subject: _Subject, channel: ChannelConfig, attempt: int, exc: ChannelRateLimitedError
+        self, subject: _AnySubject, channel: ChannelConfig, attempt: int, exc: ChannelRateLimitedError
     ) -> DeliveryOutcome | float:
         """The platform's rate limit: the channel is held for its retry-after (every instance: no call of the channel
         goes before it ends; a pair limit holds only this recipient's message), and the message waits with its
@@ -520,17 +481,17 @@ class DeliveryService:
         )
         return exc.retry_after_seconds
 
-    def _retry_or_fail(self, subject: _Subject, attempt: int, exc: ChannelRetryableError) -> DeliveryOutcome | float:
+    def _retry_or_fail(self, subject: _AnySubject, attempt: int, exc: ChannelRetryableError) -> DeliveryOutcome | float:
         """The platform refused for now (429, 5xx, unreachable): another attempt after a back-off, up to three."""
         if attempt >= MAX_ATTEMPTS:
             return self._fail(subject, f"gave up after {attempt} attempts: {exc.detail}", attempt, True)
         delay = backoff_seconds(attempt)
         subject.end_attempt(attempt, self.clock() + timedelta(seconds=delay), exc.detail)
-        count("DeliveriesRetried" if isinstance(subject, _DeliverySubject) else "MessagesRetried")
+        count("MessagesRetried" if subject.delivery is None else "DeliveriesRetried")
         logger.info("%s is tried again in %s s: %s", subject.name, delay, exc.detail)
         return float(delay)
 
-    def _record_sent(self, subject: _Subject, attempt: int, receipt: ProviderReceipt) -> DeliveryOutcome:
+    def _record_sent(self, subject: _AnySubject, attempt: int, receipt: ProviderReceipt) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.SENT, self.clock())
         for pause in (*RECORD_PAUSES_SECONDS, None):
             try:
@@ -550,7 +511,7 @@ class DeliveryService:
                 self.sleep(pause)
         return subject.outcome(MessageStatus.SENT, receipt.platform_message_id)
 
-    def _outcome_unknown(self, subject: _Subject) -> DeliveryOutcome:
+    def _outcome_unknown(self, subject: _AnySubject) -> DeliveryOutcome:
         attempt = subject.sending.in_flight
         assert attempt is not None
         reason = (
@@ -559,7 +520,7 @@ class DeliveryService:
         )
         return self._fail(subject, reason, attempt=attempt.number)
 
-    def _troubled(self, subject: _Subject, detail: str) -> DeliveryOutcome | float:
+    def _troubled(self, subject: _AnySubject, detail: str) -> DeliveryOutcome | float:
         now = self.clock()
         since = subject.sending.troubled_since or now
         if now - since >= self.trouble_window:
@@ -634,7 +595,7 @@ class DeliveryService:
         return channel
 
     def _fail(
-        self, subject: _Subject, reason: str, attempt: int | None = None, dead_letter: bool = False
+        self, subject: _AnySubject, reason: str, attempt: int | None = None, dead_letter: bool = False
     ) -> DeliveryOutcome:
         entry = StatusEntry(MessageStatus.FAILED, self.clock(), reason)
         if subject.settle_failed(entry, attempt):
@@ -645,7 +606,7 @@ class DeliveryService:
 
     def _fan_out(
         self,
-        subject: _MessageSubject,
+        subject: _Subject[Message],
         conversation: Conversation | None,
         channels: dict[tuple[Platform, str | None], ChannelConfig | str],
     ) -> DeliveryOutcome | float:
@@ -773,7 +734,7 @@ class DeliveryService:
                     delivery.delivery_id, StatusEntry(MessageStatus.FAILED, self.clock(), "its message is gone")
                 )
                 continue
-            subject = _DeliverySubject(self, delivery, message)
+            subject = _Subject.of_delivery(self, delivery, message)
             with log_context(
                 correlation_id=message.correlation_id,
                 message_id=message.message_id,
@@ -789,9 +750,9 @@ class DeliveryService:
         return ConversationProgress(outcomes)
 
     def _send_delivery(
-        self, subject: _DeliverySubject, lease_until: datetime, channels: dict[str, ChannelConfig | str]
+        self, subject: _Subject[Delivery], lease_until: datetime, channels: dict[str, ChannelConfig | str]
     ) -> DeliveryOutcome | float:
-        delivery = subject.delivery
+        delivery = subject.sending
         if delivery.platform is None or delivery.channel_id is None or delivery.address is None:
             return self._fail(subject, "delivery has no route")
         if delivery.channel_id not in channels:
@@ -809,7 +770,9 @@ class DeliveryService:
             return outbound
         return self._claim_and_call(subject, channel, outbound, lease_until)
 
-    def _delivery_outbound(self, subject: _DeliverySubject, address: str) -> OutboundMessage | DeliveryOutcome | float:
+    def _delivery_outbound(
+        self, subject: _Subject[Delivery], address: str
+    ) -> OutboundMessage | DeliveryOutcome | float:
         """A GROUP recipient's message: its text, or its file by link with the text as caption."""
         message = subject.message
         if message.content is None and message.file_id is None:
