@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import redis
 
 from chat4all.adapters.aws import (
+    EventBridgeCheck,
     EventBridgePublisher,
     KmsCredentialCipher,
     RedisCheck,
+    SqsCheck,
     SqsDeadLetterQueue,
     SqsMediaFetchQueue,
     SqsOutboundQueue,
     SqsVisibility,
-    eventbridge_check,
-    sqs_check,
 )
 from chat4all.adapters.aws_api import AwsJsonApi, resolve_credentials
 from chat4all.adapters.breakers import RedisChannelBreaker
@@ -44,7 +44,7 @@ from chat4all.adapters.postgres import (
     PostgresUserRepository,
 )
 from chat4all.adapters.postgres_references import PostgresReferenceTarget
-from chat4all.adapters.s3 import S3Api, S3DownloadLinks, S3ObjectStorage, s3_bucket_check
+from chat4all.adapters.s3 import S3Api, S3BucketCheck, S3DownloadLinks, S3ObjectStorage
 from chat4all.adapters.scanner import ClamdCheck, ClamdScanner
 from chat4all.channels import registry
 from chat4all.channels.verification import PlatformCredentialVerifier
@@ -320,12 +320,12 @@ def dependency_checks() -> list[DependencyCheck]:
         PostgresCheck(postgres()),
         MongoCheck(mongo()),
         RedisCheck(redis_client()),
-        sqs_check(aws_client("sqs"), config.require("route_queue_url")),
-        eventbridge_check(aws_client("events"), config.event_bus_name),
+        SqsCheck(aws_client("sqs"), config.require("route_queue_url")),
+        EventBridgeCheck(aws_client("events"), config.event_bus_name),
     ]
     # files (issue 18): S3 where the files bucket is configured, the malware scanner where one is
     if config.files_bucket:
-        checks.append(s3_bucket_check(s3_api(), config.require("files_bucket")))
+        checks.append(S3BucketCheck(s3_api(), config.require("files_bucket")))
     if config.clamd_address:
         checks.append(ClamdCheck(config.clamd_address))
     return checks

@@ -23,7 +23,7 @@ from chat4all.ports import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator, Sequence
+    from collections.abc import Iterator, Sequence
 
     from chat4all.adapters.aws_api import AwsJsonApi
     from chat4all.domain.models import DomainEvent
@@ -267,26 +267,28 @@ class KmsCredentialCipher(CredentialCipher):
         return decoded
 
 
-class AwsCallCheck(DependencyCheck):
-    """/health's check of an AWS dependency: one read-only call, needing the one IAM action template.yaml grants."""
+class SqsCheck(DependencyCheck):
+    name = "sqs"
+    iam_actions = ("sqs:GetQueueAttributes",)
 
-    def __init__(self, name: str, iam_action: str, call: Callable[[], object]) -> None:
-        self.name = name
-        self.iam_actions = (iam_action,)
-        self.call = call
+    def __init__(self, sqs: AwsJsonApi, queue_url: str) -> None:
+        self.sqs = sqs
+        self.queue_url = queue_url
 
     def check(self) -> None:
-        self.call()
+        self.sqs.call("GetQueueAttributes", {"QueueUrl": self.queue_url, "AttributeNames": ["QueueArn"]})
 
 
-def sqs_check(sqs: AwsJsonApi, queue_url: str) -> AwsCallCheck:
-    params = {"QueueUrl": queue_url, "AttributeNames": ["QueueArn"]}
-    return AwsCallCheck("sqs", "sqs:GetQueueAttributes", lambda: sqs.call("GetQueueAttributes", params))
+class EventBridgeCheck(DependencyCheck):
+    name = "eventbridge"
+    iam_actions = ("events:DescribeEventBus",)
 
+    def __init__(self, events: AwsJsonApi, bus_name: str) -> None:
+        self.events = events
+        self.bus_name = bus_name
 
-def eventbridge_check(events: AwsJsonApi, bus_name: str) -> AwsCallCheck:
-    params = {"Name": bus_name}
-    return AwsCallCheck("eventbridge", "events:DescribeEventBus", lambda: events.call("DescribeEventBus", params))
+    def check(self) -> None:
+        self.events.call("DescribeEventBus", {"Name": self.bus_name})
 
 
 class RedisCheck(DependencyCheck):

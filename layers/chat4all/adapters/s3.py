@@ -16,11 +16,10 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chat4all.adapters.aws import AwsCallCheck
 from chat4all.domain.errors import DependencyUnavailableError
 from chat4all.domain.files import UploadedPart
 from chat4all.observability import logger
-from chat4all.ports import ObjectStorage
+from chat4all.ports import DependencyCheck, ObjectStorage
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -245,6 +244,15 @@ class S3DownloadLinks:
         return self.s3.presign("GetObject", params, expires)
 
 
-def s3_bucket_check(s3: S3Api, bucket: str) -> AwsCallCheck:
+class S3BucketCheck(DependencyCheck):
     """/health's S3: the files bucket answers HeadBucket (s3:ListBucket on the bucket)."""
-    return AwsCallCheck("s3", "s3:ListBucket", lambda: s3.call("HeadBucket", {"Bucket": bucket}))
+
+    name = "s3"
+    iam_actions = ("s3:ListBucket",)
+
+    def __init__(self, s3: S3Api, bucket: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+
+    def check(self) -> None:
+        self.s3.call("HeadBucket", {"Bucket": self.bucket})

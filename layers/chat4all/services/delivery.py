@@ -186,7 +186,7 @@ class _Subject[Sent: Sending]:
         event = self._event(MessageStatus.SENT, entry.at, platform_message_id=platform_message_id)
         recorded = self.journal.record_sent(self.sent_id, attempt, entry, platform_message_id, events=[event])
         if recorded:
-            self._moved(event)
+            self._reported(event)
         return recorded
 
     def end_attempt(self, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
@@ -199,7 +199,7 @@ class _Subject[Sent: Sending]:
         event = self._event(MessageStatus.FAILED, entry.at, reason=(entry.detail or "")[:1000])
         settled = self.journal.settle_failed(self.sent_id, entry, attempt=attempt, events=[event])
         if settled:
-            self._moved(event)
+            self._reported(event)
         return settled
 
     def _event(self, status: MessageStatus, at: datetime, **details: str) -> DomainEvent:
@@ -208,7 +208,7 @@ class _Subject[Sent: Sending]:
         kind = "MessageSent" if status is MessageStatus.SENT else "MessageFailed"
         return message_event(kind, self.message, status, at=at, **details)
 
-    def _moved(self, event: DomainEvent) -> None:
+    def _reported(self, event: DomainEvent) -> None:
         service = self.service
         collect(service.events, event)
         if service.deliveries is not None and self.delivery is not None:
