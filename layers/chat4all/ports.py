@@ -584,11 +584,20 @@ class CredentialVerifier(ABC):
 @dataclass(frozen=True)
 class Passage:
     """What a channel's breaker says to one call: go (`probe` when it is the half-open breaker's one probe), or
-    wait `wait_seconds` (the breaker is open) without spending an attempt."""
+    wait `wait_seconds` without spending an attempt: the breaker is open, or (`limited`) the channel's rate."""
 
     allowed: bool
     probe: bool = False
     wait_seconds: float = 0.0
+    limited: bool = False
+
+
+@dataclass(frozen=True)
+class ChannelRate:
+    """A channel's token bucket: `per_second` calls a second, at most `burst` at once."""
+
+    per_second: int
+    burst: int
 
 
 class ChannelBreaker(ABC):
@@ -598,8 +607,11 @@ class ChannelBreaker(ABC):
     """
 
     @abstractmethod
-    def admit(self, channel_id: str) -> Passage:
-        """Whether a platform call of this channel may go now."""
+    def admit(self, channel_id: str, rate: ChannelRate | None = None) -> Passage:
+        """Whether a platform call of this channel may go now. With `rate`, the channel's token bucket and its
+        platform's hold (RequestLimiter's, key `channel_limit_key`) are asked in the same step, after the breaker:
+        an open breaker is a wait that takes no token, and an empty or held bucket a `limited` wait that takes no
+        probe; a call that may go has taken its token."""
 
     @abstractmethod
     def record(self, channel_id: str, *, success: bool) -> BreakerState:

@@ -10,7 +10,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from chat4all.adapters.breakers import BreakerSettings, RedisChannelBreaker
+from chat4all.adapters.limits import RedisRequestLimiter
+from chat4all.domain.channel_limits import channel_limit_key
 from chat4all.domain.models import BreakerState
+from chat4all.ports import ChannelRate
 from devstack.processes import free_port
 
 if TYPE_CHECKING:
@@ -119,6 +122,43 @@ def test_a_success_after_an_admit_that_found_no_breaker_state_is_not_sent_to_red
     assert other.record(fresh, success=False) is BreakerState.OPEN
 
 
+def test_with_a_rate_one_round_trip_asks_the_breaker_then_the_channels_bucket(platform: LocalPlatform) -> None:
+    client = CountingRedis.from_url(platform.urls["redis"])
+    client.sent = []
+    breaker, other = RedisChannelBreaker(client, FAST), breakers(platform)[0]
+    limiter = RedisRequestLimiter(redis.Redis.from_url(platform.urls["redis"]))
+    channel, rate = str(uuid.uuid4()), ChannelRate(per_second=1, burst=1)
+    # GIVEN a closed breaker: the call takes the bucket's one token, in one EVALSHA
+    assert breaker.admit(channel, rate).allowed
+    assert client.sent == ["EVALSHA"]
+    limited = breaker.admit(channel, rate)
+    assert not limited.allowed and limited.limited and 0 < limited.wait_seconds <= 1
+    # WHEN the breaker opens, it answers before the empty bucket: a breaker wait, not the rate's
+    for _ in range(FAST.failure_threshold):
+        breaker.record(channel, success=False)
+    opened = breaker.admit(channel, rate)
+    assert not opened.allowed and not opened.limited and 0 < opened.wait_seconds <= FAST.open_seconds
+    # AND once it may probe, an empty bucket answers before the probe is taken: another instance still gets it
+    time.sleep(opened.wait_seconds + 0.05)
+    while limiter.wait_seconds(channel_limit_key(channel), rate.per_second, rate.burst) == 0.0:
+        pass  # a token came back meanwhile: taken, so that the bucket is empty again
+    waiting = breaker.admit(channel, rate)
+    assert not waiting.allowed and waiting.limited
+    probe = other.admit(channel)
+    assert probe.allowed and probe.probe
+    # AND an open breaker takes no token: the full bucket of a fresh channel keeps it
+    fresh = str(uuid.uuid4())
+    for _ in range(FAST.failure_threshold):
+        breaker.record(fresh, success=False)
+    assert not breaker.admit(fresh, rate).allowed
+    assert limiter.wait_seconds(channel_limit_key(fresh), rate.per_second, rate.burst) == 0.0
+    # AND a held channel (its platform's retry-after) waits for the hold, whatever its bucket holds
+    held = str(uuid.uuid4())
+    limiter.hold(channel_limit_key(held), 5)
+    hold = breaker.admit(held, rate)
+    assert not hold.allowed and hold.limited and 4 < hold.wait_seconds <= 5
+
+
 def test_without_redis_every_call_goes_through() -> None:
     breaker = RedisChannelBreaker(
         redis.Redis(host="127.0.0.1", port=free_port(), socket_timeout=0.5, socket_connect_timeout=0.5), FAST
@@ -127,4 +167,5 @@ def test_without_redis_every_call_goes_through() -> None:
     for _ in range(10):
         breaker.record(channel, success=False)
     assert breaker.admit(channel).allowed
+    assert breaker.admit(channel, ChannelRate(per_second=1, burst=1)).allowed
     assert breaker.state(channel) is BreakerState.CLOSED

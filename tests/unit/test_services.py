@@ -42,7 +42,7 @@ from chat4all.domain.models import (
     User,
     UserType,
 )
-from chat4all.ports import Passage
+from chat4all.ports import ChannelRate, Passage
 from chat4all.services.conversations import ConversationService
 from chat4all.services.delivery import ConversationProgress, DeliveryService
 from chat4all.services.identity import IdentityService
@@ -668,8 +668,10 @@ class FakeBreaker:
 
     passages: list[Passage] = field(default_factory=list)
     recorded: list[tuple[str, bool]] = field(default_factory=list)
+    rates: list[tuple[str, ChannelRate | None]] = field(default_factory=list)  # what each admit was asked
 
-    def admit(self, channel_id: str) -> Passage:
+    def admit(self, channel_id: str, rate: ChannelRate | None = None) -> Passage:
+        self.rates.append((channel_id, rate))
         return self.passages.pop(0) if self.passages else Passage(allowed=True)
 
     def record(self, channel_id: str, *, success: bool) -> BreakerState:
@@ -745,8 +747,9 @@ def test_a_wait_past_the_delivery_window_fails_the_message_with_why(world: World
 
 
 def test_the_channel_rate_limit_sleeps_short_waits_and_brings_the_job_back_for_long_ones(world: World) -> None:
-    limiter = FakeLimiter(waits=[0.2, 0.0, 3.0])
-    protected(world, limiter=limiter)
+    # the breaker takes the channel's token in its own admit: one step for both
+    breaker = FakeBreaker([Passage(False, wait_seconds=0.2, limited=True), Passage(True), limited_for(3.0)])
+    protected(world, breaker)
     world.channels.channels["ch-1"] = dataclasses.replace(world.channels.channels["ch-1"], rate_limit=5)
     first = world.message_service.accept(world.send("one"), ADMIN)
     second = world.message_service.accept(world.send("two"), ADMIN)
@@ -755,7 +758,25 @@ def test_the_channel_rate_limit_sleeps_short_waits_and_brings_the_job_back_for_l
     assert world.slept == [0.2]
     assert progress.retry_after_seconds == 3.0  # the second waits for its token: its job comes back
     assert stored(world, second.message_id).attempts == 0
+    assert breaker.rates == [("ch-1", ChannelRate(5, 1))] * 3
+    assert isinstance(world.delivery.limiter, FakeLimiter) and world.delivery.limiter.asked == []
+
+
+def test_without_a_breaker_the_rate_limit_is_the_limiters_alone(world: World) -> None:
+    limiter = FakeLimiter(waits=[0.2, 0.0, 3.0])
+    protected(world, limiter=limiter)
+    world.delivery.breaker = None
+    world.channels.channels["ch-1"] = dataclasses.replace(world.channels.channels["ch-1"], rate_limit=5)
+    first = world.message_service.accept(world.send("one"), ADMIN)
+    world.message_service.accept(world.send("two"), ADMIN)
+    progress = run(world)
+    assert [o.message_id for o in progress.outcomes] == [first.message_id]
+    assert world.slept == [0.2] and progress.retry_after_seconds == 3.0
     assert limiter.asked == [("channel:ch-1", 5)] * 3
+
+
+def limited_for(seconds: float) -> Passage:
+    return Passage(allowed=False, wait_seconds=seconds, limited=True)
 
 
 def test_a_platform_rate_limit_holds_the_channel_and_gives_the_attempt_back(world: World) -> None:

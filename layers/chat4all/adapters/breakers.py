@@ -1,5 +1,6 @@
 """Circuit breakers per installed channel in Redis, shared by every function instance: one round trip a call (two
-when the breaker holds anything: its admit, then the record of the outcome).
+when the breaker holds anything: its admit, then the record of the outcome). The admit also takes the call's token
+from the channel's bucket (chat4all.adapters.limits), in the same script.
 
 A channel's breaker is one Redis hash (`state`, `failures`, `last_failure`, `opened_at`, `probe_until`), moved by
 Lua scripts on Redis's own clock, so that every container sees one state and one clock:
@@ -25,44 +26,59 @@ import redis
 from aws_lambda_powertools.metrics import MetricUnit
 
 from chat4all.adapters.fail_open import FailOpen
+from chat4all.adapters.limits import BUCKET_LUA, NOW_LUA, bucket_key, hold_key
+from chat4all.domain.channel_limits import channel_limit_key
 from chat4all.domain.models import BreakerState
 from chat4all.observability import logger, metrics
-from chat4all.ports import ChannelBreaker, Passage
+from chat4all.ports import ChannelBreaker, ChannelRate, Passage
 
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-# KEYS[1] the breaker; ARGV: open seconds, probe lease seconds. Returns {allowed 0|1, probe 0|1, wait seconds
-# (string), state before, blank 0|1 (no breaker state at all: CLOSED with no failure counted)}.
-ADMIT_SCRIPT = """
+# KEYS[1] the breaker, and with a rate KEYS[2] and KEYS[3] the channel's token bucket and its platform's hold
+# (chat4all.adapters.limits); ARGV: open seconds, probe lease seconds, and with a rate its tokens a second and the
+# bucket's size. An open breaker (or a probe out) answers before the bucket, so waiting for it takes no token; an
+# empty or held bucket answers before a probe is taken. Returns {allowed 0|1, probe 0|1, wait seconds (string),
+# state before, blank 0|1 (no breaker state at all: CLOSED with no failure counted), limited 0|1 (the wait is the
+# bucket's)}.
+ADMIT_SCRIPT = (
+    NOW_LUA
+    + BUCKET_LUA
+    + """
 local open_seconds = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'probe_until')
 local state = b[1] or 'CLOSED'
-if state == 'CLOSED' then
-  return {1, 0, '0', state, b[1] and 0 or 1}
-end
+local blank = b[1] and 0 or 1
 if state == 'OPEN' then
   local reopen = tonumber(b[2]) + open_seconds
   if now < reopen then
-    return {0, 0, tostring(reopen - now), state, 0}
+    return {0, 0, tostring(reopen - now), state, 0, 0}
   end
 end
 local probe_until = tonumber(b[3]) or 0
 if state == 'HALF_OPEN' and now < probe_until then
-  return {0, 0, tostring(probe_until - now), state, 0}
+  return {0, 0, tostring(probe_until - now), state, 0, 0}
+end
+if KEYS[2] then
+  local wait = take_token(KEYS[2], KEYS[3], tonumber(ARGV[3]), tonumber(ARGV[4]))
+  if wait > 0 then
+    return {0, 0, tostring(wait), state, blank, 1}
+  end
+end
+if state == 'CLOSED' then
+  return {1, 0, '0', state, blank, 0}
 end
 redis.call('HSET', KEYS[1], 'state', 'HALF_OPEN', 'probe_until', tostring(now + lease))
-return {1, 1, '0', state, 0}
+return {1, 1, '0', state, 0, 0}
 """
+)
 
 # KEYS[1] the breaker; ARGV: 'success' or 'failure', failure threshold, failure window seconds, state TTL
 # seconds. Returns {state before, state after}.
-RECORD_SCRIPT = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+RECORD_SCRIPT = (
+    NOW_LUA
+    + """
 local b = redis.call('HMGET', KEYS[1], 'state', 'failures', 'last_failure')
 local before = b[1] or 'CLOSED'
 local after = before
@@ -92,6 +108,7 @@ end
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
 return {before, after}
 """
+)
 
 FAILURE_THRESHOLD = 5
 FAILURE_WINDOW_SECONDS = 30.0
@@ -121,13 +138,17 @@ class RedisChannelBreaker(ChannelBreaker):
         # forgotten by this success, as it is not when it opened the breaker meanwhile.
         self._blank: set[str] = set()
 
-    def admit(self, channel_id: str) -> Passage:
+    def admit(self, channel_id: str, rate: ChannelRate | None = None) -> Passage:
         if self._redis.skipping():
             return Passage(allowed=True)
+        keys = [_key(channel_id)]
+        args: list[float] = [self.settings.open_seconds, self.settings.probe_lease_seconds]
+        if rate is not None:
+            limit = channel_limit_key(channel_id)
+            keys += [bucket_key(limit), hold_key(limit)]
+            args += [rate.per_second, rate.burst]
         try:
-            allowed, probe, wait, before, blank = self._admit(
-                keys=[_key(channel_id)], args=[self.settings.open_seconds, self.settings.probe_lease_seconds]
-            )
+            allowed, probe, wait, before, blank, limited = self._admit(keys=keys, args=args)
         except redis.RedisError as exc:
             self._redis.failed(exc)
             return Passage(allowed=True)
@@ -137,7 +158,7 @@ class RedisChannelBreaker(ChannelBreaker):
             self._blank.discard(channel_id)
         if probe:
             _moved(channel_id, _text(before), BreakerState.HALF_OPEN)
-        return Passage(allowed=bool(allowed), probe=bool(probe), wait_seconds=float(_text(wait)))
+        return Passage(allowed=bool(allowed), probe=bool(probe), wait_seconds=float(_text(wait)), limited=bool(limited))
 
     def record(self, channel_id: str, *, success: bool) -> BreakerState:
         if success and channel_id in self._blank:
@@ -175,7 +196,8 @@ class RedisChannelBreaker(ChannelBreaker):
 
 
 def _key(channel_id: str) -> str:
-    return f"chat4all:breaker:{channel_id}"
+    # the hash tag of the channel's bucket and hold: the admit script touches all three (one slot on a cluster)
+    return f"{bucket_key(channel_limit_key(channel_id))}:breaker"
 
 
 def _text(value: object) -> str:

@@ -12,39 +12,52 @@ from chat4all.ports import RequestLimiter
 if TYPE_CHECKING:
     from redis.commands.core import Script
 
-# KEYS[1] the bucket, KEYS[2] its hold; ARGV[1] tokens a second, ARGV[2] the bucket's size (else the rate).
-# Redis's own TIME makes every function instance share one clock. Returns the seconds until a token is there
-# ("0" when one was taken), as a string: a Lua number returned to Redis is cut to an integer. While the key is
-# held (HOLD_SCRIPT), the answer is the rest of the hold and no token is taken.
-BUCKET_SCRIPT = """
-local rate = tonumber(ARGV[1])
-local size = tonumber(ARGV[2]) or rate
+# Redis's own TIME makes every function instance share one clock.
+NOW_LUA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local held = tonumber(redis.call('GET', KEYS[2]) or '0')
-if now < held then
-  return tostring(held - now)
-end
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1]) or size
-local at = tonumber(state[2]) or now
-tokens = math.min(size, tokens + math.max(0, now - at) * rate)
-local wait = 0
-if tokens >= 1 then
-  tokens = tokens - 1
-else
-  wait = (1 - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], 2)
-return tostring(wait)
 """
+
+# take_token(bucket, hold, tokens a second, the bucket's size): the seconds until a token is there (0 when one was
+# taken). While the key is held (HOLD_SCRIPT), the answer is the rest of the hold and no token is taken.
+BUCKET_LUA = """
+local function take_token(bucket, hold, rate, size)
+  local held = tonumber(redis.call('GET', hold) or '0')
+  if now < held then
+    return held - now
+  end
+  local state = redis.call('HMGET', bucket, 'tokens', 'at')
+  local tokens = tonumber(state[1]) or size
+  local at = tonumber(state[2]) or now
+  tokens = math.min(size, tokens + math.max(0, now - at) * rate)
+  local wait = 0
+  if tokens >= 1 then
+    tokens = tokens - 1
+  else
+    wait = (1 - tokens) / rate
+  end
+  redis.call('HSET', bucket, 'tokens', tostring(tokens), 'at', tostring(now))
+  redis.call('EXPIRE', bucket, 2)
+  return wait
+end
+"""
+
+# KEYS[1] the bucket, KEYS[2] its hold; ARGV[1] tokens a second, ARGV[2] the bucket's size (else the rate). Returns
+# the wait as a string: a Lua number returned to Redis is cut to an integer.
+BUCKET_SCRIPT = (
+    NOW_LUA
+    + BUCKET_LUA
+    + """
+local rate = tonumber(ARGV[1])
+return tostring(take_token(KEYS[1], KEYS[2], rate, tonumber(ARGV[2]) or rate))
+"""
+)
 
 # KEYS[1] the hold (the time it ends); ARGV[1] seconds. A longer hold already there stays. Returns 1 when the
 # previous hold ended less than REHOLD_WINDOW_SECONDS ago (refused again right after its retry-after), else 0.
-HOLD_SCRIPT = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+HOLD_SCRIPT = (
+    NOW_LUA
+    + """
 local previous = tonumber(redis.call('GET', KEYS[1]) or '0')
 local again = 0
 if previous > 0 and previous <= now and now - previous < tonumber(ARGV[2]) then again = 1 end
@@ -52,6 +65,7 @@ local ends = math.max(previous, now + tonumber(ARGV[1]))
 redis.call('SET', KEYS[1], tostring(ends), 'PX', math.ceil((ends - now + tonumber(ARGV[2])) * 1000))
 return again
 """
+)
 REHOLD_WINDOW_SECONDS = 60.0
 
 
@@ -66,7 +80,7 @@ class RedisRequestLimiter(RequestLimiter):
             return 0.0
         try:
             args = [per_second] if burst is None else [per_second, burst]
-            answer = self._script(keys=[_bucket(key), _hold(key)], args=args)
+            answer = self._script(keys=[bucket_key(key), hold_key(key)], args=args)
         except redis.RedisError as exc:
             self._redis.failed(exc)
             return 0.0
@@ -76,17 +90,18 @@ class RedisRequestLimiter(RequestLimiter):
         if self._redis.skipping() or seconds <= 0:
             return False
         try:
-            again = self._hold(keys=[_hold(key)], args=[seconds, REHOLD_WINDOW_SECONDS])
+            again = self._hold(keys=[hold_key(key)], args=[seconds, REHOLD_WINDOW_SECONDS])
         except redis.RedisError as exc:
             self._redis.failed(exc)
             return False
         return bool(int(again))
 
 
-# one hash tag for a key's bucket and its hold: on a Redis cluster both are in one slot, as a script needs
-def _bucket(key: str) -> str:
+# one hash tag for a key's bucket and its hold (and a channel's breaker, chat4all.adapters.breakers): on a Redis
+# cluster they are in one slot, as a script needs
+def bucket_key(key: str) -> str:
     return f"chat4all:{{{key}}}"
 
 
-def _hold(key: str) -> str:
+def hold_key(key: str) -> str:
     return f"chat4all:{{{key}}}:hold"

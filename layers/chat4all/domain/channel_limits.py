@@ -28,3 +28,8 @@ def effective_rate_limit(platform: Platform, rate_limit: int | None) -> int:
     """A channel's messages per second: its own setting, else its platform's published default (its definition's
     `rate_limit`)."""
     return rate_limit or definition(platform).rate_limit
+
+
+def channel_limit_key(channel_id: str) -> str:
+    """The key of a channel's token bucket and its platform's holds (RequestLimiter, ChannelBreaker.admit)."""
+    return f"channel:{channel_id}"

@@ -34,7 +34,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from chat4all.domain.channel_limits import effective_rate_limit
+from chat4all.domain.channel_limits import channel_limit_key, effective_rate_limit
 from chat4all.domain.errors import (
     ChannelCredentialsRejectedError,
     ChannelOutcomeUnknownError,
@@ -55,6 +55,7 @@ from chat4all.domain.models import (
     StatusEntry,
     utcnow,
 )
+from chat4all.ports import ChannelRate, Passage
 from chat4all.services import route_jobs
 from chat4all.services.notifications import collect, delivery_event, message_event
 from chat4all.services.statuses import advance_group_message
@@ -373,25 +374,29 @@ class DeliveryService:
     ) -> DeliveryOutcome | float | None:
         """None when the channel may call its platform now (a token taken from its bucket, its breaker closed or
         this the half-open breaker's probe); else the wait, or FAILED past the delivery window."""
-        if self.limiter is not None:
-            rate = effective_rate_limit(channel.platform, channel.rate_limit)
-            key, burst = f"channel:{channel.channel_id}", channel_burst(rate)
-            while (wait := self.limiter.wait_seconds(key, rate, burst)) > 0:
-                if (
-                    wait >= SHORT_WAIT_SECONDS
-                    or self.clock() + timedelta(seconds=wait) + self.send_margin > lease_until
-                ):
-                    why = f"channel {channel.channel_id} is at its rate limit ({rate}/s) or held by its platform"
-                    return self._wait(subject, wait, why)
-                self.sleep(wait)
-        if self.breaker is not None:
-            passage = self.breaker.admit(channel.channel_id)
-            if not passage.allowed:
+        per_second = effective_rate_limit(channel.platform, channel.rate_limit)
+        rate = ChannelRate(per_second, channel_burst(per_second)) if self.limiter is not None else None
+        while not (passage := self._passage(channel.channel_id, rate)).allowed:
+            wait = passage.wait_seconds
+            if not passage.limited:
                 why = f"channel {channel.channel_id}'s circuit breaker is open (its platform is failing)"
-                return self._wait(subject, max(passage.wait_seconds, MIN_BREAKER_WAIT_SECONDS), why)
-            if passage.probe:
-                logger.info("%s is the probe of channel %s's breaker", subject.name, channel.channel_id)
+                return self._wait(subject, max(wait, MIN_BREAKER_WAIT_SECONDS), why)
+            if wait >= SHORT_WAIT_SECONDS or self.clock() + timedelta(seconds=wait) + self.send_margin > lease_until:
+                why = f"channel {channel.channel_id} is at its rate limit ({per_second}/s) or held by its platform"
+                return self._wait(subject, wait, why)
+            self.sleep(wait)
+        if passage.probe:
+            logger.info("%s is the probe of channel %s's breaker", subject.name, channel.channel_id)
         return None
+
+    def _passage(self, channel_id: str, rate: ChannelRate | None) -> Passage:
+        """The breaker's answer with the channel's token bucket in the same step; the bucket's alone without one."""
+        if self.breaker is not None:
+            return self.breaker.admit(channel_id, rate)
+        if rate is None or self.limiter is None:
+            return Passage(allowed=True)
+        wait = self.limiter.wait_seconds(channel_limit_key(channel_id), rate.per_second, rate.burst)
+        return Passage(allowed=wait <= 0, wait_seconds=wait, limited=True)
 
     def _wait(self, subject: _AnySubject, seconds: float, why: str) -> DeliveryOutcome | float:
         """`subject` waits `seconds` without spending an attempt, unless it was accepted longer than the delivery
@@ -467,7 +472,7 @@ class DeliveryService:
         goes before it ends; a pair limit holds only this recipient's message), and the message waits with its
         attempt given back. A limit answered again right after a hold ended counts against the breaker."""
         if exc.channel_wide and self.limiter is not None:
-            if self.limiter.hold(f"channel:{channel.channel_id}", exc.retry_after_seconds):
+            if self.limiter.hold(channel_limit_key(channel.channel_id), exc.retry_after_seconds):
                 self._record(channel, success=False)
         now = self.clock()
         if now - subject.message.created_at >= self.delivery_window:
