@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any
 
 from chat4all.domain.contact import email_key, phones_of
@@ -29,6 +30,7 @@ from chat4all.domain.models import (
 )
 from chat4all.ports import (
     ApiKeyRepository,
+    AttemptJournal,
     ChannelRepository,
     ConversationStore,
     DeliveryStore,
@@ -47,7 +49,7 @@ if TYPE_CHECKING:
 
     from chat4all.domain.models import ApiKey, ChannelConfig, ExternalIdentity, Platform, StatusEntry, User
     from chat4all.domain.wire import RouteJob
-    from chat4all.ports import AuditEntry, OutboundDraft
+    from chat4all.ports import AuditEntry, Events, OutboundDraft
 
 
 class InMemoryUserRepository(UserRepository):
@@ -374,7 +376,113 @@ class InMemoryConversationStore(ConversationStore):
         return True
 
 
-class InMemoryMessageStore(MessageStore):
+class InMemoryAttemptJournal[Sent: (Message, Delivery)](AttemptJournal[Sent]):
+    """The attempt journal over records kept by id, written as MongoAttemptJournal writes it
+    (chat4all.adapters.mongo.attempts); the contract tests run the same checks against both."""
+
+    applied: set[str]  # the dedupe keys of the status reports applied
+
+    @abstractmethod
+    def _records(self) -> dict[str, Sent]: ...
+
+    @abstractmethod
+    def _identify(self, sent: Sent) -> str: ...
+
+    @abstractmethod
+    def _keep(self, sent_id: str, events: Sequence[DomainEvent]) -> None:
+        """Keep events on their record, written with the change they report (the outbox on the record)."""
+
+    def _settles(self, stored: Sent) -> bool:
+        return True
+
+    def _replace(self, sent_id: str, **changes: Any) -> None:
+        records = self._records()
+        records[sent_id] = dataclasses.replace(records[sent_id], **changes)
+
+    def _open(self, sent_id: str, attempt: int | None) -> bool:
+        """The record is PENDING and `attempt` is its open attempt (None: it has none open)."""
+        stored = self._records()[sent_id]
+        if stored.status is not MessageStatus.PENDING:
+            return False
+        if attempt is None:
+            return stored.in_flight is None
+        return stored.in_flight is not None and stored.in_flight.number == attempt
+
+    def begin_attempt(self, sent: Sent, started_at: datetime, lease_until: datetime) -> int | None:
+        sent_id = self._identify(sent)
+        stored = self._records().get(sent_id)
+        if stored is None or not self._open(sent_id, None) or stored.attempts != sent.attempts:
+            return None
+        number = stored.attempts + 1
+        self._replace(sent_id, attempts=number, in_flight=DeliveryAttempt(number, started_at, lease_until))
+        return number
+
+    def record_sent(
+        self, sent_id: str, attempt: int, entry: StatusEntry, platform_message_id: str, *, events: Events = ()
+    ) -> bool:
+        if not self._open(sent_id, attempt):  # settled meanwhile: the report kept, and the id
+            self.append_status(sent_id, entry)
+            self._replace(sent_id, platform_message_id=platform_message_id)
+            return False
+        self._replace(
+            sent_id,
+            status=entry.status,
+            platform_message_id=platform_message_id,
+            history=[*self._records()[sent_id].history, entry],
+            in_flight=None,
+            retry_at=None,
+            troubled_since=None,
+            troubles=0,
+        )
+        self._keep(sent_id, events)
+        return True
+
+    def end_attempt(self, sent_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
+        if not self._open(sent_id, attempt):
+            return False
+        self._replace(sent_id, in_flight=None, retry_at=retry_at, attempts=attempt if spent else attempt - 1)
+        return True
+
+    def postpone(self, sent_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
+        stored = self._records()[sent_id]
+        if not self._open(sent_id, None):
+            return  # settled, or an attempt is open: as the real store, it changes nothing then
+        since = min(troubled_since, stored.troubled_since or troubled_since)
+        self._replace(sent_id, retry_at=retry_at, troubled_since=since, troubles=stored.troubles + 1)
+
+    def settle_failed(
+        self, sent_id: str, entry: StatusEntry, *, attempt: int | None = None, events: Events = ()
+    ) -> bool:
+        stored = self._records()[sent_id]
+        if not self._settles(stored) or not self._open(sent_id, attempt):
+            return False
+        history = [*stored.history, entry]
+        failed = {"status": MessageStatus.FAILED, "error": _failure(history), "history": history}
+        self._replace(sent_id, **failed, in_flight=None, retry_at=None)
+        self._keep(sent_id, events)
+        return True
+
+    def append_status(
+        self, sent_id: str, entry: StatusEntry, *, dedupe_key: str | None = None, events: Events = ()
+    ) -> bool:
+        stored = self._records().get(sent_id)
+        if stored is None or (dedupe_key is not None and dedupe_key in self.applied):
+            return False
+        if dedupe_key is not None:
+            self.applied.add(dedupe_key)
+        moved = stored.status.can_move_to(entry.status)
+        history = [*stored.history, entry]
+        # the reason of a failure is the last FAILED report's, even one that came too late to move the status
+        changes: dict[str, Any] = {"history": history, "error": _failure(history)}
+        if moved:
+            changes["status"] = entry.status
+        self._replace(sent_id, **changes)
+        if moved:
+            self._keep(sent_id, events)
+        return moved
+
+
+class InMemoryMessageStore(InMemoryAttemptJournal[Message], MessageStore):
     def __init__(self, conversations: InMemoryConversationStore | None = None) -> None:
         self.conversations = conversations or InMemoryConversationStore()
         self.messages: dict[str, Message] = {}
@@ -510,117 +618,14 @@ class InMemoryMessageStore(MessageStore):
             key=lambda j: (j.conversation_id, j.sequence),
         )
 
-    def begin_attempt(self, read: Message, started_at: datetime, lease_until: datetime) -> int | None:
-        message_id = read.message_id
-        message = self.messages.get(message_id)
-        if message is None or message.status is not MessageStatus.PENDING or message.in_flight is not None:
-            return None
-        if message.attempts != read.attempts:
-            return None
-        number = message.attempts + 1
-        self._replace(message_id, attempts=number, in_flight=DeliveryAttempt(number, started_at, lease_until))
-        return number
+    def _records(self) -> dict[str, Message]:
+        return self.messages
 
-    def _open(self, message_id: str, attempt: int | None) -> bool:
-        """The message is PENDING and `attempt` is its open attempt (None: it has none open)."""
-        message = self.messages[message_id]
-        if message.status is not MessageStatus.PENDING:
-            return False
-        if attempt is None:
-            return message.in_flight is None
-        return message.in_flight is not None and message.in_flight.number == attempt
+    def _identify(self, sent: Message) -> str:
+        return sent.message_id
 
-    def record_sent(
-        self,
-        message_id: str,
-        attempt: int,
-        entry: StatusEntry,
-        platform_message_id: str,
-        *,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        if not self._open(message_id, attempt):
-            self.append_status(message_id, entry, platform_message_id=platform_message_id)
-            return False
-        message = self.messages[message_id]
-        self._replace(
-            message_id,
-            status=entry.status,
-            platform_message_id=platform_message_id,
-            history=[*message.history, entry],
-            in_flight=None,
-            retry_at=None,
-            troubled_since=None,
-            troubles=0,
-        )
-        self._keep(message_id, events)
-        return True
-
-    def end_attempt(self, message_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True) -> bool:
-        if not self._open(message_id, attempt):
-            return False
-        self._replace(message_id, in_flight=None, retry_at=retry_at, attempts=attempt if spent else attempt - 1)
-        return True
-
-    def postpone(self, message_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        message = self.messages[message_id]
-        if not self._open(message_id, None):
-            return  # settled, or an attempt is open: as the real store, it changes nothing then
-        since = min(troubled_since, message.troubled_since or troubled_since)
-        self._replace(message_id, retry_at=retry_at, troubled_since=since, troubles=message.troubles + 1)
-
-    def settle_failed(
-        self,
-        message_id: str,
-        entry: StatusEntry,
-        *,
-        attempt: int | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        message = self.messages[message_id]
-        if message.fanned_out or not self._open(message_id, attempt):
-            return False
-        history = [*message.history, entry]
-        self._replace(
-            message_id,
-            status=MessageStatus.FAILED,
-            error=_failure(history),
-            history=history,
-            in_flight=None,
-            retry_at=None,
-        )
-        self._keep(message_id, events)
-        return True
-
-    def _replace(self, message_id: str, **changes: Any) -> None:
-        self.messages[message_id] = dataclasses.replace(self.messages[message_id], **changes)
-
-    def append_status(
-        self,
-        message_id: str,
-        entry: StatusEntry,
-        *,
-        platform_message_id: str | None = None,
-        dedupe_key: str | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        message = self.messages.get(message_id)
-        if message is None or (dedupe_key is not None and dedupe_key in self.applied):
-            return False
-        if dedupe_key is not None:
-            self.applied.add(dedupe_key)
-        moved = message.status.can_move_to(entry.status)
-        history = [*message.history, entry]
-        # the reason of a failure is the last FAILED report's, even one that came too late to move the status
-        changes: dict[str, Any] = {"history": history, "error": _failure(history)}
-        if platform_message_id is not None:
-            changes["platform_message_id"] = platform_message_id
-        if moved:
-            changes["status"] = entry.status
-        self.messages[message_id] = dataclasses.replace(message, **changes)
-        if moved:
-            self._keep(message_id, events)
-        return moved
+    def _settles(self, stored: Message) -> bool:
+        return not stored.fanned_out  # a fanned-out GROUP message is settled by its deliveries' aggregate
 
 
 def _failure(history: Sequence[StatusEntry]) -> str | None:
@@ -717,7 +722,7 @@ MESSAGE_EVENT = "message:"
 DELIVERY_EVENT = "delivery:"
 
 
-class InMemoryDeliveryStore(DeliveryStore):
+class InMemoryDeliveryStore(InMemoryAttemptJournal[Delivery], DeliveryStore):
     """GROUP deliveries and their lanes, as MongoDeliveryStore keeps them."""
 
     def __init__(self) -> None:
@@ -753,8 +758,11 @@ class InMemoryDeliveryStore(DeliveryStore):
         self.kept_events.extend(own)
         self._replace(delivery_id, unpublished_events=(*delivery.unpublished_events, *own))
 
-    def _replace(self, delivery_id: str, **changes: Any) -> None:
-        self.deliveries[delivery_id] = dataclasses.replace(self.deliveries[delivery_id], **changes)
+    def _records(self) -> dict[str, Delivery]:
+        return self.deliveries
+
+    def _identify(self, sent: Delivery) -> str:
+        return sent.delivery_id
 
     def deliveries_of(self, message_id: str) -> list[Delivery]:
         return sorted((d for d in self.deliveries.values() if d.message_id == message_id), key=lambda d: d.user_id)
@@ -802,115 +810,6 @@ class InMemoryDeliveryStore(DeliveryStore):
             if key not in lanes or d.sequence < lanes[key].sequence:
                 lanes[key] = PendingJob(d.message_id, d.conversation_id, d.sequence, d.user_id)
         return [lanes[key] for key in sorted(lanes)]
-
-    def begin_attempt(self, delivery: Delivery, started_at: datetime, lease_until: datetime) -> int | None:
-        stored = self.deliveries.get(delivery.delivery_id)
-        if (
-            stored is None
-            or stored.status is not MessageStatus.PENDING
-            or stored.in_flight is not None
-            or stored.attempts != delivery.attempts
-        ):
-            return None
-        number = stored.attempts + 1
-        self._replace(delivery.delivery_id, attempts=number, in_flight=DeliveryAttempt(number, started_at, lease_until))
-        return number
-
-    def _open(self, delivery_id: str, attempt: int | None) -> bool:
-        delivery = self.deliveries[delivery_id]
-        if delivery.status is not MessageStatus.PENDING:
-            return False
-        if attempt is None:
-            return delivery.in_flight is None
-        return delivery.in_flight is not None and delivery.in_flight.number == attempt
-
-    def record_sent(
-        self,
-        delivery_id: str,
-        attempt: int,
-        entry: StatusEntry,
-        platform_message_id: str,
-        *,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        delivery = self.deliveries[delivery_id]
-        if not self._open(delivery_id, attempt):  # as a message's: the report kept, the id too
-            self.append_status(delivery_id, entry)
-            self._replace(delivery_id, platform_message_id=platform_message_id)
-            return False
-        self._replace(
-            delivery_id,
-            status=entry.status,
-            platform_message_id=platform_message_id,
-            history=[*delivery.history, entry],
-            in_flight=None,
-            retry_at=None,
-            troubled_since=None,
-            troubles=0,
-        )
-        self._keep(delivery_id, events)
-        return True
-
-    def end_attempt(
-        self, delivery_id: str, attempt: int, retry_at: datetime, error: str, *, spent: bool = True
-    ) -> bool:
-        if not self._open(delivery_id, attempt):
-            return False
-        self._replace(delivery_id, in_flight=None, retry_at=retry_at, attempts=attempt if spent else attempt - 1)
-        return True
-
-    def postpone(self, delivery_id: str, retry_at: datetime, troubled_since: datetime, error: str) -> None:
-        delivery = self.deliveries[delivery_id]
-        if not self._open(delivery_id, None):
-            return
-        since = min(troubled_since, delivery.troubled_since or troubled_since)
-        self._replace(delivery_id, retry_at=retry_at, troubled_since=since, troubles=delivery.troubles + 1)
-
-    def settle_failed(
-        self,
-        delivery_id: str,
-        entry: StatusEntry,
-        *,
-        attempt: int | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        delivery = self.deliveries[delivery_id]
-        if not self._open(delivery_id, attempt):
-            return False
-        history = [*delivery.history, entry]
-        self._replace(
-            delivery_id,
-            status=MessageStatus.FAILED,
-            error=_failure(history),
-            history=history,
-            in_flight=None,
-            retry_at=None,
-        )
-        self._keep(delivery_id, events)
-        return True
-
-    def append_status(
-        self,
-        delivery_id: str,
-        entry: StatusEntry,
-        *,
-        dedupe_key: str | None = None,
-        events: Sequence[DomainEvent] = (),
-    ) -> bool:
-        delivery = self.deliveries.get(delivery_id)
-        if delivery is None or (dedupe_key is not None and dedupe_key in self.applied):
-            return False
-        if dedupe_key is not None:
-            self.applied.add(dedupe_key)
-        moved = delivery.status.can_move_to(entry.status)
-        history = [*delivery.history, entry]
-        changes: dict[str, Any] = {"history": history, "error": _failure(history)}
-        if moved:
-            changes["status"] = entry.status
-        self._replace(delivery_id, **changes)
-        if moved:
-            self._keep(delivery_id, events)
-        return moved
 
     def fan_into_lanes(self, conversation_id: str, user_ids: Sequence[str], sequence: int) -> None:
         self.writes.append("fan_into_lanes")
