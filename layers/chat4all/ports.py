@@ -293,7 +293,7 @@ class MessageStore(AttemptJournal[Message]):
 
     @abstractmethod
     def add_message(
-        self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
+        self, message: Message, *, events: Events = (), inbound_at: datetime | None = None
     ) -> Message | None:
         """Store a new message as the next of its conversation; None when a message with that id exists already.
 
@@ -340,7 +340,7 @@ class MessageStore(AttemptJournal[Message]):
         is no longer settled as a whole by route or the dead-letter consumer. False when it was not PENDING."""
 
     @abstractmethod
-    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Sequence[DomainEvent] = ()) -> bool:
+    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Events = ()) -> bool:
         """Move a GROUP message's status to `entry.status` (its deliveries' aggregate) when that is a forward
         move, appending `entry` to its history with `events`, in one conditional update; False (nothing written)
         otherwise."""

@@ -515,7 +515,7 @@ class InMemoryMessageStore(InMemoryAttemptJournal[Message], MessageStore):
         return True
 
     def add_message(
-        self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
+        self, message: Message, *, events: Events = (), inbound_at: datetime | None = None
     ) -> Message | None:
         conversation = self.conversations.get_conversation(message.conversation_id)
         if conversation is None:
@@ -559,7 +559,7 @@ class InMemoryMessageStore(InMemoryAttemptJournal[Message], MessageStore):
         self._replace(message_id, fanned_out=True)
         return True
 
-    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Sequence[DomainEvent] = ()) -> bool:
+    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Events = ()) -> bool:
         message = self.messages.get(message_id)
         if message is None or not message.status.can_move_to(entry.status):
             return False

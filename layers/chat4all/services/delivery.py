@@ -157,20 +157,28 @@ class _Subject[Sent: Sending]:
     service: DeliveryService
     journal: AttemptJournal[Sent]
     sending: Sent
-    sent_id: str
     message: Message
-    platform: Platform
-    delivery: Delivery | None = None
 
     @staticmethod
     def of_message(service: DeliveryService, message: Message) -> _Subject[Message]:
-        return _Subject(service, service.messages, message, message.message_id, message, message.channel)
+        return _Subject(service, service.messages, message, message)
 
     @staticmethod
     def of_delivery(service: DeliveryService, delivery: Delivery, message: Message) -> _Subject[Delivery]:
         assert service.deliveries is not None
-        platform = delivery.platform or message.channel
-        return _Subject(service, service.deliveries, delivery, delivery.delivery_id, message, platform, delivery)
+        return _Subject(service, service.deliveries, delivery, message)
+
+    @property
+    def delivery(self) -> Delivery | None:
+        return self.sending if isinstance(self.sending, Delivery) else None
+
+    @property
+    def sent_id(self) -> str:
+        return self.message.message_id if self.delivery is None else self.delivery.delivery_id
+
+    @property
+    def platform(self) -> Platform:
+        return (self.delivery.platform if self.delivery is not None else None) or self.message.channel
 
     @property
     def name(self) -> str:  # for logs

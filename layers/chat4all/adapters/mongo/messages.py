@@ -18,7 +18,7 @@ from chat4all.adapters.mongo.documents import event_docs, message_doc, pushes, t
 from chat4all.adapters.mongo.participations import activity_update
 from chat4all.adapters.mongo.status_history import StatusHistoryLog
 from chat4all.domain.errors import DependencyUnavailableError, NotFoundError
-from chat4all.domain.models import Direction, DomainEvent, Message, MessageStatus, Platform, StatusEntry
+from chat4all.domain.models import Direction, Message, MessageStatus, Platform, StatusEntry
 from chat4all.ports import MessageStore, PendingJob, StoredOutbound
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from pymongo.client_session import ClientSession
     from pymongo.database import Database
 
-    from chat4all.ports import OutboundDraft
+    from chat4all.ports import Events, OutboundDraft
 
 # concurrent senders in one conversation conflict on its sequence counter; each retries its transaction, after
 # a jittered pause that doubles from 2 ms up to 50 ms, for up to 5 s (why these: docs/BENCHMARKS.md, "MongoDB
@@ -62,7 +62,7 @@ class MongoMessageStore(MongoAttemptJournal[Message], MessageStore):
         self.status_history.append(sent_id, [entry])
 
     def add_message(
-        self, message: Message, *, events: Sequence[DomainEvent] = (), inbound_at: datetime | None = None
+        self, message: Message, *, events: Events = (), inbound_at: datetime | None = None
     ) -> Message | None:
         stored = self._add(
             message.conversation_id,
@@ -201,7 +201,7 @@ class MongoMessageStore(MongoAttemptJournal[Message], MessageStore):
             )
         return bool(done.matched_count)
 
-    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Sequence[DomainEvent] = ()) -> bool:
+    def advance_aggregate(self, message_id: str, entry: StatusEntry, *, events: Events = ()) -> bool:
         predecessors = [s.value for s in MessageStatus.predecessors_of(entry.status)]
         with translated():
             done = self.durable.update_one(
